@@ -1,0 +1,3 @@
+"""astrai.cache — see the package README."""
+
+__all__: list[str] = []

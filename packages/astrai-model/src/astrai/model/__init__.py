@@ -1,0 +1,3 @@
+"""astrai.model — see the package README."""
+
+__all__: list[str] = []

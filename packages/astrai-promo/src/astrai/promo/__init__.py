@@ -1,0 +1,3 @@
+"""astrai.promo — see the package README."""
+
+__all__: list[str] = []

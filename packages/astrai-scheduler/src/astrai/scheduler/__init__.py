@@ -1,0 +1,3 @@
+"""astrai.scheduler — see the package README."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""astrai.server — see the package README."""
+
+__all__: list[str] = []
