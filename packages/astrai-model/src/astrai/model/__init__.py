@@ -1,3 +1,22 @@
-"""astrai.model — see the package README."""
+"""astrai.model: transformer, weight loading, tokenizer and chat templates for AstrAI."""
 
-__all__: list[str] = []
+from .batch import ForwardBatch
+from .chat_template import ChatTemplateError
+from .config import PRESETS, ModelConfig
+from .errors import ModelLoadError
+from .loader import bundled_gguf_path, load_model
+from .tokenizer import IncrementalDetokenizer, Tokenizer
+from .transformer import Transformer
+
+__all__ = [
+    "PRESETS",
+    "ChatTemplateError",
+    "ForwardBatch",
+    "IncrementalDetokenizer",
+    "ModelConfig",
+    "ModelLoadError",
+    "Tokenizer",
+    "Transformer",
+    "bundled_gguf_path",
+    "load_model",
+]

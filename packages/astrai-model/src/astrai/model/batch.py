@@ -1,0 +1,185 @@
+"""The ragged batch one forward step sees, and the attention plan derived from it.
+
+`ForwardBatch` is the seam with the scheduler (see INTERFACES.md). `AttentionPlan` is built
+once per forward from it and reused by every layer: which rows are single-token decodes
+(attended together over a padded gather of their pages), which are prefill chunks (attended
+per sequence, causally, after their cached prefix), and where new K/V go.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ForwardBatch:
+    """Flat ragged batch: the new tokens of B sequences concatenated into T rows."""
+
+    token_ids: torch.Tensor  # [T] long
+    positions: torch.Tensor  # [T] long
+    slot_mapping: torch.Tensor  # [T] long, page * page_size + offset, -1 = do not write
+    block_tables: torch.Tensor  # [B, max_pages] int32, padded with 0
+    context_lens: torch.Tensor  # [B] int32, cached tokens after this step's writes
+    query_start_loc: torch.Tensor  # [B+1] int32
+    logits_indices: torch.Tensor  # [R] long
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.token_ids.shape[0])
+
+    @property
+    def num_seqs(self) -> int:
+        return int(self.context_lens.shape[0])
+
+    @classmethod
+    def build(
+        cls,
+        token_ids: Sequence[Sequence[int]],
+        start_positions: Sequence[int],
+        block_tables: Sequence[Sequence[int]] | None,
+        page_size: int,
+        *,
+        slot_mappings: Sequence[Sequence[int]] | None = None,
+        logits_indices: Sequence[int] | None = None,
+        device: torch.device | str = "cpu",
+    ) -> ForwardBatch:
+        """Build from per-sequence lists.
+
+        `token_ids[b]` are sequence b's new tokens, at positions `start_positions[b]...`;
+        `block_tables[b]` its pages (None: no cache, every sequence must start at 0).
+        Slots default to what the block table implies; logits default to each sequence's
+        last new token.
+        """
+        if len(start_positions) != len(token_ids):
+            raise ValueError("token_ids and start_positions must have one entry per sequence")
+        if block_tables is not None and len(block_tables) != len(token_ids):
+            raise ValueError("block_tables must have one entry per sequence")
+        flat_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        starts = [0]
+        for b, (ids, start) in enumerate(zip(token_ids, start_positions, strict=True)):
+            if not ids:
+                raise ValueError(f"sequence {b} has no new tokens")
+            flat_ids.extend(ids)
+            positions.extend(range(start, start + len(ids)))
+            if slot_mappings is not None:
+                if len(slot_mappings[b]) != len(ids):
+                    raise ValueError(f"sequence {b}: slot mapping length != token count")
+                slots.extend(slot_mappings[b])
+            elif block_tables is None:
+                if start != 0:
+                    raise ValueError("without block tables every sequence must start at position 0")
+                slots.extend([-1] * len(ids))
+            else:
+                table = block_tables[b]
+                for p in range(start, start + len(ids)):
+                    if p // page_size >= len(table):
+                        raise ValueError(f"sequence {b}: position {p} lies beyond its {len(table)} pages")
+                    slots.append(table[p // page_size] * page_size + p % page_size)
+            starts.append(len(flat_ids))
+        tables = block_tables if block_tables is not None else [[] for _ in token_ids]
+        width = max(1, max(len(t) for t in tables))
+        padded = [list(t) + [0] * (width - len(t)) for t in tables]
+        if logits_indices is None:
+            logits_indices = [s - 1 for s in starts[1:]]
+        context = [start + len(ids) for ids, start in zip(token_ids, start_positions, strict=True)]
+
+        def tensor(values: Sequence, dtype: torch.dtype) -> torch.Tensor:
+            return torch.tensor(values, dtype=dtype, device=device)
+
+        return cls(
+            token_ids=tensor(flat_ids, torch.long),
+            positions=tensor(positions, torch.long),
+            slot_mapping=tensor(slots, torch.long),
+            block_tables=tensor(padded, torch.int32),
+            context_lens=tensor(context, torch.int32),
+            query_start_loc=tensor(starts, torch.int32),
+            logits_indices=tensor(list(logits_indices), torch.long),
+        )
+
+
+@dataclass
+class PrefillSeq:
+    """One multi-token chunk: rows [start, end) over `context_len` cached tokens."""
+
+    start: int
+    end: int
+    context_len: int
+    gather: torch.Tensor | None  # [context_len] slots of the whole context; None: self-contained
+    mask: torch.Tensor | None  # [q, context_len] bool, causal after the cached prefix
+
+
+@dataclass
+class AttentionPlan:
+    """Per-forward attention bookkeeping shared by all layers."""
+
+    write_slots: torch.Tensor | None  # slots to write new K/V to (None: no cache)
+    write_rows: torch.Tensor | None  # rows of the new K/V to write (None: all rows)
+    decode_rows: torch.Tensor | None  # [Bd] rows that are single decode tokens
+    decode_all_rows: bool  # decode_rows == arange(T): skip the row gather
+    decode_gather: torch.Tensor | None  # [Bd, Lmax] slots of each decode sequence's context
+    decode_mask: torch.Tensor | None  # [Bd, 1, 1, Lmax] bool, True = attend
+    prefills: list[PrefillSeq]
+
+    @classmethod
+    def build(cls, batch: ForwardBatch, page_size: int, has_cache: bool) -> AttentionPlan:
+        device = batch.token_ids.device
+        starts = batch.query_start_loc.tolist()
+        contexts = batch.context_lens.tolist()
+        write_slots = write_rows = None
+        if has_cache:
+            valid = batch.slot_mapping >= 0
+            if bool(valid.all()):
+                write_slots = batch.slot_mapping
+            elif bool(valid.any()):
+                write_rows = valid.nonzero().squeeze(1)
+                write_slots = batch.slot_mapping[write_rows]
+
+        decode_seqs: list[int] = []
+        prefills: list[PrefillSeq] = []
+        for b, context in enumerate(contexts):
+            start, end = starts[b], starts[b + 1]
+            q_len = end - start
+            if q_len <= 0:
+                raise ValueError(f"sequence {b} has no new tokens (query_start_loc {starts})")
+            if context < q_len:
+                raise ValueError(f"sequence {b}: context length {context} < its {q_len} new tokens")
+            if context == q_len:
+                prefills.append(PrefillSeq(start, end, context, None, None))
+                continue
+            if not has_cache:
+                raise ValueError(f"sequence {b} continues a cached prefix but no KV cache was given")
+            if q_len == 1:
+                decode_seqs.append(b)
+                continue
+            gather = _context_slots(batch.block_tables[b : b + 1], context, page_size)[0]
+            query_pos = torch.arange(context - q_len, context, device=device)
+            mask = torch.arange(context, device=device)[None, :] <= query_pos[:, None]
+            prefills.append(PrefillSeq(start, end, context, gather, mask))
+
+        decode_rows = decode_gather = decode_mask = None
+        decode_all_rows = False
+        if decode_seqs:
+            rows = [starts[b] for b in decode_seqs]
+            decode_all_rows = len(rows) == len(starts) - 1 and rows[-1] == len(rows) - 1 and starts[-1] == len(rows)
+            seq_index = torch.tensor(decode_seqs, device=device)
+            decode_rows = torch.tensor(rows, device=device)
+            lens = batch.context_lens[seq_index].long()
+            longest = max(contexts[b] for b in decode_seqs)
+            decode_gather = _context_slots(batch.block_tables[seq_index], longest, page_size)
+            decode_mask = (torch.arange(longest, device=device)[None, :] < lens[:, None])[:, None, None, :]
+        return cls(write_slots, write_rows, decode_rows, decode_all_rows, decode_gather, decode_mask, prefills)
+
+
+def _context_slots(block_tables: torch.Tensor, length: int, page_size: int) -> torch.Tensor:
+    """Slots of positions [0, length) for each row of `block_tables` -> [B, length] long."""
+    num_pages = -(-length // page_size)
+    if num_pages > block_tables.shape[1]:
+        raise ValueError(f"context of {length} tokens needs {num_pages} pages; block table has {block_tables.shape[1]}")
+    pages = block_tables[:, :num_pages].long()
+    offsets = torch.arange(page_size, device=block_tables.device)
+    return (pages[:, :, None] * page_size + offsets).reshape(block_tables.shape[0], -1)[:, :length]

@@ -1,0 +1,127 @@
+"""Model hyper-parameters, presets, and exact parameter/KV arithmetic.
+
+One dataclass describes every supported architecture (llama, mistral, qwen2, qwen3): they
+differ only in a few switches (q/k/v bias, per-head q/k norm, explicit head_dim, RoPE scaling).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, default: str = "float32") -> torch.dtype:
+    """Turn a dtype name (or torch dtype, or None for `default`) into a torch dtype."""
+    if dtype is None:
+        dtype = default
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    if name not in DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+@dataclass
+class ModelConfig:
+    """Hyper-parameters of a decoder-only transformer (field names follow INTERFACES.md)."""
+
+    name: str
+    architecture: str = "llama"
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_layers: int = 32
+    num_heads: int = 32
+    num_kv_heads: int = 32
+    head_dim: int = 128
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    qk_norm: bool = False
+    dtype: str = "bfloat16"
+    bos_token_id: int | None = None
+    eos_token_ids: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {self.architecture!r}; supported: {', '.join(ARCHITECTURES)}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+        resolve_dtype(self.dtype)
+
+    @classmethod
+    def preset(cls, name: str) -> ModelConfig:
+        """A fresh copy of a named preset (see `PRESETS`)."""
+        if name not in PRESETS:
+            raise KeyError(f"unknown preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+        return dataclasses.replace(PRESETS[name], eos_token_ids=list(PRESETS[name].eos_token_ids))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def q_size(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    def num_parameters(self) -> int:
+        """Exact number of weights (tied embeddings counted once)."""
+        h = self.hidden_size
+        attn = h * (self.q_size + 2 * self.kv_size) + self.q_size * h
+        if self.attention_bias:
+            attn += self.q_size + 2 * self.kv_size
+        if self.qk_norm:
+            attn += 2 * self.head_dim
+        mlp = 3 * h * self.intermediate_size
+        per_layer = attn + mlp + 2 * h
+        embed = self.vocab_size * h
+        head = 0 if self.tie_word_embeddings else self.vocab_size * h
+        return embed + self.num_layers * per_layer + h + head
+
+    def kv_bytes_per_token(self, dtype: str | torch.dtype | None = None) -> int:
+        """Bytes of K and V cache one token needs across all layers."""
+        element = resolve_dtype(dtype, self.dtype).itemsize
+        return 2 * self.num_layers * self.kv_size * element
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "astrai-1b": ModelConfig(
+        name="astrai-1b", architecture="llama", vocab_size=100_000, hidden_size=1536,
+        intermediate_size=6912, num_layers=24, num_heads=24, num_kv_heads=4, head_dim=64,
+        max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,
+        tie_word_embeddings=False, dtype="bfloat16", bos_token_id=0, eos_token_ids=[1],
+    ),
+    "smollm2-135m-instruct": ModelConfig(
+        name="smollm2-135m-instruct", architecture="llama", vocab_size=49152, hidden_size=576,
+        intermediate_size=1536, num_layers=30, num_heads=9, num_kv_heads=3, head_dim=64,
+        max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=100000.0,
+        tie_word_embeddings=True, dtype="bfloat16", bos_token_id=1, eos_token_ids=[2],
+    ),
+    "tiny-llama": ModelConfig(
+        name="tiny-llama", architecture="llama", vocab_size=512, hidden_size=64,
+        intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+        max_position_embeddings=512, rms_norm_eps=1e-6, rope_theta=10000.0,
+        tie_word_embeddings=False, dtype="float32", bos_token_id=1, eos_token_ids=[2],
+    ),
+    "tiny-qwen3": ModelConfig(
+        name="tiny-qwen3", architecture="qwen3", vocab_size=512, hidden_size=64,
+        intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=32,
+        max_position_embeddings=512, rms_norm_eps=1e-6, rope_theta=1_000_000.0,
+        tie_word_embeddings=True, qk_norm=True, dtype="float32", bos_token_id=1, eos_token_ids=[2],
+    ),
+}

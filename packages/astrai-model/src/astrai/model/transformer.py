@@ -1,0 +1,85 @@
+"""The decoder-only transformer and its ragged, paged forward step."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .batch import AttentionPlan, ForwardBatch
+from .config import ModelConfig, resolve_dtype
+from .layers import DecoderLayer, KVCache, RMSNorm
+from .rope import RotaryTable
+
+
+class Transformer(nn.Module):
+    """Llama-family decoder (llama, mistral, qwen2, qwen3) over a paged KV cache."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        *,
+        dtype: str | torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        init_weights: bool = True,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        dtype = resolve_dtype(dtype, config.dtype)
+        device = torch.device(device or "cpu")
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype, device=device)
+        self.layers = nn.ModuleList(DecoderLayer(config, dtype, device) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device)
+        self.lm_head = None
+        if not config.tie_word_embeddings:
+            self.lm_head = nn.Parameter(torch.empty(config.vocab_size, config.hidden_size, dtype=dtype, device=device))
+        self.rotary = RotaryTable(config.head_dim, config.rope_theta, config.rope_scaling, device)
+        if init_weights:
+            self.init_random_weights()
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    @property
+    def head_weight(self) -> torch.Tensor:
+        return self.embed_tokens.weight if self.lm_head is None else self.lm_head
+
+    @torch.no_grad()
+    def init_random_weights(self, seed: int = 0, std: float = 0.02) -> None:
+        """Random weights (benchmarks, tests): normal(0, std) matrices, unit norms, zero biases."""
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        for name, param in self.named_parameters():
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+            elif name.endswith("bias"):
+                param.zero_()
+            else:
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+
+    @torch.inference_mode()
+    def forward(self, batch: ForwardBatch, kv_caches: list[KVCache] | None, page_size: int) -> torch.Tensor:
+        """One ragged step; writes new K/V into `kv_caches` and returns float32 logits [R, vocab]."""
+        if kv_caches is not None and len(kv_caches) != len(self.layers):
+            raise ValueError(f"expected {len(self.layers)} KV cache layers, got {len(kv_caches)}")
+        plan = AttentionPlan.build(batch, page_size, has_cache=kv_caches is not None)
+        max_position = int(batch.positions.max()) if batch.num_tokens else 0
+        cos, sin = self.rotary.lookup(batch.positions, max_position, self.dtype)
+        x = self.embed_tokens(batch.token_ids)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, None if kv_caches is None else kv_caches[i], plan)
+        x = self.norm(x[batch.logits_indices])
+        return torch.nn.functional.linear(x, self.head_weight).float()
+
+    def logits(self, token_ids: list[int] | torch.Tensor) -> torch.Tensor:
+        """Logits [T, vocab] for every position of one whole sequence, without a KV cache."""
+        ids = token_ids.tolist() if isinstance(token_ids, torch.Tensor) else list(token_ids)
+        if not ids:
+            raise ValueError("logits() needs at least one token")
+        if max(ids) >= self.config.vocab_size or min(ids) < 0:
+            raise ValueError(f"token id out of range [0, {self.config.vocab_size})")
+        batch = ForwardBatch.build([ids], [0], None, 1, logits_indices=range(len(ids)), device=self.device)
+        return self.forward(batch, None, page_size=1)

@@ -1,0 +1,102 @@
+"""Copy checkpoint tensors (Hugging Face names) into a Transformer, checking every shape.
+
+Both loaders (safetensors and GGUF) translate to HF names first, so this is the single place
+that knows how checkpoint tensors map onto the fused q/k/v and gate/up parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .config import ModelConfig
+from .errors import ModelLoadError
+from .transformer import Transformer
+
+# name -> (tensor, file it came from); the file is only used for error messages.
+TensorGetter = Callable[[str], tuple[torch.Tensor, str]]
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor an HF checkpoint of this config must contain, with its shape."""
+    h, q, kv, d = config.hidden_size, config.q_size, config.kv_size, config.head_dim
+    shapes: dict[str, tuple[int, ...]] = {
+        "model.embed_tokens.weight": (config.vocab_size, h),
+        "model.norm.weight": (h,),
+    }
+    if not config.tie_word_embeddings:
+        shapes["lm_head.weight"] = (config.vocab_size, h)
+    for i in range(config.num_layers):
+        p = f"model.layers.{i}."
+        shapes |= {
+            p + "input_layernorm.weight": (h,),
+            p + "post_attention_layernorm.weight": (h,),
+            p + "self_attn.q_proj.weight": (q, h),
+            p + "self_attn.k_proj.weight": (kv, h),
+            p + "self_attn.v_proj.weight": (kv, h),
+            p + "self_attn.o_proj.weight": (h, q),
+            p + "mlp.gate_proj.weight": (config.intermediate_size, h),
+            p + "mlp.up_proj.weight": (config.intermediate_size, h),
+            p + "mlp.down_proj.weight": (h, config.intermediate_size),
+        }
+        if config.attention_bias:
+            shapes |= {p + "self_attn.q_proj.bias": (q,), p + "self_attn.k_proj.bias": (kv,), p + "self_attn.v_proj.bias": (kv,)}
+        if config.qk_norm:
+            shapes |= {p + "self_attn.q_norm.weight": (d,), p + "self_attn.k_norm.weight": (d,)}
+    return shapes
+
+
+def check_tensor_names(config: ModelConfig, available: set[str], source: str) -> None:
+    """Fail on missing tensors and on unexpected ones (they mean a different architecture)."""
+    expected = expected_shapes(config)
+    missing = sorted(set(expected) - available)
+    if missing:
+        raise ModelLoadError(source, f"missing {len(missing)} tensor(s), e.g. {', '.join(missing[:3])}")
+    extra = sorted(
+        n for n in available - set(expected)
+        if not n.endswith(IGNORED_SUFFIXES) and not (n == "lm_head.weight" and config.tie_word_embeddings)
+    )
+    if extra:
+        raise ModelLoadError(
+            source, f"{len(extra)} unexpected tensor(s) for architecture {config.architecture!r}, e.g. {', '.join(extra[:3])}"
+        )
+
+
+@torch.no_grad()
+def load_weights(model: Transformer, get: TensorGetter) -> None:
+    """Fill every parameter of `model` from `get`, validating shapes as it goes."""
+    config = model.config
+    shapes = expected_shapes(config)
+
+    def fetch(name: str) -> torch.Tensor:
+        tensor, file = get(name)
+        if tuple(tensor.shape) != shapes[name]:
+            raise ModelLoadError(file, f"tensor {name} has shape {tuple(tensor.shape)}, expected {shapes[name]}")
+        if not torch.is_floating_point(tensor):
+            raise ModelLoadError(file, f"tensor {name} has non-float dtype {tensor.dtype}")
+        return tensor
+
+    def put(param: torch.Tensor, *names: str) -> None:
+        parts = [fetch(n) for n in names]
+        param.copy_(parts[0] if len(parts) == 1 else torch.cat(parts, dim=0))
+
+    put(model.embed_tokens.weight, "model.embed_tokens.weight")
+    put(model.norm.weight, "model.norm.weight")
+    if model.lm_head is not None:
+        put(model.lm_head, "lm_head.weight")
+    for i, layer in enumerate(model.layers):
+        p = f"model.layers.{i}."
+        attn = layer.self_attn
+        put(layer.input_layernorm.weight, p + "input_layernorm.weight")
+        put(layer.post_attention_layernorm.weight, p + "post_attention_layernorm.weight")
+        put(attn.qkv_proj.weight, *(p + f"self_attn.{x}_proj.weight" for x in "qkv"))
+        if attn.qkv_proj.bias is not None:
+            put(attn.qkv_proj.bias, *(p + f"self_attn.{x}_proj.bias" for x in "qkv"))
+        put(attn.o_proj.weight, p + "self_attn.o_proj.weight")
+        if attn.q_norm is not None:
+            put(attn.q_norm.weight, p + "self_attn.q_norm.weight")
+            put(attn.k_norm.weight, p + "self_attn.k_norm.weight")
+        put(layer.mlp.gate_up_proj.weight, p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight")
+        put(layer.mlp.down_proj.weight, p + "mlp.down_proj.weight")
