@@ -1,0 +1,319 @@
+"""KVCacheManager: the one object the scheduler talks to.
+
+It composes the KV tensors, the page pool, one page table per sequence and the radix prefix
+cache, and keeps their ownership rules in one place:
+
+- every holder of a page (a sequence's table, the prefix tree) holds exactly one reference;
+- a sequence locks the deepest tree node whose pages it uses, so they are never evicted;
+- before a sequence writes into a page someone else holds, it copies it (copy-on-write);
+- only pages whose every position has been reserved (and so written by the forward that
+  followed the reservation) are ever inserted into the prefix tree.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .errors import UnknownSequenceError
+from .events import CacheEvent, CacheStats
+from .page_table import PageTable
+from .pool import PagePool
+from .radix import RadixCache, RadixNode
+from .tensors import KVTensors
+
+
+@dataclass
+class _Sequence:
+    table: PageTable
+    node: RadixNode | None = None  # the tree node this sequence holds a lock on
+    num_tokens: int = 0  # positions [0, num_tokens) are cached or reserved (written by the next forward)
+    committed_pages: int = 0
+
+
+class KVCacheManager:
+    """Paged KV memory with prefix reuse for a set of open sequences."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        *,
+        page_size: int = 16,
+        num_pages: int | None = None,
+        memory_budget_bytes: int | None = None,
+        dtype: torch.dtype = torch.bfloat16,
+        device: str | torch.device = "cpu",
+        enable_prefix_cache: bool = True,
+        eviction: str = "tinylfu",
+    ) -> None:
+        self.kv = KVTensors(
+            num_layers,
+            num_kv_heads,
+            head_dim,
+            page_size=page_size,
+            num_pages=num_pages,
+            memory_budget_bytes=memory_budget_bytes,
+            dtype=dtype,
+            device=device,
+        )
+        self.page_size = page_size
+        self.num_pages = self.kv.num_pages
+        self.pool = PagePool(self.num_pages)
+        self.radix = RadixCache(self.pool, page_size, eviction=eviction) if enable_prefix_cache else None
+        self._seqs: dict[object, _Sequence] = {}
+        self._subscribers: list[Callable[[CacheEvent], None]] = []
+        self._tokens_queried = 0
+        self._tokens_hit = 0
+        self._cow_copies = 0
+        self._allocated = 0
+        self._freed = 0
+
+    # ---- sizes ---------------------------------------------------------------------------
+
+    @property
+    def kv_caches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return self.kv.caches
+
+    @property
+    def capacity_tokens(self) -> int:
+        return self.kv.capacity_tokens
+
+    @property
+    def capacity_bytes(self) -> int:
+        return self.kv.capacity_bytes
+
+    def num_free_pages(self) -> int:
+        return self.pool.num_free
+
+    def num_evictable_pages(self) -> int:
+        return self.radix.evictable_pages if self.radix is not None else 0
+
+    def num_cached_pages(self) -> int:
+        return self.radix.num_pages if self.radix is not None else 0
+
+    def has_sequence(self, seq_id: object) -> bool:
+        return seq_id in self._seqs
+
+    def num_tokens(self, seq_id: object) -> int:
+        """Positions of the sequence that are cached or reserved."""
+        return self._get(seq_id).num_tokens
+
+    # ---- sequence lifecycle ----------------------------------------------------------------
+
+    def _get(self, seq_id: object) -> _Sequence:
+        seq = self._seqs.get(seq_id)
+        if seq is None:
+            raise UnknownSequenceError(f"sequence {seq_id!r} is not open")
+        return seq
+
+    def open(self, seq_id: object, token_ids: Sequence[int]) -> int:
+        """Register a sequence and share its longest cached prefix; return the cached token count.
+
+        At most len(token_ids) - 1 tokens are reported, so the last prompt token is always
+        computed (its logits are needed); if it lies in a shared page, reserve() copies it first.
+        """
+        if seq_id in self._seqs:
+            raise UnknownSequenceError(f"sequence {seq_id!r} is already open")
+        seq = _Sequence(PageTable(self.pool, self.page_size))
+        cached = 0
+        self._tokens_queried += len(token_ids)
+        if self.radix is not None and len(token_ids) > 1:
+            handles, node = self.radix.match(token_ids)
+            if handles:
+                seq.table.attach(handles)
+                self.radix.lock(node)
+                seq.node = node
+                seq.committed_pages = len(handles)
+                cached = min(len(handles) * self.page_size, len(token_ids) - 1)
+                self._emit("shared", [h.page for h in handles], seq_id)
+        seq.num_tokens = cached
+        self._tokens_hit += cached
+        self._seqs[seq_id] = seq
+        return cached
+
+    def _plan(self, seq: _Sequence, total_tokens: int) -> tuple[list[int], int]:
+        """Pages to copy-on-write and new pages needed to write positions [num_tokens, total)."""
+        table = seq.table
+        ps = self.page_size
+        last = (total_tokens - 1) // ps
+        refcount = self.pool.refcount
+        pages = table.pages
+        cow = [i for i in range(seq.num_tokens // ps, min(last + 1, len(pages))) if refcount(pages[i]) > 1]
+        return cow, max(0, last + 1 - len(pages))
+
+    def can_reserve(self, seq_id: object, total_tokens: int) -> bool:
+        """Would reserve(seq_id, total_tokens) succeed now (evicting unlocked cache if needed)?"""
+        seq = self._get(seq_id)
+        if total_tokens <= seq.num_tokens:
+            return True
+        cow, new = self._plan(seq, total_tokens)
+        return len(cow) + new <= self.pool.num_free + self.num_evictable_pages()
+
+    def reserve(self, seq_id: object, total_tokens: int) -> bool:
+        """Make positions [0, total_tokens) writable; False (changing nothing) if memory is short."""
+        seq = self._get(seq_id)
+        if total_tokens <= seq.num_tokens:
+            return True
+        cow, new = self._plan(seq, total_tokens)
+        need = len(cow) + new
+        if need > self.pool.num_free:
+            if need > self.pool.num_free + self.num_evictable_pages():
+                return False
+            assert self.radix is not None
+            evicted = self.radix.evict(need - self.pool.num_free)
+            self._emit("evicted", evicted, None)
+        table = seq.table
+        for i in cow:
+            copied = table.copy_on_write(i, self.kv)
+            if copied is not None:
+                self._cow_copies += 1
+                self._allocated += 1
+                self._emit("copied", [copied], seq_id)
+        added = table.grow(total_tokens)
+        if added:
+            self._allocated += len(added)
+            self._emit("allocated", [h.page for h in added], seq_id)
+        seq.num_tokens = total_tokens
+        return True
+
+    def slot_mapping(self, seq_id: object, start: int, end: int) -> list[int]:
+        """KV slots (page * page_size + offset) for positions [start, end)."""
+        return self._get(seq_id).table.slots(start, end)
+
+    def block_table(self, seq_id: object) -> list[int]:
+        return list(self._get(seq_id).table.pages)
+
+    def commit(self, seq_id: object, token_ids: Sequence[int]) -> None:
+        """Insert the sequence's full, written pages into the prefix cache (call after the forward).
+
+        Only positions already reserved count, so a sampled token whose K/V is not written yet
+        never enters the cache. Pages the cache already holds for the same tokens replace the
+        sequence's own copies, which are freed.
+        """
+        seq = self._get(seq_id)
+        if self.radix is None:
+            return
+        ps = self.page_size
+        n_pages = min(len(token_ids), seq.num_tokens) // ps
+        if n_pages <= seq.committed_pages:
+            return
+        table = seq.table
+        mine = table.handles[:n_pages]
+        tree, node = self.radix.insert(list(token_ids[: n_pages * ps]), mine)
+        freed = [old.page for i, old in enumerate(mine) if tree[i] != old and table.replace(i, tree[i])]
+        self.radix.lock(node)
+        if seq.node is not None:
+            self.radix.unlock(seq.node)
+        seq.node = node
+        seq.committed_pages = n_pages
+        if freed:
+            self._freed += len(freed)
+            self._emit("freed", freed, seq_id)
+
+    def close(self, seq_id: object, token_ids: Sequence[int] | None = None) -> None:
+        """Release the sequence; with token_ids (and caching on) its full pages are cached first."""
+        seq = self._get(seq_id)
+        if token_ids is not None:
+            self.commit(seq_id, token_ids)
+        if seq.node is not None:
+            assert self.radix is not None
+            self.radix.unlock(seq.node)
+            seq.node = None
+        freed = seq.table.release()
+        del self._seqs[seq_id]
+        if freed:
+            self._freed += len(freed)
+            self._emit("freed", freed, seq_id)
+
+    def clear_prefix_cache(self) -> int:
+        """Evict every unlocked cached page; return how many were freed."""
+        if self.radix is None:
+            return 0
+        freed = self.radix.clear()
+        self._emit("evicted", freed, None)
+        return len(freed)
+
+    # ---- observing -----------------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[CacheEvent], None]) -> Callable[[], None]:
+        """Call `callback(CacheEvent)` on every page event; returns a function that unsubscribes."""
+        self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def _emit(self, kind: str, pages: list, seq_id: object) -> None:
+        if kind == "evicted":
+            self._freed += len(pages)
+        if pages and self._subscribers:
+            event = CacheEvent(kind, pages, seq_id)  # type: ignore[arg-type]
+            for callback in list(self._subscribers):
+                callback(event)
+
+    def stats(self) -> CacheStats:
+        free = self.pool.num_free
+        evictable = self.num_evictable_pages()
+        return CacheStats(
+            num_pages=self.num_pages,
+            page_size=self.page_size,
+            free_pages=free,
+            cached_pages=self.num_cached_pages(),
+            evictable_pages=evictable,
+            in_use_pages=self.num_pages - free - evictable,
+            num_sequences=len(self._seqs),
+            tokens_queried=self._tokens_queried,
+            tokens_hit=self._tokens_hit,
+            evicted_pages=self.radix.evicted_pages if self.radix is not None else 0,
+            cow_copies=self._cow_copies,
+            allocated_pages=self._allocated,
+            freed_pages=self._freed,
+        )
+
+    def check_invariants(self) -> None:
+        """Assert that every page is accounted for exactly once; AssertionError says what broke."""
+        pool = self.pool
+        pool.check_invariants()
+        holders: Counter[int] = Counter()
+        in_use: set[int] = set()
+        for seq_id, seq in self._seqs.items():
+            pages = seq.table.pages
+            assert len(set(pages)) == len(pages), f"sequence {seq_id!r} holds a page twice"
+            assert pages == [h.page for h in seq.table.handles], f"sequence {seq_id!r}: page list out of sync"
+            for h in seq.table.handles:
+                pool.check(h)
+            holders.update(pages)
+            in_use.update(pages)
+            assert seq.num_tokens <= len(pages) * self.page_size, f"sequence {seq_id!r} reserved beyond its pages"
+        unlocked: set[int] = set()
+        if self.radix is not None:
+            self.radix.check_invariants()
+            expected_locks: Counter[int] = Counter()
+            for seq in self._seqs.values():
+                node = seq.node
+                while node is not None and node is not self.radix.root:
+                    expected_locks[id(node)] += 1
+                    node = node.parent
+            for node in self.radix.nodes():
+                assert node.lock_ref == expected_locks[id(node)], (
+                    f"{node!r}: lock_ref {node.lock_ref} but {expected_locks[id(node)]} sequences lock it"
+                )
+                pages = [h.page for h in node.pages]
+                holders.update(pages)
+                (in_use if node.lock_ref else unlocked).update(pages)
+        for page in range(self.num_pages):
+            assert pool.refcount(page) == holders[page], (
+                f"page {page}: refcount {pool.refcount(page)} but {holders[page]} holders"
+            )
+        assert not unlocked & in_use, f"pages {sorted(unlocked & in_use)[:8]} are evictable yet in use"
+        total = pool.num_free + len(unlocked) + len(in_use)
+        assert total == self.num_pages, (
+            f"free {pool.num_free} + cached {len(unlocked)} + in use {len(in_use)} = {total} != {self.num_pages}"
+        )
