@@ -1,3 +1,18 @@
-"""astrai.scheduler — see the package README."""
+"""astrai.scheduler — the Engine: continuous batching over paged KV, prefix reuse, sampling."""
 
-__all__: list[str] = []
+from .engine import Engine
+from .errors import EngineError, PromptTooLongError
+from .outputs import RequestMetrics, RequestOutput
+from .params import SamplingParams
+from .trace import JsonlTraceWriter, TraceEvent
+
+__all__ = [
+    "Engine",
+    "EngineError",
+    "JsonlTraceWriter",
+    "PromptTooLongError",
+    "RequestMetrics",
+    "RequestOutput",
+    "SamplingParams",
+    "TraceEvent",
+]

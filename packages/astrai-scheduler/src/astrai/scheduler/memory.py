@@ -1,0 +1,66 @@
+"""Defaults that depend on the machine: device, dtype, and how many KV pages to allocate."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+_DTYPES = {
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+CPU_KV_CAP_BYTES = 4 << 30
+CPU_KV_FRACTION = 0.25
+CUDA_KV_FRACTION = 0.85
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """None and "auto" mean bfloat16 (AMX on CPU, tensor cores on CUDA)."""
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(set(_DTYPES))} or a torch.dtype, got {dtype!r}")
+    return _DTYPES[key]
+
+
+def available_memory_bytes(device: torch.device) -> int:
+    """Free memory on the device (CUDA: mem_get_info; CPU: MemAvailable)."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 1 << 30
+
+
+def default_num_pages(config: Any, dtype: torch.dtype, device: torch.device, page_size: int, max_num_seqs: int) -> int:
+    """Size the KV pool from free memory: a capped fraction on CPU, most of what is left on CUDA.
+
+    Never more than every sequence at full context could use.
+    """
+    free = available_memory_bytes(device)
+    budget = free * CUDA_KV_FRACTION if device.type == "cuda" else min(free * CPU_KV_FRACTION, CPU_KV_CAP_BYTES)
+    per_page = config.kv_bytes_per_token(dtype) * page_size
+    pages = int(budget // per_page)
+    most = -(-max_num_seqs * config.max_position_embeddings // page_size)
+    return max(1, min(pages, most))

@@ -1,0 +1,205 @@
+"""Batched token sampling: penalties, temperature, top-k/top-p/min-p, seeds, logprobs.
+
+Everything runs as tensor ops over the whole batch; Python only loops over rows to gather
+their token histories (and only for rows that use penalties). Seeded rows draw their noise
+from their own torch.Generator, so a seed gives the same tokens whatever else is batched.
+Sampling uses the exponential race: argmax(p / q) with q ~ Exp(1) picks i with probability p_i.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from .params import SamplingParams
+
+
+class SamplingRow(Protocol):
+    """What the sampler needs to know about one row's request."""
+
+    params: SamplingParams
+    generator: torch.Generator | None
+    prompt_token_ids: list[int]
+    output_token_ids: list[int]
+
+    def banned_token_ids(self) -> list[int]:
+        """Tokens that must not be sampled now (EOS/stop ids before min_tokens)."""
+        ...
+
+
+@dataclass
+class SampleResult:
+    token_ids: list[int]
+    logprobs: list[dict[str, Any] | None] | None  # per row, None for rows that did not ask
+
+
+class Sampler:
+    """Turns a [R, vocab] float32 logits tensor into one token per row."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self._seed = seed
+
+    def _default_generator(self, device: torch.device) -> torch.Generator:
+        gen = self._generators.get(device)
+        if gen is None:
+            gen = torch.Generator(device=device)
+            if self._seed is None:
+                gen.seed()
+            else:
+                gen.manual_seed(self._seed)
+            self._generators[device] = gen
+        return gen
+
+    @torch.inference_mode()
+    def sample(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> SampleResult:
+        n = len(rows)
+        if n == 0:
+            return SampleResult([], None)
+        params = [r.params for r in rows]
+        want_logprobs = [p.logprobs is not None for p in params]
+        banned = [r.banned_token_ids() for r in rows]
+        plain = not any(banned) and not any(p.needs_penalties for p in params)
+        if plain and all(p.greedy for p in params) and not any(want_logprobs):
+            return SampleResult(logits.argmax(dim=-1).tolist(), None)  # greedy fast path
+
+        raw = logits
+        logits = logits.clone()
+        if not plain:
+            _apply_bans(logits, banned)
+            _apply_penalties(logits, rows)
+
+        greedy_rows = [i for i, p in enumerate(params) if p.greedy]
+        random_rows = [i for i, p in enumerate(params) if not p.greedy]
+        out = torch.empty(n, dtype=torch.long, device=logits.device)
+        if greedy_rows:
+            if len(greedy_rows) == n:
+                out = logits.argmax(dim=-1)
+            else:
+                idx = torch.tensor(greedy_rows, device=logits.device)
+                out[idx] = logits[idx].argmax(dim=-1)
+        if random_rows:
+            if len(random_rows) == n:
+                out = self._sample_random(logits, [rows[i] for i in random_rows])
+            else:
+                idx = torch.tensor(random_rows, device=logits.device)
+                out[idx] = self._sample_random(logits[idx], [rows[i] for i in random_rows])
+        token_ids = out.tolist()
+        lps = _logprobs(raw, token_ids, params) if any(want_logprobs) else None
+        return SampleResult(token_ids, lps)
+
+    def _sample_random(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
+        params = [r.params for r in rows]
+        device = logits.device
+        temps = torch.tensor([p.temperature for p in params], dtype=logits.dtype, device=device)
+        logits = logits / temps.unsqueeze(1)
+        if any(p.top_k > 0 for p in params):
+            _apply_top_k(logits, [p.top_k for p in params])
+        if any(p.top_p < 1.0 for p in params):
+            _apply_top_p(logits, [p.top_p for p in params])
+        probs = torch.softmax(logits, dim=-1)
+        if any(p.min_p > 0.0 for p in params):
+            min_p = torch.tensor([p.min_p for p in params], dtype=probs.dtype, device=device)
+            threshold = probs.max(dim=-1, keepdim=True).values * min_p.unsqueeze(1)
+            probs = probs.masked_fill(probs < threshold, 0.0)
+        noise = torch.empty_like(probs)
+        seeded = [i for i, r in enumerate(rows) if r.generator is not None]
+        if len(seeded) < len(rows):
+            noise.exponential_(generator=self._default_generator(device))
+        for i in seeded:
+            noise[i].exponential_(generator=rows[i].generator)
+        return (probs / noise).argmax(dim=-1)
+
+
+def _apply_bans(logits: torch.Tensor, banned: list[list[int]]) -> None:
+    r_idx = [i for i, ids in enumerate(banned) for _ in ids]
+    if not r_idx:
+        return
+    c_idx = [t for ids in banned for t in ids]
+    rows = torch.tensor(r_idx, device=logits.device)
+    cols = torch.tensor(c_idx, device=logits.device)
+    logits[rows, cols] = float("-inf")
+
+
+def _apply_penalties(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> None:
+    """vLLM semantics: repetition over prompt+output, presence/frequency over output only."""
+    which = [i for i, r in enumerate(rows) if r.params.needs_penalties]
+    if not which:
+        return
+    device, vocab = logits.device, logits.shape[-1]
+    m = len(which)
+    out_r = [k for k, i in enumerate(which) for _ in rows[i].output_token_ids]
+    out_t = [t for i in which for t in rows[i].output_token_ids]
+    counts = torch.zeros(m, vocab, dtype=logits.dtype, device=device)
+    if out_t:
+        counts.index_put_(
+            (torch.tensor(out_r, device=device), torch.tensor(out_t, device=device)),
+            torch.ones(len(out_t), dtype=logits.dtype, device=device),
+            accumulate=True,
+        )
+    sub = logits[which]
+    ps = [rows[i].params for i in which]
+    rep = torch.tensor([p.repetition_penalty for p in ps], dtype=logits.dtype, device=device).unsqueeze(1)
+    if any(p.repetition_penalty != 1.0 for p in ps):
+        seen = counts > 0
+        pr_r = [k for k, i in enumerate(which) for _ in rows[i].prompt_token_ids]
+        pr_t = [t for i in which for t in rows[i].prompt_token_ids]
+        if pr_t:
+            seen[torch.tensor(pr_r, device=device), torch.tensor(pr_t, device=device)] = True
+        penalised = torch.where(sub > 0, sub / rep, sub * rep)
+        sub = torch.where(seen, penalised, sub)
+    pres = torch.tensor([p.presence_penalty for p in ps], dtype=logits.dtype, device=device).unsqueeze(1)
+    freq = torch.tensor([p.frequency_penalty for p in ps], dtype=logits.dtype, device=device).unsqueeze(1)
+    sub = sub - pres * (counts > 0).to(logits.dtype) - freq * counts
+    logits[which] = sub
+
+
+def _apply_top_k(logits: torch.Tensor, top_k: list[int]) -> None:
+    vocab = logits.shape[-1]
+    ks = [k if 0 < k < vocab else vocab for k in top_k]
+    kmax = max(ks)
+    if kmax >= vocab and min(ks) >= vocab:
+        return
+    values = logits.topk(kmax, dim=-1).values
+    kth_idx = torch.tensor([k - 1 for k in ks], device=logits.device).unsqueeze(1)
+    kth = values.gather(1, kth_idx.clamp(max=kmax - 1))
+    full = torch.tensor([k >= vocab for k in ks], device=logits.device).unsqueeze(1)
+    logits.masked_fill_((logits < kth) & ~full, float("-inf"))
+
+
+def _apply_top_p(logits: torch.Tensor, top_p: list[float]) -> None:
+    which = [i for i, p in enumerate(top_p) if p < 1.0]
+    idx = torch.tensor(which, device=logits.device)
+    sub = logits[idx]
+    sorted_logits, order = sub.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    before = probs.cumsum(dim=-1) - probs  # mass strictly above each token
+    ps = torch.tensor([top_p[i] for i in which], dtype=probs.dtype, device=logits.device).unsqueeze(1)
+    drop_sorted = before >= ps  # keeps the smallest set reaching top_p (always the first)
+    drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
+    logits[idx] = sub.masked_fill(drop, float("-inf"))
+
+
+def _logprobs(
+    raw: torch.Tensor, token_ids: list[int], params: list[SamplingParams]
+) -> list[dict[str, Any] | None]:
+    """Model log-probabilities (before penalties and temperature) of the chosen and top tokens."""
+    which = [i for i, p in enumerate(params) if p.logprobs is not None]
+    idx = torch.tensor(which, device=raw.device)
+    lp = torch.log_softmax(raw[idx].float(), dim=-1)
+    chosen = lp.gather(1, torch.tensor([[token_ids[i]] for i in which], device=raw.device)).squeeze(1)
+    kmax = max(params[i].logprobs or 0 for i in which)
+    top_v = top_i = None
+    if kmax > 0:
+        top_v, top_i = lp.topk(kmax, dim=-1)
+        top_v, top_i = top_v.tolist(), top_i.tolist()
+    chosen_l = chosen.tolist()
+    result: list[dict[str, Any] | None] = [None] * len(params)
+    for k, i in enumerate(which):
+        n = params[i].logprobs or 0
+        top = list(zip(top_i[k][:n], top_v[k][:n], strict=True)) if top_i is not None else []
+        result[i] = {"token_id": token_ids[i], "logprob": chosen_l[k], "top": top}
+    return result
