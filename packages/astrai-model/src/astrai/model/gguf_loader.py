@@ -16,6 +16,7 @@ from tokenizers import Tokenizer as BackendTokenizer
 
 from .config import ModelConfig
 from .errors import ModelLoadError
+from .gguf_reader import GGUFContainer, GGUFFormatError, TensorInfo
 from .tokenizer import Tokenizer
 
 try:
@@ -73,27 +74,26 @@ class GGUFFile:
         if not Path(path).is_file():
             raise ModelLoadError(path, "GGUF file not found")
         try:
-            self.reader = gguf.GGUFReader(self.path)
-        except Exception as exc:  # the reader raises assorted errors on bad or truncated files
-            raise ModelLoadError(path, f"not a readable GGUF file (truncated or corrupt?): {exc}") from exc
+            self.container = GGUFContainer(self.path)
+        except (GGUFFormatError, OSError, ValueError, UnicodeDecodeError) as exc:
+            raise ModelLoadError(path, f"not a readable GGUF file: {exc}") from exc
         self.architecture = str(self.field("general.architecture"))
-        self.tensors = {}
-        for tensor in self.reader.tensors:
+        self.tensors: dict[str, TensorInfo] = {}
+        for tensor in self.container.tensors.values():
             name = self._hf_name(tensor.name)
             if name is not None:
                 self.tensors[name] = tensor
-            elif tensor.name != "rope_freqs.weight":
-                raise ModelLoadError(self.path, f"unexpected tensor {tensor.name!r} for a {self.architecture} model")
-            else:
+            elif tensor.name == "rope_freqs.weight":
                 raise ModelLoadError(self.path, "rope_freqs (precomputed RoPE factors) is not supported")
+            else:
+                raise ModelLoadError(self.path, f"unexpected tensor {tensor.name!r} for a {self.architecture} model")
 
     def field(self, key: str, default: Any = ...) -> Any:
-        field = self.reader.fields.get(key)
-        if field is None:
+        if key not in self.container.metadata:
             if default is ...:
                 raise ModelLoadError(self.path, f"metadata key {key!r} is missing")
             return default
-        return field.contents()
+        return self.container.metadata[key]
 
     @staticmethod
     def _hf_name(name: str) -> str | None:
@@ -148,15 +148,15 @@ class GGUFFile:
     def tensor(self, name: str, config: ModelConfig) -> tuple[torch.Tensor, str]:
         """Dequantized float32 tensor in HF layout (rows permuted back for q/k)."""
         tensor = self.tensors[name]
-        qtype = tensor.tensor_type.name
-        if qtype not in SUPPORTED_QUANTS:
-            raise ModelLoadError(self.path, f"tensor {tensor.name}: unsupported quantization {qtype}")
-        shape = tuple(int(n) for n in reversed(tensor.shape.tolist()))
+        qtype = gguf.GGMLQuantizationType(tensor.type_id)
+        if qtype.name not in SUPPORTED_QUANTS:
+            raise ModelLoadError(self.path, f"tensor {tensor.name}: unsupported quantization {qtype.name}")
         try:
-            data = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-            array = np.asarray(data, dtype=np.float32).reshape(shape)
+            raw = self.container.raw(tensor)
+            rows = raw.reshape(*tensor.shape[:-1], -1) if len(tensor.shape) > 1 else raw[None]
+            array = np.asarray(gguf.quants.dequantize(rows, qtype), dtype=np.float32).reshape(tensor.shape)
         except Exception as exc:
-            raise ModelLoadError(self.path, f"tensor {tensor.name}: cannot dequantize {qtype}: {exc}") from exc
+            raise ModelLoadError(self.path, f"tensor {tensor.name}: cannot dequantize {qtype.name}: {exc}") from exc
         weight = torch.from_numpy(array.copy())
         if self.architecture in PERMUTED_ARCHITECTURES:
             if name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
