@@ -255,6 +255,10 @@ class RadixCache:
         return freq, node.last_access
 
     def _push(self, node: RadixNode) -> None:
+        """(Re)queue an evictable leaf at its current priority; older entries for it go stale."""
+        if len(self._heap) > 2 * self._num_nodes + 64:  # stale entries: start over, O(1) amortized
+            self._rebuild_heap()  # pushes every evictable leaf, this one included
+            return
         self._next_stamp += 1
         node.stamp = self._next_stamp
         freq, last = self._priority(node)
@@ -283,15 +287,12 @@ class RadixCache:
         """
         if num_pages <= 0:
             return []
-        if (self.sketch is not None and self.sketch.resets != self._sketch_resets) or len(
-            self._heap
-        ) > 2 * self._num_nodes + 64:
+        if self.sketch is not None and self.sketch.resets != self._sketch_resets:
             self._rebuild_heap()
         ps = self.page_size
         freed: list[int] = []
-        heap = self._heap
-        while len(freed) < num_pages and heap:
-            freq, last, stamp, node = heapq.heappop(heap)
+        while len(freed) < num_pages and self._heap:
+            freq, last, stamp, node = heapq.heappop(self._heap)
             if node.stamp != stamp or not self._evictable_leaf(node):
                 continue
             if (freq, last) != self._priority(node):
@@ -299,7 +300,7 @@ class RadixCache:
                 continue
             take = min(len(node.pages), num_pages - len(freed))
             dropped = node.pages[len(node.pages) - take :]
-            for h in dropped:
+            for h in reversed(dropped):  # tail first
                 self._in_tree[h.page] = 0
                 if self.pool.decref(h):
                     freed.append(h.page)
