@@ -1,0 +1,191 @@
+"""Beats of the continuous-batching scene, from the real steps of the trace."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..replay import FREE, RequestSnapshot, replay_pages, replay_requests
+from ..sampling import plan_timing, sample_indices
+from ..trace import Trace
+from . import format as fmt
+
+DEFAULT_SECONDS = 45.0
+PHASES = ("Cleanup", "Refill", "Prefill", "Decode")
+MAX_LANES = 12
+MAX_MASK_PAGES = 128
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    mean_ms: float | None  # measured mean over the trace's steps, if the engine reported it
+
+
+@dataclass(frozen=True)
+class LoopBeat:
+    phases: tuple[Phase, ...]
+    caption: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Lane:
+    """One request's row: where it is in its life and how many tokens it has produced."""
+
+    request_id: str
+    state: str  # pending | waiting | prefill | decode | finished | gone
+    tokens_out: int
+    tokens_target: int
+    label: str
+
+
+@dataclass(frozen=True)
+class BatchStepBeat:
+    step: int
+    skipped: int  # trace steps not shown since the previous beat
+    active_phases: tuple[str, ...]
+    lanes: tuple[Lane, ...]
+    free_mask: tuple[bool, ...]  # True = free, for pages [0, len(free_mask))
+    num_free_pages: int
+    num_pages: int
+    caption: str
+    events: str
+    key: bool  # the poster frame: the largest merged batch
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ThroughputBeat:
+    static_tokens_per_s: float
+    continuous_tokens_per_s: float
+    static_label: str
+    continuous_label: str
+    ratio_text: str
+    detail: str
+    seconds: float
+
+
+BatchingBeat = LoopBeat | BatchStepBeat | ThroughputBeat
+
+
+def _score(step: dict, previous: dict | None) -> int:
+    if step["arrived"] or step["finished"] or step["preempted"] or step["prefill"]:
+        return 3
+    if not step["decode"]:
+        return 0
+    if previous is None or len(previous["decode"]) != len(step["decode"]):
+        return 2
+    return 1
+
+
+def _active_phases(step: dict) -> tuple[str, ...]:
+    active = []
+    if step["finished"] or step["preempted"] or step["pages"]["freed"]:
+        active.append("Cleanup")
+    if step["arrived"] or any(e["start"] <= e["cached_tokens"] for e in step["prefill"]):
+        active.append("Refill")
+    if step["prefill"]:
+        active.append("Prefill")
+    if step["decode"]:
+        active.append("Decode")
+    return tuple(active)
+
+
+def _lane(snap: RequestSnapshot, step: dict) -> Lane:
+    rid = snap.request_id
+    progress = f"{snap.tokens_out}/{snap.tokens_target} tokens"
+    if snap.state == "pending":
+        label = "not arrived yet"
+    elif snap.state == "waiting":
+        label = "preempted, waiting" if rid in step["preempted"] else "waiting"
+    elif snap.state == "prefill":
+        entry = next(e for e in step["prefill"] if e["request_id"] == rid)
+        cached = f", {entry['cached_tokens']} cached" if entry["cached_tokens"] else ""
+        label = f"prefill {entry['num_tokens']} tokens{cached}"
+    elif snap.state == "decode":
+        label = f"decoding · {progress}"
+    elif snap.state == "finished":
+        label = f"finished ({snap.finish_reason}) · {snap.tokens_out} tokens"
+    else:
+        label = "left the batch"
+    return Lane(rid, snap.state, snap.tokens_out, snap.tokens_target, label)
+
+
+def _caption(step: dict) -> tuple[str, str]:
+    decode = len(step["decode"])
+    prefill_tokens = sum(e["num_tokens"] for e in step["prefill"])
+    parts = []
+    if decode:
+        parts.append(f"{decode} decode token{'s' if decode != 1 else ''}")
+    if prefill_tokens:
+        parts.append(f"{prefill_tokens} prefill tokens")
+    caption = f"step {step['step']}: one forward · " + (" + ".join(parts) if parts else "idle")
+    events = [f"{rid} arrives" for rid in step["arrived"]]
+    events += [f"{rid} preempted" for rid in step["preempted"]]
+    events += [f"{e['request_id']} leaves ({e['finish_reason']})" for e in step["finished"]]
+    return caption, " · ".join(events)
+
+
+def _loop_beat(trace: Trace, seconds: float) -> LoopBeat:
+    phases = []
+    for name in PHASES:
+        values = [s["phases_ms"][name.lower()] for s in trace.steps if name.lower() in s["phases_ms"]]
+        phases.append(Phase(name, sum(values) / len(values) if values else None))
+    return LoopBeat(
+        tuple(phases),
+        f"the Engine's background thread runs this loop — {fmt.thousands(len(trace.steps))} times in this trace",
+        seconds,
+    )
+
+
+def throughput_beat(trace: Trace, seconds: float) -> ThroughputBeat:
+    """The measured static vs continuous comparison, numbers straight from the trace."""
+    tp = trace.throughput
+    static, cont = tp["static"], tp["continuous"]
+    return ThroughputBeat(
+        float(static["tokens_per_s"]),
+        float(cont["tokens_per_s"]),
+        f"static\n{fmt.rate(static['tokens_per_s'])} tok/s",
+        f"continuous\n{fmt.rate(cont['tokens_per_s'])} tok/s",
+        f"continuous batching: {fmt.ratio(tp['ratio'])} the throughput of static batching",
+        f"measured in this run on the same workload: {fmt.thousands(static['tokens'])} tokens in "
+        f"{static['seconds']:.2f} s (static) vs {fmt.thousands(cont['tokens'])} tokens in {cont['seconds']:.2f} s",
+        seconds,
+    )
+
+
+def batching_beats(trace: Trace, max_seconds: float | None = None) -> list[BatchingBeat]:
+    """Loop intro, a sample of the real steps, then the measured throughput bar chart."""
+    timing = plan_timing((4.0, 6.0), 1.0, DEFAULT_SECONDS if max_seconds is None else max_seconds)
+    steps = trace.steps
+    scores = [_score(s, steps[i - 1] if i else None) for i, s in enumerate(steps)]
+    shown = sample_indices(scores, timing.max_steps)
+    pages = replay_pages(trace)
+    requests = replay_requests(trace)
+    window = min(trace.num_pages, MAX_MASK_PAGES)
+    biggest = max(shown, key=lambda i: (len(steps[i]["decode"]), -i), default=None)
+
+    beats: list[BatchingBeat] = [_loop_beat(trace, timing.fixed[0])]
+    previous = -1
+    for i in shown:
+        step = steps[i]
+        caption, events = _caption(step)
+        lanes = tuple(_lane(snap, step) for snap in list(requests[i].values())[:MAX_LANES])
+        beats.append(
+            BatchStepBeat(
+                step=step["step"],
+                skipped=i - previous - 1,
+                active_phases=_active_phases(step),
+                lanes=lanes,
+                free_mask=tuple(state == FREE for state in pages[i].states[:window]),
+                num_free_pages=step["num_free_pages"],
+                num_pages=trace.num_pages,
+                caption=caption,
+                events=events,
+                key=i == biggest,
+                seconds=timing.per_step,
+            )
+        )
+        previous = i
+    beats.append(throughput_beat(trace, timing.fixed[1]))
+    return beats
