@@ -1,0 +1,122 @@
+"""The FastAPI application: routes, middleware and the background model load.
+
+`create_app(config)` loads the model named in the config in a background thread once the
+server starts; `create_app(config, engine=e)` serves an engine that already exists (tests,
+embedding). Either way the socket is listening before the model is ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from astrai.server import handlers
+from astrai.server.body import read_model
+from astrai.server.config import ServerConfig
+from astrai.server.errors import APIError, bad_request, install_error_handlers
+from astrai.server.metrics import CONTENT_TYPE
+from astrai.server.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestLogMiddleware
+from astrai.server.protocol import DetokenizeRequest, TokenizeRequest
+from astrai.server.service import Service
+from astrai.server.state import EngineHolder
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+
+def default_engine_factory(config: ServerConfig) -> Callable[[], Any]:
+    def load() -> Any:
+        from astrai.scheduler import Engine
+
+        return Engine.from_pretrained(config.model, **config.engine_kwargs)
+
+    return load
+
+
+def create_app(config: ServerConfig | None = None, *, engine: Any = None,
+               engine_factory: Callable[[], Any] | None = None,
+               on_load_failure: Callable[[str], None] | None = None) -> FastAPI:
+    """Build the app. Give `engine` to serve an existing one (not shut down by the app)."""
+    config = config or ServerConfig()
+    if engine is None and engine_factory is None:
+        engine_factory = default_engine_factory(config)
+    holder = EngineHolder(factory=engine_factory, engine=engine, on_failure=on_load_failure,
+                          description=f"model {config.model!r}")
+    service = Service(config, holder)
+    started = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        holder.start_loading()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(holder.shutdown)
+
+    app = FastAPI(title="AstrAI", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service = service
+    install_error_handlers(app)
+    # Added last = outermost: log every request, then check the key, then the body size.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    app.add_middleware(ApiKeyMiddleware, api_key=config.api_key)
+    app.add_middleware(RequestLogMiddleware)
+
+    @app.get("/health")
+    async def health() -> Response:
+        if holder.ready:
+            return JSONResponse({"status": "ok", "model": config.model_name})
+        holder.get()  # raises the 503 that says loading or failed
+        raise AssertionError("unreachable")
+
+    def model_card() -> dict:
+        card = {"id": config.model_name, "object": "model", "created": started, "owned_by": "astrai"}
+        engine_now = holder.peek()
+        if engine_now is not None:
+            card["max_model_len"] = Service.context_limit(engine_now)
+        return card
+
+    @app.get("/v1/models")
+    async def list_models() -> dict:
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str) -> dict:
+        service.check_model(model_id)
+        return model_card()
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> dict:
+        req = await read_model(request, TokenizeRequest)
+        service.check_model(req.model)
+        engine_now = service.engine()
+        if req.messages is not None:
+            messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                        for m in req.messages]
+            ids = await asyncio.to_thread(service.render_chat, engine_now, messages)
+        else:
+            ids = list(engine_now.tokenizer.encode(req.prompt, add_special_tokens=bool(req.add_special_tokens)))
+        return {"count": len(ids), "max_model_len": Service.context_limit(engine_now), "tokens": ids}
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> dict:
+        req = await read_model(request, DetokenizeRequest)
+        service.check_model(req.model)
+        engine_now = service.engine()
+        vocab = int(engine_now.config.vocab_size)
+        bad = next((t for t in req.tokens if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise bad_request(f"tokens: token id {bad} is out of range [0, {vocab})", "tokens")
+        return {"prompt": engine_now.tokenizer.decode(req.tokens, skip_special_tokens=False)}
+
+    app.add_api_route("/v1/chat/completions", handlers.chat_completions, methods=["POST"])
+    app.add_api_route("/v1/completions", handlers.completions, methods=["POST"])
+    return app
+
+
+__all__ = ["create_app", "APIError"]

@@ -1,0 +1,218 @@
+"""The `astrai` command: `astrai serve` (the HTTP server) and `astrai generate` (one prompt).
+
+`serve` opens the socket first and loads the model in the background, printing the URL at
+once and a line while the model loads. SIGINT/SIGTERM stop accepting connections, let
+in-flight requests finish (up to --shutdown-timeout, then abort them) and exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import uvicorn
+from astrai.server.config import DEFAULT_MAX_BODY_BYTES, DEFAULT_MODEL, ServerConfig
+
+logger = logging.getLogger("astrai.server")
+
+
+def _engine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="built-in name, HF model directory or .gguf file (default: %(default)s)")
+    parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: the engine's choice)")
+    parser.add_argument("--device", default=None, help="cpu | cuda | ... (default: the engine's choice)")
+    parser.add_argument("--max-num-seqs", type=_positive, default=None, help="sequences per batch")
+    parser.add_argument("--max-num-batched-tokens", type=_positive, default=None, help="tokens per step")
+    parser.add_argument("--max-model-len", type=_positive, default=None, help="context length cap")
+    parser.add_argument("--page-size", type=_positive, default=None, help="tokens per KV page")
+    parser.add_argument("--num-pages", type=_positive, default=None, help="KV pool size in pages (default: sized "
+                                                                          "from free memory)")
+    parser.add_argument("--no-prefix-cache", action="store_true", help="disable radix prefix reuse")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text) if text.lstrip("-").isdigit() else -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Only the options given on the command line, so the engine's own defaults apply otherwise."""
+    kwargs: dict[str, Any] = {}
+    for name in ("dtype", "device", "max_num_seqs", "max_num_batched_tokens", "max_model_len", "page_size",
+                 "num_pages"):
+        value = getattr(args, name)
+        if value is not None:
+            kwargs[name] = value
+    if args.no_prefix_cache:
+        kwargs["enable_prefix_cache"] = False
+    return kwargs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="astrai", description="AstrAI: LLM inference engine and OpenAI server.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the OpenAI-compatible HTTP server")
+    _engine_options(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
+    serve.add_argument("--port", type=_non_negative, default=8000, help="port, 0 for any free one (default: 8000)")
+    serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set ASTRAI_API_KEY)")
+    serve.add_argument("--served-model-name", default=None, help="model id clients use (default: --model)")
+    serve.add_argument("--max-queue", type=_non_negative, default=256,
+                       help="requests allowed to wait beyond the batch before 429 (default: %(default)s)")
+    serve.add_argument("--max-body-bytes", type=_positive, default=DEFAULT_MAX_BODY_BYTES,
+                       help="largest request body accepted (default: %(default)s)")
+    serve.add_argument("--shutdown-timeout", type=float, default=10.0,
+                       help="seconds in-flight requests get to finish on shutdown (default: %(default)s)")
+    serve.add_argument("--log-prompts", action="store_true", help="include prompt text in the request log")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=serve_command)
+
+    gen = sub.add_parser("generate", help="generate text for one prompt, streamed to stdout")
+    _engine_options(gen)
+    gen.add_argument("prompt", help="the prompt ('-' reads it from stdin)")
+    gen.add_argument("--max-tokens", type=_positive, default=128, help="(default: %(default)s)")
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default: %(default)s)")
+    gen.add_argument("--top-p", type=float, default=None)
+    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the chat template")
+    gen.set_defaults(func=generate_command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+# --- serve ---------------------------------------------------------------------------------
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    from astrai.server.app import create_app
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = ServerConfig(
+        model=args.model, served_model_name=args.served_model_name, host=args.host, port=args.port,
+        api_key=args.api_key or ServerConfig.api_key_from_env(), max_queue=args.max_queue,
+        max_num_seqs=args.max_num_seqs or 64, max_body_bytes=args.max_body_bytes, log_prompts=args.log_prompts,
+        shutdown_timeout=args.shutdown_timeout, engine_kwargs=engine_kwargs(args),
+    )
+    failed = threading.Event()
+    server_box: list[_Server] = []
+
+    def on_load_failure(message: str) -> None:
+        print(f"error: could not load model {config.model!r}: {message}", file=sys.stderr, flush=True)
+        failed.set()
+        if server_box:
+            server_box[0].should_exit = True
+
+    app = create_app(config, on_load_failure=on_load_failure)
+    uv_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=args.log_level,
+                               access_log=False, timeout_graceful_shutdown=config.shutdown_timeout,
+                               lifespan="on")
+    server = _Server(uv_config, config)
+    server_box.append(server)
+    server.run()
+    if failed.is_set():
+        return 1
+    return 0 if server.started else 1
+
+
+class _Server(uvicorn.Server):
+    """uvicorn.Server that prints the URL once bound and exits 0 on SIGINT/SIGTERM."""
+
+    def __init__(self, uv_config: uvicorn.Config, config: ServerConfig) -> None:
+        super().__init__(uv_config)
+        self.astrai_config = config
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        if not self.started:
+            return
+        config = self.astrai_config
+        port = config.port
+        with contextlib.suppress(Exception):
+            port = self.servers[0].sockets[0].getsockname()[1]
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        url = f"http://{host}:{port}"
+        print(f"AstrAI serving {config.model_name!r} at {url}  (OpenAI base URL: {url}/v1)", flush=True)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn re-raises the signal after a graceful stop; a clean stop should exit 0 instead.
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
+# --- generate ------------------------------------------------------------------------------
+
+
+def generate_command(args: argparse.Namespace) -> int:
+    from astrai.scheduler import Engine, SamplingParams
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    try:
+        params_kwargs: dict[str, Any] = {"max_tokens": args.max_tokens, "temperature": args.temperature}
+        for name in ("top_p", "top_k", "seed"):
+            if getattr(args, name) is not None:
+                params_kwargs[name] = getattr(args, name)
+        params = SamplingParams(**params_kwargs)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"loading {args.model} ...", file=sys.stderr, flush=True)
+    try:
+        engine = Engine.from_pretrained(args.model, **engine_kwargs(args))
+    except Exception as exc:  # a bad path or file: say which and stop
+        print(f"error: could not load model {args.model!r}: {exc}", file=sys.stderr)
+        return 1
+    with engine:
+        try:
+            source: Any = prompt
+            if args.chat:
+                source = list(engine.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                                   add_generation_prompt=True, tokenize=True))
+            stream = engine.stream(source, params)
+            for out in stream:
+                sys.stdout.write(out.text)
+                sys.stdout.flush()
+        except ValueError as exc:
+            print(f"\nerror: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            sys.stdout.write("\n")
+            return 130
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Running one HTTP request in the engine: one engine request per prompt, merged into one stream.
+
+Everything that can leave work behind in the engine goes through `Generation.close()`, which
+cancels the consumer tasks and aborts unfinished engine requests, so a client that goes away
+(streaming or not) frees its pages at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from astrai.scheduler import EngineError
+from astrai.server.errors import APIError, bad_request
+from starlette.requests import Request
+
+T = TypeVar("T")
+
+
+class ClientDisconnected(Exception):
+    """The HTTP client went away before the response was ready."""
+
+
+@dataclass
+class ChoiceState:
+    """What one choice (one prompt) has produced so far."""
+
+    prompt_ids: list[int]
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[dict] = field(default_factory=list)
+    finish_reason: str | None = None
+    num_cached_tokens: int = 0
+    metrics: Any = None
+    error: str | None = None
+
+
+def engine_error(exc: BaseException) -> APIError:
+    """Errors the engine raises for a request: ValueError is the client's fault (400)."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, ValueError):
+        return bad_request(str(exc))
+    if isinstance(exc, EngineError):
+        return APIError(503, f"The engine is not accepting requests: {exc}", code="engine_unavailable")
+    return APIError(500, f"generation failed: {type(exc).__name__}: {exc}", code="engine_error")
+
+
+class Generation:
+    """The engine requests behind one HTTP request, consumed as `(choice_index, delta)` events."""
+
+    def __init__(self, engine: Any, request_id: str, prompts: list[list[int]], params: Any,
+                 on_finish: Any = None) -> None:
+        self.engine = engine
+        self.request_id = request_id
+        self.engine_ids = [request_id if len(prompts) == 1 else f"{request_id}-{i}" for i in range(len(prompts))]
+        self.choices = [ChoiceState(prompt_ids=list(p)) for p in prompts]
+        self._params = params
+        self._queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task] = []
+        self._buffer: list[tuple[int, Any]] = []
+        self._finished: set[int] = set()
+        self._closed = False
+        self._on_finish = on_finish
+
+    def start(self) -> None:
+        for i, (engine_id, choice) in enumerate(zip(self.engine_ids, self.choices, strict=True)):
+            self._tasks.append(asyncio.ensure_future(self._feed(i, engine_id, choice.prompt_ids)))
+
+    async def _feed(self, index: int, engine_id: str, prompt_ids: list[int]) -> None:
+        try:
+            async for out in self.engine.generate_async(prompt_ids, self._params, request_id=engine_id):
+                self._queue.put_nowait((index, out))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # surfaced to the consumer, mapped to an HTTP status there
+            self._queue.put_nowait((index, exc))
+
+    async def prime(self) -> None:
+        """Wait until every choice has produced something, so errors still become an HTTP status."""
+        seen: set[int] = set()
+        while len(seen) < len(self.choices):
+            index, item = await self._queue.get()
+            if isinstance(item, BaseException):
+                raise engine_error(item)
+            self._buffer.append((index, item))
+            seen.add(index)
+
+    async def events(self) -> AsyncIterator[tuple[int, Any]]:
+        """Yield deltas until every choice has finished; raises APIError on an engine error."""
+        while len(self._finished) < len(self.choices):
+            if self._buffer:
+                index, item = self._buffer.pop(0)
+            else:
+                index, item = await self._queue.get()
+            if isinstance(item, BaseException):
+                raise engine_error(item)
+            self._apply(index, item)
+            yield index, item
+
+    def _apply(self, index: int, out: Any) -> None:
+        choice = self.choices[index]
+        choice.text += out.text or ""
+        choice.token_ids.extend(out.token_ids or ())
+        if out.logprobs:
+            choice.logprobs.extend(out.logprobs)
+        if out.num_cached_tokens:
+            choice.num_cached_tokens = out.num_cached_tokens
+        if out.finished:
+            self._finished.add(index)
+            choice.finish_reason = out.finish_reason
+            choice.metrics = out.metrics
+            choice.error = out.error
+            if self._on_finish is not None:
+                self._on_finish(out.metrics, out.finish_reason)
+
+    async def collect(self) -> list[ChoiceState]:
+        async for _ in self.events():
+            pass
+        return self.choices
+
+    @property
+    def finished(self) -> bool:
+        return len(self._finished) == len(self.choices)
+
+    def close(self) -> None:
+        """Cancel consumers and abort unfinished engine requests. Synchronous: safe while cancelled."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        for i, engine_id in enumerate(self.engine_ids):
+            if i not in self._finished:
+                try:
+                    self.engine.abort(engine_id)
+                except Exception:  # already gone: nothing to free
+                    pass
+
+
+async def wait_for_disconnect(request: Request) -> None:
+    """Return when the client disconnects (call only after the body has been read)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def until_disconnect(request: Request, awaitable: Awaitable[T]) -> T:
+    """Await `awaitable`, but give up with ClientDisconnected as soon as the client goes away."""
+    task = asyncio.ensure_future(awaitable)
+    watcher = asyncio.ensure_future(wait_for_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    raise ClientDisconnected()

@@ -1,0 +1,86 @@
+"""Prometheus metrics with vLLM's names under an `astrai:` prefix, one registry per app.
+
+Engine-wide numbers (running, waiting, KV usage, token and cache counters) are read from
+`engine.stats()` at scrape time; per-request latencies are histograms fed when a request ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+PREFIX = "astrai:"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+                    10.0, 20.0, 40.0, 80.0)
+_E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0)
+
+# (engine.stats() key, metric name, help, kind)
+_ENGINE_STATS = (
+    ("num_running", "num_requests_running", "Requests currently in the running batch.", "gauge"),
+    ("num_waiting", "num_requests_waiting", "Requests waiting to be scheduled.", "gauge"),
+    ("kv_cache_usage", "kv_cache_usage_perc", "KV-cache usage: 1 means every page is in use.", "gauge"),
+    ("prompt_tokens_total", "prompt_tokens", "Prefill tokens processed.", "counter"),
+    ("generation_tokens_total", "generation_tokens", "Tokens generated.", "counter"),
+    ("prefix_cache_queries", "prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", "counter"),
+    ("prefix_cache_hits", "prefix_cache_hits", "Prompt tokens found in the prefix cache.", "counter"),
+    ("num_preemptions_total", "num_preemptions", "Requests preempted for lack of KV pages.", "counter"),
+)
+
+
+class _EngineCollector(Collector):
+    def __init__(self, get_engine: Callable[[], Any], model_name: str) -> None:
+        self._get_engine = get_engine
+        self._model_name = model_name
+
+    def collect(self) -> Iterator[Metric]:
+        engine = self._get_engine()
+        stats: dict[str, Any] = engine.stats() if engine is not None else {}
+        for key, name, help_text, kind in _ENGINE_STATS:
+            family_type = GaugeMetricFamily if kind == "gauge" else CounterMetricFamily
+            family = family_type(PREFIX + name, help_text, labels=["model_name"])
+            family.add_metric([self._model_name], float(stats.get(key, 0) or 0))
+            yield family
+
+
+class ServerMetrics:
+    """All metrics of one app, in the app's own registry (several apps may share a process)."""
+
+    def __init__(self, get_engine: Callable[[], Any], model_name: str) -> None:
+        self.registry = CollectorRegistry()
+        self.model_name = model_name
+        self.registry.register(_EngineCollector(get_engine, model_name))
+        labels = ["model_name"]
+        self.ttft = Histogram(PREFIX + "time_to_first_token_seconds", "Time to first token.", labels,
+                              buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.itl = Histogram(PREFIX + "inter_token_latency_seconds", "Time between output tokens.", labels,
+                             buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.e2e = Histogram(PREFIX + "e2e_request_latency_seconds", "Arrival to last token.", labels,
+                             buckets=_E2E_BUCKETS, registry=self.registry)
+        self.queue = Histogram(PREFIX + "request_queue_time_seconds", "Time waiting before first schedule.",
+                               labels, buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.success = Counter(PREFIX + "request_success", "Finished requests by finish reason.",
+                               ["model_name", "finished_reason"], registry=self.registry)
+
+    def observe(self, metrics: Any, finish_reason: str | None) -> None:
+        """Record one finished request from its `RequestMetrics` (may be None)."""
+        name = self.model_name
+        self.success.labels(name, finish_reason or "unknown").inc()
+        if metrics is None:
+            return
+        if metrics.ttft is not None:
+            self.ttft.labels(name).observe(metrics.ttft)
+        for gap in metrics.inter_token_latencies or ():
+            self.itl.labels(name).observe(gap)
+        if metrics.e2e_latency is not None:
+            self.e2e.labels(name).observe(metrics.e2e_latency)
+        if metrics.queue_time is not None:
+            self.queue.labels(name).observe(metrics.queue_time)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,119 @@
+"""OpenAI response bodies and SSE chunks, built as plain dicts in exactly OpenAI's shape."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from astrai.server.generation import ChoiceState
+
+DONE = "data: [DONE]\n\n"
+
+
+def sse(payload: dict) -> str:
+    """One server-sent event as OpenAI writes it."""
+    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+def usage(choices: list[ChoiceState]) -> dict:
+    prompt = sum(len(c.prompt_ids) for c in choices)
+    completion = sum(len(c.token_ids) for c in choices)
+    cached = sum(c.num_cached_tokens for c in choices)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
+
+
+class TokenText:
+    """Token id -> text and bytes for logprobs, cached per tokenizer."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self._cache: dict[int, str] = {}
+
+    def __call__(self, token_id: int) -> str:
+        text = self._cache.get(token_id)
+        if text is None:
+            text = self._tokenizer.decode([token_id], skip_special_tokens=False)
+            self._cache[token_id] = text
+        return text
+
+
+def chat_logprobs(entries: list[dict], token_text: TokenText) -> dict:
+    """Chat format: {"content": [{token, logprob, bytes, top_logprobs: [...]}]}."""
+    content = []
+    for entry in entries:
+        text = token_text(entry["token_id"])
+        top = [{"token": token_text(tid), "logprob": _finite(lp), "bytes": list(token_text(tid).encode())}
+               for tid, lp in entry.get("top") or ()]
+        content.append({"token": text, "logprob": _finite(entry["logprob"]), "bytes": list(text.encode()),
+                        "top_logprobs": top})
+    return {"content": content}
+
+
+def completion_logprobs(entries: list[dict], token_text: TokenText, text_offset: int) -> dict:
+    """Legacy completions format: parallel lists of tokens, logprobs, top dicts and text offsets."""
+    tokens, token_logprobs, tops, offsets = [], [], [], []
+    offset = text_offset
+    for entry in entries:
+        text = token_text(entry["token_id"])
+        tokens.append(text)
+        token_logprobs.append(_finite(entry["logprob"]))
+        tops.append({token_text(tid): _finite(lp) for tid, lp in entry.get("top") or ()})
+        offsets.append(offset)
+        offset += len(text)
+    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": tops, "text_offset": offsets}
+
+
+def _finite(value: float) -> float:
+    """JSON has no -inf: clamp impossible tokens to a very negative number like OpenAI does."""
+    value = float(value)
+    return value if value > -9999.0 else -9999.0
+
+
+def chat_completion(request_id: str, created: int, model: str, choices: list[ChoiceState],
+                    token_text: TokenText | None) -> dict:
+    return {
+        "id": request_id, "object": "chat.completion", "created": created, "model": model,
+        "system_fingerprint": None,
+        "choices": [{"index": i, "message": {"role": "assistant", "content": c.text, "refusal": None},
+                     "logprobs": chat_logprobs(c.logprobs, token_text) if token_text else None,
+                     "finish_reason": c.finish_reason} for i, c in enumerate(choices)],
+        "usage": usage(choices),
+    }
+
+
+def text_completion(request_id: str, created: int, model: str, choices: list[ChoiceState],
+                    token_text: TokenText | None, echo_texts: list[str] | None) -> dict:
+    out = []
+    for i, c in enumerate(choices):
+        prefix = echo_texts[i] if echo_texts else ""
+        logprobs = completion_logprobs(c.logprobs, token_text, len(prefix)) if token_text else None
+        out.append({"index": i, "text": prefix + c.text, "logprobs": logprobs, "finish_reason": c.finish_reason})
+    return {"id": request_id, "object": "text_completion", "created": created, "model": model,
+            "system_fingerprint": None, "choices": out, "usage": usage(choices)}
+
+
+def chat_chunk(request_id: str, created: int, model: str, index: int, delta: dict, *,
+               finish_reason: str | None = None, logprobs: dict | None = None, with_usage: bool = False) -> dict:
+    chunk = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model,
+             "system_fingerprint": None,
+             "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]}
+    if with_usage:
+        chunk["usage"] = None
+    return chunk
+
+
+def completion_chunk(request_id: str, created: int, model: str, index: int, text: str, *,
+                     finish_reason: str | None = None, logprobs: dict | None = None, with_usage: bool = False) -> dict:
+    chunk = {"id": request_id, "object": "text_completion", "created": created, "model": model,
+             "system_fingerprint": None,
+             "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}]}
+    if with_usage:
+        chunk["usage"] = None
+    return chunk
+
+
+def usage_chunk(request_id: str, created: int, model: str, obj: str, choices: list[ChoiceState]) -> dict:
+    """The extra last chunk of stream_options.include_usage: empty choices, the usage."""
+    return {"id": request_id, "object": obj, "created": created, "model": model, "system_fingerprint": None,
+            "choices": [], "usage": usage(choices)}

@@ -1,0 +1,110 @@
+"""Per-app state shared by the endpoints: config, engine holder, admission, metrics, logging."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from astrai.server.config import ServerConfig
+from astrai.server.errors import APIError, bad_request
+from astrai.server.generation import Generation
+from astrai.server.metrics import ServerMetrics
+from astrai.server.state import Admission, EngineHolder
+from starlette.requests import Request
+
+logger = logging.getLogger("astrai.server")
+
+
+class Service:
+    """Everything a request handler needs besides the request itself."""
+
+    def __init__(self, config: ServerConfig, holder: EngineHolder) -> None:
+        self.config = config
+        self.holder = holder
+        self.admission = Admission(config.max_outstanding)
+        self.metrics = ServerMetrics(holder.peek, config.model_name)
+
+    def engine(self) -> Any:
+        return self.holder.get()
+
+    def check_model(self, model: str | None) -> None:
+        if model is not None and model != self.config.model_name:
+            raise APIError(404, f"The model `{model}` does not exist. This server serves "
+                                f"`{self.config.model_name}`.", param="model", code="model_not_found")
+
+    @staticmethod
+    def context_limit(engine: Any) -> int:
+        """Longest sequence (prompt + output) the engine can hold: model length, capped by the KV pool."""
+        limit = int(engine.max_model_len)
+        stats = engine.stats()
+        capacity = int(stats.get("num_pages", 0)) * int(stats.get("page_size", 0))
+        return min(limit, capacity) if capacity > 0 else limit
+
+    def fit_context(self, engine: Any, prompts: list[list[int]], requested: int | None, param: str) -> int:
+        """Check every prompt against the context and return max_tokens (the room left if not given)."""
+        limit = self.context_limit(engine)
+        longest = 0
+        for ids in prompts:
+            if not ids:
+                raise bad_request("The prompt is empty", param)
+            n = len(ids)
+            longest = max(longest, n)
+            if n >= limit:
+                raise bad_request(f"This model's maximum context length is {limit} tokens. However, your prompt "
+                                  f"has {n} tokens, which leaves no room for the completion. Please reduce the "
+                                  "length of the prompt.", param, code="context_length_exceeded")
+            if requested is not None and n + requested > limit:
+                raise bad_request(f"This model's maximum context length is {limit} tokens. However, you requested "
+                                  f"{n + requested} tokens ({n} in the prompt, {requested} for the completion). "
+                                  "Please reduce the length of the prompt or of max_tokens.", "max_tokens",
+                                  code="context_length_exceeded")
+        return requested if requested is not None else limit - longest
+
+    @staticmethod
+    def render_chat(engine: Any, messages: list[dict[str, str]]) -> list[int]:
+        try:
+            ids = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        except Exception as exc:  # a template may reject a conversation shape (jinja raises)
+            raise bad_request(f"messages: the chat template rejected these messages: {exc}", "messages") from None
+        return list(ids)
+
+    @staticmethod
+    def encode_prompts(engine: Any, prompts: list[str | list[int]]) -> list[list[int]]:
+        vocab = int(engine.config.vocab_size)
+        out = []
+        for prompt in prompts:
+            if isinstance(prompt, str):
+                out.append(list(engine.tokenizer.encode(prompt, add_special_tokens=True)))  # as the engine does
+                continue
+            bad = next((t for t in prompt if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise bad_request(f"prompt: token id {bad} is out of range [0, {vocab})", "prompt")
+            out.append(list(prompt))
+        return out
+
+    @staticmethod
+    def decode(engine: Any, ids: list[int]) -> str:
+        return engine.tokenizer.decode(ids, skip_special_tokens=False)
+
+    @staticmethod
+    def log_info(request: Request) -> dict:
+        return request.scope.setdefault("state", {}).setdefault("log", {})
+
+    def log_prompt(self, request: Request, prompt: Any) -> None:
+        if self.config.log_prompts:
+            self.log_info(request)["prompt"] = repr(prompt)[:2000]
+
+    @staticmethod
+    def summarize(log: dict, gen: Generation) -> None:
+        """Tokens and timings of a finished (or abandoned) generation, for the request log line."""
+        choices = gen.choices
+        log["prompt_tokens"] = sum(len(c.prompt_ids) for c in choices)
+        log["completion_tokens"] = sum(len(c.token_ids) for c in choices)
+        log["cached_tokens"] = sum(c.num_cached_tokens for c in choices)
+        log["finish"] = ",".join(c.finish_reason or "abort" for c in choices)
+        metrics = choices[0].metrics
+        if metrics is not None:
+            for name in ("queue_time", "ttft", "e2e_latency"):
+                value = getattr(metrics, name, None)
+                if value is not None:
+                    log[name] = float(value)
