@@ -1,0 +1,62 @@
+"""Shared fixtures: the bundled SmolLM2 (loaded once), transformers references, tiny checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from astrai.model import bundled_gguf_path, load_model
+from tokenizers import Tokenizer as BackendTokenizer
+from tokenizers import models, pre_tokenizers
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def write_word_tokenizer(directory: Path, vocab_size: int) -> None:
+    """A minimal word-level tokenizer.json (+ config) so a tiny checkpoint dir is complete."""
+    vocab = {f"t{i}": i for i in range(vocab_size)}
+    backend = BackendTokenizer(models.WordLevel(vocab=vocab, unk_token="t0"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({"bos_token": "t1", "eos_token": "t2"}))
+
+
+def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.1) -> None:
+    """Weights large enough that every component (norms, biases) visibly matters."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator)
+            param.copy_(1.0 + std * noise if name.endswith("norm.weight") else std * noise)
+
+
+@pytest.fixture(name="write_word_tokenizer", scope="session")
+def write_word_tokenizer_fixture():
+    return write_word_tokenizer
+
+
+@pytest.fixture(name="randomize", scope="session")
+def randomize_fixture():
+    return randomize
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(model, tokenizer) of the bundled SmolLM2 in float32, loaded once per session."""
+    return load_model("smollm2-135m-instruct", dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def gguf_dir() -> Path:
+    path = bundled_gguf_path()
+    assert path.name == GGUF_NAME
+    return path.parent
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer(gguf_dir):
+    """transformers' own reading of the same GGUF tokenizer: the reference."""
+    transformers = pytest.importorskip("transformers")
+    return transformers.AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_NAME)
