@@ -6,6 +6,7 @@ of them: a skipped step still allocated its pages and still produced its tokens.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .trace import Trace
@@ -46,7 +47,9 @@ def replay_pages(trace: Trace) -> list[PageSnapshot]:
 
     A page is USED while some running request's page table holds it (from the event itself),
     FREE once freed or evicted and not allocated again, and CACHED otherwise: it was written,
-    its request let go of it, and the prefix cache kept it.
+    its request let go of it, and the prefix cache kept it. Within one step the engine evicts
+    just before it allocates, and frees (prefix-cache dedup, finished requests) after its
+    forward, so events are applied in that order: evicted, then allocated, then freed.
     """
     num_pages = trace.num_pages
     free = set(range(num_pages))
@@ -56,8 +59,9 @@ def replay_pages(trace: Trace) -> list[PageSnapshot]:
         pages = step["pages"]
         released = set(pages["freed"]) | set(pages["evicted"])
         taken = set(pages["allocated"]) | {dst for _src, dst in pages["copied"]}
-        free |= released
+        free |= set(pages["evicted"])
         free -= taken
+        free |= set(pages["freed"])
         reused = frozenset(taken & released_before)
         released_before |= released
         refcounts = [0] * num_pages
@@ -72,8 +76,9 @@ def replay_pages(trace: Trace) -> list[PageSnapshot]:
     return snapshots
 
 
-def replay_requests(trace: Trace) -> list[dict[str, RequestSnapshot]]:
-    """Request snapshots per step, keyed by request id, in the trace's request order.
+def replay_requests(trace: Trace, at: Iterable[int] | None = None) -> dict[int, dict[str, RequestSnapshot]]:
+    """Request snapshots after the steps at indices `at` (default: all), keyed by step index,
+    then by request id in the trace's request order.
 
     Tokens generated are counted from the events: one per decode entry, one when a prefill
     chunk reaches the end of the prompt. The finished event's own count wins when it arrives.
@@ -84,11 +89,13 @@ def replay_requests(trace: Trace) -> list[dict[str, RequestSnapshot]]:
     state = dict.fromkeys(order, "pending")
     tokens = dict.fromkeys(order, 0)
     reasons: dict[str, str | None] = dict.fromkeys(order)
-    snapshots = []
-    for step in trace.steps:
-        for rid in order:
-            if state[rid] == "finished":
-                state[rid] = "gone"
+    wanted = set(range(len(trace.steps)) if at is None else at)
+    snapshots: dict[int, dict[str, RequestSnapshot]] = {}
+    finished_last_step: list[str] = []
+    for index, step in enumerate(trace.steps):
+        for rid in finished_last_step:
+            state[rid] = "gone"
+        finished_last_step = [e["request_id"] for e in step["finished"] if e["request_id"] in state]
         for rid in step["arrived"]:
             if rid in state and state[rid] == "pending":
                 state[rid] = "waiting"
@@ -114,12 +121,8 @@ def replay_requests(trace: Trace) -> list[dict[str, RequestSnapshot]]:
             reasons[rid] = entry["finish_reason"]
             if entry["output_tokens"] is not None:
                 tokens[rid] = int(entry["output_tokens"])
-        snapshots.append(
-            {
-                rid: RequestSnapshot(
-                    rid, state[rid], tokens[rid], targets[rid], reasons[rid]
-                )
-                for rid in order
+        if index in wanted:
+            snapshots[index] = {
+                rid: RequestSnapshot(rid, state[rid], tokens[rid], targets[rid], reasons[rid]) for rid in order
             }
-        )
     return snapshots

@@ -101,11 +101,11 @@ def _lane(snap: RequestSnapshot, step: dict) -> Lane:
     elif snap.state == "prefill":
         entry = next(e for e in step["prefill"] if e["request_id"] == rid)
         cached = f", {entry['cached_tokens']} cached" if entry["cached_tokens"] else ""
-        label = f"prefill {entry['num_tokens']} tokens{cached}"
+        label = f"prefill {fmt.count(entry['num_tokens'], 'token')}{cached}"
     elif snap.state == "decode":
         label = f"decoding · {progress}"
     elif snap.state == "finished":
-        label = f"finished ({snap.finish_reason}) · {snap.tokens_out} tokens"
+        label = f"finished ({snap.finish_reason}) · {fmt.count(snap.tokens_out, 'token')}"
     else:
         label = "left the batch"
     return Lane(rid, snap.state, snap.tokens_out, snap.tokens_target, label)
@@ -116,9 +116,9 @@ def _caption(step: dict) -> tuple[str, str]:
     prefill_tokens = sum(e["num_tokens"] for e in step["prefill"])
     parts = []
     if decode:
-        parts.append(f"{decode} decode token{'s' if decode != 1 else ''}")
+        parts.append(fmt.count(decode, "decode token"))
     if prefill_tokens:
-        parts.append(f"{prefill_tokens} prefill tokens")
+        parts.append(fmt.count(prefill_tokens, "prefill token"))
     caption = f"step {step['step']}: one forward · " + (" + ".join(parts) if parts else "idle")
     events = [f"{rid} arrives" for rid in step["arrived"]]
     events += [f"{rid} preempted" for rid in step["preempted"]]
@@ -161,7 +161,7 @@ def batching_beats(trace: Trace, max_seconds: float | None = None) -> list[Batch
     scores = [_score(s, steps[i - 1] if i else None) for i, s in enumerate(steps)]
     shown = sample_indices(scores, timing.max_steps)
     pages = replay_pages(trace)
-    requests = replay_requests(trace)
+    requests = replay_requests(trace, shown)
     window = min(trace.num_pages, MAX_MASK_PAGES)
     biggest = max(shown, key=lambda i: (len(steps[i]["decode"]), -i), default=None)
 

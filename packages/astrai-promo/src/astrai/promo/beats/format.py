@@ -34,3 +34,8 @@ def pages(items: list[int] | tuple[int, ...], limit: int = 8) -> str:
     items = list(items)
     shown = ", ".join(str(p) for p in items[:limit])
     return shown + (f", … (+{len(items) - limit})" if len(items) > limit else "")
+
+
+def count(n: int, noun: str) -> str:
+    """count(1, 'token') -> '1 token'; count(5, 'token') -> '5 tokens'."""
+    return f"{thousands(n)} {noun}{'' if n == 1 else 's'}"

@@ -1,4 +1,6 @@
-"""A small handcrafted trace whose every beat can be worked out by hand.
+"""Fixtures for the astrai-promo tests.
+
+A small handcrafted trace whose every beat can be worked out by hand:
 
 Pool of 12 pages of 4 tokens. r1 (5 prompt tokens) runs alone, r2 joins and shares r1's first
 page (two requests on one page), r1 finishes and frees page 1, r3 joins and reuses page 1, r2 finishes leaving page 0 in
@@ -8,6 +10,8 @@ the prefix cache, which is then evicted; r3 finishes and the pool is empty again
 from __future__ import annotations
 
 import copy
+
+import pytest
 
 
 def _step(n, *, arrived=(), prefill=(), decode=(), finished=(), allocated=(), shared=(), freed=(),
@@ -71,6 +75,16 @@ _TRACE = {
 }
 
 
-def handcrafted_trace_dict() -> dict:
-    """A fresh deep copy, so a test may edit it freely."""
+@pytest.fixture
+def trace_dict() -> dict:
+    """A fresh deep copy of the handcrafted trace, so a test may edit it freely."""
     return copy.deepcopy(_TRACE)
+
+
+@pytest.fixture
+def manim_media(tmp_path_factory):
+    """Point Manim's media dir (where Text caches its SVGs) at a temporary folder."""
+    from manim import tempconfig
+
+    with tempconfig({"media_dir": str(tmp_path_factory.mktemp("manim-media"))}):
+        yield
