@@ -91,7 +91,10 @@ class Engine:
         self.runner = ModelRunner(model, self.kv, Sampler(seed))
         self.counters = EngineCounters()
 
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)  # wakes the engine thread
+        self._idle_cond = threading.Condition(self._lock)  # wakes wait_idle() callers
+        self._idle = False
         self._inbox: list[Request] = []
         self._aborts: list[str] = []
         self._live: set[str] = set()
@@ -271,6 +274,20 @@ class Engine:
             "requests_finished_total": dict(c.finished_by_reason),
         }
 
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until nothing is queued or running (and the engine thread is parked).
+
+        Returns False on timeout. Handy for tests and graceful drains.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while not (self._idle and not self._inbox and not self._aborts) and self._thread.is_alive():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._idle_cond.wait(left)
+            return True
+
     def shutdown(self, timeout: float | None = 30.0) -> None:
         """Abort whatever is in flight and stop the engine thread. Idempotent."""
         with self._cond:
@@ -352,7 +369,10 @@ class Engine:
             while True:
                 with self._cond:
                     while not (self._inbox or self._aborts or self._closed or self.scheduler.has_work()):
+                        self._idle = True
+                        self._idle_cond.notify_all()
                         self._cond.wait()
+                    self._idle = False
                     if self._closed:
                         break
                     arrivals, self._inbox = self._inbox, []
@@ -377,6 +397,9 @@ class Engine:
         for req in list(self.scheduler.running):
             self.scheduler.remove(req.request_id)
             self._finish(req, "error" if error else "abort", error)
+        with self._lock:
+            self._idle = True
+            self._idle_cond.notify_all()
 
     def _step(self, arrivals: list[Request], aborts: list[str]) -> None:
         tracing = bool(self._subscribers)

@@ -88,8 +88,8 @@ class Scheduler:
 
     def release(self, req: Request) -> None:
         """A finished request leaves: its computed full pages go to the prefix cache."""
-        self.running.remove(req)
         self._close(req)
+        self.running.remove(req)
 
     def release_failed(self, req: Request) -> None:
         """A request whose step failed leaves without caching possibly-bad K/V."""

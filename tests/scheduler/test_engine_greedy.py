@@ -1,0 +1,75 @@
+"""Greedy token ids do not depend on what else the engine is doing."""
+
+from astrai.scheduler import SamplingParams
+
+from .conftest import TEXT, settle
+
+GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+
+
+def test_sixteen_concurrent_mixed_lengths_match_alone(engine, prompts, greedy_alone):
+    assert len({len(p) for p in prompts}) >= 8
+    outs = engine.generate(prompts, GREEDY)
+    assert [o.token_ids for o in outs] == greedy_alone
+    assert all(o.finish_reason == "length" and len(o.token_ids) == 12 for o in outs)
+    settle(engine)
+
+
+def test_small_token_budget_chunks_prefill_identically(make_engine, prompts, greedy_alone):
+    eng = make_engine(num_pages=512, max_num_batched_tokens=24, max_num_seqs=8)
+    outs = eng.generate(prompts, GREEDY)
+    assert [o.token_ids for o in outs] == greedy_alone
+    settle(eng)
+
+
+def test_preemption_under_a_tiny_pool_keeps_outputs(make_engine, prompts, greedy_alone):
+    longest = max(len(p) for p in prompts) + 12
+    eng = make_engine(num_pages=-(-longest // 16) + 3, max_num_seqs=16)
+    outs = eng.generate(prompts, GREEDY)
+    assert eng.stats()["num_preemptions_total"] > 0
+    assert [o.token_ids for o in outs] == greedy_alone
+    settle(eng)
+
+
+def shared_prefix_prompts(tokenizer):
+    system = tokenizer.encode(TEXT)[:70]
+    tails = ["Summarise it.", "Who was Gutenberg?", "What came next?", "Name one effect."]
+    return [system + tokenizer.encode(" " + t) for t in tails]
+
+
+def test_prefix_cache_on_off_and_warm_agree(engine, make_engine):
+    prompts = shared_prefix_prompts(engine.tokenizer)
+    off = make_engine(num_pages=256, enable_prefix_cache=False)
+    cold = make_engine(num_pages=256)
+    ref = [o.token_ids for o in off.generate(prompts, GREEDY)]
+    first = cold.generate(prompts, GREEDY)
+    hits_before = cold.stats()["prefix_cache_hits"]
+    warm = cold.generate(prompts, GREEDY)
+    assert [o.token_ids for o in first] == ref
+    assert [o.token_ids for o in warm] == ref
+    assert all(o.num_cached_tokens >= 64 for o in warm)
+    assert cold.stats()["prefix_cache_hits"] - hits_before >= 64 * len(prompts)
+    assert off.stats()["prefix_cache_hits"] == 0
+    # A full hit: the same prompt again still computes the last token's logits.
+    again = cold.generate([prompts[0]], GREEDY)[0]
+    assert again.token_ids == ref[0]
+    assert again.num_cached_tokens == len(prompts[0]) - 1 or again.num_cached_tokens % 16 == 0
+    settle(off)
+    settle(cold)
+
+
+def test_static_batching_gives_the_same_tokens(make_engine, prompts, greedy_alone):
+    eng = make_engine(num_pages=512, scheduling="static", max_num_seqs=6)
+    events = []
+    eng.subscribe(events.append)
+    outs = eng.generate(prompts, GREEDY)
+    assert [o.token_ids for o in outs] == greedy_alone
+    settle(eng)
+    # Static: a new batch is only admitted once every member of the previous one finished.
+    running = set()
+    for ev in events:
+        new = [p["request_id"] for p in ev.prefill if p["request_id"] not in running]
+        if new:
+            assert not running, f"step {ev.step} admitted {new} while {running} were running"
+        running |= set(new)
+        running -= {f["request_id"] for f in ev.finished}

@@ -1,0 +1,119 @@
+"""Limits and failures: clear errors for bad input, and a failing step hurts only its requests."""
+
+import json
+
+import pytest
+import torch
+from astrai.scheduler import JsonlTraceWriter, PromptTooLongError, SamplingParams
+
+from .conftest import settle
+
+
+def test_overlong_prompt_error_states_both_numbers(make_engine):
+    eng = make_engine(num_pages=64, max_model_len=40)
+    assert eng.max_model_len == 40
+    with pytest.raises(PromptTooLongError) as err:
+        eng.add_request(list(range(100, 145)), SamplingParams())
+    assert "45" in str(err.value) and "40" in str(err.value)
+    assert isinstance(err.value, ValueError)
+
+
+def test_max_tokens_is_clamped_to_the_context(make_engine):
+    eng = make_engine(num_pages=64, max_model_len=40)
+    out = eng.generate([list(range(100, 136))], SamplingParams(max_tokens=100, temperature=0, ignore_eos=True))[0]
+    assert len(out.token_ids) == 4 and out.finish_reason == "length"
+    settle(eng)
+
+
+def test_max_model_len_defaults_to_model_limit_capped_by_pool(make_engine, engine):
+    assert engine.max_model_len == min(engine.config.max_position_embeddings, engine.kv.capacity_tokens)
+    small = make_engine(num_pages=8, page_size=16)
+    assert small.max_model_len == 128
+
+
+def test_bad_requests_raise_value_errors(engine):
+    with pytest.raises(ValueError, match="empty"):
+        engine.add_request("", SamplingParams())
+    with pytest.raises(ValueError, match="vocabulary"):
+        engine.add_request([1, 10**9], SamplingParams())
+    with pytest.raises(ValueError, match="temperature"):
+        engine.generate(["hi"], SamplingParams(temperature=-1))
+    with pytest.raises(ValueError, match="request_id"):
+        engine.add_request("hi", SamplingParams(max_tokens=200), request_id="dup")
+        engine.add_request("hi", SamplingParams(max_tokens=200), request_id="dup")
+    engine.abort("dup")
+    settle(engine)
+
+
+class FailsOnToken(torch.nn.Module):
+    """The real model, except that a forward containing `poison` raises (fault injection)."""
+
+    def __init__(self, model, poison: int):
+        super().__init__()
+        self.inner = model
+        self.poison = poison
+        self.config = model.config
+
+    @property
+    def device(self):
+        return self.inner.device
+
+    @property
+    def dtype(self):
+        return self.inner.dtype
+
+    def forward(self, batch, kv_caches, page_size):
+        if bool((batch.token_ids == self.poison).any()):
+            raise RuntimeError("injected failure")
+        return self.inner(batch, kv_caches, page_size)
+
+
+def test_a_model_exception_fails_only_that_steps_requests(engine, make_engine, prompts, greedy_alone):
+    from astrai.scheduler import Engine
+
+    poison = 31337
+    eng = Engine(FailsOnToken(engine.model, poison), engine.tokenizer, num_pages=128, max_num_seqs=1)
+    try:
+        params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+        outs = eng.generate([prompts[0] + [poison], prompts[1]], params)
+        assert outs[0].finish_reason == "error" and "injected failure" in outs[0].error
+        assert outs[1].finish_reason == "length" and outs[1].token_ids == greedy_alone[1]
+        assert eng.generate([prompts[2]], params)[0].token_ids == greedy_alone[2]  # still serving
+        settle(eng)
+        assert eng.kv.num_free_pages() + eng.kv.num_evictable_pages() == eng.kv.num_pages
+    finally:
+        eng.shutdown()
+
+
+def test_trace_events_and_jsonl_writer(engine, prompts, tmp_path):
+    path = tmp_path / "trace.jsonl"
+    with JsonlTraceWriter(path) as writer:
+        unsubscribe = engine.subscribe(writer)
+        engine.generate(prompts[:4], SamplingParams(max_tokens=3, temperature=0, ignore_eos=True))
+        settle(engine)
+        unsubscribe()
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    assert events and [e["step"] for e in events] == list(range(events[0]["step"], events[0]["step"] + len(events)))
+    keys = {"step", "time", "phases_ms", "prefill", "decode", "arrived", "finished", "preempted", "pages",
+            "page_tables", "num_waiting", "num_running", "num_free_pages", "num_cached_pages", "num_pages"}
+    assert all(keys <= set(e) for e in events)
+    assert sum(len(e["arrived"]) for e in events) == 4
+    assert sum(p["num_tokens"] for e in events for p in e["prefill"]) + sum(
+        p["cached_tokens"] for e in events for p in e["prefill"]
+    ) >= sum(len(p) for p in prompts[:4])
+    assert sum(len(e["decode"]) for e in events) == 4 * 2  # 3 tokens: 1 from prefill, 2 decodes
+    assert sorted(f["request_id"] for e in events for f in e["finished"]) == sorted(
+        {p["request_id"] for e in events for p in e["prefill"]}
+    )
+    assert any(e["pages"].get("allocated") for e in events)
+
+
+def test_stats_count_tokens_and_requests(engine, prompts):
+    before = engine.stats()
+    engine.generate(prompts[:2], SamplingParams(max_tokens=3, temperature=0, ignore_eos=True))
+    settle(engine)
+    after = engine.stats()
+    assert after["generation_tokens_total"] - before["generation_tokens_total"] == 6
+    assert after["prompt_tokens_total"] - before["prompt_tokens_total"] == len(prompts[0]) + len(prompts[1])
+    assert after["num_running"] == 0 and after["num_waiting"] == 0
+    assert 0.0 <= after["kv_cache_usage"] <= 1.0
