@@ -37,12 +37,13 @@ def default_engine_factory(config: ServerConfig) -> Callable[[], Any]:
 
 def create_app(config: ServerConfig | None = None, *, engine: Any = None,
                engine_factory: Callable[[], Any] | None = None,
-               on_load_failure: Callable[[str], None] | None = None) -> FastAPI:
-    """Build the app. Give `engine` to serve an existing one (not shut down by the app)."""
+               on_load_failure: Callable[[str], None] | None = None, shutdown_engine: bool = True) -> FastAPI:
+    """Build the app. Give `engine` to serve an existing one (never shut down by the app); an engine
+    made by `engine_factory` is shut down with the app unless `shutdown_engine` is False."""
     config = config or ServerConfig()
     if engine is None and engine_factory is None:
         engine_factory = default_engine_factory(config)
-    holder = EngineHolder(factory=engine_factory, engine=engine, on_failure=on_load_failure,
+    holder = EngineHolder(factory=engine_factory, engine=engine, owns_engine=shutdown_engine, on_failure=on_load_failure,
                           description=f"model {config.model!r}")
     service = Service(config, holder)
     started = int(time.time())

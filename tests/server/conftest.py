@@ -1,0 +1,122 @@
+"""One real Engine (the bundled SmolLM2, float32) and real uvicorn servers on 127.0.0.1 for every test.
+
+The main server requires an API key; a second one shares the same engine with room for a
+single request, to show 429. Limits are small so the whole folder stays fast.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import uvicorn
+from astrai.scheduler import Engine
+from astrai.server import ServerConfig, create_app
+
+MODEL = "smollm2-135m-instruct"
+API_KEY = "test-key-123"
+MAX_MODEL_LEN = 256
+ENGINE_KWARGS: dict[str, Any] = dict(dtype="float32", max_num_seqs=32, max_num_batched_tokens=512,
+                                     max_model_len=MAX_MODEL_LEN, page_size=16, num_pages=192)
+
+
+@dataclass
+class RunningServer:
+    base_url: str
+    app: Any
+    server: uvicorn.Server
+
+    @property
+    def v1(self) -> str:
+        return self.base_url + "/v1"
+
+
+@contextmanager
+def serve(app: Any) -> Iterator[RunningServer]:
+    """Run `app` on a free loopback port in a background thread until the block ends."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield RunningServer(f"http://127.0.0.1:{port}", app, server)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+def wait_healthy(base_url: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if httpx.get(base_url + "/health").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError("server never became healthy")
+
+
+def wait_idle(engine: Engine, timeout: float = 60.0) -> dict:
+    """Engine stats once nothing runs or waits (finished requests leave the batch one step later)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = engine.stats()
+        if stats["num_running"] == 0 and stats["num_waiting"] == 0:
+            return stats
+        assert time.monotonic() < deadline, f"engine still busy: {stats}"
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[Engine]:
+    eng = Engine.from_pretrained(MODEL, **ENGINE_KWARGS)
+    yield eng
+    eng.shutdown()
+
+
+@pytest.fixture(scope="session")
+def server(engine: Engine) -> Iterator[RunningServer]:
+    config = ServerConfig(model=MODEL, api_key=API_KEY, max_num_seqs=32, max_queue=96,
+                          max_body_bytes=256 * 1024)
+    with serve(create_app(config, engine=engine)) as running:
+        wait_healthy(running.base_url)
+        yield running
+
+
+@pytest.fixture(scope="session")
+def tiny_server(engine: Engine) -> Iterator[RunningServer]:
+    """Shares the engine but admits one request at a time: the next one gets 429."""
+    config = ServerConfig(model=MODEL, max_num_seqs=1, max_queue=0)
+    with serve(create_app(config, engine=engine)) as running:
+        yield running
+
+
+@pytest.fixture
+def client(server: RunningServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.v1, api_key=API_KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture
+def http(server: RunningServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {API_KEY}"},
+                      timeout=120) as c:
+        yield c
+
+
+@pytest.fixture
+def tokenizer(engine: Engine) -> Any:
+    return engine.tokenizer
