@@ -117,3 +117,25 @@ def test_stats_count_tokens_and_requests(engine, prompts):
     assert after["prompt_tokens_total"] - before["prompt_tokens_total"] == len(prompts[0]) + len(prompts[1])
     assert after["num_running"] == 0 and after["num_waiting"] == 0
     assert 0.0 <= after["kv_cache_usage"] <= 1.0
+
+
+def test_shutdown_aborts_in_flight_requests(engine, prompts):
+    from astrai.scheduler import Engine, EngineError
+
+    with Engine(engine.model, engine.tokenizer, num_pages=64) as eng:
+        stream = eng.stream(prompts[3], SamplingParams(max_tokens=500, temperature=0, ignore_eos=True))
+        first = next(stream)
+        assert not first.finished
+    rest = list(stream)
+    assert rest[-1].finished and rest[-1].finish_reason == "abort"
+    eng.kv.check_invariants()
+    with pytest.raises(EngineError):
+        eng.generate(["hi"], SamplingParams(max_tokens=2))
+
+
+def test_default_pool_size_is_capped(engine):
+    from astrai.scheduler.memory import CPU_KV_CAP_BYTES, default_num_pages
+
+    pages = default_num_pages(engine.config, torch.bfloat16, torch.device("cpu"), 16, 64)
+    per_page = engine.config.kv_bytes_per_token(torch.bfloat16) * 16
+    assert 1 <= pages and pages * per_page <= CPU_KV_CAP_BYTES

@@ -331,7 +331,7 @@ class Engine:
             raise ValueError(f"request_id must be a non-empty string, got {request_id!r}")
         return Request(
             request_id, ids, params, max_tokens=max_tokens, eos_token_ids=self._eos, priority=priority,
-            stream=stream, detokenizer=detok,
+            stream=stream, detokenizer=detok, device=self.model.device,
         )
 
     def _tokenize(self, prompt: Prompt) -> list[int]:

@@ -43,6 +43,7 @@ class Request:
         sink: Sink | None = None,
         stream: bool = False,
         detokenizer: Any = None,
+        device: torch.device | str = "cpu",
     ) -> None:
         self.request_id = request_id
         self.prompt_token_ids = prompt_token_ids
@@ -62,7 +63,7 @@ class Request:
         self.error: str | None = None
         self.generator: torch.Generator | None = None
         if params.seed is not None:
-            self.generator = torch.Generator(device="cpu").manual_seed(params.seed)
+            self.generator = torch.Generator(device=device).manual_seed(params.seed)
         self.metrics = RequestMetrics(arrival_time=time.monotonic(), num_prompt_tokens=len(prompt_token_ids))
         self._stop_ids = set(params.stop_token_ids or ())
         if not params.ignore_eos:
