@@ -122,7 +122,7 @@ class AttentionPlan:
     decode_rows: torch.Tensor | None  # [Bd] rows that are single decode tokens
     decode_all_rows: bool  # decode_rows == arange(T): skip the row gather
     decode_gather: torch.Tensor | None  # [Bd, Lmax] slots of each decode sequence's context
-    decode_mask: torch.Tensor | None  # [Bd, 1, 1, Lmax] bool, True = attend
+    decode_mask: torch.Tensor | None  # [Bd, 1, 1, Lmax] bool, True = attend (None: no padding)
     prefills: list[PrefillSeq]
 
     @classmethod
@@ -171,7 +171,8 @@ class AttentionPlan:
             lens = batch.context_lens[seq_index].long()
             longest = max(contexts[b] for b in decode_seqs)
             decode_gather = _context_slots(batch.block_tables[seq_index], longest, page_size)
-            decode_mask = (torch.arange(longest, device=device)[None, :] < lens[:, None])[:, None, None, :]
+            if min(contexts[b] for b in decode_seqs) < longest:  # equal lengths need no padding mask
+                decode_mask = (torch.arange(longest, device=device)[None, :] < lens[:, None])[:, None, None, :]
         return cls(write_slots, write_rows, decode_rows, decode_all_rows, decode_gather, decode_mask, prefills)
 
 
@@ -182,4 +183,4 @@ def _context_slots(block_tables: torch.Tensor, length: int, page_size: int) -> t
         raise ValueError(f"context of {length} tokens needs {num_pages} pages; block table has {block_tables.shape[1]}")
     pages = block_tables[:, :num_pages].long()
     offsets = torch.arange(page_size, device=block_tables.device)
-    return (pages[:, :, None] * page_size + offsets).reshape(block_tables.shape[0], -1)[:, :length]
+    return (pages[:, :, None] * page_size + offsets).reshape(block_tables.shape[0], -1)[:, :length].contiguous()

@@ -58,13 +58,14 @@ class Attention(nn.Module):
         plan: AttentionPlan,
     ) -> torch.Tensor:
         tokens = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(tokens, self.num_heads, self.head_dim)
-        k = k.view(tokens, self.num_kv_heads, self.head_dim)
-        v = v.view(tokens, self.num_kv_heads, self.head_dim)
+        qkv = self.qkv_proj(x)
+        # q and k are adjacent in the fused output: rotate them as one [T, heads + kv_heads, d] view.
+        qk = qkv[:, : self.q_size + self.kv_size].view(tokens, self.num_heads + self.num_kv_heads, self.head_dim)
+        v = qkv[:, self.q_size + self.kv_size :].view(tokens, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
+            qk = torch.cat((self.q_norm(q), self.k_norm(k)), dim=1)
+        q, k = apply_rotary(qk, cos, sin).split([self.num_heads, self.num_kv_heads], dim=1)
 
         k_flat = v_flat = None
         if kv_cache is not None:
@@ -87,8 +88,11 @@ class Attention(nn.Module):
 
     def _decode(self, q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Tensor, plan: AttentionPlan) -> torch.Tensor:
         """All single-token rows at once: [Bd, heads, 1, d] against their padded contexts."""
-        keys = k_flat[plan.decode_gather].to(q.dtype).transpose(1, 2)  # [Bd, kvh, L, d]
-        values = v_flat[plan.decode_gather].to(q.dtype).transpose(1, 2)
+        batch, length = plan.decode_gather.shape
+        slots = plan.decode_gather.view(-1)
+        keys = k_flat.index_select(0, slots).view(batch, length, self.num_kv_heads, self.head_dim)
+        values = v_flat.index_select(0, slots).view(batch, length, self.num_kv_heads, self.head_dim)
+        keys, values = keys.to(q.dtype).transpose(1, 2), values.to(q.dtype).transpose(1, 2)  # [Bd, kvh, L, d]
         out = F.scaled_dot_product_attention(
             q[:, :, None, :], keys, values, attn_mask=plan.decode_mask, enable_gqa=True
         )
@@ -102,8 +106,8 @@ class Attention(nn.Module):
             values = v[seq.start : seq.end].transpose(0, 1)[None]
             out = F.scaled_dot_product_attention(query, keys, values, is_causal=True, enable_gqa=True)
         else:
-            keys = k_flat[seq.gather].to(q.dtype).transpose(0, 1)[None]
-            values = v_flat[seq.gather].to(q.dtype).transpose(0, 1)[None]
+            keys = k_flat.index_select(0, seq.gather).to(q.dtype).transpose(0, 1)[None]
+            values = v_flat.index_select(0, seq.gather).to(q.dtype).transpose(0, 1)[None]
             out = F.scaled_dot_product_attention(query, keys, values, attn_mask=seq.mask, enable_gqa=True)
         return out[0].transpose(0, 1)
 
