@@ -1,0 +1,158 @@
+"""Machine description and roofline: measured bandwidth and matmul rate, and the model ceilings.
+
+Batch-1 decode must stream every weight once per token, so its ceiling is
+bandwidth / weight bytes. Batched decode is compute bound: 2 x parameters FLOP per token
+divided by the measured matmul rate.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from bench.model_info import SMOLLM2_135M, gguf_path, model_parameters
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cpu_flags() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+                return [f for f in line.split(":", 1)[1].split() if f in wanted]
+    except OSError:
+        pass
+    return []
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def package_versions() -> dict[str, str | None]:
+    names = ["astrai-model", "astrai-cache", "astrai-scheduler", "astrai-server", "torch",
+             "transformers", "llama_cpp_python"]
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def machine_info() -> dict:
+    mem_total = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem_total = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return {
+        "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_bytes": mem_total,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "git_commit": git_commit(),
+        "packages": package_versions(),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
+def _best_time(fn, repeats: int) -> float:
+    fn()  # warm caches, allocator and thread pool
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def copy_bandwidth(num_bytes: int, repeats: int) -> float:
+    """GB/s of dst.copy_(src): bytes read plus bytes written, per second."""
+    src = torch.ones(num_bytes // 4, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    seconds = _best_time(lambda: dst.copy_(src), repeats)
+    return 2 * num_bytes / seconds / 1e9
+
+
+def read_bandwidth(num_bytes: int, repeats: int) -> float:
+    """GB/s of a streaming reduction: the access pattern of a weight-bound decode step."""
+    src = torch.ones(num_bytes // 4, dtype=torch.float32)
+    seconds = _best_time(lambda: src.sum(), repeats)
+    return num_bytes / seconds / 1e9
+
+
+def matmul_tflops(dtype: torch.dtype, n: int, repeats: int) -> float:
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    seconds = _best_time(lambda: torch.mm(a, b), repeats)
+    return 2 * n**3 / seconds / 1e12
+
+
+def roofline(quick: bool) -> dict:
+    """Measure the machine, then turn it into per-dtype tokens/s ceilings for SmolLM2-135M."""
+    big = (256 if quick else 1024) * 2**20  # well above the last-level cache
+    repeats = 3 if quick else 5
+    copy_gbs = copy_bandwidth(big, repeats)
+    read_gbs = read_bandwidth(big, repeats)
+    n = 1024 if quick else 2048
+    tflops = {"bfloat16": matmul_tflops(torch.bfloat16, n, repeats),
+              "float32": matmul_tflops(torch.float32, n, repeats)}
+    params, params_source = model_parameters()
+    try:
+        q4_bytes = gguf_path().stat().st_size
+    except RuntimeError:
+        q4_bytes = None
+    weight_bytes = {"bfloat16": params * 2, "float32": params * 4, "q4_1_gguf": q4_bytes}
+    ceilings = {}
+    for dtype, nbytes in weight_bytes.items():
+        if not nbytes:
+            continue
+        entry = {"weight_bytes": nbytes, "batch1_decode_tok_s": copy_gbs * 1e9 / nbytes}
+        if dtype in tflops:
+            entry["batched_tok_s"] = tflops[dtype] * 1e12 / (2 * params)
+        ceilings[dtype] = entry
+    return {
+        "copy_bandwidth_gbs": copy_gbs,
+        "read_bandwidth_gbs": read_gbs,
+        "bandwidth_test_bytes": big,
+        "matmul_tflops": tflops,
+        "matmul_n": n,
+        "model": SMOLLM2_135M.name,
+        "num_parameters": params,
+        "num_parameters_source": params_source,
+        "ceilings": ceilings,
+        "note": "batch-1 ceiling = copy bandwidth / weight bytes per step (KV reads ignored); "
+                "batched ceiling = matmul rate / (2 x parameters) FLOP per token. The L3 cache "
+                "(reported by the VM) can hold much of the bf16 model, so batch-1 can exceed it.",
+    }

