@@ -63,6 +63,7 @@ def test_batching_beats(trace):
     assert isinstance(beats[0], LoopBeat)
     assert [p.name for p in beats[0].phases] == ["Cleanup", "Refill", "Prefill", "Decode"]
     assert beats[0].phases[2].mean_ms == pytest.approx(9.0 / 7)  # 3 ms in the 3 prefill steps
+    assert beats[0].forward_ms == pytest.approx(4.0)
     steps = [b for b in beats if isinstance(b, BatchStepBeat)]
     assert [b.step for b in steps] == list(range(7))  # short trace: every step is shown
     mask = ["".join("1" if f else "0" for f in b.free_mask) for b in steps]
@@ -85,7 +86,7 @@ def test_batching_beats(trace):
     )
     assert steps[2].caption == "step 2: one forward · 1 decode token + 1 prefill token"
     assert steps[4].events == "r3 arrives · r2 leaves (length)"
-    assert [b.key for b in steps] == [False, False, False, True, False, False, False]  # the 2-wide decode
+    assert [b.key for b in steps] == [False, False, False, False, True, False, False]  # 2 wide, r3 joins, r2 leaves
     assert beats[-1] == ThroughputBeat(
         100.0, 342.0, "static\n100 tok/s", "continuous\n342 tok/s",
         "continuous batching: 3.42× the throughput of static batching",

@@ -24,6 +24,7 @@ class Phase:
 @dataclass(frozen=True)
 class LoopBeat:
     phases: tuple[Phase, ...]
+    forward_ms: float | None  # mean model forward, shared by Prefill and Decode
     caption: str
     seconds: float
 
@@ -131,8 +132,10 @@ def _loop_beat(trace: Trace, seconds: float) -> LoopBeat:
     for name in PHASES:
         values = [s["phases_ms"][name.lower()] for s in trace.steps if name.lower() in s["phases_ms"]]
         phases.append(Phase(name, sum(values) / len(values) if values else None))
+    forwards = [s["phases_ms"]["forward"] for s in trace.steps if "forward" in s["phases_ms"]]
     return LoopBeat(
         tuple(phases),
+        sum(forwards) / len(forwards) if forwards else None,
         f"the Engine's background thread runs this loop — {fmt.thousands(len(trace.steps))} times in this trace",
         seconds,
     )
@@ -163,7 +166,13 @@ def batching_beats(trace: Trace, max_seconds: float | None = None) -> list[Batch
     pages = replay_pages(trace)
     requests = replay_requests(trace, shown)
     window = min(trace.num_pages, MAX_MASK_PAGES)
-    biggest = max(shown, key=lambda i: (len(steps[i]["decode"]), -i), default=None)
+
+    def busy(i: int) -> tuple:
+        """The poster frame: the widest batch, best with a prefill joining and a request leaving."""
+        s = steps[i]
+        return len(s["decode"]) + len(s["prefill"]), bool(s["prefill"]), len(s["arrived"]) + len(s["finished"]), -i
+
+    biggest = max(shown, key=busy, default=None)
 
     beats: list[BatchingBeat] = [_loop_beat(trace, timing.fixed[0])]
     previous = -1

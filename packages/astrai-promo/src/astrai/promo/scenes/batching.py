@@ -60,8 +60,8 @@ def loop_diagram(phases: tuple[Phase, ...], active: tuple[str, ...] = ()) -> VGr
     for i in range(len(PHASES)):
         start, end = boxes[i][0], boxes[(i + 1) % len(PHASES)][0]
         direction = end.get_center() - start.get_center()
-        direction = direction / np.linalg.norm(direction)
-        arrows.add(Arrow(start.get_boundary_point(direction), end.get_boundary_point(-direction), buff=0.06,
+        direction = direction / np.linalg.norm(direction)  # the boxes sit on a square: an axis
+        arrows.add(Arrow(start.get_edge_center(direction), end.get_edge_center(-direction), buff=0.06,
                          stroke_width=3, color=MUTED, max_tip_length_to_length_ratio=0.3))
     return VGroup(boxes, arrows)
 
@@ -178,7 +178,10 @@ class BatchingScene(BeatScene):
             swatch = Rectangle(width=0.2, height=0.2).set_stroke(MUTED, 1).set_fill(color, 1)
             legend.add(VGroup(swatch, label(name, 13, MUTED).next_to(swatch, RIGHT, buff=0.08)))
         legend.arrange_in_grid(rows=3, cols=2, buff=(0.25, 0.12), col_alignments="ll")
-        legend.move_to([-4.45, -0.35, 0])
+        legend.move_to([-4.45, -0.45, 0])
+        if beat.forward_ms is not None:
+            forward = label(f"Prefill + Decode run as one model forward: {beat.forward_ms:.0f} ms avg", 13, MUTED)
+            legend.add(forward.move_to([-4.45, 0.3, 0]))
         self.texts = caption
         self.animate_then_hold(FadeIn(title), FadeIn(self.loop), FadeIn(legend), FadeIn(caption),
                                seconds=beat.seconds, animate=1.0)
@@ -187,7 +190,8 @@ class BatchingScene(BeatScene):
     def _step(self, beat: BatchStepBeat) -> None:
         animations = []
         new_loop = loop_diagram(self.phases, beat.active_phases)
-        animations.append(Transform(self.loop, new_loop))
+        # only the phase boxes change colour; their labels stay put (cheaper to render)
+        animations += [Transform(old[0], new[0]) for old, new in zip(self.loop[0], new_loop[0], strict=True)]
         new_bars, new_mask = lane_bars(beat.lanes), free_mask(beat.free_mask)
         if self.bars is None or len(self.bars) != len(new_bars):
             if self.bars is not None:
