@@ -8,12 +8,13 @@ in-flight requests finish (up to --shutdown-timeout, then abort them) and exit 0
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import uvicorn
@@ -127,10 +128,12 @@ def serve_command(args: argparse.Namespace) -> int:
             server_box[0].should_exit = True
 
     app = create_app(config, on_load_failure=on_load_failure)
+    # uvicorn's own grace period is only a backstop: at shutdown_timeout we abort the generations
+    # still running, so their responses end cleanly (an error event, then [DONE]).
     uv_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=args.log_level,
-                               access_log=False, timeout_graceful_shutdown=config.shutdown_timeout,
+                               access_log=False, timeout_graceful_shutdown=config.shutdown_timeout + 10,
                                lifespan="on")
-    server = _Server(uv_config, config)
+    server = _Server(uv_config, config, app.state.service.abort_all)
     server_box.append(server)
     server.run()
     if failed.is_set():
@@ -141,9 +144,17 @@ def serve_command(args: argparse.Namespace) -> int:
 class _Server(uvicorn.Server):
     """uvicorn.Server that prints the URL once bound and exits 0 on SIGINT/SIGTERM."""
 
-    def __init__(self, uv_config: uvicorn.Config, config: ServerConfig) -> None:
+    def __init__(self, uv_config: uvicorn.Config, config: ServerConfig, abort_in_flight: Callable[[], int]) -> None:
         super().__init__(uv_config)
         self.astrai_config = config
+        self._abort_in_flight = abort_in_flight
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        timer = asyncio.get_running_loop().call_later(self.astrai_config.shutdown_timeout, self._abort_in_flight)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            timer.cancel()
 
     async def startup(self, sockets: Any = None) -> None:
         await super().startup(sockets)

@@ -125,6 +125,16 @@ class Generation:
     def finished(self) -> bool:
         return len(self._finished) == len(self.choices)
 
+    def abort_unfinished(self) -> int:
+        """Ask the engine to abort unfinished requests; their final outputs still arrive. Returns how many."""
+        pending = [engine_id for i, engine_id in enumerate(self.engine_ids) if i not in self._finished]
+        for engine_id in pending:
+            try:
+                self.engine.abort(engine_id)
+            except Exception:  # already gone: nothing to free
+                pass
+        return len(pending)
+
     def close(self) -> None:
         """Cancel consumers and abort unfinished engine requests. Synchronous: safe while cancelled."""
         if self._closed:
@@ -132,12 +142,7 @@ class Generation:
         self._closed = True
         for task in self._tasks:
             task.cancel()
-        for i, engine_id in enumerate(self.engine_ids):
-            if i not in self._finished:
-                try:
-                    self.engine.abort(engine_id)
-                except Exception:  # already gone: nothing to free
-                    pass
+        self.abort_unfinished()
 
 
 async def wait_for_disconnect(request: Request) -> None:

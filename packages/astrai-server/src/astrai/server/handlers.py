@@ -74,12 +74,14 @@ async def _run(request: Request, service: Service, engine: Any, prefix: str, pro
     def cleanup() -> None:
         nonlocal released
         gen.close()
+        service.active.discard(gen)
         if not released:
             released = True
             service.admission.release(len(prompts))
             service.summarize(log, gen)
 
     gen.start()
+    service.active.add(gen)
     try:
         await until_disconnect(request, gen.prime())
     except ClientDisconnected:

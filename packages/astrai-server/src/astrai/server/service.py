@@ -23,6 +23,16 @@ class Service:
         self.holder = holder
         self.admission = Admission(config.max_outstanding)
         self.metrics = ServerMetrics(holder.peek, config.model_name)
+        self.active: set[Generation] = set()
+
+    def abort_all(self) -> int:
+        """Abort every generation in flight (shutdown grace period over); each ends with a clean error."""
+        count = 0
+        for gen in list(self.active):
+            count += gen.abort_unfinished()
+        if count:
+            logger.warning("aborted %d in-flight request(s) at shutdown", count)
+        return count
 
     def engine(self) -> Any:
         return self.holder.get()

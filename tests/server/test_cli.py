@@ -1,0 +1,109 @@
+"""The `astrai` command as users run it: a real subprocess, real model load, real signals."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+from astrai.scheduler import SamplingParams
+
+MODEL = "smollm2-135m-instruct"
+SMALL_ENGINE = ["--dtype", "float32", "--num-pages", "48", "--max-model-len", "128", "--max-num-seqs", "4"]
+
+
+def astrai(*args: str) -> list[str]:
+    return [sys.executable, "-m", "astrai.server.cli", *args]
+
+
+@pytest.fixture
+def served():
+    """`astrai serve --port 0` with a key from the environment; yields (process, base URL)."""
+    env = {**os.environ, "ASTRAI_API_KEY": "env-key"}
+    proc = subprocess.Popen(astrai("serve", "--port", "0", "--shutdown-timeout", "2", *SMALL_ENGINE),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = None
+        for line in proc.stdout:
+            match = re.search(r"at (http://127\.0\.0\.1:\d+)", line)
+            if match:
+                url = match.group(1)
+                break
+        assert url, f"no URL printed; stderr: {proc.stderr.read() if proc.poll() is not None else ''}"
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(30)
+
+
+def test_serve_loads_in_background_and_stops_cleanly_on_sigterm(served):
+    proc, url = served
+    first = httpx.get(url + "/health")
+    assert first.status_code == 503  # the socket is up before the model
+    assert first.json()["error"]["code"] == "model_loading"
+    deadline = time.monotonic() + 120
+    while httpx.get(url + "/health").status_code != 200:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+
+    headers = {"Authorization": "Bearer env-key"}
+    assert httpx.get(url + "/v1/models").status_code == 401
+    reply = httpx.post(url + "/v1/completions", headers=headers, timeout=60,
+                       json={"model": MODEL, "prompt": "Hello", "max_tokens": 3, "temperature": 0})
+    assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 3
+
+    # a long stream is in flight when SIGTERM arrives: it is cut after the grace period, exit is 0
+    lines: list[str] = []
+
+    def long_stream() -> None:
+        try:
+            with httpx.stream("POST", url + "/v1/completions", headers=headers, timeout=60,
+                              json={"model": MODEL, "prompt": "Hello", "max_tokens": 120, "ignore_eos": True,
+                                    "stream": True}) as response:
+                for line in response.iter_lines():
+                    lines.append(line)
+        except httpx.HTTPError:
+            pass
+
+    streamer = threading.Thread(target=long_stream)
+    streamer.start()
+    while not any(line.startswith("data: {") for line in lines):
+        assert streamer.is_alive()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    streamer.join(30)
+    assert not streamer.is_alive()
+    stderr = proc.stderr.read()
+    assert "Traceback" not in stderr
+    assert re.search(r"cmpl-\w+ POST /v1/completions 200 .*prompt_tokens=\d+ completion_tokens=3", stderr)
+    assert "Hello" not in stderr  # prompts are not logged unless --log-prompts
+
+
+def test_generate_streams_the_engines_greedy_text(engine):
+    prompt = "The capital of France is"
+    result = subprocess.run(astrai("generate", "--max-tokens", "8", *SMALL_ENGINE, prompt),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    expected = engine.generate([prompt], SamplingParams(max_tokens=8, temperature=0.0))[0].text
+    assert result.stdout == expected + "\n"
+
+
+def test_bad_model_path_fails_with_a_message(tmp_path):
+    missing = str(tmp_path / "nope.gguf")
+    served = subprocess.run(astrai("serve", "--port", "0", "--model", missing), capture_output=True, text=True,
+                            timeout=120)
+    assert served.returncode == 1 and "nope.gguf" in served.stderr
+    assert "could not load model" in served.stderr
+
+
+def test_cli_rejects_bad_options():
+    result = subprocess.run(astrai("serve", "--port", "-3"), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--port" in result.stderr
