@@ -60,3 +60,19 @@ def hf_tokenizer(gguf_dir):
     """transformers' own reading of the same GGUF tokenizer: the reference."""
     transformers = pytest.importorskip("transformers")
     return transformers.AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_NAME)
+
+
+@pytest.fixture
+def tiny_llama_dir(tmp_path, randomize):
+    """A tiny random llama checkpoint saved by transformers, with a word-level tokenizer."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+    )
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    randomize(model)
+    directory = tmp_path / "tiny-llama"
+    model.save_pretrained(directory)
+    write_word_tokenizer(directory, config.vocab_size)
+    return directory

@@ -195,7 +195,7 @@ def gguf_tokenizer(file: GGUFFile, eos_token_ids: list[int]) -> Tokenizer:
     if kind != "gpt2":
         raise ModelLoadError(file.path, f"unsupported GGUF tokenizer model {kind!r} (supported: gpt2 byte-level BPE)")
     tokens = [str(t) for t in file.field("tokenizer.ggml.tokens")]
-    merges = [tuple(str(m).split(" ", 1)) for m in file.field("tokenizer.ggml.merges")]
+    merges = [tuple(str(m).split(" ", 1)) for m in file.field("tokenizer.ggml.merges", [])]
     types = list(file.field("tokenizer.ggml.token_type", [1] * len(tokens)))
     alphabet = _byte_alphabet()
     letters = set(alphabet.values())
