@@ -99,8 +99,8 @@ def server(engine: Engine) -> Iterator[RunningServer]:
 
 @pytest.fixture(scope="session")
 def tiny_server(engine: Engine) -> Iterator[RunningServer]:
-    """Shares the engine but admits one request at a time: the next one gets 429."""
-    config = ServerConfig(model=MODEL, max_num_seqs=1, max_queue=0)
+    """Shares the engine but admits one request at a time (the next one gets 429); logs prompts."""
+    config = ServerConfig(model=MODEL, max_num_seqs=1, max_queue=0, log_prompts=True)
     with serve(create_app(config, engine=engine)) as running:
         yield running
 

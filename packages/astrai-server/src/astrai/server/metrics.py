@@ -66,6 +66,10 @@ class ServerMetrics:
                                labels, buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.success = Counter(PREFIX + "request_success", "Finished requests by finish reason.",
                                ["model_name", "finished_reason"], registry=self.registry)
+        for histogram in (self.ttft, self.itl, self.e2e, self.queue):
+            histogram.labels(model_name)  # exported (with zero counts) before the first request
+        for reason in ("stop", "length", "abort"):
+            self.success.labels(model_name, reason)
 
     def observe(self, metrics: Any, finish_reason: str | None) -> None:
         """Record one finished request from its `RequestMetrics` (may be None)."""
