@@ -60,10 +60,10 @@ def prompts(engine):
 
 @pytest.fixture(scope="session")
 def greedy_alone(engine, prompts):
-    """Reference: each prompt generated greedily on its own (12 tokens, EOS ignored)."""
+    """Reference: each prompt generated greedily on its own (8 tokens, EOS ignored)."""
     from astrai.scheduler import SamplingParams
 
-    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
     refs = [engine.generate([p], params)[0].token_ids for p in prompts]
     settle(engine)
     return refs

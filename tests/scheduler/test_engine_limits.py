@@ -74,7 +74,7 @@ def test_a_model_exception_fails_only_that_steps_requests(engine, make_engine, p
     poison = 31337
     eng = Engine(FailsOnToken(engine.model, poison), engine.tokenizer, num_pages=128, max_num_seqs=1)
     try:
-        params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+        params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
         outs = eng.generate([prompts[0] + [poison], prompts[1]], params)
         assert outs[0].finish_reason == "error" and "injected failure" in outs[0].error
         assert outs[1].finish_reason == "length" and outs[1].token_ids == greedy_alone[1]
