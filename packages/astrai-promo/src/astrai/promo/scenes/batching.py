@@ -178,9 +178,10 @@ class BatchingScene(BeatScene):
             swatch = Rectangle(width=0.2, height=0.2).set_stroke(MUTED, 1).set_fill(color, 1)
             legend.add(VGroup(swatch, label(name, 13, MUTED).next_to(swatch, RIGHT, buff=0.08)))
         legend.arrange_in_grid(rows=3, cols=2, buff=(0.25, 0.12), col_alignments="ll")
-        legend.move_to([-4.45, -0.45, 0])
+        legend.move_to([-4.45, -0.55, 0])
         if beat.forward_ms is not None:
-            forward = label(f"Prefill + Decode run as one model forward: {beat.forward_ms:.0f} ms avg", 13, MUTED)
+            forward = label(f"Prefill + Decode share one model forward:\n{beat.forward_ms:.0f} ms per step on average",
+                            13, MUTED, max_width=4.4)
             legend.add(forward.move_to([-4.45, 0.3, 0]))
         self.texts = caption
         self.animate_then_hold(FadeIn(title), FadeIn(self.loop), FadeIn(legend), FadeIn(caption),
