@@ -14,7 +14,7 @@ from typing import Any
 
 from astrai.server import responses as R
 from astrai.server.body import read_model
-from astrai.server.errors import APIError
+from astrai.server.errors import APIError, bad_request
 from astrai.server.generation import ClientDisconnected, Generation, until_disconnect
 from astrai.server.protocol import ChatCompletionRequest, CompletionRequest
 from astrai.server.sampling import build_sampling_params
@@ -67,6 +67,9 @@ async def _run(request: Request, service: Service, engine: Any, prefix: str, pro
     request_id = f"{prefix}-{uuid.uuid4().hex}"
     log = service.log_info(request)
     log["id"] = request_id
+    if len(prompts) > service.admission.limit:
+        raise bad_request(f"prompt: {len(prompts)} prompts in one request, but this server runs at most "
+                          f"{service.admission.limit} requests at once", param)
     service.admission.acquire(len(prompts))
     released = False
     gen = Generation(engine, request_id, prompts, params, on_finish=service.metrics.observe)
