@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from astrai.cache import CacheEvent, KVCacheManager, UnknownSequenceError
+from astrai.cache import CacheError, CacheEvent, KVCacheManager, UnknownSequenceError
 
 PS = 4
 
@@ -191,3 +191,16 @@ def test_unsubscribe_and_budget_sizing():
     unsubscribe()
     mgr.close("a")
     assert [e.kind for e in seen] == ["allocated"]
+
+
+def test_commit_of_tokens_that_do_not_extend_the_prompt_is_refused():
+    mgr, _ = make()
+    prompt = list(range(8))
+    mgr.open("a", prompt)
+    mgr.reserve("a", 8)
+    with pytest.raises(CacheError, match="do not start with the prompt"):
+        mgr.close("a", [99] + prompt[1:])
+    assert mgr.num_cached_pages() == 0 and mgr.has_sequence("a")
+    mgr.close("a", prompt)
+    assert mgr.num_cached_pages() == 2
+    mgr.check_invariants()

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from .errors import UnknownSequenceError
+from .errors import CacheError, UnknownSequenceError
 from .events import CacheEvent, CacheStats
 from .page_table import PageTable
 from .pool import PagePool
@@ -32,6 +32,7 @@ class _Sequence:
     node: RadixNode | None = None  # the tree node this sequence holds a lock on
     num_tokens: int = 0  # positions [0, num_tokens) are cached or reserved (written by the next forward)
     committed_pages: int = 0
+    prompt: list[int] = field(default_factory=list)  # what open() was given: commits must extend it
 
 
 class KVCacheManager:
@@ -119,7 +120,7 @@ class KVCacheManager:
         """
         if seq_id in self._seqs:
             raise UnknownSequenceError(f"sequence {seq_id!r} is already open")
-        seq = _Sequence(PageTable(self.pool, self.page_size))
+        seq = _Sequence(PageTable(self.pool, self.page_size), prompt=list(token_ids))
         cached = 0
         self._tokens_queried += len(token_ids)
         if self.radix is not None and len(token_ids) > 1:
@@ -157,7 +158,14 @@ class KVCacheManager:
     def reserve(self, seq_id: object, total_tokens: int) -> bool:
         """Make positions [0, total_tokens) writable; False (changing nothing) if memory is short."""
         seq = self._get(seq_id)
-        if total_tokens <= seq.num_tokens:
+        start = seq.num_tokens
+        if total_tokens <= start:
+            return True
+        ps = self.page_size
+        index = start // ps
+        pages = seq.table.pages
+        if index == (total_tokens - 1) // ps and index < len(pages) and self.pool.refcount(pages[index]) == 1:
+            seq.num_tokens = total_tokens  # decode fast path: more room in a private last page
             return True
         cow, new = self._plan(seq, total_tokens)
         need = len(cow) + new
@@ -202,9 +210,13 @@ class KVCacheManager:
         n_pages = min(len(token_ids), seq.num_tokens) // ps
         if n_pages <= seq.committed_pages:
             return
+        tokens = list(token_ids[: n_pages * ps])
+        head = min(len(tokens), len(seq.prompt))
+        if tokens[:head] != seq.prompt[:head]:
+            raise CacheError(f"commit of sequence {seq_id!r}: token_ids do not start with the prompt given to open()")
         table = seq.table
         mine = table.handles[:n_pages]
-        tree, node = self.radix.insert(list(token_ids[: n_pages * ps]), mine)
+        tree, node = self.radix.insert(tokens, mine)
         freed = [old.page for i, old in enumerate(mine) if tree[i] != old and table.replace(i, tree[i])]
         self.radix.lock(node)
         if seq.node is not None:

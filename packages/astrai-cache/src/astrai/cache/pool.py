@@ -16,6 +16,7 @@ from .errors import CacheError, DoubleFreeError, OutOfPagesError, StaleHandleErr
 
 _WORD_BITS = 64
 _WORD_FULL = (1 << _WORD_BITS) - 1
+_new_tuple = tuple.__new__  # builds a PageHandle in C (a NamedTuple's own __new__ is Python code)
 
 
 class PageHandle(NamedTuple):
@@ -98,7 +99,7 @@ class PagePool:
         page = w * _WORD_BITS + bit.bit_length() - 1
         self._refcount[page] = 1
         self._num_free -= 1
-        return PageHandle(page, self._generation[page])
+        return _new_tuple(PageHandle, (page, self._generation[page]))
 
     def allocate_many(self, n: int) -> list[PageHandle]:
         """Take `n` pages, all or none."""
@@ -106,17 +107,39 @@ class PagePool:
             raise ValueError(f"cannot allocate a negative number of pages ({n})")
         if n > self._num_free:
             raise OutOfPagesError(f"asked for {n} pages but only {self._num_free} are free")
-        return [self.allocate() for _ in range(n)]
+        words, refcount, generation = self._words, self._refcount, self._generation
+        summary = self._summary
+        out = []
+        for _ in range(n):  # allocate() inlined: this runs for every page of every prefill
+            w = (summary & -summary).bit_length() - 1
+            word = words[w]
+            bit = word & -word
+            word ^= bit
+            words[w] = word
+            if not word:
+                summary ^= 1 << w
+            page = w * _WORD_BITS + bit.bit_length() - 1
+            refcount[page] = 1
+            out.append(_new_tuple(PageHandle, (page, generation[page])))
+        self._summary = summary
+        self._num_free -= n
+        return out
+
+    def _live(self, handle: PageHandle) -> bool:
+        page, gen = handle
+        return 0 <= page < self.num_pages and self._generation[page] == gen and self._refcount[page] > 0
 
     def incref(self, handle: PageHandle) -> None:
         """Add a holder to a live page (sharing it zero-copy)."""
-        self.check(handle)
+        if not self._live(handle):
+            self.check(handle)  # raises the specific error
         self._refcount[handle[0]] += 1
 
     def decref(self, handle: PageHandle) -> bool:
         """Drop a holder; return True when that freed the page (its generation moves on)."""
-        self.check(handle)
-        page = handle[0]
+        page, gen = handle
+        if not (0 <= page < self.num_pages and self._generation[page] == gen and self._refcount[page] > 0):
+            self.check(handle)  # raises the specific error
         rc = self._refcount[page] - 1
         self._refcount[page] = rc
         if rc:
