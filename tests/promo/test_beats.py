@@ -86,7 +86,7 @@ def test_batching_beats(trace):
     )
     assert steps[2].caption == "step 2: one forward · 1 decode token + 1 prefill token"
     assert steps[4].events == "r3 arrives · r2 leaves (length)"
-    assert [b.key for b in steps] == [False, False, False, False, True, False, False]  # 2 wide, r3 joins, r2 leaves
+    assert [b.key for b in steps] == [False, False, True, False, False, False, False]  # r2 joins while r1 decodes
     assert beats[-1] == ThroughputBeat(
         100.0, 342.0, "static\n100 tok/s", "continuous\n342 tok/s",
         "continuous batching: 3.42× the throughput of static batching",

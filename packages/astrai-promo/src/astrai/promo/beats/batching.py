@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..replay import FREE, RequestSnapshot, replay_pages, replay_requests
 from ..sampling import plan_timing, sample_indices
@@ -167,13 +167,6 @@ def batching_beats(trace: Trace, max_seconds: float | None = None) -> list[Batch
     requests = replay_requests(trace, shown)
     window = min(trace.num_pages, MAX_MASK_PAGES)
 
-    def busy(i: int) -> tuple:
-        """The poster frame: the widest batch, best with a prefill joining and a request leaving."""
-        s = steps[i]
-        return len(s["decode"]) + len(s["prefill"]), bool(s["prefill"]), len(s["arrived"]) + len(s["finished"]), -i
-
-    biggest = max(shown, key=busy, default=None)
-
     beats: list[BatchingBeat] = [_loop_beat(trace, timing.fixed[0])]
     previous = -1
     for i in shown:
@@ -191,10 +184,27 @@ def batching_beats(trace: Trace, max_seconds: float | None = None) -> list[Batch
                 num_pages=trace.num_pages,
                 caption=caption,
                 events=events,
-                key=i == biggest,
+                key=False,
                 seconds=timing.per_step,
             )
         )
         previous = i
+    _mark_key(beats)
     beats.append(throughput_beat(trace, timing.fixed[1]))
     return beats
+
+
+def _mark_key(beats: list[BatchingBeat]) -> None:
+    """The poster frame: the widest batch, best with a prefill joining and most requests seen."""
+    candidates = [(i, b) for i, b in enumerate(beats) if isinstance(b, BatchStepBeat)]
+    if not candidates:
+        return
+
+    def busy(item: tuple[int, BatchStepBeat]) -> tuple:
+        _, b = item
+        running = sum(1 for lane in b.lanes if lane.state in ("prefill", "decode"))
+        seen = sum(1 for lane in b.lanes if lane.state != "pending")
+        return running, "prefill" in {lane.state for lane in b.lanes}, seen, b.step
+
+    index, beat = max(candidates, key=busy)
+    beats[index] = replace(beat, key=True)
