@@ -37,6 +37,14 @@ def engine():
     eng.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def _pool_invariant_after_each_test(request):
+    """Every workload ends with the shared engine idle and its KV pool consistent."""
+    yield
+    if "engine" in request.fixturenames:
+        settle(request.getfixturevalue("engine"))
+
+
 @pytest.fixture(scope="session")
 def make_engine(engine):
     """Build more engines over the already-loaded model (different pools and policies)."""

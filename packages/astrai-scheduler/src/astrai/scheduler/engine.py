@@ -326,7 +326,10 @@ class Engine:
         if stream or params.stop_strings:
             detok = self.tokenizer.incremental(skip_special_tokens=params.skip_special_tokens)
         if request_id is None:
-            request_id = f"req-{next(self._ids)}"
+            with self._lock:
+                request_id = f"req-{next(self._ids)}"
+                while request_id in self._live:  # a caller chose this name for its own request
+                    request_id = f"req-{next(self._ids)}"
         elif not isinstance(request_id, str) or not request_id:
             raise ValueError(f"request_id must be a non-empty string, got {request_id!r}")
         return Request(
@@ -444,15 +447,16 @@ class Engine:
                 logits = self.runner.forward(batch)
                 t4 = time.perf_counter()
                 result = self.runner.sample(logits, plan.chunks)
-            except Exception as exc:
+                self._apply(plan, result, finished)
+            except Exception as exc:  # fail this step's requests; the loop keeps serving
                 log.exception("engine step failed")
                 message = f"engine step failed: {type(exc).__name__}: {exc}"
                 for c in plan.chunks:
+                    if c.request.finished:
+                        continue
                     sched.release_failed(c.request)
                     self._finish(c.request, "error", message)
                     finished.append(c.request)
-            else:
-                finished += self._apply(plan, result)
         t5 = time.perf_counter()
 
         for req in finished:  # pages of finished requests: full ones to the prefix cache, rest freed
@@ -463,13 +467,16 @@ class Engine:
         if tracing:
             self._emit_trace(plan, arrivals, finished, (t0, t1, t2, t3, t4, t5, t6))
 
-    def _apply(self, plan: StepPlan, result: Any) -> list[Request]:
-        """Advance every chunk's request, append sampled tokens, hand out outputs."""
+    def _apply(self, plan: StepPlan, result: Any, finished: list[Request]) -> list[Request]:
+        """Advance every chunk's request, append sampled tokens, hand out outputs.
+
+        Requests that finish are appended to `finished` as they go (so a failure halfway
+        leaves a consistent list); the same list is returned.
+        """
         now = time.monotonic()
         tokens = result.token_ids
         logprobs = result.logprobs
         k = 0
-        finished: list[Request] = []
         for c in plan.chunks:
             req = c.request
             req.num_computed = c.end
