@@ -43,7 +43,8 @@ def served():
         proc.wait(30)
 
 
-def test_serve_loads_in_background_and_stops_cleanly_on_sigterm(served):
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_serve_loads_in_background_and_stops_cleanly(served, stop_signal):
     proc, url = served
     first = httpx.get(url + "/health")
     assert first.status_code == 503  # the socket is up before the model
@@ -59,7 +60,7 @@ def test_serve_loads_in_background_and_stops_cleanly_on_sigterm(served):
                        json={"model": MODEL, "prompt": "Hello", "max_tokens": 3, "temperature": 0})
     assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 3
 
-    # a long stream is in flight when SIGTERM arrives: it is cut after the grace period, exit is 0
+    # a long stream is in flight when the signal arrives: it is cut after the grace period, exit is 0
     lines: list[str] = []
 
     def long_stream() -> None:
@@ -77,10 +78,14 @@ def test_serve_loads_in_background_and_stops_cleanly_on_sigterm(served):
     while not any(line.startswith("data: {") for line in lines):
         assert streamer.is_alive()
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(stop_signal)
     assert proc.wait(60) == 0
     streamer.join(30)
     assert not streamer.is_alive()
+    # the cut stream still ended the OpenAI way: an error event saying why, then [DONE]
+    events = [line for line in lines if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    assert "shutting down" in events[-2] or '"finish_reason":"length"' in events[-2]
     stderr = proc.stderr.read()
     assert "Traceback" not in stderr
     assert re.search(r"cmpl-\w+ POST /v1/completions 200 .*prompt_tokens=\d+ completion_tokens=3", stderr)
