@@ -92,6 +92,7 @@ CASES = [
     ("prompt-mixed-list", "POST", COMPLETIONS, completion(prompt=[1, "a"]), 400, "prompt"),
     ("prompt-empty-list", "POST", COMPLETIONS, completion(prompt=[]), 400, "prompt"),
     ("prompt-empty-string", "POST", COMPLETIONS, completion(prompt=""), 400, "prompt"),
+    ("too-many-prompts", "POST", COMPLETIONS, completion(prompt=["a"] * 1000), 400, "prompt"),
     ("token-id-out-of-range", "POST", COMPLETIONS, completion(prompt=[1, 2, 10**9]), 400, "prompt"),
     ("token-id-negative", "POST", COMPLETIONS, completion(prompt=[[5, -1]]), 400, "prompt"),
     ("prompt-over-context", "POST", COMPLETIONS, completion(prompt="word " * 2000), 400, "prompt"),

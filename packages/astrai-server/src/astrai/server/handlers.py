@@ -54,7 +54,11 @@ async def completions(request: Request) -> Response:
     req = await read_model(request, CompletionRequest)
     service.check_model(req.model)
     engine = service.engine()
-    prompts = await asyncio.to_thread(service.encode_prompts, engine, req.prompts())
+    raw_prompts = req.prompts()
+    if len(raw_prompts) > service.admission.limit:  # checked before tokenizing them all
+        raise bad_request(f"prompt: {len(raw_prompts)} prompts in one request, but this server runs at most "
+                          f"{service.admission.limit} requests at once", "prompt")
+    prompts = await asyncio.to_thread(service.encode_prompts, engine, raw_prompts)
     service.log_prompt(request, req.prompt)
     return await _run(request, service, engine, "cmpl", prompts, req, chat=False)
 
@@ -67,9 +71,6 @@ async def _run(request: Request, service: Service, engine: Any, prefix: str, pro
     request_id = f"{prefix}-{uuid.uuid4().hex}"
     log = service.log_info(request)
     log["id"] = request_id
-    if len(prompts) > service.admission.limit:
-        raise bad_request(f"prompt: {len(prompts)} prompts in one request, but this server runs at most "
-                          f"{service.admission.limit} requests at once", param)
     service.admission.acquire(len(prompts))
     released = False
     gen = Generation(engine, request_id, prompts, params, on_finish=service.metrics.observe)
