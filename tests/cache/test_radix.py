@@ -153,3 +153,14 @@ def test_tinylfu_keeps_a_hot_prefix_that_lru_evicts():
 def test_unknown_eviction_policy():
     with pytest.raises(ValueError, match="eviction"):
         make(eviction="fifo")
+
+
+def test_locking_an_evicted_node_raises():
+    pool, radix = make()
+    _, node = cache_tokens(pool, radix, BASE[:8])
+    radix.evict(2)
+    with pytest.raises(LockError, match="evicted"):
+        radix.lock(node)
+    with pytest.raises(LockError):
+        radix.unlock(node)
+    radix.check_invariants()
