@@ -60,7 +60,7 @@ class Transformer(nn.Module):
             else:
                 param.copy_(torch.randn(param.shape, generator=generator) * std)
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: callers may edit the returned logits in place
     def forward(self, batch: ForwardBatch, kv_caches: list[KVCache] | None, page_size: int) -> torch.Tensor:
         """One ragged step; writes new K/V into `kv_caches` and returns float32 logits [R, vocab]."""
         if kv_caches is not None and len(kv_caches) != len(self.layers):
