@@ -14,6 +14,14 @@ def test_tiny_directory_loads(tiny_llama_dir):
     model, tokenizer = load_model(tiny_llama_dir, dtype="float32")
     assert model.dtype == torch.float32 and model.config.name == "tiny-llama"
     assert tokenizer.encode("t5 t7") == [5, 7]
+    assert model.config.eos_token_ids == tokenizer.eos_token_ids == [2]
+
+
+def test_generation_config_adds_stop_ids(tiny_llama_dir):
+    (tiny_llama_dir / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 5]}))
+    model, tokenizer = load_model(tiny_llama_dir)
+    assert model.config.eos_token_ids == tokenizer.eos_token_ids == [2, 5]
+    assert model.dtype == torch.float32  # the checkpoint's own dtype when none is asked for
 
 
 def test_unknown_architecture(tiny_llama_dir):

@@ -64,6 +64,11 @@ def _build(config: ModelConfig, dtype, device) -> Transformer:
 
 def _load_hf_dir(directory: Path, name: str, dtype, device) -> tuple[Transformer, Tokenizer]:
     config = parse_hf_config(read_json(directory / "config.json"), directory / "config.json", name)
+    generation = directory / "generation_config.json"
+    if generation.is_file():  # instruct models often list extra stop ids only here
+        eos = read_json(generation).get("eos_token_id")
+        extra = [] if eos is None else (eos if isinstance(eos, list) else [eos])
+        config.eos_token_ids += [int(e) for e in extra if int(e) not in config.eos_token_ids]
     weights = SafetensorsWeights(directory)
     check_tensor_names(config, weights.names(), str(directory))
     tokenizer = load_hf_tokenizer(directory, config)
