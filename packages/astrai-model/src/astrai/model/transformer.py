@@ -51,14 +51,14 @@ class Transformer(nn.Module):
     @torch.no_grad()
     def init_random_weights(self, seed: int = 0, std: float = 0.02) -> None:
         """Random weights (benchmarks, tests): normal(0, std) matrices, unit norms, zero biases."""
-        generator = torch.Generator(device="cpu").manual_seed(seed)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
         for name, param in self.named_parameters():
             if name.endswith("norm.weight"):
                 param.fill_(1.0)
             elif name.endswith("bias"):
                 param.zero_()
             else:
-                param.copy_(torch.randn(param.shape, generator=generator) * std)
+                param.normal_(0.0, std, generator=generator)
 
     @torch.no_grad()  # not inference_mode: callers may edit the returned logits in place
     def forward(self, batch: ForwardBatch, kv_caches: list[KVCache] | None, page_size: int) -> torch.Tensor:
