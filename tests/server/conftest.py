@@ -71,14 +71,10 @@ def wait_healthy(base_url: str, timeout: float = 120.0) -> None:
 
 
 def wait_idle(engine: Engine, timeout: float = 60.0) -> dict:
-    """Engine stats once nothing runs or waits (finished requests leave the batch one step later)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        stats = engine.stats()
-        if stats["num_running"] == 0 and stats["num_waiting"] == 0:
-            return stats
-        assert time.monotonic() < deadline, f"engine still busy: {stats}"
-        time.sleep(0.02)
+    """Engine stats once nothing is queued or running and the engine thread is parked (so every
+    trace event of the finished work has been delivered)."""
+    assert engine.wait_idle(timeout), f"engine still busy: {engine.stats()}"
+    return engine.stats()
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import httpx
 import openai
@@ -183,6 +184,9 @@ def test_stream_is_incremental(client, engine):
                         seen_before_end = chunk.id not in finished
         assert seen_before_end, "the first content chunk only arrived after the request had finished"
         assert pieces > 1
+        deadline = time.monotonic() + 30  # the step's trace event is emitted after its outputs
+        while chunk.id not in finished and time.monotonic() < deadline:
+            time.sleep(0.01)
         with lock:
             assert finished[chunk.id] == "length"
     finally:
