@@ -157,7 +157,7 @@ class GGUFFile:
             array = np.asarray(gguf.quants.dequantize(rows, qtype), dtype=np.float32).reshape(tensor.shape)
         except Exception as exc:
             raise ModelLoadError(self.path, f"tensor {tensor.name}: cannot dequantize {qtype.name}: {exc}") from exc
-        weight = torch.from_numpy(array.copy())
+        weight = torch.from_numpy(array if array.flags.writeable else array.copy())
         if self.architecture in PERMUTED_ARCHITECTURES:
             if name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
                 weight = unpermute_rows(weight, config.num_heads)

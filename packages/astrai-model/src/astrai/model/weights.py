@@ -79,8 +79,12 @@ def load_weights(model: Transformer, get: TensorGetter) -> None:
         return tensor
 
     def put(param: torch.Tensor, *names: str) -> None:
-        parts = [fetch(n) for n in names]
-        param.copy_(parts[0] if len(parts) == 1 else torch.cat(parts, dim=0))
+        # Copy each part straight into its rows of the (possibly fused) parameter: no concat buffer.
+        row = 0
+        for name in names:
+            part = fetch(name)
+            param[row : row + part.shape[0]].copy_(part)
+            row += part.shape[0]
 
     put(model.embed_tokens.weight, "model.embed_tokens.weight")
     put(model.norm.weight, "model.norm.weight")
