@@ -30,7 +30,7 @@ STATE_COLORS = {
     "prefill": ORANGE,
     "decode": BLUE,
     "finished": GREEN,
-    "gone": FREE,
+    "gone": GREEN,  # drawn faded: done and out of the batch
 }
 _LOOP_POSITIONS = {
     "Cleanup": (-5.55, 2.45),
