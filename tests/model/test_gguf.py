@@ -23,6 +23,9 @@ TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] 
 GLOBAL = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
           "lm_head.weight": "output.weight"}
 LAYER = {"input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
+         "self_attn.q_proj.bias": "attn_q.bias", "self_attn.k_proj.bias": "attn_k.bias",
+         "self_attn.v_proj.bias": "attn_v.bias", "self_attn.q_norm.weight": "attn_q_norm.weight",
+         "self_attn.k_norm.weight": "attn_k_norm.weight",
          "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
          "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
          "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
@@ -58,6 +61,9 @@ def write_gguf(path: Path, model, qtype: gguf.GGMLQuantizationType, architecture
     writer.add_feed_forward_length(c.intermediate_size)
     writer.add_head_count(c.num_attention_heads)
     writer.add_head_count_kv(c.num_key_value_heads)
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
     writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(c.rms_norm_eps)
     writer.add_tokenizer_model("gpt2")
@@ -69,8 +75,12 @@ def write_gguf(path: Path, model, qtype: gguf.GGMLQuantizationType, architecture
     writer.add_eos_token_id(258)
     writer.add_chat_template(TEMPLATE)
     for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight" and c.tie_word_embeddings:
+            continue  # tied heads are stored once, as token_embd
         data = tensor.numpy()
-        if name.endswith("q_proj.weight"):
+        if architecture != "llama":  # llama.cpp keeps qwen's rotate-half (NEOX) order
+            pass
+        elif name.endswith("q_proj.weight"):
             data = llama_cpp_permute(data, c.num_attention_heads)
         elif name.endswith("k_proj.weight"):
             data = llama_cpp_permute(data, c.num_key_value_heads)
@@ -137,6 +147,32 @@ def test_quantized_gguf_matches_transformers(hf_tiny, qtype, tmp_path):
     text = tokenizer.apply_chat_template([{"role": "user", "content": "héllo 😀"}])
     assert text == "<|im_start|>user\nhéllo 😀<|im_end|>\n"
     assert tokenizer.decode(tokenizer.encode(text), skip_special_tokens=False) == text
+
+
+@pytest.mark.parametrize("architecture", ["qwen2", "qwen3"])
+@pytest.mark.parametrize("qtype", ["F32", "Q8_0"])
+def test_qwen_gguf_matches_transformers(architecture, qtype, randomize, tmp_path):
+    """qwen2 (q/k/v bias) and qwen3 (q/k norm, head_dim 32 != 64/4) files, rows not permuted."""
+    config_cls = transformers.Qwen2Config if architecture == "qwen2" else transformers.Qwen3Config
+    extra = {"head_dim": 32} if architecture == "qwen3" else {}
+    config = config_cls(vocab_size=259, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                        rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True, **extra)
+    hf_model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    randomize(hf_model, seed=11)
+    kind = gguf.GGMLQuantizationType[qtype]
+    path = tmp_path / f"{architecture}.gguf"
+    write_gguf(path, hf_model, kind, architecture=architecture)
+    round_trip(hf_model, kind)
+
+    model, _ = load_model(path, dtype=torch.float32)
+    assert model.config.architecture == architecture and model.config.tie_word_embeddings
+    assert model.config.attention_bias == (architecture == "qwen2")
+    assert model.config.qk_norm == (architecture == "qwen3")
+    ids = torch.randint(0, 259, (40,), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = hf_model(ids[None]).logits[0]
+    assert float((model.logits(ids) - expected).abs().max() / expected.abs().max()) <= 1e-4
 
 
 def test_gguf_without_permutation_would_differ(hf_tiny, tmp_path):
