@@ -89,6 +89,7 @@ def parse_hf_config(raw: dict[str, Any], source: Path, name: str) -> ModelConfig
 
 
 def _dtype_name(value: Any) -> str:
+    """The checkpoint's dtype as a default; float16 runs as float32 (no fast fp16 on CPU)."""
     return "float32" if value in ("float32", "float16", "float64") else "bfloat16"
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batch import AttentionPlan
+from .batch import AttentionPlan, PrefillSeq
 from .config import ModelConfig
 from .rope import apply_rotary
 
@@ -98,7 +98,15 @@ class Attention(nn.Module):
         )
         return out[:, :, 0, :]
 
-    def _prefill(self, q, k, v, k_flat, v_flat, seq) -> torch.Tensor:
+    def _prefill(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_flat: torch.Tensor | None,
+        v_flat: torch.Tensor | None,
+        seq: PrefillSeq,
+    ) -> torch.Tensor:
         """One chunk, causal; over fresh K/V if it has no cached prefix, else over the cache."""
         query = q[seq.start : seq.end].transpose(0, 1)[None]
         if seq.gather is None:
@@ -136,6 +144,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device)
         self.mlp = MLP(config, dtype, device)
 
-    def forward(self, x, cos, sin, kv_cache: KVCache | None, plan: AttentionPlan) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv_cache: KVCache | None, plan: AttentionPlan
+    ) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, plan)
         return x + self.mlp(self.post_attention_layernorm(x))

@@ -65,6 +65,9 @@ class RotaryTable:
 
     def lookup(self, positions: torch.Tensor, max_position: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [T, 1, head_dim] in `dtype` for the given positions."""
+        if self.inv_freq.device != positions.device:  # the model was moved with .to(device)
+            self.inv_freq = self.inv_freq.to(positions.device)
+            self.cos, self.sin = self.cos[:0].to(positions.device), self.sin[:0].to(positions.device)
         if max_position >= self.cos.shape[0]:
             self._grow(max_position + 1)
         return self.cos[positions].to(dtype)[:, None, :], self.sin[positions].to(dtype)[:, None, :]
