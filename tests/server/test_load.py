@@ -65,7 +65,8 @@ async def run_load(base_url: str) -> tuple[list[dict], list[str]]:
 
 
 def metric(text: str, name: str) -> float:
-    match = re.search(rf"^{re.escape(name)}\{{[^}}]*\}} (\S+)$", text, re.MULTILINE)
+    labels = "" if "{" in name else r"\{[^}]*\}"
+    match = re.search(rf"^{re.escape(name)}{labels} (\S+)$", text, re.MULTILINE)
     assert match, f"{name} missing from /metrics"
     return float(match.group(1))
 
@@ -105,3 +106,5 @@ def test_64_streams_with_a_quarter_disconnecting(server, engine):
     assert metric(text, "astrai:num_requests_running") == 0
     assert metric(text, "astrai:num_requests_waiting") == 0
     assert metric(text, "astrai:generation_tokens_total") > 0
+    aborted = f'astrai:request_success_total{{finished_reason="abort",model_name="{MODEL}"}}'
+    assert metric(text, aborted) >= 16

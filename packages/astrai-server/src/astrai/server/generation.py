@@ -142,7 +142,10 @@ class Generation:
         self._closed = True
         for task in self._tasks:
             task.cancel()
-        self.abort_unfinished()
+        if self.abort_unfinished() and self._on_finish is not None:
+            for i in range(len(self.choices)):
+                if i not in self._finished:
+                    self._on_finish(None, "abort")  # counted here: their final outputs are not awaited
 
 
 async def wait_for_disconnect(request: Request) -> None:
