@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 import traceback
 from datetime import datetime, timezone
@@ -16,7 +17,7 @@ from bench.context import Context
 from bench.machine import REPO, machine_info, roofline
 from bench.progress import log
 
-SECTIONS = ("roofline", "offline", "latency", "serving", "prefix", "gpu", "profile")
+SECTIONS = ("roofline", "offline", "latency", "prefix", "serving", "profile", "gpu")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -25,6 +26,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="small workloads, under 5 minutes")
     ap.add_argument("--only", default="", help=f"comma-separated sections of: {', '.join(SECTIONS)}")
     ap.add_argument("--skip-peers", action="store_true", help="AstrAI only: no transformers / llama.cpp")
+    ap.add_argument("--budget-min", type=float, default=None,
+                    help="skip remaining work after this many minutes (default: 27 full, 4.5 quick)")
     ap.add_argument("--no-report", action="store_true", help="write the JSON but leave BENCHMARKS.md alone")
     ap.add_argument("--report-from", type=Path, help="only regenerate BENCHMARKS.md from this result JSON")
     args = ap.parse_args(argv)
@@ -62,13 +65,18 @@ def main(argv=None) -> int:
         log(f"wrote {REPO / 'BENCHMARKS.md'} from {args.report_from}")
         return 0
     ctx = Context(scale=QUICK if args.quick else FULL, quick=args.quick, skip_peers=args.skip_peers)
+    budget_min = args.budget_min if args.budget_min is not None else (4.5 if args.quick else 27.0)
+    ctx.deadline = time.monotonic() + budget_min * 60
     started = datetime.now(timezone.utc)
     result: dict = {"format": "astrai-bench", "version": 1, "mode": ctx.scale.name,
                     "started": started.strftime("%Y-%m-%d %H:%M UTC"), "sections": args.sections,
-                    "skip_peers": args.skip_peers, "machine": machine_info()}
+                    "skip_peers": args.skip_peers, "budget_min": budget_min, "machine": machine_info()}
     t0 = time.perf_counter()
     for name in _plan(args.sections):
         log(f"== {name} ==")
+        if name == "profile" and ctx.out_of_time():
+            result[name] = {"status": "skipped", "reason": ctx.out_of_time()}
+            continue
         s0 = time.perf_counter()
         try:
             if name == "offline":
@@ -84,6 +92,7 @@ def main(argv=None) -> int:
         result.setdefault("section_seconds", {})[name] = time.perf_counter() - s0
         ctx.results = result
     result["elapsed_s"] = time.perf_counter() - t0
+    result["load_average_end"] = os.getloadavg()
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{started.strftime('%Y%m%dT%H%M%SZ')}-{ctx.scale.name}.json"
     path.write_text(json.dumps(result, indent=1, default=str) + "\n")

@@ -107,6 +107,8 @@ def _run_transformers(requests, batch_size: int) -> dict:
 def run(ctx: Context) -> dict:
     if not torch.cuda.is_available():
         return {"status": "skipped", "reason": "torch.cuda.is_available() is False on this machine"}
+    if ctx.out_of_time():
+        return {"status": "skipped", "reason": ctx.out_of_time()}
     s = ctx.scale
     requests = offline_workload(s.gpu_requests, s.gpu_len, s.gpu_len, seed=0)
     out = {"status": "ok", "device": torch.cuda.get_device_name(0), "preset": PRESET,

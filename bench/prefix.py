@@ -109,6 +109,9 @@ def run(ctx: Context) -> dict:
         parts.append(("llamacpp", _llamacpp))
     parts.append(("eviction", _eviction))
     for key, fn in parts:
+        if ctx.out_of_time():
+            out[key] = {"status": "skipped", "reason": ctx.out_of_time()}
+            continue
         try:
             out[key] = fn(ctx)
         except Exception as error:

@@ -42,7 +42,8 @@ def machine_section(r: dict) -> str:
             ["ISA", ", ".join(m["cpu_flags"])], ["Memory", fmt((m["memory_bytes"] or 0) / 2**30, 1, " GiB")],
             ["torch", m["torch"]], ["transformers", m["packages"].get("transformers")],
             ["llama-cpp-python", m["packages"].get("llama_cpp_python")], ["Python", m["python"]],
-            ["Load average at start", ", ".join(f"{x:.1f}" for x in m["load_average"] or [])]]
+            ["Load average at start", ", ".join(f"{x:.1f}" for x in m["load_average"] or [])],
+            ["Load average at end", ", ".join(f"{x:.1f}" for x in r.get("load_average_end") or [])]]
     out = ["## Machine", "", table(["", ""], rows)]
     if rf:
         out += ["", "## Roofline (measured on this machine, this run)", "",
@@ -64,6 +65,8 @@ def offline_section(r: dict) -> str:
     off = r.get("offline")
     if not off:
         return ""
+    if "systems" not in off:
+        return f"## Offline throughput\n\n{_status(off)}"
     w, systems = off["workload"], off["systems"]
     ceil = (r.get("roofline") or {}).get("ceilings", {})
     peer_tps = {k: systems[k]["output_tok_s"] for k in PEERS if _ok(systems.get(k))}
@@ -100,6 +103,8 @@ def latency_section(r: dict) -> str:
     lat = r.get("latency")
     if not lat:
         return ""
+    if "systems" not in lat:
+        return f"## Batch-1 latency\n\n{_status(lat)}"
     ceil = (r.get("roofline") or {}).get("ceilings", {})
     prompts = sorted({int(p) for s in lat["systems"].values() if _ok(s) for p in s["prompts"]})
     headers = (["System"] + [f"TTFT {p} (ms)" for p in prompts] + [f"Decode tok/s @{p}" for p in prompts]
@@ -128,7 +133,7 @@ def serving_section(r: dict) -> str:
     sv = r.get("serving")
     if not sv:
         return ""
-    if not _ok(sv):
+    if not _ok(sv) or "modes" not in sv:
         return f"## Serving\n\n{_status(sv)}"
     headers = ["Rate (req/s)", "Mode", "Done", "Req/s", "Out tok/s", "TTFT p50/p99 (ms)",
                "TPOT p50/p99 (ms)", "ITL p50/p99 (ms)", "E2E p99 (ms)"]
@@ -160,6 +165,8 @@ def prefix_section(r: dict) -> str:
     px = r.get("prefix")
     if not px:
         return ""
+    if "prefix_tokens" not in px:
+        return f"## Prefix cache\n\n{_status(px)}"
     rows = []
     for key, name in (("astrai", "AstrAI (radix prefix cache)"), ("llamacpp", "llama.cpp (previous-call reuse)")):
         d = px.get(key)
@@ -204,6 +211,8 @@ def profile_section(r: dict) -> str:
     p = r.get("profile")
     if not p:
         return ""
+    if "workload" not in p:
+        return f"## Where AstrAI's time goes\n\n{_status(p)}"
     out = ["## Where AstrAI's time goes", "", f"{p['workload']} ({p['requests']} requests)."]
     ph = p.get("phases", {})
     if "phases_ms" in ph:

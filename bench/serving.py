@@ -166,6 +166,9 @@ def run(ctx: Context) -> dict:
         rates = {}
         for i, rate in enumerate(ctx.scale.serving_rates):
             schedule = make_schedule(ctx, rate, seed=100 + i)
+            if ctx.out_of_time():
+                rates[str(rate)] = {"status": "skipped", "reason": ctx.out_of_time()}
+                continue
             try:
                 with AstraiServer(str(gguf_path()), args, command=command) as server:
                     log(f"[serving] {mode} @ {rate} req/s: {len(schedule)} requests")

@@ -38,7 +38,10 @@ def _astrai(ctx: Context, max_len: int) -> list[Candidate]:
     for dtype in (torch.bfloat16, torch.float32):
         for scheduling in ("continuous", "static"):
             name = str(dtype).removeprefix("torch.")
-            subset = ctx.scale.static_fp32_requests if (scheduling, dtype) == ("static", torch.float32) else None
+            if dtype == torch.float32:
+                subset = ctx.scale.fp32_requests
+            else:
+                subset = ctx.scale.static_bf16_requests if scheduling == "static" else None
 
             def factory(dtype=dtype, scheduling=scheduling):
                 return astrai.AstraiSystem(dtype, scheduling, ctx.scale.batch_size, max_len)
@@ -55,7 +58,7 @@ def _peers(ctx: Context) -> list[Candidate]:
     for dtype in (torch.bfloat16, torch.float32):
         name = str(dtype).removeprefix("torch.")
         out.append(Candidate(f"transformers_static_{name}",
-                             lambda dtype=dtype: hf.TransformersSystem(dtype, ctx.scale.batch_size),
+                             lambda dtype=dtype: hf.TransformersSystem(dtype, min(ctx.scale.batch_size, ctx.scale.hf_requests)),
                              ctx.scale.hf_requests, latency=True))
     out.append(Candidate("llamacpp_sequential", lambda: llamacpp.LlamaCppSystem(n_ctx=2048),
                          ctx.scale.llamacpp_requests, latency=True, unavailable=llamacpp.available()))
@@ -104,13 +107,21 @@ def run(ctx: Context, do_offline: bool = True, do_latency: bool = True) -> dict:
     scale = ctx.scale
     requests = offline_workload(scale.num_requests, scale.prompt_len, scale.output_len, seed=0)
     max_len = max(scale.prompt_len[1] + scale.output_len[1], max(scale.latency_prompts) + scale.latency_decode_tokens + 8)
-    candidates = _astrai(ctx, max_len) + (_peers(ctx) if ctx.wants_peers() else [])
+    astrai, peers = _astrai(ctx, max_len), (_peers(ctx) if ctx.wants_peers() else [])
+    # Most telling first, so a run cut short by its time budget still has the key comparisons.
+    bf16 = [c for c in astrai if c.key.endswith("bfloat16")]
+    fp32 = [c for c in astrai if c.key.endswith("float32")]
+    llama = [c for c in peers if c.key.startswith("llamacpp")]
+    hf = [c for c in peers if c.key.startswith("transformers")]
+    candidates = bf16 + llama + hf + fp32
     offline = {"workload": {**describe(requests), "seed": 0, "prompt_len": scale.prompt_len,
                             "output_len": scale.output_len, "batch_size": scale.batch_size,
                             "temperature": scale.temperature, "ignore_eos": True},
                "systems": {}}
     latency = {"decode_tokens": scale.latency_decode_tokens, "systems": {}}
     for c in candidates:
+        if ctx.out_of_time():
+            c.unavailable = ctx.out_of_time()
         if c.unavailable:
             skipped = {"status": "skipped", "reason": c.unavailable}
             if do_offline:
