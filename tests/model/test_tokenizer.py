@@ -53,6 +53,8 @@ def test_chat_template_rejects_malformed_messages(smollm2):
         tokenizer.apply_chat_template("not a list of messages")
     with pytest.raises(ChatTemplateError, match="render"):
         tokenizer.apply_chat_template([{"content": "no role"}])
+    with pytest.raises(ChatTemplateError, match="TypeError"):
+        tokenizer.apply_chat_template([{"role": "user", "content": None}])
 
 
 def stream(tokenizer, ids: list[int], skip_special_tokens: bool = True) -> list[str]:

@@ -61,5 +61,5 @@ def render_chat(
         return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt, **special_tokens, **extra)
     except ChatTemplateError:
         raise
-    except jinja2.TemplateError as exc:
-        raise ChatTemplateError(f"chat template failed to render: {exc}") from exc
+    except Exception as exc:  # jinja errors, and TypeError from e.g. `'x' + None` on a malformed message
+        raise ChatTemplateError(f"chat template failed to render: {type(exc).__name__}: {exc}") from exc
