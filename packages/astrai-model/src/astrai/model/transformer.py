@@ -7,6 +7,7 @@ from torch import nn
 
 from .batch import AttentionPlan, ForwardBatch
 from .config import ModelConfig, resolve_dtype
+from .cpu_packing import PackedLinear, pack_linear, packing_supported
 from .layers import DecoderLayer, KVCache, RMSNorm
 from .rope import RotaryTable
 
@@ -32,6 +33,8 @@ class Transformer(nn.Module):
         self.lm_head = None
         if not config.tie_word_embeddings:
             self.lm_head = nn.Parameter(torch.empty(config.vocab_size, config.hidden_size, dtype=dtype, device=device))
+        self.packed = False
+        self.packed_head: PackedLinear | None = None
         self.rotary = RotaryTable(config.head_dim, config.rope_theta, config.rope_scaling, device)
         if init_weights:
             self.init_random_weights()
@@ -60,6 +63,29 @@ class Transformer(nn.Module):
             else:
                 param.normal_(0.0, std, generator=generator)
 
+    @torch.no_grad()
+    def pack_for_cpu(self) -> bool:
+        """Opt-in bf16 CPU speed-up: pack every projection and the LM head for oneDNN.
+
+        Inference only: afterwards the packed weights are no longer parameters, so do this
+        last (after loading, before serving). Returns False, changing nothing, where the CPU
+        or torch build cannot do it.
+        """
+        if self.packed or not packing_supported(self.dtype, self.device):
+            return False
+        probe = pack_linear(self.head_weight, None)
+        if probe is None:
+            return False
+        self.packed_head = probe
+        for layer in self.layers:
+            for parent, name in ((layer.self_attn, "qkv_proj"), (layer.self_attn, "o_proj"),
+                                 (layer.mlp, "gate_up_proj"), (layer.mlp, "down_proj")):
+                linear = getattr(parent, name)
+                packed = PackedLinear(linear.weight, linear.bias)
+                setattr(parent, name, packed)
+        self.packed = True
+        return True
+
     @torch.no_grad()  # not inference_mode: callers may edit the returned logits in place
     def forward(self, batch: ForwardBatch, kv_caches: list[KVCache] | None, page_size: int) -> torch.Tensor:
         """One ragged step; writes new K/V into `kv_caches` and returns float32 logits [R, vocab]."""
@@ -72,6 +98,8 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, None if kv_caches is None else kv_caches[i], plan)
         x = self.norm(x[batch.logits_indices])
+        if self.packed_head is not None:
+            return self.packed_head(x).float()
         return torch.nn.functional.linear(x, self.head_weight).float()
 
     def logits(self, token_ids: list[int] | torch.Tensor) -> torch.Tensor:
