@@ -91,6 +91,8 @@ def test_missing_and_unexpected_tensors(tiny_llama_dir):
         load_model(tiny_llama_dir)
 
 
-def test_bad_dtype(tiny_llama_dir):
+def test_bad_dtype_and_device(tiny_llama_dir):
     with pytest.raises(ModelLoadError, match="unsupported dtype 'int8'"):
         load_model(tiny_llama_dir, dtype="int8")
+    with pytest.raises(ModelLoadError, match="invalid device 'gpu0'"):
+        load_model(tiny_llama_dir, device="gpu0")

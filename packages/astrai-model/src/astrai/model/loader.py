@@ -59,7 +59,13 @@ def _build(config: ModelConfig, dtype, device) -> Transformer:
     except ValueError as exc:
         raise ModelLoadError(config.name, str(exc)) from exc
     config.dtype = str(resolved).removeprefix("torch.")
-    return Transformer(config, dtype=resolved, device=device, init_weights=False).eval()
+    try:
+        target = torch.device(device or "cpu")
+    except RuntimeError as exc:
+        raise ModelLoadError(config.name, f"invalid device {device!r}: {exc}") from exc
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(config.name, f"device {device!r} requested but CUDA is not available")
+    return Transformer(config, dtype=resolved, device=target, init_weights=False).eval()
 
 
 def _load_hf_dir(directory: Path, name: str, dtype, device) -> tuple[Transformer, Tokenizer]:
