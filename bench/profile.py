@@ -1,5 +1,5 @@
-"""Where AstrAI's time goes: the engine's own phase breakdown, py-spy's Python hotspots
-(sampled from outside the worker process) and torch's operator self times."""
+"""Where AstrAI's time goes: the engine's own phase breakdown and py-spy's Python hotspots
+on the engine thread, sampled from outside the worker process."""
 
 from __future__ import annotations
 
@@ -28,8 +28,9 @@ def _worker(requests: int, out: Path, torch_profile: bool) -> list[str]:
     return cmd + (["--torch-profile"] if torch_profile else [])
 
 
-def parse_collapsed(text: str, top: int = 20) -> dict:
-    """py-spy raw output ('frame;frame;... count' per line) -> self and inclusive hotspots."""
+def parse_collapsed(text: str, top: int = 20, within: str | None = None) -> dict:
+    """py-spy raw output ('frame;frame;... count' per line) -> self and inclusive hotspots,
+    counting only stacks through a frame starting with `within` when given."""
     self_t: Counter = Counter()
     incl: Counter = Counter()
     total = 0
@@ -40,7 +41,7 @@ def parse_collapsed(text: str, top: int = 20) -> dict:
         n = int(count)
         frames = [LINE_NO.sub(")", f) for f in stack.split(";")]
         frames = [f for f in frames if not f.startswith(("process ", "thread "))]
-        if not frames:
+        if not frames or (within and not any(f.startswith(within) for f in frames)):
             continue
         total += n
         self_t[frames[-1]] += n
@@ -73,16 +74,10 @@ def run(ctx: Context) -> dict:
             out["phases"] = {"status": "error", "reason": proc.stderr[-1500:]}
         if spy:
             if stacks.exists():
-                out["py_spy"] = {"status": "ok", **parse_collapsed(stacks.read_text())}
+                text = stacks.read_text()
+                engine = parse_collapsed(text, within="Engine._run")
+                out["py_spy"] = {"status": "ok", "scope": "engine thread (stacks through Engine._run)",
+                                 **(engine if engine["total_samples"] else parse_collapsed(text))}
             else:
                 out["py_spy"] = {"status": "error", "reason": proc.stderr[-1500:]}
-        m = max(2, n // 4)
-        log(f"[profile] torch operator profile on {m} requests")
-        torch_result = Path(tmp) / "torch.json"
-        proc = subprocess.run(_worker(m, torch_result, True), capture_output=True, text=True)
-        if torch_result.exists():
-            data = json.loads(torch_result.read_text())
-            out["torch_ops"] = {"status": "ok", "requests": m, "wall_s": data["wall_s"], "ops": data["torch_ops"]}
-        else:
-            out["torch_ops"] = {"status": "error", "reason": proc.stderr[-1500:]}
     return out

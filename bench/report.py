@@ -226,7 +226,7 @@ def profile_section(r: dict) -> str:
                 table(["Phase", "Seconds", "% of wall"], rows)]
     spy = p.get("py_spy", {})
     if _ok(spy):
-        out += ["", f"py-spy, {spy['total_samples']} samples — top self time:", "",
+        out += ["", f"py-spy, {spy['total_samples']} samples of the {spy.get('scope', 'process')} — top self time:", "",
                 table(["Frame", "% samples"], [[f"`{x['frame']}`", fmt(x["percent"])] for x in spy["self"][:12]]),
                 "", "Top inclusive time:", "",
                 table(["Frame", "% samples"], [[f"`{x['frame']}`", fmt(x["percent"])] for x in spy["inclusive"][:12]])]

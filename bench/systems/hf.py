@@ -40,6 +40,17 @@ def _dense_gguf_kwargs() -> dict:
     return {"quantization_config": GgufConfig(dequantize=True)}
 
 
+class _Stamps:
+    """A StoppingCriteria that never stops; it records when each new token was produced."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def __call__(self, input_ids, scores, **kwargs):
+        self.times.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+
 class TransformersSystem(System):
     def __init__(self, dtype: torch.dtype, batch_size: int):
         from transformers import AutoModelForCausalLM
@@ -94,13 +105,11 @@ class TransformersSystem(System):
         )
 
     def latency(self, prompt_ids: list[int], decode_tokens: int) -> LatencyResult:
+        stamps = _Stamps()
         start = time.perf_counter()
-        self._generate([prompt_ids], 1, 0.0)
-        ttft = time.perf_counter() - start
-        start = time.perf_counter()
-        self._generate([prompt_ids], decode_tokens + 1, 0.0)
-        total = time.perf_counter() - start
-        return LatencyResult(len(prompt_ids), ttft, decode_tokens, max(total - ttft, 1e-9))
+        self._generate([prompt_ids], decode_tokens + 1, 0.0, [stamps])
+        t = stamps.times
+        return LatencyResult(len(prompt_ids), t[0] - start, len(t) - 1, t[-1] - t[0])
 
     def close(self) -> None:
         del self.model
