@@ -17,7 +17,7 @@ from bench.context import Context
 from bench.machine import REPO, machine_info, roofline
 from bench.progress import log
 
-SECTIONS = ("roofline", "offline", "latency", "prefix", "serving", "profile", "gpu")
+SECTIONS = ("roofline", "prefix", "serving", "offline", "latency", "profile", "gpu")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -20,7 +20,7 @@ class Scale:
     # whole workload inside the 30-minute budget on the shared 2-core VM. The report marks them.
     static_bf16_requests: int | None = 64  # exactly one full static batch
     fp32_requests: int | None = 32  # AstrAI fp32 (AMX makes bf16 ~4x faster on this CPU)
-    hf_requests: int = 8  # transformers: one static batch of the subset
+    hf_requests: int = 4  # transformers: one static batch of the subset (its generate is slow here)
     llamacpp_requests: int = 4  # llama.cpp: sequential requests
     # latency
     latency_prompts: tuple[int, ...] = (128, 1024)

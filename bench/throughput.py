@@ -109,11 +109,10 @@ def run(ctx: Context, do_offline: bool = True, do_latency: bool = True) -> dict:
     max_len = max(scale.prompt_len[1] + scale.output_len[1], max(scale.latency_prompts) + scale.latency_decode_tokens + 8)
     astrai, peers = _astrai(ctx, max_len), (_peers(ctx) if ctx.wants_peers() else [])
     # Most telling first, so a run cut short by its time budget still has the key comparisons.
-    bf16 = [c for c in astrai if c.key.endswith("bfloat16")]
-    fp32 = [c for c in astrai if c.key.endswith("float32")]
-    llama = [c for c in peers if c.key.startswith("llamacpp")]
-    hf = [c for c in peers if c.key.startswith("transformers")]
-    candidates = bf16 + llama + hf + fp32
+    order = ["astrai_continuous_bfloat16", "llamacpp_sequential", "astrai_static_bfloat16",
+             "transformers_static_bfloat16", "astrai_continuous_float32", "transformers_static_float32",
+             "astrai_static_float32"]
+    candidates = sorted(astrai + peers, key=lambda c: order.index(c.key))
     offline = {"workload": {**describe(requests), "seed": 0, "prompt_len": scale.prompt_len,
                             "output_len": scale.output_len, "batch_size": scale.batch_size,
                             "temperature": scale.temperature, "ignore_eos": True},
