@@ -31,6 +31,7 @@ from .sampler import Sampler
 from .scheduler import Scheduler, StepPlan
 from .stats import EngineCounters
 from .trace import TraceEvent
+from .tracing import StepTracer
 
 log = logging.getLogger("astrai.scheduler")
 
@@ -101,9 +102,7 @@ class Engine:
         self._closed = False
         self._ids = itertools.count()
         self._arrivals = itertools.count()
-        self._subscribers: tuple[TraceCallback, ...] = ()
-        self._page_events: dict[str, list[Any]] | None = None
-        self.kv.subscribe(self._on_cache_event)
+        self._tracer = StepTracer(self.kv)
         self._thread = threading.Thread(target=self._run, name="astrai-engine", daemon=True)
         self._thread.start()
 
@@ -243,12 +242,13 @@ class Engine:
 
     def subscribe(self, callback: TraceCallback) -> Callable[[], None]:
         """Receive one TraceEvent per step (on the engine thread); returns an unsubscribe function."""
+        tracer = self._tracer
         with self._cond:
-            self._subscribers = (*self._subscribers, callback)
+            tracer.subscribers = (*tracer.subscribers, callback)
 
         def unsubscribe() -> None:
             with self._cond:
-                self._subscribers = tuple(s for s in self._subscribers if s is not callback)
+                tracer.subscribers = tuple(s for s in tracer.subscribers if s is not callback)
 
         return unsubscribe
 
@@ -405,9 +405,9 @@ class Engine:
             self._idle_cond.notify_all()
 
     def _step(self, arrivals: list[Request], aborts: list[str]) -> None:
-        tracing = bool(self._subscribers)
+        tracing = self._tracer.active
         if tracing:
-            self._page_events = {"allocated": [], "shared": [], "copied": [], "freed": [], "evicted": []}
+            self._tracer.begin_step()
         t0 = time.perf_counter()
         sched = self.scheduler
         finished: list[Request] = []
@@ -465,7 +465,12 @@ class Engine:
         t6 = time.perf_counter()
         self.counters.steps += 1
         if tracing:
-            self._emit_trace(plan, arrivals, finished, (t0, t1, t2, t3, t4, t5, t6))
+            ms = 1000.0
+            phases = {
+                "cleanup": (t1 - t0 + t6 - t5) * ms, "refill": (t2 - t1) * ms, "prefill": (t3 - t2) * ms,
+                "decode": (t5 - t4) * ms, "forward": (t4 - t3) * ms,
+            }
+            self._tracer.end_step(self.counters.steps - 1, plan, sched, arrivals, finished, phases)
 
     def _apply(self, plan: StepPlan, result: Any, finished: list[Request]) -> list[Request]:
         """Advance every chunk's request, append sampled tokens, hand out outputs.
@@ -520,62 +525,6 @@ class Engine:
             log.debug("dropping output of %s: its consumer is gone", req.request_id, exc_info=True)
             if not req.finished:
                 self.abort(req.request_id)
-
-    # --- trace ---------------------------------------------------------------------------
-
-    def _on_cache_event(self, event: Any) -> None:
-        log_ = self._page_events
-        if log_ is not None:
-            pages = event.pages
-            if event.kind == "copied":
-                pages = [list(p) for p in pages]
-            log_.setdefault(event.kind, []).extend(pages)
-
-    def _emit_trace(self, plan: StepPlan, arrivals: list[Request], finished: list[Request], t: tuple) -> None:
-        t0, t1, t2, t3, t4, t5, t6 = t
-        admitted = {r.request_id for r in plan.admitted}
-        prefill, decode = [], []
-        for c in plan.chunks:
-            req = c.request
-            if c.end - c.start == 1 and c.start >= len(req.prompt_token_ids):
-                decode.append(req.request_id)
-            else:
-                prefill.append({
-                    "request_id": req.request_id, "num_tokens": c.end - c.start,
-                    "cached_tokens": req.num_cached_tokens if req.request_id in admitted else 0,
-                    "start": c.start,
-                })
-        kv = self.kv
-        ms = 1000.0
-        event = TraceEvent(
-            step=self.counters.steps - 1,
-            time=time.monotonic(),
-            phases_ms={
-                "cleanup": (t1 - t0 + t6 - t5) * ms, "refill": (t2 - t1) * ms, "prefill": (t3 - t2) * ms,
-                "decode": (t5 - t4) * ms, "forward": (t4 - t3) * ms,
-            },
-            prefill=prefill,
-            decode=decode,
-            arrived=[r.request_id for r in arrivals],
-            finished=[
-                {"request_id": r.request_id, "finish_reason": r.finish_reason, "output_tokens": len(r.output_token_ids)}
-                for r in finished
-            ],
-            preempted=[r.request_id for r in plan.preempted],
-            pages=self._page_events or {},
-            page_tables={r.request_id: list(kv.block_table(r.request_id)) for r in self.scheduler.running},
-            num_waiting=len(self.scheduler.waiting),
-            num_running=len(self.scheduler.running),
-            num_free_pages=kv.num_free_pages(),
-            num_cached_pages=kv.num_cached_pages(),
-            num_pages=kv.num_pages,
-        )
-        self._page_events = None
-        for callback in self._subscribers:
-            try:
-                callback(event)
-            except Exception:
-                log.exception("trace subscriber failed")
 
 
 def _check_positive(name: str, value: object) -> None:
