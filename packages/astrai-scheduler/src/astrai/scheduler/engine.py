@@ -118,6 +118,7 @@ class Engine:
         """Load a built-in name, an HF model directory or a .gguf file and start an engine."""
         dev = resolve_device(device)
         model_obj, tokenizer = load_model(model, dtype=resolve_dtype(dtype), device=dev)
+        model_obj.pack_for_cpu()  # bf16 on an AMX/AVX512-BF16 CPU: pre-packed matmuls; else a no-op
         return cls(model_obj, tokenizer, **kwargs)
 
     # --- public API ----------------------------------------------------------------------
