@@ -125,7 +125,10 @@ def latency_section(r: dict) -> str:
                        fmt(100 * first / bf16_ceiling, 0, "%") if bf16_ceiling else "–"])
     return "\n".join(["## Batch-1 latency", "",
                       f"One request alone, greedy; decode rate over {lat['decode_tokens']} tokens after the "
-                      "first. Ceiling percentages use the decode rate after the shortest prompt.", "",
+                      "first. Ceiling percentages use the decode rate after the shortest prompt. llama.cpp's "
+                      "worker threads spin-wait at every barrier, so when other processes share the two cores "
+                      "its figures collapse far below what it reaches on an idle machine; compare it only "
+                      "with the load average in mind.", "",
                       table(headers, rows)])
 
 
@@ -244,15 +247,17 @@ def targets(r: dict) -> list[list]:
     """The issue's targets: measured value and whether it is met (reported, never asserted)."""
     rows = []
     off = (r.get("offline") or {}).get("systems", {})
-    best = max((s["output_tok_s"] for k, s in off.items() if k.startswith("astrai") and _ok(s)), default=None)
+    # the headline: AstrAI continuous bf16 on the whole workload
+    head = off.get("astrai_continuous_bfloat16", {})
+    best = head.get("output_tok_s") if _ok(head) else None
     llama = off.get("llamacpp_sequential", {})
     if best and _ok(llama):
         x = best / llama["output_tok_s"]
-        rows.append(["Offline >= 20x llama.cpp sequential", f"{x:.2f}x", "yes" if x >= 20 else "no"])
+        rows.append(["Offline (AstrAI continuous bf16) >= 20x llama.cpp sequential", f"{x:.2f}x", "yes" if x >= 20 else "no"])
     hf = [s["output_tok_s"] for k, s in off.items() if k.startswith("transformers") and _ok(s)]
     if best and hf:
         x = best / max(hf)
-        rows.append(["Offline >= 4x transformers static (best dtype)", f"{x:.2f}x", "yes" if x >= 4 else "no"])
+        rows.append(["Offline (AstrAI continuous bf16) >= 4x transformers static (best dtype)", f"{x:.2f}x", "yes" if x >= 4 else "no"])
     lat = (r.get("latency") or {}).get("systems", {}).get("astrai_continuous_bfloat16")
     ceiling = ((r.get("roofline") or {}).get("ceilings", {}).get("bfloat16") or {}).get("batch1_decode_tok_s")
     if _ok(lat) and ceiling:
