@@ -3,7 +3,8 @@
 Everything runs as tensor ops over the whole batch; Python only loops over rows to gather
 their token histories (and only for rows that use penalties). Seeded rows draw their noise
 from their own torch.Generator, so a seed gives the same tokens whatever else is batched.
-Sampling uses the exponential race: argmax(p / q) with q ~ Exp(1) picks i with probability p_i.
+Sampling inverts the CDF: one uniform draw per row against the cumulative probabilities,
+one pass over the vocabulary instead of a random number per vocabulary entry.
 """
 
 from __future__ import annotations
@@ -105,13 +106,17 @@ class Sampler:
             min_p = torch.tensor([p.min_p for p in params], dtype=probs.dtype, device=device)
             threshold = probs.max(dim=-1, keepdim=True).values * min_p.unsqueeze(1)
             probs = probs.masked_fill(probs < threshold, 0.0)
-        noise = torch.empty_like(probs)
+        uniform = torch.empty(len(rows), 1, dtype=probs.dtype, device=device)
         seeded = [i for i, r in enumerate(rows) if r.generator is not None]
         if len(seeded) < len(rows):
-            noise.exponential_(generator=self._default_generator(device))
+            uniform.uniform_(generator=self._default_generator(device))
         for i in seeded:
-            noise[i].exponential_(generator=rows[i].generator)
-        return (probs / noise).argmax(dim=-1)
+            uniform[i].uniform_(generator=rows[i].generator)
+        cdf = probs.cumsum(dim=-1)
+        # The first token whose cumulative mass exceeds u * total; zero-probability tokens have
+        # zero width and can never be picked.
+        picked = torch.searchsorted(cdf, uniform * cdf[:, -1:], right=True)
+        return picked.squeeze(1).clamp_(max=probs.shape[-1] - 1)
 
 
 def _apply_bans(logits: torch.Tensor, banned: list[list[int]]) -> None:
