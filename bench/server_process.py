@@ -31,24 +31,13 @@ def astrai_cli() -> list[str]:
     raise RuntimeError("the `astrai` command is not installed (astrai-server)")
 
 
-def fallback_command() -> list[str]:
-    """`astrai serve` plus --scheduling, for servers that lack the option (bench/serve_engine.py)."""
-    return [sys.executable, "-m", "bench.serve_engine"]
-
-
-def serve_help() -> str:
-    out = subprocess.run([*astrai_cli(), "serve", "--help"], capture_output=True, text=True, timeout=120)
-    return out.stdout + out.stderr
-
-
 class AstraiServer:
     """Context manager: a server process, its base URL, and its log for error messages."""
 
-    def __init__(self, model: str, extra_args: list[str], startup_timeout_s: float = 180.0,
-                 command: list[str] | None = None):
+    def __init__(self, model: str, extra_args: list[str], startup_timeout_s: float = 180.0):
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.args = [*(command or [*astrai_cli(), "serve"]), "--model", model, "--host", "127.0.0.1",
+        self.args = [*astrai_cli(), "serve", "--model", model, "--host", "127.0.0.1",
                      "--port", str(self.port), *extra_args]
         self.startup_timeout_s = startup_timeout_s
         self.log = tempfile.NamedTemporaryFile("w+", prefix="astrai-serve-", suffix=".log", delete=False)

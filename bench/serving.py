@@ -19,7 +19,7 @@ import httpx
 from bench.context import Context
 from bench.model_info import gguf_path
 from bench.progress import bar, log
-from bench.server_process import AstraiServer, fallback_command, serve_help
+from bench.server_process import AstraiServer
 from bench.systems.astrai import pages_for
 from bench.timing import percentile
 
@@ -138,31 +138,22 @@ async def _probe_extras(client: httpx.AsyncClient, model: str) -> dict:
     return {"ignore_eos": True} if resp.status_code == 200 else {}
 
 
-def _server_command(help_text: str, scheduling: str, ctx: Context) -> tuple[list[str] | None, list[str]]:
-    """(command or None for `astrai serve`, options). Same engine options for both modes; the KV
-    pool is sized for a full batch so neither mode is limited by the shared machine's memory."""
+def _server_args(scheduling: str, ctx: Context) -> list[str]:
+    """`astrai serve` options, the same for both modes; the KV pool is sized for a full batch so
+    neither mode is limited by the shared machine's memory."""
     s = ctx.scale
     max_len = s.serving_prompt_words[1] * 3 + s.serving_output_len[1] + 16
-    args = ["--dtype", "bfloat16", "--max-num-seqs", str(s.batch_size), "--max-model-len", str(max_len),
+    return ["--dtype", "bfloat16", "--max-num-seqs", str(s.batch_size), "--max-model-len", str(max_len),
             "--num-pages", str(pages_for(s.batch_size, max_len)), "--max-queue", "1024",
             "--log-level", "warning", "--scheduling", scheduling]
-    if "--scheduling" in help_text:
-        return None, args
-    if scheduling == "continuous":
-        return None, args[:-2]
-    return fallback_command(), args
 
 
 def run(ctx: Context) -> dict:
-    try:
-        help_text = serve_help()
-    except Exception as error:
-        return {"status": "skipped", "reason": f"astrai serve unavailable: {error}"}
     out = {"status": "ok", "batch_size": ctx.scale.batch_size, "window_s": ctx.scale.serving_window_s,
            "requests_per_rate": ctx.scale.serving_requests, "modes": {}}
     grace = ctx.scale.serving_window_s * 2
     for mode in ("continuous", "static"):
-        command, args = _server_command(help_text, mode, ctx)
+        args = _server_args(mode, ctx)
         rates = {}
         for i, rate in enumerate(ctx.scale.serving_rates):
             schedule = make_schedule(ctx, rate, seed=100 + i)
@@ -170,7 +161,7 @@ def run(ctx: Context) -> dict:
                 rates[str(rate)] = {"status": "skipped", "reason": ctx.out_of_time()}
                 continue
             try:
-                with AstraiServer(str(gguf_path()), args, command=command) as server:
+                with AstraiServer(str(gguf_path()), args) as server:
                     log(f"[serving] {mode} @ {rate} req/s: {len(schedule)} requests")
                     summary = asyncio.run(_drive(server.base_url, schedule, rate, grace,
                                                  f"serve {mode} {rate}/s"))
@@ -180,8 +171,7 @@ def run(ctx: Context) -> dict:
                            "traceback": traceback.format_exc(limit=4)}
             log(f"[serving] {mode} @ {rate}: {_brief(summary)}")
             rates[str(rate)] = summary
-        launcher = "astrai serve" if command is None else "bench/serve_engine.py (astrai serve + --scheduling)"
-        out["modes"][mode] = {"status": "ok", "launcher": launcher, "server_args": args, "rates": rates}
+        out["modes"][mode] = {"status": "ok", "launcher": "astrai serve", "server_args": args, "rates": rates}
     return out
 
 

@@ -112,3 +112,13 @@ def test_bad_model_path_fails_with_a_message(tmp_path):
 def test_cli_rejects_bad_options():
     result = subprocess.run(astrai("serve", "--port", "-3"), capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--port" in result.stderr
+
+
+def test_scheduling_option_reaches_the_engine_and_rejects_unknown_modes():
+    from astrai.server.cli import build_parser, engine_kwargs
+
+    parse = build_parser().parse_args
+    assert engine_kwargs(parse(["serve", "--scheduling", "static"]))["scheduling"] == "static"
+    assert "scheduling" not in engine_kwargs(parse(["serve"]))  # the engine's default applies
+    result = subprocess.run(astrai("serve", "--scheduling", "fifo"), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--scheduling" in result.stderr

@@ -35,6 +35,8 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-pages", type=_positive, default=None, help="KV pool size in pages (default: sized "
                                                                           "from free memory)")
     parser.add_argument("--no-prefix-cache", action="store_true", help="disable radix prefix reuse")
+    parser.add_argument("--scheduling", choices=("continuous", "static"), default=None,
+                        help="continuous batching (default) or static batches, the baseline it is measured against")
 
 
 def _positive(text: str) -> int:
@@ -58,7 +60,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """Only the options given on the command line, so the engine's own defaults apply otherwise."""
     kwargs: dict[str, Any] = {}
     for name in ("dtype", "device", "max_num_seqs", "max_num_batched_tokens", "max_model_len", "page_size",
-                 "num_pages"):
+                 "num_pages", "scheduling"):
         value = getattr(args, name)
         if value is not None:
             kwargs[name] = value
