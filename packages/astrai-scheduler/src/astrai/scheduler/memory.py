@@ -12,7 +12,7 @@ _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
 }
-CPU_KV_CAP_BYTES = 4 << 30
+CPU_KV_CAP_BYTES = 2 << 30  # 2 GiB: ~93k tokens of SmolLM2 bf16 KV; more only via num_pages
 CPU_KV_FRACTION = 0.25
 CUDA_KV_FRACTION = 0.85
 
