@@ -116,3 +116,36 @@ def http(server: RunningServer) -> Iterator[httpx.Client]:
 @pytest.fixture
 def tokenizer(engine: Engine) -> Any:
     return engine.tokenizer
+
+
+class TraceLog:
+    """What the engine's per-step trace says: arrived request ids and finish reasons by id."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._arrived: list[str] = []
+        self._finished: dict[str, str] = {}
+
+    def on_step(self, event: Any) -> None:
+        step = event.to_dict()
+        with self._lock:
+            self._arrived.extend(step["arrived"])
+            for f in step["finished"]:
+                self._finished[f["request_id"]] = f["finish_reason"]
+
+    def arrived(self) -> list[str]:
+        with self._lock:
+            return list(self._arrived)
+
+    def finish_reason(self, request_id: str) -> str | None:
+        with self._lock:
+            return self._finished.get(request_id)
+
+
+@pytest.fixture
+def trace_log(engine: Engine) -> Iterator[TraceLog]:
+    """Subscribed to the shared engine for the duration of one test."""
+    log = TraceLog()
+    unsubscribe = engine.subscribe(log.on_step)
+    yield log
+    unsubscribe()

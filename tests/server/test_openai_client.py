@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import httpx
@@ -161,61 +160,31 @@ def test_sdk_exception_classes(server, tiny_server):
     assert tiny.completions.create(model=MODEL, prompt="Hi", max_tokens=2).usage.completion_tokens == 2
 
 
-def test_stream_is_incremental(client, engine):
-    finished: dict[str, str] = {}
-    lock = threading.Lock()
-
-    def on_step(event) -> None:
-        with lock:
-            for f in event.to_dict()["finished"]:
-                finished[f["request_id"]] = f["finish_reason"]
-
-    unsubscribe = engine.subscribe(on_step)
-    try:
-        stream = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=48, temperature=0,
-                                                stream=True, extra_body={"ignore_eos": True})
-        seen_before_end = None
-        pieces = 0
-        for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                pieces += 1
-                if seen_before_end is None:
-                    with lock:
-                        seen_before_end = chunk.id not in finished
-        assert seen_before_end, "the first content chunk only arrived after the request had finished"
-        assert pieces > 1
-        deadline = time.monotonic() + 30  # the step's trace event is emitted after its outputs
-        while chunk.id not in finished and time.monotonic() < deadline:
-            time.sleep(0.01)
-        with lock:
-            assert finished[chunk.id] == "length"
-    finally:
-        unsubscribe()
+def test_stream_is_incremental(client, trace_log):
+    stream = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=48, temperature=0,
+                                            stream=True, extra_body={"ignore_eos": True})
+    seen_before_end = None
+    pieces = 0
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces += 1
+            if seen_before_end is None:
+                seen_before_end = trace_log.finish_reason(chunk.id) is None
+    assert seen_before_end, "the first content chunk only arrived after the request had finished"
+    assert pieces > 1
+    deadline = time.monotonic() + 30  # the step's trace event is emitted after its outputs
+    while trace_log.finish_reason(chunk.id) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert trace_log.finish_reason(chunk.id) == "length"
 
 
-def test_non_streaming_disconnect_aborts(server, engine):
-    arrived: list[str] = []
-    finished: dict[str, str] = {}
-    lock = threading.Lock()
-
-    def on_step(event) -> None:
-        d = event.to_dict()
-        with lock:
-            arrived.extend(d["arrived"])
-            for f in d["finished"]:
-                finished[f["request_id"]] = f["finish_reason"]
-
-    unsubscribe = engine.subscribe(on_step)
-    try:
-        with pytest.raises(httpx.ReadTimeout):
-            httpx.post(server.v1 + "/completions", headers={"Authorization": f"Bearer {API_KEY}"},
-                       json={"model": MODEL, "prompt": "Tell me a story", "max_tokens": 200, "ignore_eos": True},
-                       timeout=httpx.Timeout(60, read=1.0))
-        stats = wait_idle(engine)
-        with lock:
-            ours = [r for r in arrived if r.startswith("cmpl-")]
-            assert len(ours) == 1
-            assert finished[ours[0]] == "abort"
-        assert stats["num_free_pages"] + stats["num_cached_pages"] == stats["num_pages"]
-    finally:
-        unsubscribe()
+def test_non_streaming_disconnect_aborts(server, engine, trace_log):
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.v1 + "/completions", headers={"Authorization": f"Bearer {API_KEY}"},
+                   json={"model": MODEL, "prompt": "Tell me a story", "max_tokens": 200, "ignore_eos": True},
+                   timeout=httpx.Timeout(60, read=1.0))
+    stats = wait_idle(engine)
+    ours = [r for r in trace_log.arrived() if r.startswith("cmpl-")]
+    assert len(ours) == 1
+    assert trace_log.finish_reason(ours[0]) == "abort"
+    assert stats["num_free_pages"] + stats["num_cached_pages"] == stats["num_pages"]
