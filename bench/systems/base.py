@@ -19,6 +19,12 @@ class OfflineResult:
     computed_tokens: int | None = None  # incl. padding / overshoot a static batch wastes
     notes: list[str] = field(default_factory=list)
 
+    @classmethod
+    def asked_for(cls, requests: list[Request], seconds: float, **extra) -> OfflineResult:
+        """The tokens the requests asked for (prompts plus max_tokens each) over `seconds`."""
+        return cls(num_requests=len(requests), prompt_tokens=sum(len(r.prompt_token_ids) for r in requests),
+                   output_tokens=sum(r.max_tokens for r in requests), seconds=seconds, **extra)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["output_tok_s"] = rate(self.output_tokens, self.seconds)

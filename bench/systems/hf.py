@@ -95,12 +95,8 @@ class TransformersSystem(System):
                 self._generate([r.prompt_token_ids for r in b], max(r.max_tokens for r in b),
                                temperature, [_StepProgress(pbar, 1)])
         seconds = time.perf_counter() - start
-        return OfflineResult(
-            num_requests=len(requests),
-            prompt_tokens=sum(len(r.prompt_token_ids) for r in requests),
-            output_tokens=sum(r.max_tokens for r in requests),
-            seconds=seconds,
-            computed_tokens=computed,
+        return OfflineResult.asked_for(
+            requests, seconds, computed_tokens=computed,
             notes=[f"batch size {self.batch_size}, left padding, each batch runs to its longest output"],
         )
 

@@ -57,12 +57,7 @@ class LlamaCppSystem(System):
                 self._run(r.prompt_token_ids, r.max_tokens, temperature)
                 pbar.update(r.max_tokens)
         seconds = time.perf_counter() - start
-        return OfflineResult(
-            num_requests=len(requests),
-            prompt_tokens=sum(len(r.prompt_token_ids) for r in requests),
-            output_tokens=sum(r.max_tokens for r in requests),
-            seconds=seconds,
-        )
+        return OfflineResult.asked_for(requests, seconds)
 
     def latency(self, prompt_ids: list[int], decode_tokens: int) -> LatencyResult:
         start = time.perf_counter()
