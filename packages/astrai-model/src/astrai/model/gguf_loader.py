@@ -165,6 +165,14 @@ class GGUFFile:
                 weight = unpermute_rows(weight, config.num_kv_heads)
         return weight, self.path
 
+    def quant_types(self) -> set[str]:
+        """Names of the block types the file's tensors use (e.g. {"F32", "Q4_1", "Q8_0"})."""
+        return {gguf.GGMLQuantizationType(t.type_id).name for t in self.tensors.values()}
+
+    def has_packable_tensors(self) -> bool:
+        """Whether any tensor is in a block type the native low-bit kernels serve."""
+        return bool(self.quant_types() & {"Q4_0", "Q4_1", "Q8_0"})
+
     def tokenizer(self, eos_token_ids: list[int]) -> Tokenizer:
         return gguf_tokenizer(self, eos_token_ids)
 

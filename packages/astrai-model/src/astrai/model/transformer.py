@@ -9,6 +9,7 @@ from .batch import AttentionPlan, ForwardBatch
 from .config import ModelConfig, resolve_dtype
 from .cpu_packing import PackedLinear, pack_linear, packing_supported
 from .layers import DecoderLayer, KVCache, RMSNorm
+from .native_forward import NativeForward
 from .rope import RotaryTable
 
 
@@ -35,6 +36,8 @@ class Transformer(nn.Module):
             self.lm_head = nn.Parameter(torch.empty(config.vocab_size, config.hidden_size, dtype=dtype, device=device))
         self.packed = False
         self.packed_head: PackedLinear | None = None
+        self.head_module: nn.Module | None = None  # a packed low-bit LM head (QuantizedLinear)
+        self.native_forward: NativeForward | None = None
         self.rotary = RotaryTable(config.head_dim, config.rope_theta, config.rope_scaling, device)
         if init_weights:
             self.init_random_weights()
@@ -86,11 +89,23 @@ class Transformer(nn.Module):
         self.packed = True
         return True
 
+    def enable_native_forward(self) -> bool:
+        """Opt-in: run each step as one native C++ call (CPU, float32 models).
+
+        Returns False, changing nothing, where the native kernels or this model's layers do not
+        allow it; the Python layers then stay in use. Do it after loading, before serving.
+        """
+        if self.native_forward is None:
+            self.native_forward = NativeForward.build(self)
+        return self.native_forward is not None
+
     @torch.no_grad()  # not inference_mode: callers may edit the returned logits in place
     def forward(self, batch: ForwardBatch, kv_caches: list[KVCache] | None, page_size: int) -> torch.Tensor:
         """One ragged step; writes new K/V into `kv_caches` and returns float32 logits [R, vocab]."""
         if kv_caches is not None and len(kv_caches) != len(self.layers):
             raise ValueError(f"expected {len(self.layers)} KV cache layers, got {len(kv_caches)}")
+        if self.native_forward is not None and kv_caches is not None and batch.num_tokens:
+            return self.native_forward(batch, kv_caches, page_size)
         plan = AttentionPlan.build(batch, page_size, has_cache=kv_caches is not None)
         max_position = int(batch.positions.max()) if batch.num_tokens else 0
         cos, sin = self.rotary.lookup(batch.positions, max_position, self.dtype)
@@ -98,6 +113,8 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, None if kv_caches is None else kv_caches[i], plan)
         x = self.norm(x[batch.logits_indices])
+        if self.head_module is not None:
+            return self.head_module(x).float()
         if self.packed_head is not None:
             return self.packed_head(x).float()
         return torch.nn.functional.linear(x, self.head_weight).float()

@@ -12,6 +12,7 @@ import torch
 
 from .config import ModelConfig
 from .errors import ModelLoadError
+from .quantized import QuantizedEmbedding, QuantizedLinear
 from .transformer import Transformer
 
 # name -> (tensor, file it came from); the file is only used for error messages.
@@ -78,15 +79,17 @@ def load_weights(model: Transformer, get: TensorGetter) -> None:
             raise ModelLoadError(file, f"tensor {name} has non-float dtype {tensor.dtype}")
         return tensor
 
-    def put(param: torch.Tensor, *names: str) -> None:
+    def put(param: torch.Tensor | None, *names: str) -> None:
         # Copy each part straight into its rows of the (possibly fused) parameter: no concat buffer.
+        if param is None:  # a module already installed with packed low-bit weights
+            return
         row = 0
         for name in names:
             part = fetch(name)
             param[row : row + part.shape[0]].copy_(part)
             row += part.shape[0]
 
-    put(model.embed_tokens.weight, "model.embed_tokens.weight")
+    put(_dense(model.embed_tokens), "model.embed_tokens.weight")
     put(model.norm.weight, "model.norm.weight")
     if model.lm_head is not None:
         put(model.lm_head, "lm_head.weight")
@@ -95,12 +98,17 @@ def load_weights(model: Transformer, get: TensorGetter) -> None:
         attn = layer.self_attn
         put(layer.input_layernorm.weight, p + "input_layernorm.weight")
         put(layer.post_attention_layernorm.weight, p + "post_attention_layernorm.weight")
-        put(attn.qkv_proj.weight, *(p + f"self_attn.{x}_proj.weight" for x in "qkv"))
-        if attn.qkv_proj.bias is not None:
+        put(_dense(attn.qkv_proj), *(p + f"self_attn.{x}_proj.weight" for x in "qkv"))
+        if _dense(attn.qkv_proj) is not None and attn.qkv_proj.bias is not None:
             put(attn.qkv_proj.bias, *(p + f"self_attn.{x}_proj.bias" for x in "qkv"))
-        put(attn.o_proj.weight, p + "self_attn.o_proj.weight")
+        put(_dense(attn.o_proj), p + "self_attn.o_proj.weight")
         if attn.q_norm is not None:
             put(attn.q_norm.weight, p + "self_attn.q_norm.weight")
             put(attn.k_norm.weight, p + "self_attn.k_norm.weight")
-        put(layer.mlp.gate_up_proj.weight, p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight")
-        put(layer.mlp.down_proj.weight, p + "mlp.down_proj.weight")
+        put(_dense(layer.mlp.gate_up_proj), p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight")
+        put(_dense(layer.mlp.down_proj), p + "mlp.down_proj.weight")
+
+
+def _dense(module: torch.nn.Module) -> torch.Tensor | None:
+    """The module's dense weight to fill, or None if it holds packed low-bit weights already."""
+    return None if isinstance(module, (QuantizedLinear, QuantizedEmbedding)) else module.weight

@@ -1,0 +1,212 @@
+// The fused decoder step: sequences the tested kernels over one reused activation workspace.
+#include "forward.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "attention.h"
+#include "ops.h"
+#include "qlinear.h"
+
+namespace astrai {
+namespace {
+
+constexpr int64_t kBlock = 32;
+constexpr int64_t kGroupRows = 8;
+
+float half_to_float(const uint8_t* p) {
+  uint16_t bits;
+  std::memcpy(&bits, p, sizeof(bits));
+  return static_cast<float>(c10::Half(bits, c10::Half::from_bits()));
+}
+
+// One row of a packed weight (qlinear.h's layout), dequantized into `out` [K].
+void packed_row(const LinearWeight& w, int64_t n, float* out) {
+  const QType qtype = static_cast<QType>(w.qtype);
+  const int64_t K = w.in_features, nb = K / kBlock;
+  const int64_t groups = (w.out_features + kGroupRows - 1) / kGroupRows;
+  const int64_t QB = quant_bytes_per_group_block(qtype), SB = scale_bytes_per_group_block(qtype);
+  const uint8_t* data = w.packed.data_ptr<uint8_t>();
+  const int64_t g = n / kGroupRows, r = n % kGroupRows;
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* quants = data + (g * nb + b) * QB;
+    const uint8_t* scales = data + groups * nb * QB + (g * nb + b) * SB;
+    const float d = half_to_float(scales + 2 * r);
+    float* dst = out + b * kBlock;
+    if (qtype == QType::Q8_0) {
+      for (int64_t k = 0; k < kBlock; ++k)
+        dst[k] = d * static_cast<float>(static_cast<int8_t>(quants[(k / 4) * 32 + 4 * r + k % 4]));
+      continue;
+    }
+    const float m = qtype == QType::Q4_1 ? half_to_float(scales + 16 + 2 * r) : 0.0f;
+    for (int64_t j = 0; j < 16; ++j) {
+      const uint8_t byte = quants[(j / 4) * 32 + 4 * r + j % 4];
+      const float lo = static_cast<float>(byte & 0x0F), hi = static_cast<float>(byte >> 4);
+      if (qtype == QType::Q4_1) {
+        dst[j] = d * lo + m;
+        dst[j + 16] = d * hi + m;
+      } else {
+        dst[j] = d * (lo - 8.0f);
+        dst[j + 16] = d * (hi - 8.0f);
+      }
+    }
+  }
+}
+
+at::Tensor slice2d(const at::Tensor& flat, int64_t& offset, int64_t rows, int64_t cols) {
+  at::Tensor view = flat.narrow(0, offset, rows * cols).view({rows, cols});
+  offset += rows * cols;
+  return view;
+}
+
+}  // namespace
+
+void LinearWeight::validate(const char* name) const {
+  TORCH_CHECK(out_features > 0 && in_features > 0, name, ": empty weight");
+  if (qtype != 0) {
+    TORCH_CHECK(packed.defined() && packed.scalar_type() == at::kByte && packed.is_contiguous(), name,
+                ": packed weight must be a contiguous uint8 tensor");
+    TORCH_CHECK(packed.numel() == packed_nbytes(static_cast<QType>(qtype), out_features, in_features), name,
+                ": packed weight has ", packed.numel(), " bytes, expected ",
+                packed_nbytes(static_cast<QType>(qtype), out_features, in_features));
+  } else {
+    TORCH_CHECK(dense.defined() && dense.scalar_type() == at::kFloat && dense.is_contiguous() &&
+                    dense.dim() == 2 && dense.size(0) == out_features && dense.size(1) == in_features,
+                name, ": dense weight must be contiguous float32 [", out_features, ", ", in_features, "]");
+  }
+  if (bias.has_value())
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->numel() == out_features && bias->is_contiguous(), name,
+                ": bias must be contiguous float32 [", out_features, "]");
+}
+
+void LinearWeight::run(const at::Tensor& x, const at::Tensor& out) const {
+  if (qtype != 0) {
+    at::Tensor target = out;
+    qlinear_out(quantize_activations(x), packed, static_cast<QType>(qtype), out_features, in_features, bias, target);
+  } else if (bias.has_value()) {
+    at::Tensor target = out;
+    at::addmm_out(target, *bias, x, dense.t());
+  } else {
+    at::Tensor target = out;
+    at::mm_out(target, x, dense.t());
+  }
+}
+
+at::Tensor embedding_rows(const LinearWeight& table, const at::Tensor& ids) {
+  TORCH_CHECK(ids.scalar_type() == at::kLong && ids.dim() == 1, "embedding_rows: ids must be int64 [T]");
+  const int64_t T = ids.size(0), K = table.in_features, N = table.out_features;
+  const int64_t* id = ids.data_ptr<int64_t>();
+  for (int64_t t = 0; t < T; ++t)
+    TORCH_CHECK(id[t] >= 0 && id[t] < N, "embedding_rows: token id ", id[t], " outside [0, ", N, ")");
+  if (table.qtype == 0) return table.dense.index_select(0, ids);
+  at::Tensor out = at::empty({T, K}, at::kFloat);
+  float* dst = out.data_ptr<float>();
+  at::parallel_for(0, T, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) packed_row(table, id[t], dst + t * K);
+  });
+  return out;
+}
+
+NativeDecoder::NativeDecoder(DecoderShape shape, LinearWeight embedding, std::vector<DecoderLayerWeights> layers,
+                             at::Tensor final_norm, LinearWeight head)
+    : shape_(shape), embedding_(std::move(embedding)), layers_(std::move(layers)),
+      final_norm_(std::move(final_norm)), head_(std::move(head)) {
+  const DecoderShape& s = shape_;
+  TORCH_CHECK(s.num_kv_heads > 0 && s.num_heads % s.num_kv_heads == 0, "NativeDecoder: bad head counts");
+  TORCH_CHECK(s.head_dim % 8 == 0, "NativeDecoder: head_dim must be a multiple of 8, got ", s.head_dim);
+  embedding_.validate("embedding");
+  head_.validate("lm_head");
+  TORCH_CHECK(embedding_.out_features == s.vocab && embedding_.in_features == s.hidden, "embedding shape mismatch");
+  const int64_t q = s.num_heads * s.head_dim, kv = s.num_kv_heads * s.head_dim;
+  for (const DecoderLayerWeights& layer : layers_) {
+    layer.qkv.validate("qkv_proj");
+    layer.o.validate("o_proj");
+    layer.gate_up.validate("gate_up_proj");
+    layer.down.validate("down_proj");
+    TORCH_CHECK(layer.qkv.out_features == q + 2 * kv && layer.qkv.in_features == s.hidden, "qkv_proj shape");
+    TORCH_CHECK(layer.o.out_features == s.hidden && layer.o.in_features == q, "o_proj shape");
+    TORCH_CHECK(layer.gate_up.out_features == 2 * s.intermediate && layer.gate_up.in_features == s.hidden,
+                "gate_up_proj shape");
+    TORCH_CHECK(layer.down.out_features == s.hidden && layer.down.in_features == s.intermediate, "down_proj shape");
+    TORCH_CHECK(layer.q_norm.has_value() == layer.k_norm.has_value(), "q_norm and k_norm come together");
+  }
+}
+
+at::Tensor NativeDecoder::forward(const at::Tensor& token_ids, const at::Tensor& positions,
+                                  const at::Tensor& slot_mapping, const at::Tensor& block_tables,
+                                  const at::Tensor& context_lens, const at::Tensor& query_start_loc,
+                                  const at::Tensor& logits_indices, const std::vector<at::Tensor>& k_caches,
+                                  const std::vector<at::Tensor>& v_caches, const at::Tensor& cos,
+                                  const at::Tensor& sin) {
+  std::lock_guard<std::mutex> guard(mutex_);
+  const DecoderShape& s = shape_;
+  const int64_t L = num_layers();
+  TORCH_CHECK(static_cast<int64_t>(k_caches.size()) == L && static_cast<int64_t>(v_caches.size()) == L,
+              "forward: expected ", L, " K and V caches");
+  const int64_t T = token_ids.size(0), C = s.hidden, H = s.num_heads, KVH = s.num_kv_heads, D = s.head_dim;
+  const int64_t I = s.intermediate, QKV = (H + 2 * KVH) * D;
+  const double eps = s.rms_norm_eps, scale = 1.0 / std::sqrt(static_cast<double>(D));
+
+  const int64_t need = T * (2 * C + QKV + H * D + 3 * I);
+  if (!workspace_.defined() || workspace_.numel() < need) workspace_ = at::empty({need}, at::kFloat);
+  int64_t offset = 0;
+  at::Tensor residual = slice2d(workspace_, offset, T, C);
+  at::Tensor hidden = slice2d(workspace_, offset, T, C);  // the current sublayer's input or output
+  at::Tensor qkv = slice2d(workspace_, offset, T, QKV);
+  at::Tensor attn = slice2d(workspace_, offset, T, H * D);
+  at::Tensor gate_up = slice2d(workspace_, offset, T, 2 * I);
+  at::Tensor act = slice2d(workspace_, offset, T, I);
+
+  residual.copy_(embedding_rows(embedding_, token_ids));
+  at::Tensor q = qkv.narrow(1, 0, H * D).view({T, H, D});
+  at::Tensor k = qkv.narrow(1, H * D, KVH * D).view({T, KVH, D});
+  at::Tensor v = qkv.narrow(1, (H + KVH) * D, KVH * D).view({T, KVH, D});
+  at::Tensor qk = qkv.narrow(1, 0, (H + KVH) * D).view({T, H + KVH, D});
+  at::Tensor attn_heads = attn.view({T, H, D});
+  for (int64_t l = 0; l < L; ++l) {
+    const DecoderLayerWeights& layer = layers_[l];
+    if (l == 0) {
+      rms_norm(residual, layer.input_norm, eps, hidden);
+    } else {
+      add_rms_norm(hidden, residual, layer.input_norm, eps);  // hidden held the previous MLP output
+    }
+    layer.qkv.run(hidden, qkv);
+    if (layer.q_norm.has_value()) {
+      head_rms_norm(q, *layer.q_norm, eps);
+      head_rms_norm(k, *layer.k_norm, eps);
+    }
+    rotary(qk, positions, cos, sin);
+    kv_write(k, v, k_caches[l], v_caches[l], slot_mapping);
+    paged_attention(q, k_caches[l], v_caches[l], block_tables, context_lens, query_start_loc, scale, attn_heads);
+    layer.o.run(attn, hidden);
+    add_rms_norm(hidden, residual, layer.post_attention_norm, eps);
+    layer.gate_up.run(hidden, gate_up);
+    silu_mul(gate_up, act);
+    layer.down.run(act, hidden);
+  }
+  // Only the rows whose logits are wanted get the final norm and the LM head.
+  at::Tensor last = (residual + hidden).index_select(0, logits_indices);
+  rms_norm(last, final_norm_, eps, last);
+  at::Tensor logits = at::empty({last.size(0), s.vocab}, at::kFloat);
+  head_.run(last, logits);
+  return logits;
+}
+
+TORCH_LIBRARY_FRAGMENT(astrai, m) {
+  m.def("embedding_rows_packed(Tensor packed, int qtype, int out_features, int in_features, Tensor ids) -> Tensor",
+        [](const at::Tensor& packed, int64_t qtype, int64_t n, int64_t k, const at::Tensor& ids) {
+          LinearWeight table;
+          table.qtype = qtype;
+          table.out_features = n;
+          table.in_features = k;
+          table.packed = packed;
+          table.validate("embedding_rows_packed");
+          return embedding_rows(table, ids);
+        });
+}
+
+}  // namespace astrai

@@ -1,0 +1,75 @@
+// The whole ragged decoder step in one native call: embedding, every layer, final norm, LM head.
+//
+// One call per engine step instead of ~12 Python-dispatched torch ops per layer: at batch 1 on
+// a small model the dispatch alone cost more than the weight reads. The kernels it calls are
+// the same ones tested one by one (qlinear.h, attention.h, ops.h); this file only sequences
+// them and owns the activation buffers. float32 activations; each linear is either a packed
+// low-bit weight (qlinear) or a dense float32 matrix (at::mm, MKL).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <vector>
+
+namespace astrai {
+
+// One projection: packed low-bit (qtype != 0) or dense float32 [N, K].
+struct LinearWeight {
+  int64_t qtype = 0;  // 0: dense; else a GGML type id served by qlinear (Q4_0, Q4_1, Q8_0)
+  int64_t out_features = 0;
+  int64_t in_features = 0;
+  at::Tensor packed;  // uint8, qlinear's layout (quantized)
+  at::Tensor dense;   // float32 [N, K] contiguous (dense)
+  std::optional<at::Tensor> bias;  // float32 [N]
+
+  void validate(const char* name) const;
+  // out [M, N] (contiguous rows) = x [M, K] W^T (+ bias).
+  void run(const at::Tensor& x, const at::Tensor& out) const;
+};
+
+struct DecoderLayerWeights {
+  at::Tensor input_norm;  // [hidden]
+  at::Tensor post_attention_norm;  // [hidden]
+  std::optional<at::Tensor> q_norm, k_norm;  // [head_dim] (qwen3)
+  LinearWeight qkv, o, gate_up, down;
+};
+
+struct DecoderShape {
+  int64_t hidden = 0, intermediate = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0, vocab = 0;
+  double rms_norm_eps = 1e-6;
+};
+
+class NativeDecoder {
+ public:
+  // embedding: the token table as a LinearWeight ([vocab, hidden]; rows are looked up);
+  // head: the LM head (often the same weight when embeddings are tied).
+  NativeDecoder(DecoderShape shape, LinearWeight embedding, std::vector<DecoderLayerWeights> layers,
+                at::Tensor final_norm, LinearWeight head);
+
+  // The INTERFACES.md forward: ForwardBatch's tensors, the per-layer K/V caches, the RoPE
+  // cos/sin tables covering every position in the batch. Returns float32 logits [R, vocab].
+  at::Tensor forward(const at::Tensor& token_ids, const at::Tensor& positions, const at::Tensor& slot_mapping,
+                     const at::Tensor& block_tables, const at::Tensor& context_lens,
+                     const at::Tensor& query_start_loc, const at::Tensor& logits_indices,
+                     const std::vector<at::Tensor>& k_caches, const std::vector<at::Tensor>& v_caches,
+                     const at::Tensor& cos, const at::Tensor& sin);
+
+  int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
+
+ private:
+  DecoderShape shape_;
+  LinearWeight embedding_;
+  std::vector<DecoderLayerWeights> layers_;
+  at::Tensor final_norm_;
+  LinearWeight head_;
+  std::mutex mutex_;  // one step at a time: the activation buffers below are reused
+  at::Tensor workspace_;
+};
+
+// Rows `ids` of a [N, K] weight as float32 [T, K]: the embedding lookup, also for packed tables.
+at::Tensor embedding_rows(const LinearWeight& table, const at::Tensor& ids);
+
+}  // namespace astrai

@@ -1,0 +1,110 @@
+"""Serving a GGUF in its own quantization: which projections stay packed, and installing them.
+
+With `quantization="auto"` every projection whose GGUF tensors are Q4_0, Q4_1 or Q8_0 (all
+parts of a fused projection the same type) is repacked once for the native kernels and
+installed as a `QuantizedLinear`; the token table likewise as a `QuantizedEmbedding`, which
+also serves a tied LM head from the same bytes. Everything else (norms, other block types) is
+dequantized as before. Where packed weights cannot be served (no native kernels, a device other
+than the CPU, activations other than float32) the whole model is dequantized and one log line
+says why. `quantization="none"` always dequantizes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from .config import ModelConfig
+from .gguf_loader import GGUFFile, unpermute_rows
+from .kernels import native, native_unavailable_reason
+from .kernels.quant import QuantType, pack_gguf
+from .quantized import QuantizedEmbedding, QuantizedLinear
+from .transformer import Transformer
+
+log = logging.getLogger("astrai.model")
+
+QUANTIZATION_MODES = ("auto", "none")
+SERVED_TYPES = {int(t) for t in QuantType}
+
+
+def check_mode(quantization: str) -> str:
+    if quantization not in QUANTIZATION_MODES:
+        raise ValueError(f"quantization must be one of {', '.join(QUANTIZATION_MODES)}, got {quantization!r}")
+    return quantization
+
+
+def packed_serving_blocker(dtype: torch.dtype, device: torch.device) -> str | None:
+    """Why packed low-bit weights cannot be served with these settings (None: they can)."""
+    if device.type != "cpu":
+        return f"low-bit kernels run on the CPU only (device {device})"
+    if dtype != torch.float32:
+        return f"low-bit kernels take float32 activations (dtype {str(dtype).removeprefix('torch.')})"
+    if native() is None:
+        return f"native kernels unavailable: {native_unavailable_reason()}"
+    return None
+
+
+def _raw_rows(file: GGUFFile, name: str, config: ModelConfig) -> tuple[torch.Tensor, int]:
+    """A tensor's GGUF blocks as uint8 rows [N, row_bytes] (q/k rows un-permuted) and its type id."""
+    info = file.tensors[name]
+    rows = info.shape[0] if len(info.shape) > 1 else 1
+    raw = torch.from_numpy(np.array(file.container.raw(info)).reshape(rows, -1))
+    if file.architecture in ("llama", "mistral"):
+        if name.endswith("self_attn.q_proj.weight"):
+            raw = unpermute_rows(raw, config.num_heads)
+        elif name.endswith("self_attn.k_proj.weight"):
+            raw = unpermute_rows(raw, config.num_kv_heads)
+    return raw, info.type_id
+
+
+def _packed(file: GGUFFile, names: list[str], config: ModelConfig):
+    """The fused weight of `names` packed, or None if any part is not a served type (or they differ)."""
+    parts = [_raw_rows(file, n, config) for n in names]
+    types = {type_id for _, type_id in parts}
+    in_features = file.tensors[names[0]].shape[-1]
+    if len(types) != 1 or not types <= SERVED_TYPES or in_features % 32:
+        return None
+    raw = torch.cat([rows for rows, _ in parts]) if len(parts) > 1 else parts[0][0]
+    return pack_gguf(raw, types.pop(), in_features)
+
+
+def _bias(file: GGUFFile, names: list[str], config: ModelConfig) -> torch.Tensor | None:
+    if names[0] not in file.tensors:
+        return None
+    return torch.cat([file.tensor(n, config)[0].float() for n in names])
+
+
+def install_packed_weights(model: Transformer, file: GGUFFile) -> int:
+    """Replace every projection (and the token table) the GGUF holds in a served type; returns how many."""
+    config = model.config
+    installed = 0
+    for i, layer in enumerate(model.layers):
+        p = f"model.layers.{i}."
+        attn, mlp = layer.self_attn, layer.mlp
+        specs = [
+            (attn, "qkv_proj", [p + f"self_attn.{x}_proj.weight" for x in "qkv"]),
+            (attn, "o_proj", [p + "self_attn.o_proj.weight"]),
+            (mlp, "gate_up_proj", [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"]),
+            (mlp, "down_proj", [p + "mlp.down_proj.weight"]),
+        ]
+        for parent, attr, names in specs:
+            packed = _packed(file, names, config)
+            if packed is not None:
+                bias = _bias(file, [n.replace(".weight", ".bias") for n in names], config)
+                setattr(parent, attr, QuantizedLinear(packed, bias))
+                installed += 1
+    table = _packed(file, ["model.embed_tokens.weight"], config)
+    if table is not None:
+        model.embed_tokens = QuantizedEmbedding(table)
+        installed += 1
+        if config.tie_word_embeddings:
+            model.head_module = QuantizedLinear(table)
+    if not config.tie_word_embeddings:
+        head = _packed(file, ["lm_head.weight"], config)
+        if head is not None:
+            model.head_module = QuantizedLinear(head)
+            model.lm_head = None
+            installed += 1
+    return installed

@@ -1,0 +1,135 @@
+"""The fused native forward equals the Python layers on the same weights, for every layer kind.
+
+Both paths run the same model over the same ragged paged batches (decode rows, a chunk after a
+cached prefix, a fresh prefill): dense float32 weights (llama with GQA, qwen2-style q/k/v bias,
+qwen3's q/k norm with a tied head) and packed low-bit weights (Q4_0, Q4_1, Q8_0, built with the
+`gguf` package's own quantizer). Where the native kernels cannot be built the test fails: on a
+machine with a compiler and AVX2 they must be there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from astrai.model import ForwardBatch, ModelConfig, Transformer
+from astrai.model.kernels import native, native_unavailable_reason
+from astrai.model.kernels.quant import QuantType, dequantize, pack_gguf
+from astrai.model.quantized import QuantizedEmbedding, QuantizedLinear, embedding_rows
+
+PAGE = 8
+
+
+def require_native():
+    module = native()
+    if module is None:
+        if shutil.which("g++") and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+            pytest.fail(f"native kernels must build on this machine: {native_unavailable_reason()}")
+        pytest.skip(f"no native kernels here: {native_unavailable_reason()}")
+    return module
+
+
+def tiny(kind: str) -> ModelConfig:
+    base = ModelConfig.preset("tiny-llama")
+    if kind == "llama":
+        return dataclasses.replace(base, head_dim=16, num_heads=6, num_kv_heads=2, hidden_size=64)
+    if kind == "qwen2":
+        return dataclasses.replace(base, architecture="qwen2", attention_bias=True)
+    if kind == "qwen3":
+        return ModelConfig.preset("tiny-qwen3")
+    raise ValueError(kind)
+
+
+def random_model(config: ModelConfig, seed: int = 0) -> Transformer:
+    model = Transformer(config, dtype=torch.float32, init_weights=False).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator)
+            param.copy_(1.0 + 0.1 * noise if name.endswith("norm.weight") else 0.1 * noise)
+    return model
+
+
+def quantize_linears(model: Transformer, qtype: QuantType) -> None:
+    """Replace every projection and the table by packed weights quantized with `gguf`."""
+
+    def packed(weight: torch.Tensor):
+        raw = gguf.quants.quantize(weight.detach().numpy().astype(np.float32), gguf.GGMLQuantizationType(int(qtype)))
+        return pack_gguf(torch.from_numpy(np.ascontiguousarray(raw)), qtype, weight.shape[1])
+
+    for layer in model.layers:
+        for parent, attr in ((layer.self_attn, "qkv_proj"), (layer.self_attn, "o_proj"),
+                             (layer.mlp, "gate_up_proj"), (layer.mlp, "down_proj")):
+            linear = getattr(parent, attr)
+            setattr(parent, attr, QuantizedLinear(packed(linear.weight), linear.bias))
+    table = packed(model.embed_tokens.weight)
+    tied = model.lm_head is None
+    model.embed_tokens = QuantizedEmbedding(table)
+    model.head_module = QuantizedLinear(table if tied else packed(model.lm_head))
+    model.lm_head = None
+
+
+def ragged_batch(config: ModelConfig, kv_dtype: torch.dtype):
+    """Three sequences in one step: a decode row at 21, a 5-token chunk after 11 cached, a fresh 9."""
+    generator = torch.Generator().manual_seed(1)
+    pages = torch.randperm(40, generator=generator).tolist()
+    tables = [pages[0:3], pages[3:6], pages[6:8]]
+    lengths = [(20, 1), (11, 5), (0, 9)]  # (cached prefix, new tokens)
+    histories = [torch.randint(0, config.vocab_size, (start + n,), generator=generator).tolist()
+                 for start, n in lengths]
+    kv = [(torch.zeros(40, PAGE, config.num_kv_heads, config.head_dim, dtype=kv_dtype),
+           torch.zeros(40, PAGE, config.num_kv_heads, config.head_dim, dtype=kv_dtype))
+          for _ in range(config.num_layers)]
+    prefix = ForwardBatch.build([h[:s] for h, (s, _) in zip(histories, lengths, strict=True) if s],
+                                [0, 0], [t for t, (s, _) in zip(tables, lengths, strict=True) if s], PAGE)
+    step = ForwardBatch.build([h[s:] for h, (s, _) in zip(histories, lengths, strict=True)],
+                              [s for s, _ in lengths], tables, PAGE,
+                              logits_indices=list(range(15)))
+    return prefix, step, kv
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("weights", ["dense", "Q4_0", "Q4_1", "Q8_0"])
+def test_native_forward_equals_python_layers(kind, weights):
+    require_native()
+    config = tiny(kind)
+    model = random_model(config)
+    if weights != "dense":
+        quantize_linears(model, QuantType[weights])
+    kv_dtype = torch.float32 if weights == "dense" else torch.float16
+    prefix, step, kv_python = ragged_batch(config, kv_dtype)
+    _, _, kv_native = ragged_batch(config, kv_dtype)
+    model(prefix, kv_python, PAGE)
+    expected = model(step, kv_python, PAGE)
+    assert model.enable_native_forward(), "the native forward must accept this model"
+    model(prefix, kv_native, PAGE)
+    got = model(step, kv_native, PAGE)
+    assert got.shape == expected.shape == (15, config.vocab_size)
+    torch.testing.assert_close(got, expected, rtol=2e-4, atol=2e-4)
+    for (k_py, v_py), (k_nat, v_nat) in zip(kv_python, kv_native, strict=True):
+        torch.testing.assert_close(k_nat.float(), k_py.float(), rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(v_nat.float(), v_py.float(), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("qtype", list(QuantType))
+def test_packed_embedding_rows_equal_dequantized_table(qtype):
+    require_native()
+    weight = torch.randn(50, 96, generator=torch.Generator().manual_seed(2))
+    raw = gguf.quants.quantize(weight.numpy(), gguf.GGMLQuantizationType(int(qtype)))
+    packed = pack_gguf(torch.from_numpy(np.ascontiguousarray(raw)), qtype, 96)
+    ids = torch.tensor([0, 49, 7, 7, 8, 15, 16, 31])
+    expected = dequantize(packed)[ids]
+    assert torch.equal(embedding_rows(packed, ids), expected)
+    with pytest.raises(RuntimeError, match="outside"):
+        embedding_rows(packed, torch.tensor([50]))
+
+
+def test_native_forward_refuses_what_it_cannot_serve():
+    require_native()
+    model = random_model(tiny("llama")).to(torch.bfloat16)
+    assert not model.enable_native_forward()
+    assert model.native_forward is None
