@@ -1,0 +1,348 @@
+// AVX2 low-bit linear kernels over weights repacked from GGUF Q4_0 / Q4_1 / Q8_0 blocks.
+// Layout and arithmetic: see qlinear.h. One kernel serves every M: a group of 8 output rows is
+// unpacked once per block into 8 registers (32-bit lane r = row r, 4 consecutive k) and reused
+// for up to 4 activation rows, whose 4-byte slices are broadcast to all lanes, so the int8 dot
+// products (maddubs + madd) need no horizontal sums and the scales of 8 rows apply in one FMA.
+#include "qlinear.h"
+
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+
+namespace astrai {
+
+int64_t quant_bytes_per_group_block(QType qtype) {
+  return qtype == QType::Q8_0 ? 256 : 128;
+}
+
+int64_t scale_bytes_per_group_block(QType qtype) {
+  return qtype == QType::Q4_1 ? 32 : 16;
+}
+
+int64_t packed_nbytes(QType qtype, int64_t N, int64_t K) {
+  const int64_t groups = (N + kRowsPerGroup - 1) / kRowsPerGroup;
+  return groups * (K / kQBlock) * (quant_bytes_per_group_block(qtype) + scale_bytes_per_group_block(qtype));
+}
+
+namespace {
+
+QType checked_qtype(int64_t id) {
+  TORCH_CHECK(id == 2 || id == 3 || id == 8, "qlinear: unsupported quantization type id ", id,
+              " (supported GGML types: Q4_0=2, Q4_1=3, Q8_0=8)");
+  return static_cast<QType>(id);
+}
+
+inline __m256i broadcast4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm256_set1_epi32(v);
+}
+
+inline float hmax8(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+
+inline int32_t hsum8(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm_cvtsi128_si32(s);
+}
+
+// One row: per block of 32, d = amax/127, q = round-half-even(x / d) as int8, the block's sum.
+void quantize_row(const float* x, int64_t nb, int8_t* q, float* d, float* ds, int32_t* sum) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256i limit = _mm256_set1_epi32(127);
+  const __m256i neg_limit = _mm256_set1_epi32(-127);
+  const __m256i unshuffle = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (int64_t b = 0; b < nb; ++b) {
+    const float* xb = x + b * kQBlock;
+    __m256 v[4];
+    for (int j = 0; j < 4; ++j) v[j] = _mm256_loadu_ps(xb + 8 * j);
+    __m256 amax = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], abs_mask), _mm256_and_ps(v[1], abs_mask)),
+                                _mm256_max_ps(_mm256_and_ps(v[2], abs_mask), _mm256_and_ps(v[3], abs_mask)));
+    const float scale = hmax8(amax) / 127.0f;
+    const float inverse = scale != 0.0f ? 1.0f / scale : 0.0f;
+    const __m256 vinv = _mm256_set1_ps(inverse);
+    __m256i i[4];
+    for (int j = 0; j < 4; ++j) {
+      // cvtps rounds with the MXCSR mode: round-to-nearest-even, as torch.round.
+      i[j] = _mm256_cvtps_epi32(_mm256_mul_ps(v[j], vinv));
+      i[j] = _mm256_max_epi32(_mm256_min_epi32(i[j], limit), neg_limit);
+    }
+    const int32_t total = hsum8(_mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3])));
+    // packs interleave 128-bit lanes; the permute restores element order.
+    __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+    packed = _mm256_permutevar8x32_epi32(packed, unshuffle);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * kQBlock), packed);
+    d[b] = scale;
+    sum[b] = total;
+    ds[b] = scale * static_cast<float>(total);
+  }
+}
+
+// Activation rows m0..m0+MT-1 against one group of 8 output rows over all nb blocks.
+template <QType QT, int MT>
+inline void group_tile(const QuantizedActivations& a, int64_t m0, const uint8_t* quants, const uint8_t* scales,
+                       int64_t nb, float* out, int64_t ldo, int64_t valid_rows, const float* bias) {
+  constexpr int64_t QB = QT == QType::Q8_0 ? 256 : 128;
+  constexpr int64_t SB = QT == QType::Q4_1 ? 32 : 16;
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i nibble = _mm256_set1_epi8(0x0F);
+  __m256 main[MT];
+  __m256 low[MT];
+  for (int t = 0; t < MT; ++t) {
+    main[t] = _mm256_setzero_ps();
+    low[t] = _mm256_setzero_ps();
+  }
+  const int64_t K = a.K;
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* qb = quants + b * QB;
+    const uint8_t* sb = scales + b * SB;
+    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sb)));
+    if constexpr (QT == QType::Q8_0) {
+      __m256i w[8], magnitude[8];
+      for (int j = 0; j < 8; ++j) {
+        w[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qb + 32 * j));
+        magnitude[j] = _mm256_sign_epi8(w[j], w[j]);  // |w| as unsigned bytes (-128 -> 128)
+      }
+      for (int t = 0; t < MT; ++t) {
+        const int64_t m = m0 + t;
+        const int8_t* xb = a.q + m * K + b * kQBlock;
+        // |w| * (x * sign(w)) == w * x; pairs of products fit int16 (2*128*127 < 32768).
+        __m256i acc = _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude[0], _mm256_sign_epi8(broadcast4(xb), w[0])), ones);
+        for (int j = 1; j < 8; ++j) {
+          const __m256i xs = _mm256_sign_epi8(broadcast4(xb + 4 * j), w[j]);
+          acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude[j], xs), ones));
+        }
+        const __m256 scale = _mm256_mul_ps(dw, _mm256_set1_ps(a.d[m * nb + b]));
+        main[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), scale, main[t]);
+      }
+    } else {
+      __m256i w[8];
+      for (int c = 0; c < 4; ++c) {
+        const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qb + 32 * c));
+        w[c] = _mm256_and_si256(raw, nibble);                         // k = 4c + i
+        w[4 + c] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), nibble);  // k = 16 + 4c + i
+      }
+      __m256 mw = _mm256_setzero_ps();
+      if constexpr (QT == QType::Q4_1) mw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sb + 16)));
+      for (int t = 0; t < MT; ++t) {
+        const int64_t m = m0 + t;
+        const int8_t* xb = a.q + m * K + b * kQBlock;
+        // 16 products of <= 15*127 per int16 lane: <= 30480, no overflow.
+        __m256i acc16 = _mm256_maddubs_epi16(w[0], broadcast4(xb));
+        for (int j = 1; j < 8; ++j) acc16 = _mm256_add_epi16(acc16, _mm256_maddubs_epi16(w[j], broadcast4(xb + 4 * j)));
+        __m256i acc = _mm256_madd_epi16(acc16, ones);
+        if constexpr (QT == QType::Q4_0) acc = _mm256_sub_epi32(acc, _mm256_set1_epi32(8 * a.sum[m * nb + b]));
+        const __m256 scale = _mm256_mul_ps(dw, _mm256_set1_ps(a.d[m * nb + b]));
+        main[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), scale, main[t]);
+        if constexpr (QT == QType::Q4_1) low[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(a.ds[m * nb + b]), low[t]);
+      }
+    }
+  }
+  for (int t = 0; t < MT; ++t) {
+    __m256 y = main[t];
+    if constexpr (QT == QType::Q4_1) y = _mm256_add_ps(y, low[t]);
+    float* row = out + (m0 + t) * ldo;
+    if (valid_rows == kRowsPerGroup) {
+      if (bias != nullptr) y = _mm256_add_ps(y, _mm256_loadu_ps(bias));
+      _mm256_storeu_ps(row, y);
+    } else {
+      alignas(32) float tmp[8];
+      _mm256_store_ps(tmp, y);
+      for (int64_t r = 0; r < valid_rows; ++r) row[r] = bias != nullptr ? tmp[r] + bias[r] : tmp[r];
+    }
+  }
+}
+
+template <QType QT>
+void gemm(const QuantizedActivations& a, const uint8_t* packed, int64_t N, float* out, int64_t ldo, const float* bias) {
+  constexpr int64_t QB = QT == QType::Q8_0 ? 256 : 128;
+  constexpr int64_t SB = QT == QType::Q4_1 ? 32 : 16;
+  const int64_t M = a.M;
+  const int64_t nb = a.K / kQBlock;
+  const int64_t groups = (N + kRowsPerGroup - 1) / kRowsPerGroup;
+  const uint8_t* quants = packed;
+  const uint8_t* scales = packed + groups * nb * QB;
+  // A task should outweigh the pool's fork/join (~2 us): at least ~256 group-block-rows.
+  const int64_t grain = std::max<int64_t>(1, 256 / std::max<int64_t>(1, nb * M));
+  // Activation rows per pass over a thread's groups: 64 rows of K int8 stay in L1/L2 while the
+  // groups' weights stream past them.
+  constexpr int64_t kRowChunk = 64;
+  at::parallel_for(0, groups, grain, [&](int64_t g0, int64_t g1) {
+    for (int64_t mc = 0; mc < M; mc += kRowChunk) {
+      const int64_t mend = std::min(M, mc + kRowChunk);
+      for (int64_t g = g0; g < g1; ++g) {
+        const uint8_t* gq = quants + g * nb * QB;
+        const uint8_t* gs = scales + g * nb * SB;
+        const int64_t n0 = g * kRowsPerGroup;
+        const int64_t valid = std::min<int64_t>(kRowsPerGroup, N - n0);
+        const float* gbias = bias != nullptr ? bias + n0 : nullptr;
+        float* gout = out + n0;
+        int64_t m = mc;
+        for (; m + 4 <= mend; m += 4) group_tile<QT, 4>(a, m, gq, gs, nb, gout, ldo, valid, gbias);
+        switch (mend - m) {
+          case 3: group_tile<QT, 3>(a, m, gq, gs, nb, gout, ldo, valid, gbias); break;
+          case 2: group_tile<QT, 2>(a, m, gq, gs, nb, gout, ldo, valid, gbias); break;
+          case 1: group_tile<QT, 1>(a, m, gq, gs, nb, gout, ldo, valid, gbias); break;
+          default: break;
+        }
+      }
+    }
+  });
+}
+
+void check_activations_input(const at::Tensor& x, const char* what) {
+  TORCH_CHECK(x.device().is_cpu(), what, ": x must be a CPU tensor, got ", x.device());
+  TORCH_CHECK(x.scalar_type() == at::kFloat, what, ": x must be float32, got ", x.scalar_type());
+  TORCH_CHECK(x.dim() == 2, what, ": x must be 2-D [M, K], got shape ", x.sizes());
+  TORCH_CHECK(x.is_contiguous(), what, ": x must be contiguous (call .contiguous() first)");
+  TORCH_CHECK(x.size(1) > 0 && x.size(1) % kQBlock == 0, what, ": in_features K must be a positive multiple of 32, got ", x.size(1));
+}
+
+}  // namespace
+
+QuantizedActivations quantize_activations(const at::Tensor& x) {
+  check_activations_input(x, "quantize_activations");
+  QuantizedActivations a;
+  a.M = x.size(0);
+  a.K = x.size(1);
+  const int64_t nb = a.K / kQBlock;
+  // planar: q [M*K] | d [M*nb] | ds [M*nb] | sum [M*nb]; M*K is a multiple of 32, so all aligned.
+  a.storage = at::empty({a.M * a.K + 12 * a.M * nb}, x.options().dtype(at::kByte));
+  uint8_t* base = a.storage.data_ptr<uint8_t>();
+  int8_t* q = reinterpret_cast<int8_t*>(base);
+  float* d = reinterpret_cast<float*>(base + a.M * a.K);
+  float* ds = d + a.M * nb;
+  int32_t* sum = reinterpret_cast<int32_t*>(ds + a.M * nb);
+  a.q = q;
+  a.d = d;
+  a.ds = ds;
+  a.sum = sum;
+  const float* src = x.data_ptr<float>();
+  const int64_t K = a.K;
+  // Quantizing a row costs ~K/8 ns: only rows worth ~16k elements per task go to the pool.
+  const int64_t grain = std::max<int64_t>(1, 16384 / K);
+  at::parallel_for(0, a.M, grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) quantize_row(src + r * K, nb, q + r * K, d + r * nb, ds + r * nb, sum + r * nb);
+  });
+  return a;
+}
+
+void qlinear_out(const QuantizedActivations& x, const at::Tensor& packed, QType qtype, int64_t N, int64_t K,
+                 const std::optional<at::Tensor>& bias, at::Tensor& out) {
+  TORCH_CHECK(x.K == K, "qlinear: x has ", x.K, " features, the weight expects in_features=", K);
+  TORCH_CHECK(N > 0, "qlinear: out_features must be positive, got ", N);
+  TORCH_CHECK(packed.device().is_cpu() && packed.scalar_type() == at::kByte && packed.dim() == 1 && packed.is_contiguous(),
+              "qlinear: packed weight must be a contiguous 1-D uint8 CPU tensor (from pack_gguf)");
+  TORCH_CHECK(packed.numel() == packed_nbytes(qtype, N, K), "qlinear: packed weight has ", packed.numel(),
+              " bytes, expected ", packed_nbytes(qtype, N, K), " for type ", static_cast<int64_t>(qtype), ", N=", N, ", K=", K);
+  const float* bias_ptr = nullptr;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->device().is_cpu() && bias->scalar_type() == at::kFloat && bias->dim() == 1 && bias->size(0) == N &&
+                    bias->is_contiguous(),
+                "qlinear: bias must be a contiguous float32 CPU tensor of shape [", N, "], got ", bias->scalar_type(), " ",
+                bias->sizes());
+    bias_ptr = bias->data_ptr<float>();
+  }
+  TORCH_CHECK(out.device().is_cpu() && out.scalar_type() == at::kFloat && out.dim() == 2 && out.size(0) == x.M &&
+                  out.size(1) == N && (out.stride(1) == 1 || N == 1) && out.stride(0) >= N,
+              "qlinear: out must be a float32 CPU tensor [", x.M, ", ", N, "] with unit column stride, got ",
+              out.scalar_type(), " ", out.sizes(), " strides ", out.strides());
+  if (x.M == 0) return;
+  const uint8_t* w = packed.data_ptr<uint8_t>();
+  float* y = out.data_ptr<float>();
+  const int64_t ldo = out.stride(0);
+  switch (qtype) {
+    case QType::Q4_0: gemm<QType::Q4_0>(x, w, N, y, ldo, bias_ptr); break;
+    case QType::Q4_1: gemm<QType::Q4_1>(x, w, N, y, ldo, bias_ptr); break;
+    case QType::Q8_0: gemm<QType::Q8_0>(x, w, N, y, ldo, bias_ptr); break;
+  }
+}
+
+at::Tensor qlinear(const at::Tensor& x, const at::Tensor& packed, QType qtype, int64_t N, int64_t K,
+                   const std::optional<at::Tensor>& bias, std::optional<at::Tensor> out) {
+  check_activations_input(x, "qlinear");
+  TORCH_CHECK(x.size(1) == K, "qlinear: x has ", x.size(1), " features, the weight expects in_features=", K);
+  at::Tensor y = out.has_value() ? *out : at::empty({x.size(0), N}, x.options());
+  const QuantizedActivations a = quantize_activations(x);
+  qlinear_out(a, packed, qtype, N, K, bias, y);
+  return y;
+}
+
+namespace {
+
+at::Tensor qlinear_op(const at::Tensor& x, const at::Tensor& packed, int64_t qtype, int64_t N, int64_t K,
+                      const std::optional<at::Tensor>& bias) {
+  return qlinear(x, packed, checked_qtype(qtype), N, K, bias);
+}
+
+at::Tensor qlinear_out_op(const at::Tensor& x, const at::Tensor& packed, int64_t qtype, int64_t N, int64_t K,
+                          const std::optional<at::Tensor>& bias, at::Tensor out) {
+  qlinear(x, packed, checked_qtype(qtype), N, K, bias, out);
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_activations_op(const at::Tensor& x) {
+  const QuantizedActivations a = quantize_activations(x);
+  const int64_t M = a.M, K = a.K, nb = K / kQBlock;
+  const at::Tensor& s = a.storage;
+  at::Tensor q = s.narrow(0, 0, M * K).view(at::kChar).view({M, K});
+  at::Tensor d = s.narrow(0, M * K, 4 * M * nb).view(at::kFloat).view({M, nb});
+  at::Tensor ds = s.narrow(0, M * K + 4 * M * nb, 4 * M * nb).view(at::kFloat).view({M, nb});
+  at::Tensor sum = s.narrow(0, M * K + 8 * M * nb, 4 * M * nb).view(at::kInt).view({M, nb});
+  return {q, d, ds, sum};
+}
+
+int64_t packed_nbytes_op(int64_t qtype, int64_t N, int64_t K) {
+  TORCH_CHECK(N > 0 && K > 0 && K % kQBlock == 0, "qlinear_packed_nbytes: need N > 0 and K a positive multiple of 32");
+  return packed_nbytes(checked_qtype(qtype), N, K);
+}
+
+// Bench support: read every byte of `data` (2 threads, 256-bit loads) `repeats` times; returns a
+// checksum so the reads cannot be elided. Gives the streaming-read ceiling the GEMV aims at.
+int64_t read_bandwidth_probe(const at::Tensor& data, int64_t repeats) {
+  TORCH_CHECK(data.is_contiguous() && data.scalar_type() == at::kByte && data.numel() % 128 == 0,
+              "read_bandwidth_probe: need a contiguous uint8 tensor whose size is a multiple of 128");
+  const uint8_t* p = data.data_ptr<uint8_t>();
+  const int64_t lines = data.numel() / 128;
+  std::atomic<int64_t> total{0};
+  for (int64_t rep = 0; rep < repeats; ++rep) {
+    at::parallel_for(0, lines, 4096, [&](int64_t l0, int64_t l1) {
+      __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+      for (int64_t l = l0; l < l1; ++l) {
+        const __m256i* v = reinterpret_cast<const __m256i*>(p + l * 128);
+        a0 = _mm256_xor_si256(a0, _mm256_loadu_si256(v));
+        a1 = _mm256_xor_si256(a1, _mm256_loadu_si256(v + 1));
+        a2 = _mm256_xor_si256(a2, _mm256_loadu_si256(v + 2));
+        a3 = _mm256_xor_si256(a3, _mm256_loadu_si256(v + 3));
+      }
+      const __m256i x = _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3));
+      total += _mm256_extract_epi64(x, 0) ^ _mm256_extract_epi64(x, 3);
+    });
+  }
+  return total.load();
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(astrai, m) {
+  m.def("qlinear(Tensor x, Tensor packed, int qtype, int out_features, int in_features, Tensor? bias=None) -> Tensor",
+        &qlinear_op);
+  m.def("qlinear_out(Tensor x, Tensor packed, int qtype, int out_features, int in_features, Tensor? bias, "
+        "Tensor(a!) out) -> Tensor(a!)",
+        &qlinear_out_op);
+  m.def("quantize_activations(Tensor x) -> (Tensor q, Tensor d, Tensor ds, Tensor sum)", &quantize_activations_op);
+  m.def("qlinear_packed_nbytes(int qtype, int out_features, int in_features) -> int", &packed_nbytes_op);
+  m.def("read_bandwidth_probe(Tensor data, int repeats) -> int", &read_bandwidth_probe);
+}
+
+}  // namespace astrai
