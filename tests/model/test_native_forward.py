@@ -93,14 +93,21 @@ def ragged_batch(config: ModelConfig, kv_dtype: torch.dtype):
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
-@pytest.mark.parametrize("weights", ["dense", "Q4_0", "Q4_1", "Q8_0"])
-def test_native_forward_equals_python_layers(kind, weights):
+@pytest.mark.parametrize(("weights", "kv_dtype", "tolerance"), [
+    # Packed layers quantize their input to int8: a last-bit difference upstream (qwen3's q/k norm
+    # sums in another order) can move one activation to the next int8 step, hence 2e-3 there.
+    ("dense", torch.float32, 2e-4), ("Q4_0", torch.float32, 2e-3), ("Q4_1", torch.float32, 2e-3),
+    ("Q8_0", torch.float32, 2e-3),
+    # The Python path attends a fresh prefill over its unrounded K/V, the native one always reads
+    # the float16 cache: the K/V rounding (~5e-4 relative) is the whole difference.
+    ("dense", torch.float16, 3e-3),
+])
+def test_native_forward_equals_python_layers(kind, weights, kv_dtype, tolerance):
     require_native()
     config = tiny(kind)
     model = random_model(config)
     if weights != "dense":
         quantize_linears(model, QuantType[weights])
-    kv_dtype = torch.float32 if weights == "dense" else torch.float16
     prefix, step, kv_python = ragged_batch(config, kv_dtype)
     _, _, kv_native = ragged_batch(config, kv_dtype)
     model(prefix, kv_python, PAGE)
@@ -109,10 +116,11 @@ def test_native_forward_equals_python_layers(kind, weights):
     model(prefix, kv_native, PAGE)
     got = model(step, kv_native, PAGE)
     assert got.shape == expected.shape == (15, config.vocab_size)
-    torch.testing.assert_close(got, expected, rtol=2e-4, atol=2e-4)
+    torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
+    kv_tolerance = 4e-3 if kv_dtype == torch.float16 else tolerance  # two float16 steps
     for (k_py, v_py), (k_nat, v_nat) in zip(kv_python, kv_native, strict=True):
-        torch.testing.assert_close(k_nat.float(), k_py.float(), rtol=1e-3, atol=1e-3)
-        torch.testing.assert_close(v_nat.float(), v_py.float(), rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(k_nat.float(), k_py.float(), rtol=kv_tolerance, atol=kv_tolerance)
+        torch.testing.assert_close(v_nat.float(), v_py.float(), rtol=kv_tolerance, atol=kv_tolerance)
 
 
 @pytest.mark.parametrize("qtype", list(QuantType))

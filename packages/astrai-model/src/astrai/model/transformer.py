@@ -44,11 +44,12 @@ class Transformer(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.embed_tokens.weight.device
+        return self.norm.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.embed_tokens.weight.dtype
+        """The activation dtype (also that of dense weights; packed low-bit layers compute in it)."""
+        return self.norm.weight.dtype
 
     @property
     def head_weight(self) -> torch.Tensor:
