@@ -46,12 +46,12 @@ class ForwardBatch:
         logits_indices: Sequence[int] | None = None,
         device: torch.device | str = "cpu",
     ) -> ForwardBatch:
-        """Build from per-sequence lists.
+        """Build from per-sequence lists: the one builder (the engine calls it every step).
 
         `token_ids[b]` are sequence b's new tokens, at positions `start_positions[b]...`;
         `block_tables[b]` its pages (None: no cache, every sequence must start at 0).
         Slots default to what the block table implies; logits default to each sequence's
-        last new token.
+        last new token. Every tensor is made once, from flat Python lists.
         """
         if len(start_positions) != len(token_ids):
             raise ValueError("token_ids and start_positions must have one entry per sequence")
