@@ -177,7 +177,11 @@ def _parse(data: Any, version: int, num_pages: int | None, where: str) -> TraceE
     unknown = sorted(set(raw_pages) - set(PAGE_EVENT_KINDS))
     if unknown:
         raise TraceSchemaError(f"{where}.pages has unknown event kind {unknown[0]!r}; kinds are {list(PAGE_EVENT_KINDS)}")
-    tables = _get(data, "page_tables", dict, where, {})
+    tables: dict[str, list[int]] = {}
+    for rid, table in _get(data, "page_tables", dict, where, {}).items():
+        if not isinstance(table, list) or not all(_is_int(p) for p in table):
+            raise TraceSchemaError(f"field {where}.page_tables.{rid} must be a list of page ids")
+        tables[str(rid)] = list(table)
     return TraceEvent(
         step=step,
         time=float(_get(data, "time", _NUMBER, where)),
@@ -188,7 +192,7 @@ def _parse(data: Any, version: int, num_pages: int | None, where: str) -> TraceE
         finished=finished,
         preempted=_ids(data, "preempted", where),
         pages=pages,
-        page_tables={str(k): [int(p) for p in _get(tables, k, list, f"{where}.page_tables")] for k in tables},
+        page_tables=tables,
         num_waiting=_get(data, "num_waiting", int, where, 0),
         num_running=_get(data, "num_running", int, where, len(decode) + len(prefill)),
         num_free_pages=_get(data, "num_free_pages", int, where),
