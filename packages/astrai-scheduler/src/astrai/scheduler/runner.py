@@ -20,25 +20,28 @@ class ModelRunner:
         self.device = model.device
 
     def build_batch(self, chunks: list[Chunk]) -> ForwardBatch:
-        """All chunks' new tokens in one ragged batch; logits only for chunks that sample."""
+        """All chunks' new tokens, flattened here (runs every step) and made into tensors by
+        `ForwardBatch.from_flat`; logits only for chunks that sample."""
         kv = self.kv
-        token_ids: list[list[int]] = []
-        starts: list[int] = []
+        token_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
         tables: list[list[int]] = []
-        slots: list[list[int]] = []
+        context_lens: list[int] = []
+        starts = [0]
         logits_rows: list[int] = []
-        rows = 0
         for c in chunks:
             rid = c.request.request_id
-            token_ids.append(c.request.token_slice(c.start, c.end))
-            starts.append(c.start)
-            tables.append(kv.block_table(rid))
-            slots.append(kv.slot_mapping(rid, c.start, c.end))
-            rows += c.end - c.start
+            token_ids += c.request.token_slice(c.start, c.end)
+            positions += range(c.start, c.end)
+            slots += kv.slot_mapping(rid, c.start, c.end)
+            tables.append(kv.block_table(rid))  # a fresh list: from_flat may pad it
+            context_lens.append(c.end)
+            starts.append(len(token_ids))
             if c.sample:
-                logits_rows.append(rows - 1)
-        return ForwardBatch.build(token_ids, starts, tables, kv.page_size, slot_mappings=slots,
-                                  logits_indices=logits_rows, device=self.device)
+                logits_rows.append(len(token_ids) - 1)
+        return ForwardBatch.from_flat(token_ids, positions, slots, tables, context_lens, starts, logits_rows,
+                                      device=self.device)
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         return self.model.forward(batch, self.kv.kv_caches, self.kv.page_size)
