@@ -12,6 +12,7 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from astrai.cache import KVCacheManager
 from astrai.model import Tokenizer
@@ -24,13 +25,13 @@ from .sampler import SampleResult
 from .scheduler import Scheduler, StepPlan
 from .stats import EngineCounters
 from .timing import StepTimer
-from .tracing import StepTracer
+from .tracing import StepTracer, TraceCallback
 
 log = logging.getLogger("astrai.scheduler")
 
 
 class EngineCore:
-    """Owns the engine thread. Thread-safe entry points: submit, abort, new_request_id, wait_idle, shutdown."""
+    """Owns the engine thread. Thread-safe: submit, abort, subscribe, new_request_id, wait_idle, shutdown."""
 
     def __init__(self, scheduler: Scheduler, runner: ModelRunner, kv: KVCacheManager, tokenizer: Tokenizer,
                  *, enable_prefix_cache: bool) -> None:
@@ -42,9 +43,9 @@ class EngineCore:
         self.counters = EngineCounters()
         self.tracer = StepTracer(kv)
 
-        self.lock = threading.Lock()
-        self._cond = threading.Condition(self.lock)  # wakes the engine thread
-        self._idle_cond = threading.Condition(self.lock)  # wakes wait_idle() callers
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)  # wakes the engine thread
+        self._idle_cond = threading.Condition(self._lock)  # wakes wait_idle() callers
         self._idle = False
         self._inbox: list[Request] = []
         self._aborts: list[str] = []
@@ -58,7 +59,7 @@ class EngineCore:
     # --- caller threads -----------------------------------------------------------------
 
     def new_request_id(self) -> str:
-        with self.lock:
+        with self._lock:
             request_id = f"req-{next(self._ids)}"
             while request_id in self._live:  # a caller chose this name for its own request
                 request_id = f"req-{next(self._ids)}"
@@ -84,13 +85,25 @@ class EngineCore:
                 self._aborts.append(request_id)
                 self._cond.notify()
 
+    def subscribe(self, callback: TraceCallback) -> Callable[[], None]:
+        """Add a trace subscriber (called on the engine thread); returns the function that removes it."""
+        tracer = self.tracer
+        with self._lock:
+            tracer.subscribers = (*tracer.subscribers, callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                tracer.subscribers = tuple(s for s in tracer.subscribers if s is not callback)
+
+        return unsubscribe
+
     @property
     def num_inbox(self) -> int:
         return len(self._inbox)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self.lock:
+        with self._lock:
             while not (self._idle and not self._inbox and not self._aborts) and self._thread.is_alive():
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -138,7 +151,7 @@ class EngineCore:
         for req in [*self.scheduler.waiting, *self.scheduler.running]:
             self.scheduler.remove(req.request_id)
             self._finish(req, reason, error)
-        with self.lock:
+        with self._lock:
             self._idle = True
             self._idle_cond.notify_all()
 

@@ -241,15 +241,7 @@ class Engine:
 
     def subscribe(self, callback: TraceCallback) -> Callable[[], None]:
         """Receive one TraceEvent per step (on the engine thread); returns an unsubscribe function."""
-        tracer = self._core.tracer
-        with self._core.lock:
-            tracer.subscribers = (*tracer.subscribers, callback)
-
-        def unsubscribe() -> None:
-            with self._core.lock:
-                tracer.subscribers = tuple(s for s in tracer.subscribers if s is not callback)
-
-        return unsubscribe
+        return self._core.subscribe(callback)
 
     def stats(self) -> EngineStats:
         """A snapshot for metrics endpoints (read without stopping the engine)."""
