@@ -44,8 +44,11 @@ def load_model(
     device: str | torch.device | None = None,
     quantization: str = "auto",
 ) -> tuple[Transformer, Tokenizer]:
-    """Load weights and tokenizer; dtype None means the checkpoint's own (config.dtype).
+    """Load weights and tokenizer.
 
+    `dtype` is a `resolve_dtype` name or alias, a torch dtype, or None / "auto" for the
+    checkpoint's own (`config.dtype`; GGUF and HF checkpoints here say bfloat16 or float32).
+    `Engine.from_pretrained` has its own default instead (see astrai.scheduler).
     `quantization="auto"` serves a GGUF's Q4_0/Q4_1/Q8_0 tensors packed as they are where the
     native CPU kernels can (float32 activations on the CPU), else dequantizes with one log line;
     `"none"` always dequantizes to `dtype`.
