@@ -45,8 +45,8 @@ def randomize_fixture():
 
 @pytest.fixture(scope="session")
 def smollm2():
-    """(model, tokenizer) of the bundled SmolLM2 in float32, loaded once per session."""
-    return load_model("smollm2-135m-instruct", dtype=torch.float32)
+    """(model, tokenizer) of the bundled SmolLM2 dequantized to float32, loaded once per session."""
+    return load_model("smollm2-135m-instruct", dtype=torch.float32, quantization="none")
 
 
 @pytest.fixture(scope="session")

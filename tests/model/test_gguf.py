@@ -16,6 +16,8 @@ import pytest
 import torch
 import transformers
 from astrai.model import ModelLoadError, load_model
+from astrai.model.kernels import native, native_unavailable_reason
+from astrai.model.quantized import QuantizedEmbedding, QuantizedLinear
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -134,7 +136,7 @@ def test_quantized_gguf_matches_transformers(hf_tiny, qtype, tmp_path):
     reference.load_state_dict(hf_tiny.state_dict())
     round_trip(reference, kind)
 
-    model, tokenizer = load_model(path, dtype=torch.float32)
+    model, tokenizer = load_model(path, dtype=torch.float32, quantization="none")
     assert model.config.num_parameters() == sum(p.numel() for p in reference.parameters())
     ids = torch.randint(0, 259, (40,), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -164,7 +166,7 @@ def test_qwen_gguf_matches_transformers(architecture, qtype, randomize, tmp_path
     write_gguf(path, hf_model, kind, architecture=architecture)
     round_trip(hf_model, kind)
 
-    model, _ = load_model(path, dtype=torch.float32)
+    model, _ = load_model(path, dtype=torch.float32, quantization="none")
     assert model.config.architecture == architecture and model.config.tie_word_embeddings
     assert model.config.attention_bias == (architecture == "qwen2")
     assert model.config.qk_norm == (architecture == "qwen3")
@@ -172,6 +174,29 @@ def test_qwen_gguf_matches_transformers(architecture, qtype, randomize, tmp_path
     with torch.no_grad():
         expected = hf_model(ids[None]).logits[0]
     assert float((model.logits(ids) - expected).abs().max() / expected.abs().max()) <= 1e-4
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1"])
+def test_low_bit_gguf_is_served_packed(hf_tiny, qtype, tmp_path):
+    """quantization="auto" (the default) keeps the GGUF blocks: fused q/k/v (q/k rows un-permuted
+    on the raw blocks) and gate/up, the token table and the untied head all packed; the logits stay
+    close to the same file dequantized (the packed path quantizes activations, so not equal)."""
+    if native() is None:
+        pytest.fail(f"the native kernels must build here: {native_unavailable_reason()}")
+    kind = gguf.GGMLQuantizationType[qtype]
+    path = tmp_path / f"tiny-{qtype}.gguf"
+    write_gguf(path, hf_tiny, kind)
+    packed, _ = load_model(path)
+    dense, _ = load_model(path, dtype=torch.float32, quantization="none")
+    layer = packed.layers[1]
+    for module in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj,
+                   packed.head_module):
+        assert isinstance(module, QuantizedLinear) and module.weight_packed.qtype.name == qtype
+    assert isinstance(packed.embed_tokens, QuantizedEmbedding) and packed.lm_head is None
+    assert packed.dtype == torch.float32 and packed.low_bit and not dense.low_bit
+    ids = torch.randint(0, 259, (40,), generator=torch.Generator().manual_seed(4))
+    got, expected = packed.logits(ids), dense.logits(ids)
+    assert float((got - expected).norm() / expected.norm()) < 0.05
 
 
 def test_gguf_without_permutation_would_differ(hf_tiny, tmp_path):

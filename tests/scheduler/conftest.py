@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from astrai.model import load_model
 from astrai.scheduler import Engine
 
 MODEL = "smollm2-135m-instruct"
@@ -31,18 +32,44 @@ def settle(engine: Engine) -> None:
 
 @pytest.fixture(scope="session")
 def engine():
-    eng = Engine.from_pretrained(MODEL, dtype="float32", num_pages=2048, max_num_seqs=32)
+    """The float32 reference: the GGUF dequantized, float32 KV (what transformers computes)."""
+    eng = Engine.from_pretrained(MODEL, dtype="float32", quantization="none", num_pages=2048, max_num_seqs=32)
     yield eng
     settle(eng)
     eng.shutdown()
 
 
+@pytest.fixture(scope="session")
+def low_bit_engine():
+    """The default path: Q4_1/Q8_0 weights packed, native kernels, float16 KV."""
+    eng = Engine.from_pretrained(MODEL, num_pages=2048, max_num_seqs=32)
+    assert eng.describe().forward == "native", "the native kernels must build on this machine"
+    yield eng
+    settle(eng)
+    eng.shutdown()
+
+
+@pytest.fixture(scope="session")
+def torch_engine(engine):
+    """The pure-torch twin of `engine`: the same float32 weights run by the Python layers."""
+    model, tokenizer = load_model(MODEL, dtype="float32", quantization="none")
+    eng = Engine(model, tokenizer, num_pages=2048, max_num_seqs=32)
+    assert eng.describe().forward == "torch"
+    yield eng
+    settle(eng)
+    eng.shutdown()
+
+
+ENGINE_FIXTURES = ("engine", "low_bit_engine", "torch_engine")
+
+
 @pytest.fixture(autouse=True)
 def _pool_invariant_after_each_test(request):
-    """Every workload ends with the shared engine idle and its KV pool consistent."""
+    """Every workload ends with the shared engines idle and their KV pools consistent."""
     yield
-    if "engine" in request.fixturenames:
-        settle(request.getfixturevalue("engine"))
+    for name in ENGINE_FIXTURES:
+        if name in request.fixturenames:
+            settle(request.getfixturevalue(name))
 
 
 @pytest.fixture(scope="session")

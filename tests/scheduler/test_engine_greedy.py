@@ -1,10 +1,49 @@
-"""Greedy token ids do not depend on what else the engine is doing."""
+"""Greedy token ids do not depend on what else the engine is doing, on each of the three paths.
 
+Paths: "torch" (float32 weights, the Python layers), "native" (the same weights, one native call
+per step) and "low-bit" (the default: packed Q4_1/Q8_0 weights, float16 KV).
+"""
+
+import pytest
 from astrai.scheduler import SamplingParams
 
-from .conftest import TEXT, settle
+from .conftest import TEXT, mixed_prompts, settle
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+PATHS = {"torch": "torch_engine", "native": "engine", "low-bit": "low_bit_engine"}
+
+
+@pytest.fixture(scope="module", params=list(PATHS))
+def engine(request):
+    """This module's `engine` is each path's in turn (the session fixtures are shared)."""
+    return request.getfixturevalue(PATHS[request.param])
+
+
+@pytest.fixture(scope="module")
+def prompts(engine):
+    return mixed_prompts(engine.tokenizer)
+
+
+@pytest.fixture(scope="module")
+def greedy_alone(engine, prompts):
+    """Reference: each prompt generated greedily on its own on this path."""
+    refs = [engine.generate([p], GREEDY)[0].token_ids for p in prompts]
+    settle(engine)
+    return refs
+
+
+@pytest.fixture
+def make_engine(engine):
+    made = []
+
+    def make(**settings):
+        made.append(engine.with_settings(**settings))
+        return made[-1]
+
+    yield make
+    for eng in made:
+        settle(eng)
+        eng.shutdown()
 
 
 def test_sixteen_concurrent_mixed_lengths_match_alone(engine, prompts, greedy_alone):

@@ -4,7 +4,8 @@ from .batch import ForwardBatch
 from .chat_template import ChatTemplateError
 from .config import PRESETS, ModelConfig, resolve_dtype
 from .errors import ModelLoadError
-from .loader import bundled_gguf_path, load_model
+from .cpu_packing import fast_bf16_cpu
+from .loader import bundled_gguf_path, is_low_bit_checkpoint, load_model
 from .protocol import ForwardModel
 from .tokenizer import IncrementalDetokenizer, Tokenizer
 from .transformer import Transformer
@@ -20,6 +21,8 @@ __all__ = [
     "Tokenizer",
     "Transformer",
     "bundled_gguf_path",
+    "fast_bf16_cpu",
+    "is_low_bit_checkpoint",
     "load_model",
     "resolve_dtype",
 ]

@@ -24,6 +24,11 @@ def packing_supported(dtype: torch.dtype, device: torch.device) -> bool:
         return False
 
 
+def fast_bf16_cpu() -> bool:
+    """Whether this CPU runs bfloat16 matmuls fast (AVX512-BF16 / AMX through oneDNN)."""
+    return packing_supported(torch.bfloat16, torch.device("cpu"))
+
+
 class PackedLinear(nn.Module):
     """y = x W^T + b with W held in oneDNN's packed layout (inference only)."""
 

@@ -138,7 +138,7 @@ class GGUFFile:
                 tie_word_embeddings="lm_head.weight" not in self.tensors,
                 attention_bias="model.layers.0.self_attn.q_proj.bias" in self.tensors,
                 qk_norm="model.layers.0.self_attn.q_norm.weight" in self.tensors,
-                dtype="bfloat16",
+                dtype="float32" if self.has_packable_tensors() else "bfloat16",  # low-bit: float32 activations
                 bos_token_id=None if bos is None else int(bos),
                 eos_token_ids=[] if eos is None else [int(eos)],
             )

@@ -70,6 +70,19 @@ def load_model(
     raise ModelLoadError(text, f"not a built-in model ({', '.join(BUNDLED)}), a model directory or a .gguf file")
 
 
+def is_low_bit_checkpoint(name_or_path: str | Path) -> bool:
+    """Whether `name_or_path` is a GGUF with Q4_0/Q4_1/Q8_0 tensors (served packed by default).
+
+    Reads only the file's header; False for HF directories, other files and unknown names.
+    """
+    text = str(name_or_path)
+    try:
+        path = bundled_gguf_path(text) if text in BUNDLED else Path(text).expanduser()
+        return path.is_file() and GGUFFile(path).has_packable_tensors()
+    except ModelLoadError:
+        return False
+
+
 def _build(config: ModelConfig, dtype, device) -> Transformer:
     try:
         resolved = resolve_dtype(dtype, config.dtype)

@@ -10,6 +10,7 @@ from .config import ModelConfig, resolve_dtype
 from .cpu_packing import PackedLinear, pack_linear, packing_supported
 from .layers import DecoderLayer, KVCache, RMSNorm
 from .native_forward import NativeForward
+from .quantized import QuantizedEmbedding, QuantizedLinear
 from .rope import RotaryTable
 
 
@@ -89,6 +90,18 @@ class Transformer(nn.Module):
                 setattr(parent, name, packed)
         self.packed = True
         return True
+
+    @property
+    def low_bit(self) -> bool:
+        """Whether some weights are served packed in a GGUF block quantization."""
+        return any(isinstance(m, (QuantizedLinear, QuantizedEmbedding)) for m in self.modules())
+
+    def weight_format(self) -> str:
+        """What the weights are held as, e.g. "Q4_1+Q8_0 (packed), float32" or "bfloat16 (oneDNN packed)"."""
+        packed = sorted({m.weight_packed.qtype.name for m in self.modules()
+                         if isinstance(m, (QuantizedLinear, QuantizedEmbedding))})
+        dense = str(self.dtype).removeprefix("torch.") + (" (oneDNN packed)" if self.packed else "")
+        return f"{'+'.join(packed)} (packed), {dense}" if packed else dense
 
     def enable_native_forward(self) -> bool:
         """Opt-in: run each step as one native C++ call (CPU, float32 models).

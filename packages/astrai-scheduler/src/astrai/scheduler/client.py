@@ -55,6 +55,9 @@ class EngineInfo:
     prefix_cache: bool
     scheduling: str  # "continuous" | "static"
     modules: dict[str, str] = field(default_factory=dict)  # layer -> the module implementing it
+    weights: str = ""  # how the weights are held, e.g. "Q4_1+Q8_0 (packed), float32"
+    kv_cache_dtype: str = ""
+    forward: str = "torch"  # "native": one C++ call per step; "torch": the Python layers
 
 
 @runtime_checkable

@@ -16,12 +16,13 @@ from typing import Any
 
 import torch
 from astrai.cache import KVCacheManager
-from astrai.model import ForwardModel, ModelConfig, Tokenizer, load_model
+from astrai.model import ForwardModel, ModelConfig, Tokenizer, is_low_bit_checkpoint, load_model
 
 from .client import EngineInfo, EngineStats, Prompt, TraceCallback
 from .core import EngineCore
 from .errors import PromptTooLongError
 from .memory import default_num_pages, engine_dtype, resolve_device
+from .memory import kv_cache_dtype as resolve_kv_cache_dtype
 from .outputs import RequestOutput
 from .params import SamplingParams
 from .request import Request, Sink
@@ -51,6 +52,7 @@ class Engine:
         enable_prefix_cache: bool = True,
         scheduling: str = "continuous",
         seed: int | None = None,
+        kv_cache_dtype: str | torch.dtype | None = None,
     ) -> None:
         _check_positive("max_num_seqs", max_num_seqs)
         _check_positive("max_num_batched_tokens", max_num_batched_tokens)
@@ -64,7 +66,7 @@ class Engine:
         self._settings: dict[str, Any] = dict(
             max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
             page_size=page_size, num_pages=num_pages, enable_prefix_cache=enable_prefix_cache,
-            scheduling=scheduling, seed=seed,
+            scheduling=scheduling, seed=seed, kv_cache_dtype=kv_cache_dtype,
         )
         self.model = model
         self.tokenizer = tokenizer
@@ -74,11 +76,12 @@ class Engine:
         self.max_num_batched_tokens = max_num_batched_tokens
         self.enable_prefix_cache = enable_prefix_cache
         cfg = self.config
+        kv_dtype = resolve_kv_cache_dtype(kv_cache_dtype, model)
         if num_pages is None:
-            num_pages = default_num_pages(cfg, model.dtype, model.device, page_size, max_num_seqs)
+            num_pages = default_num_pages(cfg, kv_dtype, model.device, page_size, max_num_seqs)
         self.kv = KVCacheManager(
             cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, page_size=page_size, num_pages=num_pages,
-            dtype=model.dtype, device=model.device, enable_prefix_cache=enable_prefix_cache,
+            dtype=kv_dtype, device=model.device, enable_prefix_cache=enable_prefix_cache,
         )
         limit = max_model_len if max_model_len is not None else cfg.max_position_embeddings
         self.max_model_len = min(limit, self.kv.capacity_tokens)
@@ -100,15 +103,23 @@ class Engine:
         *,
         dtype: str | torch.dtype | None = None,
         device: str | torch.device | None = None,
+        quantization: str = "auto",
         **kwargs: Any,
     ) -> Engine:
         """Load a built-in name, an HF model directory or a .gguf file and start an engine.
 
-        `dtype` None / "auto" is the engine's default (bfloat16), not the checkpoint's own.
+        `quantization="auto"` serves a GGUF's Q4_0/Q4_1/Q8_0 weights packed as they are (native
+        CPU kernels), `"none"` dequantizes them to `dtype`. `dtype` None / "auto" is the engine's
+        choice for this machine (`memory.engine_dtype`), not the checkpoint's own.
         """
         dev = resolve_device(device)
-        model_obj, tokenizer = load_model(model, dtype=engine_dtype(dtype), device=dev)
-        model_obj.pack_for_cpu()  # bf16 on an AMX/AVX512-BF16 CPU: pre-packed matmuls; else a no-op
+        low_bit = quantization == "auto" and is_low_bit_checkpoint(model)
+        model_obj, tokenizer = load_model(model, dtype=engine_dtype(dtype, dev, low_bit), device=dev,
+                                          quantization=quantization)
+        # bf16 on an AMX/AVX512-BF16 CPU: pre-packed oneDNN matmuls; float32 on the CPU: the whole
+        # step as one native call. Each is a no-op where it does not apply.
+        if not model_obj.pack_for_cpu():
+            model_obj.enable_native_forward()
         return cls(model_obj, tokenizer, **kwargs)
 
     def with_settings(self, **overrides: Any) -> Engine:
@@ -267,9 +278,14 @@ class Engine:
 
     def describe(self) -> EngineInfo:
         """How this engine is set up, including the module behind each layer (read from the live objects)."""
+        weights = getattr(self.model, "weight_format", None)
+        native = getattr(self.model, "native_forward", None) is not None
         return EngineInfo(
             model=self.config.name,
             dtype=str(self.model.dtype).removeprefix("torch."),
+            weights=weights() if callable(weights) else str(self.model.dtype).removeprefix("torch."),
+            kv_cache_dtype=str(self.kv.kv.dtype).removeprefix("torch."),
+            forward="native" if native else "torch",
             device=str(self.model.device),
             max_model_len=self.max_model_len,
             max_num_seqs=self.max_num_seqs,

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 
 import torch
-from astrai.model import ModelConfig, resolve_dtype
+from astrai.model import ForwardModel, ModelConfig, fast_bf16_cpu, resolve_dtype
 
-DEFAULT_DTYPE = torch.bfloat16  # the engine's choice for dtype=None / "auto" (AMX on CPU, tensor cores on CUDA)
 CPU_KV_CAP_BYTES = 2 << 30  # 2 GiB: ~93k tokens of SmolLM2 bf16 KV; more only via num_pages
 CPU_KV_FRACTION = 0.25
 CUDA_KV_FRACTION = 0.85
@@ -19,9 +18,27 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
-def engine_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    """The dtype an engine loads its model in: `resolve_dtype` with the engine's default."""
-    return resolve_dtype(dtype, default=DEFAULT_DTYPE)
+def engine_dtype(dtype: str | torch.dtype | None, device: torch.device, low_bit: bool) -> torch.dtype:
+    """The dtype an engine computes in: the given one, else the engine's choice for this machine.
+
+    CUDA: bfloat16 (tensor cores). CPU: float32 for low-bit GGUF weights (the native low-bit
+    kernels take float32 activations); for dense weights bfloat16 where the CPU has fast bf16
+    matmuls (AVX512-BF16 / AMX), else float32 (on AVX2-only CPUs bf16 is emulated and slower).
+    """
+    if device.type == "cuda":
+        default = torch.bfloat16
+    elif low_bit:
+        default = torch.float32
+    else:
+        default = torch.bfloat16 if fast_bf16_cpu() else torch.float32
+    return resolve_dtype(dtype, default=default)
+
+
+def kv_cache_dtype(dtype: str | torch.dtype | None, model: ForwardModel) -> torch.dtype:
+    """The KV cache's dtype: the given one, else float16 for low-bit models (half the memory and
+    bandwidth of float32, as llama.cpp does) and the model's own dtype otherwise."""
+    low_bit = bool(getattr(model, "low_bit", False))
+    return resolve_dtype(dtype, default=torch.float16 if low_bit else model.dtype)
 
 
 def available_memory_bytes(device: torch.device) -> int:

@@ -26,7 +26,14 @@ logger = logging.getLogger("astrai.server")
 def _engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="built-in name, HF model directory or .gguf file (default: %(default)s)")
-    parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: the engine's choice)")
+    parser.add_argument("--dtype", default=None,
+                        help="activation and dense-weight dtype: float32 | bfloat16 | float16 (default: the engine's "
+                             "choice: float32 on CPUs without fast bf16 and for low-bit GGUF weights)")
+    parser.add_argument("--quantization", choices=("auto", "none"), default=None,
+                        help="auto (default): run a GGUF's Q4_0/Q4_1/Q8_0 weights as they are, with native low-bit "
+                             "CPU kernels; none: dequantize them to --dtype")
+    parser.add_argument("--kv-cache-dtype", default=None,
+                        help="float16 | bfloat16 | float32 (default: float16 for low-bit weights, else --dtype)")
     parser.add_argument("--device", default=None, help="cpu | cuda | ... (default: the engine's choice)")
     parser.add_argument("--max-num-seqs", type=_positive, default=None,
                         help="sequences per batch (default: the engine's choice)")
@@ -60,8 +67,8 @@ def _non_negative(text: str) -> int:
 def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """Only the options given on the command line, so the engine's own defaults apply otherwise."""
     kwargs: dict[str, Any] = {}
-    for name in ("dtype", "device", "max_num_seqs", "max_num_batched_tokens", "max_model_len", "page_size",
-                 "num_pages", "scheduling"):
+    for name in ("dtype", "device", "quantization", "kv_cache_dtype", "max_num_seqs", "max_num_batched_tokens",
+                 "max_model_len", "page_size", "num_pages", "scheduling"):
         value = getattr(args, name)
         if value is not None:
             kwargs[name] = value

@@ -62,5 +62,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("shape"), py::arg("embedding"), py::arg("layers"), py::arg("final_norm"), py::arg("head"))
       .def("forward", &NativeDecoder::forward, py::call_guard<py::gil_scoped_release>(),
            "one ragged step (ForwardBatch tensors, K/V caches, RoPE tables) -> float32 logits [R, vocab]")
-      .def_property_readonly("num_layers", &NativeDecoder::num_layers);
+      .def_property_readonly("num_layers", &NativeDecoder::num_layers)
+      .def("set_profiling", &NativeDecoder::set_profiling, "time each kernel kind (resets the sums)")
+      .def("profile", &NativeDecoder::profile, "[(kernel kind, seconds summed)], starting with ('steps', n)");
 }

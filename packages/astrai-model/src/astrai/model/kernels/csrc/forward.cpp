@@ -161,7 +161,9 @@ at::Tensor NativeDecoder::forward(const at::Tensor& token_ids, const at::Tensor&
   at::Tensor gate_up = slice2d(workspace_, offset, T, 2 * I);
   at::Tensor act = slice2d(workspace_, offset, T, I);
 
+  if (profiling_) mark_ = std::chrono::steady_clock::now();
   residual.copy_(embedding_rows(embedding_, token_ids));
+  lap(kEmbed);
   at::Tensor q = qkv.narrow(1, 0, H * D).view({T, H, D});
   at::Tensor k = qkv.narrow(1, H * D, KVH * D).view({T, KVH, D});
   at::Tensor v = qkv.narrow(1, (H + KVH) * D, KVH * D).view({T, KVH, D});
@@ -174,26 +176,62 @@ at::Tensor NativeDecoder::forward(const at::Tensor& token_ids, const at::Tensor&
     } else {
       add_rms_norm(hidden, residual, layer.input_norm, eps);  // hidden held the previous MLP output
     }
+    lap(kNorm);
     layer.qkv.run(hidden, qkv);
+    lap(kQkv);
     if (layer.q_norm.has_value()) {
       head_rms_norm(q, *layer.q_norm, eps);
       head_rms_norm(k, *layer.k_norm, eps);
     }
     rotary(qk, positions, cos, sin);
+    lap(kRope);
     kv_write(k, v, k_caches[l], v_caches[l], slot_mapping);
+    lap(kKvWrite);
     paged_attention(q, k_caches[l], v_caches[l], block_tables, context_lens, query_start_loc, scale, attn_heads);
+    lap(kAttention);
     layer.o.run(attn, hidden);
+    lap(kO);
     add_rms_norm(hidden, residual, layer.post_attention_norm, eps);
+    lap(kNorm);
     layer.gate_up.run(hidden, gate_up);
+    lap(kGateUp);
     silu_mul(gate_up, act);
+    lap(kSiluMul);
     layer.down.run(act, hidden);
+    lap(kDown);
   }
   // Only the rows whose logits are wanted get the final norm and the LM head.
   at::Tensor last = (residual + hidden).index_select(0, logits_indices);
   rms_norm(last, final_norm_, eps, last);
+  lap(kNorm);
   at::Tensor logits = at::empty({last.size(0), s.vocab}, at::kFloat);
   head_.run(last, logits);
+  lap(kHead);
+  steps_ += profiling_ ? 1 : 0;
   return logits;
+}
+
+void NativeDecoder::lap(Phase phase) {
+  if (!profiling_) return;
+  const auto now = std::chrono::steady_clock::now();
+  seconds_[phase] += std::chrono::duration<double>(now - mark_).count();
+  mark_ = now;
+}
+
+void NativeDecoder::set_profiling(bool on) {
+  std::lock_guard<std::mutex> guard(mutex_);
+  profiling_ = on;
+  for (double& s : seconds_) s = 0.0;
+  steps_ = 0;
+}
+
+std::vector<std::pair<std::string, double>> NativeDecoder::profile() const {
+  static const char* names[kPhases] = {"embedding", "rms_norm", "qkv_proj", "rotary", "kv_write", "attention",
+                                       "o_proj", "gate_up_proj", "silu_mul", "down_proj", "lm_head"};
+  std::vector<std::pair<std::string, double>> out;
+  out.emplace_back("steps", static_cast<double>(steps_));
+  for (int p = 0; p < kPhases; ++p) out.emplace_back(names[p], seconds_[p]);
+  return out;
 }
 
 TORCH_LIBRARY_FRAGMENT(astrai, m) {

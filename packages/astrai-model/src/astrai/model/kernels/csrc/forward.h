@@ -9,8 +9,11 @@
 
 #include <ATen/ATen.h>
 
+#include <chrono>
 #include <cstdint>
 #include <mutex>
+#include <string>
+#include <utility>
 #include <optional>
 #include <vector>
 
@@ -59,7 +62,18 @@ class NativeDecoder {
 
   int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
 
+  // Per-kernel wall time summed over steps while profiling is on (bench/ reads it): name -> seconds.
+  void set_profiling(bool on);
+  std::vector<std::pair<std::string, double>> profile() const;
+
  private:
+  enum Phase { kEmbed, kNorm, kQkv, kRope, kKvWrite, kAttention, kO, kGateUp, kSiluMul, kDown, kHead, kPhases };
+  void lap(Phase phase);
+  bool profiling_ = false;
+  double seconds_[kPhases] = {};
+  int64_t steps_ = 0;
+  std::chrono::steady_clock::time_point mark_;
+
   DecoderShape shape_;
   LinearWeight embedding_;
   std::vector<DecoderLayerWeights> layers_;
