@@ -3,8 +3,8 @@
 from .batch import ForwardBatch
 from .chat_template import ChatTemplateError
 from .config import PRESETS, ModelConfig, resolve_dtype
-from .errors import ModelLoadError
 from .cpu_packing import fast_bf16_cpu
+from .errors import ModelLoadError
 from .loader import bundled_gguf_path, is_low_bit_checkpoint, load_model
 from .protocol import ForwardModel
 from .tokenizer import IncrementalDetokenizer, Tokenizer
