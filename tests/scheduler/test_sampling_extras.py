@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import transformers
-from astrai.model import bundled_gguf_path
 from astrai.scheduler import SamplingParams
 
 from .conftest import TEXT, settle
@@ -56,13 +54,6 @@ def test_n_siblings_share_the_prompt_pages_and_keep_their_own_seeds(engine):
     assert computed <= len(prompt) + 3 * (len(prompt) - full + 16), prefilled  # one prefill + short tails
     assert sum(1 for p in prefilled if p["cached_tokens"] >= full - 16) >= 3
     assert after["prefix_cache_hits"] - before["prefix_cache_hits"] >= 3 * (full - 16)
-
-
-@pytest.fixture(scope="module")
-def hf_model():
-    path = bundled_gguf_path()
-    return transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
-                                                             dtype=torch.float32).eval()
 
 
 def test_prompt_logprobs_equal_transformers_log_softmax(engine, hf_model):

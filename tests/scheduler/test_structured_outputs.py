@@ -32,7 +32,7 @@ def test_json_schema_holds_in_one_mixed_batch_at_any_temperature(engine):
     tok = engine.tokenizer
     prompt = chat_ids(tok, "Describe a person as JSON.")
     schema = StructuredOutputsParams(json=PERSON)
-    constrained = [SamplingParams(max_tokens=48, temperature=t, seed=i, structured_outputs=schema)
+    constrained = [SamplingParams(max_tokens=40, temperature=t, seed=i, structured_outputs=schema)
                    for i, t in enumerate([0.0, 0.7, 1.0, 1.5, 2.0, 2.0])]
     free = [SamplingParams(max_tokens=12, temperature=1.0, seed=9), SamplingParams(max_tokens=12, temperature=0.0)]
     outs = engine.generate([prompt] * 8, constrained + free)

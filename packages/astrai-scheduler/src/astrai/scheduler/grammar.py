@@ -30,10 +30,19 @@ log = logging.getLogger("astrai.scheduler")
 CACHE_SIZE = 128
 MAX_CLOSE_STEPS = 256  # a closing walk longer than this is treated as "cannot finish"
 CHECK_EVERY = 8  # tokens between closing checks while the budget is still far away
+PARALLEL_FROM = 16  # rows from which llguidance's thread pool computes the masks (its threads spin a while)
 
 
 class GrammarError(ValueError):
-    """A constraint the grammar engine cannot compile; the message names the problem."""
+    """A constraint the grammar engine cannot compile; the message names the problem.
+
+    `detail` is the message without the leading field name, for front ends that name the
+    field their own way (e.g. `response_format`).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.detail = message.split(": ", 1)[1] if message.startswith("structured_outputs") else message
 
 
 class GrammarUnavailableError(GrammarError):
@@ -135,7 +144,8 @@ class _ClosingRanks:
     """Token preferences for finishing an output quickly, computed once per tokenizer.
 
     Lower rank wins. Outside a JSON string: end of sequence, then tokens made only of `}`/`]`
-    (longest first), a lone `0`, `,`, `"`, then the shortest token. Inside a string: `"` first.
+    (longest first), `,` (so a number stops growing), a lone `0`, `"`, then the shortest token.
+    Inside a string: `"` first.
     """
 
     def __init__(self, lltok: Any, vocab_size: int) -> None:
@@ -153,9 +163,9 @@ class _ClosingRanks:
                 outside[tid] = 40
             if all(b in b"}]" for b in raw):
                 outside[tid] = 10 - min(length, 9)
-            elif raw == b"0":
+            elif raw == b",":  # ends a number or value; the grammar allows it only where it is needed
                 outside[tid] = 20
-            elif raw == b",":
+            elif raw == b"0":
                 outside[tid] = 30
         for eos in lltok.eos_tokens:
             if 0 <= eos < vocab_size:
@@ -289,10 +299,11 @@ def fill_bitmasks(constraints: Sequence[TokenConstraint], vocab_size: int) -> to
     """Masks for many rows at once; sampling rows go through llguidance's parallel executor."""
     words = (vocab_size + 31) // 32
     bitmask = torch.zeros((len(constraints), words), dtype=torch.int32)
-    parallel = [(c.matcher, i) for i, c in enumerate(constraints) if not c.closing]
-    if parallel:
-        constraints[0].executor.unsafe_compute_mask_ptr(parallel, bitmask.data_ptr(), words * 4, len(constraints))
+    if len(constraints) >= PARALLEL_FROM:
+        rows = [(c.matcher, i) for i, c in enumerate(constraints) if not c.closing]
+        if rows:
+            constraints[0].executor.unsafe_compute_mask_ptr(rows, bitmask.data_ptr(), words * 4, len(constraints))
     for i, c in enumerate(constraints):
-        if c.closing:
+        if c.closing or len(constraints) < PARALLEL_FROM:
             c.fill_bitmask(bitmask[i])
     return bitmask
