@@ -37,7 +37,7 @@ def test_message_list_input_and_stream_events(client):
              {"role": "user", "content": [{"type": "input_text", "text": "Say hi."}]}]
     with client.responses.stream(model=MODEL, input=items, max_output_tokens=6, temperature=0) as stream:
         events = list(stream)
-        final = stream.get_final_response()
+    final = events[-1].response
     kinds = [e.type for e in events]
     assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added",
                          "response.content_part.added"]

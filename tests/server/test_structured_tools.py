@@ -89,7 +89,7 @@ def test_bad_new_fields_are_400_with_the_param(http, body, param, needle):
 
 
 def test_required_tool_call_is_valid_for_its_schema(client):
-    reply = client.chat.completions.create(model=MODEL, max_tokens=60, temperature=1.5, seed=7,
+    reply = client.chat.completions.create(model=MODEL, max_tokens=48, temperature=1.5, seed=7,
                                            messages=[{"role": "user", "content": "Weather in Paris?"}],
                                            tools=[WEATHER, TIME], tool_choice="required", parallel_tool_calls=False)
     choice = reply.choices[0]
@@ -101,7 +101,7 @@ def test_required_tool_call_is_valid_for_its_schema(client):
 
 
 def test_named_tool_call_streams_id_and_name_first(client):
-    stream = client.chat.completions.create(model=MODEL, max_tokens=60, temperature=1.0, seed=8, stream=True,
+    stream = client.chat.completions.create(model=MODEL, max_tokens=48, temperature=1.0, seed=8, stream=True,
                                             messages=[{"role": "user", "content": "Weather in Oslo?"}], tools=[WEATHER, TIME],
                                             tool_choice={"type": "function", "function": {"name": "get_weather"}})
     deltas = [c.choices[0] for c in stream if c.choices]
@@ -187,13 +187,13 @@ def test_many_constrained_requests_at_once(server):
     def one(i: int) -> str:
         with httpx.Client(timeout=120) as h:
             r = h.post(server.v1 + "/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
-                       json={"model": MODEL, "messages": ASK, "max_tokens": 50, "temperature": 2.0, "seed": i,
+                       json={"model": MODEL, "messages": ASK, "max_tokens": 40, "temperature": 2.0, "seed": i,
                              "response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": schema}}})
             assert r.status_code == 200, r.text
             return r.json()["choices"][0]["message"]["content"]
 
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        for text in pool.map(one, range(8)):
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        for text in pool.map(one, range(6)):
             jsonschema.validate(json.loads(text), schema)
 
 

@@ -51,5 +51,23 @@ def test_prompt_helpers():
     assert template_renders_tools("{% if tools %}{{ tools | tojson }}{% endif %}{{ messages }}")
     assert not template_renders_tools("{% for m in messages %}{{ m.content }}{% endfor %}")
     prompt = tools_system_prompt([{"name": "get_weather", "parameters": {"type": "object"}}])
-    assert "<tool_call>" in prompt and '"name": "get_weather"' in prompt
+    assert "<tool_call>" in prompt and '{"name":"get_weather"' in prompt
     assert call_block("f", '{"a": 1}') == '<tool_call>\n{"name": "f", "arguments": {"a": 1}}\n</tool_call>'
+
+
+def test_messages_for_a_template_with_and_without_tools():
+    from astrai.server.tools import prepare_messages
+
+    functions = [{"name": "get_weather", "parameters": {"type": "object"}}]
+    history = [{"role": "user", "content": "Weather?"},
+               {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function", "function": {
+                   "name": "get_weather", "arguments": '{"city": "Rome"}'}}]},
+               {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
+    aware = "{% if tools %}{{ tools | tojson }}{% endif %}{% for m in messages %}{{ m.content }}{% endfor %}"
+    messages, extra = prepare_messages(history, functions, aware)
+    assert extra == {"tools": [{"type": "function", "function": functions[0]}]}
+    assert messages[1]["tool_calls"][0]["function"]["arguments"] == {"city": "Rome"} and messages[2]["role"] == "tool"
+    plain, extra = prepare_messages(history, functions, "{% for m in messages %}{{ m.content }}{% endfor %}")
+    assert extra == {} and plain[0]["role"] == "system" and "get_weather" in plain[0]["content"]
+    assert plain[2]["content"] == '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>'
+    assert plain[3] == {"role": "user", "content": "<tool_response>\nsunny\n</tool_response>"}

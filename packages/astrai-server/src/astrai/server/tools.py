@@ -27,12 +27,11 @@ OPEN, CLOSE = "<tool_call>", "</tool_call>"
 _HEADER = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*')
 JSON_STYLE = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
 
-SYSTEM_PROMPT = """You can call functions to help answer the user. The functions, as JSON schemas:
+SYSTEM_PROMPT = """You may call these functions (JSON schemas):
 <tools>
 {tools}
 </tools>
-To call a function, reply with one block per call, each holding a JSON object with the function's
-name and its arguments:
+To call one, reply with a block per call:
 <tool_call>
 {{"name": "<function name>", "arguments": {{<arguments as JSON>}}}}
 </tool_call>"""
@@ -54,7 +53,7 @@ def template_renders_tools(template: str | None) -> bool:
 
 
 def tools_system_prompt(functions: list[dict[str, Any]]) -> str:
-    listed = "\n".join(json.dumps({"type": "function", "function": f}, ensure_ascii=False) for f in functions)
+    listed = "\n".join(json.dumps(f, ensure_ascii=False, separators=(",", ":")) for f in functions)
     return SYSTEM_PROMPT.format(tools=listed)
 
 
@@ -227,3 +226,47 @@ def _partial_suffix(text: str, marker: str) -> int:
         if marker.startswith(text[-n:]):
             return n
     return 0
+
+
+def prepare_messages(messages: list[dict[str, Any]], functions: list[dict[str, Any]],
+                     template: str | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Messages (and template variables) for the chat template, tools included.
+
+    A template that renders `tools` gets them, and the calls and results, in Hugging Face's
+    convention (arguments as objects). Otherwise the tools become a system message in the
+    format above, earlier calls become call blocks and results `<tool_response>` user turns.
+    """
+    if template_renders_tools(template):
+        out = []
+        for m in messages:
+            m = dict(m)
+            if m.get("tool_calls"):
+                m["tool_calls"] = [{**c, "function": {**c["function"], "arguments": _as_object(
+                    c["function"]["arguments"])}} for c in m["tool_calls"]]
+            out.append(m)
+        extra = {"tools": [{"type": "function", "function": f} for f in functions]} if functions else {}
+        return out, extra
+    out = []
+    for m in messages:
+        if m.get("tool_calls"):
+            blocks = "\n".join(call_block(c["function"]["name"], c["function"]["arguments"]) for c in m["tool_calls"])
+            text = f"{m['content']}\n{blocks}" if m.get("content") else blocks
+            out.append({"role": "assistant", "content": text})
+        elif m["role"] == "tool":
+            out.append({"role": "user", "content": f"<tool_response>\n{m['content']}\n</tool_response>"})
+        else:
+            out.append({"role": m["role"], "content": m["content"]})
+    if functions:
+        prompt = tools_system_prompt(functions)
+        if out and out[0]["role"] == "system":
+            out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{prompt}"}
+        else:
+            out.insert(0, {"role": "system", "content": prompt})
+    return out, {}
+
+
+def _as_object(arguments: str) -> Any:
+    try:
+        return json.loads(arguments) if arguments else {}
+    except ValueError:
+        return arguments
