@@ -81,3 +81,15 @@ def test_prompt_logprobs_across_chunked_prefill(make_engine, engine):
     assert [e and e["token_id"] for e in chunked] == [e and e["token_id"] for e in whole]
     for a, b in zip(chunked[1:], whole[1:], strict=True):
         assert a["logprob"] == pytest.approx(b["logprob"], abs=1e-4)
+
+
+def test_abort_stops_every_sibling(engine):
+    import queue
+
+    outs: queue.Queue = queue.Queue()
+    rid = engine.add_request(engine.tokenizer.encode(TEXT), SamplingParams(n=3, max_tokens=200, ignore_eos=True),
+                             sink=outs.put)
+    engine.abort(rid)
+    finals = [outs.get(timeout=60) for _ in range(3)]
+    assert sorted(o.index for o in finals) == [0, 1, 2]
+    assert all(o.finished and o.finish_reason == "abort" for o in finals)

@@ -204,6 +204,7 @@ class Engine:
         return self._iterate(reqs, outputs)
 
     def _iterate(self, reqs: list[Request], outputs: queue.Queue[RequestOutput]) -> Iterator[RequestOutput]:
+        group = self._hold_group(reqs)
         left = len(reqs)
         try:
             while left:
@@ -214,6 +215,7 @@ class Engine:
             if left:
                 for req in reqs:
                     self._core.abort(req.request_id)
+            self._groups.pop(group, None)
 
     def generate_async(
         self,
@@ -238,6 +240,7 @@ class Engine:
 
         for req in reqs:
             req.sink = sink
+        group = self._hold_group(reqs)
         self._core.submit(reqs)
         left = len(reqs)
         try:
@@ -249,6 +252,7 @@ class Engine:
             if left:
                 for req in reqs:
                     self._core.abort(req.request_id)
+            self._groups.pop(group, None)
 
     def chat(self, messages: list[dict[str, Any]], params: SamplingParams | None = None) -> RequestOutput:
         """Apply the model's chat template and generate one reply."""
@@ -334,6 +338,12 @@ class Engine:
             reqs.append(self._make_request(first.prompt_token_ids, sibling, f"{first.request_id}#{i}", priority,
                                            stream, index=i, follows=first))
         return reqs
+
+    def _hold_group(self, reqs: list[Request]) -> str:
+        """Name n > 1 siblings under the first id (so `abort(id)` stops them all) while they run."""
+        if len(reqs) > 1:
+            self._groups[reqs[0].request_id] = tuple(r.request_id for r in reqs)
+        return reqs[0].request_id
 
     def _group_sink(self, reqs: list[Request], sink: Sink | None) -> Sink | None:
         """Remember the siblings under the first id (for abort) until all have finished."""
