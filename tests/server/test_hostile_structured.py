@@ -19,13 +19,22 @@ def schema_format(schema) -> dict:
     return {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}
 
 
-def test_huge_schema_is_refused_or_bounded(http):
-    properties = {f"field_{i}": {"type": "string", "enum": [f"v{j}" for j in range(20)]} for i in range(3000)}
-    response = http.post(CHAT, json=chat(response_format=schema_format(
-        {"type": "object", "properties": properties, "required": list(properties)})))
-    if response.status_code != 200:
-        assert_openai_error(response, response.status_code, None)
-        assert response.status_code in (400, 413)
+def test_huge_and_deep_schemas_are_compiled_or_refused_quickly(http):
+    properties = {f"field_{i}": {"type": "string"} for i in range(2000)}  # ~60 KB: under the body limit
+    huge = {"type": "object", "properties": properties, "required": list(properties)}
+    response = http.post(CHAT, json=chat(response_format=schema_format(huge)))
+    assert response.status_code == 200, response.text  # compiled; 4 tokens cannot finish it: "length"
+    assert response.json()["choices"][0]["finish_reason"] == "length"
+    deep: dict = {"type": "string"}
+    for _ in range(25):  # two JSON levels each: inside the body decoder's 64-level limit
+        deep = {"type": "object", "properties": {"x": deep}, "required": ["x"]}
+    response = http.post(CHAT, json=chat(response_format=schema_format(deep)))
+    assert response.status_code in (200, 400), response.text
+    if response.status_code == 400:
+        assert_openai_error(response, 400, None)
+    too_big = {f"f{i}": {"type": "string", "enum": [f"v{j}" for j in range(20)]} for i in range(3000)}
+    response = http.post(CHAT, json=chat(response_format=schema_format({"type": "object", "properties": too_big})))
+    assert_openai_error(response, 413, None)  # over --max-body-bytes: refused before parsing
 
 
 def test_recursive_schema_compiles_and_terminates(http):
