@@ -35,7 +35,7 @@ TIME = {"type": "function", "function": {
 @pytest.mark.parametrize("temperature", [0.0, 1.5])
 def test_parse_with_a_pydantic_model(client, temperature):
     completion = client.beta.chat.completions.parse(model=MODEL, messages=ASK, response_format=City,
-                                                    max_tokens=60, temperature=temperature, seed=4)
+                                                    max_tokens=40, temperature=temperature, seed=4)
     message = completion.choices[0].message
     assert completion.choices[0].finish_reason == "stop"
     assert isinstance(message.parsed, City), message.content
@@ -44,7 +44,7 @@ def test_parse_with_a_pydantic_model(client, temperature):
 def test_json_schema_streamed_and_json_object(client):
     schema = City.model_json_schema()
     stream = client.chat.completions.create(
-        model=MODEL, messages=ASK, max_tokens=60, temperature=1.0, seed=2, stream=True,
+        model=MODEL, messages=ASK, max_tokens=40, temperature=1.0, seed=2, stream=True,
         response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema, "strict": True}})
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     jsonschema.validate(json.loads(text), schema)
@@ -166,7 +166,7 @@ def test_echo_with_prompt_logprobs(client, tokenizer):
 
 
 def test_langchain_structured_output_and_bind_tools(server):
-    llm = ChatOpenAI(model=MODEL, base_url=server.v1, api_key=API_KEY, max_tokens=60, temperature=1.0, max_retries=0)
+    llm = ChatOpenAI(model=MODEL, base_url=server.v1, api_key=API_KEY, max_tokens=48, temperature=1.0, max_retries=0)
     city = llm.with_structured_output(City).invoke("Name a city.")
     assert isinstance(city, City)
 
@@ -187,13 +187,13 @@ def test_many_constrained_requests_at_once(server):
     def one(i: int) -> str:
         with httpx.Client(timeout=120) as h:
             r = h.post(server.v1 + "/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
-                       json={"model": MODEL, "messages": ASK, "max_tokens": 40, "temperature": 2.0, "seed": i,
+                       json={"model": MODEL, "messages": ASK, "max_tokens": 32, "temperature": 2.0, "seed": i,
                              "response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": schema}}})
             assert r.status_code == 200, r.text
             return r.json()["choices"][0]["message"]["content"]
 
-    with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        for text in pool.map(one, range(6)):
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for text in pool.map(one, range(4)):
             jsonschema.validate(json.loads(text), schema)
 
 
