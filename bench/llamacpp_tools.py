@@ -9,11 +9,11 @@ import subprocess
 from bench.peers import llama_tool
 
 
-def _run(cmd: list[str], timeout_s: float) -> str:
+def _run(cmd: list[str], timeout_s: float) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:1])} exited with {proc.returncode}: {proc.stderr[-1500:]}")
-    return proc.stdout + "\n" + proc.stderr
+        raise RuntimeError(f"{cmd[0].rsplit('/', 1)[-1]} exited with {proc.returncode}: {proc.stderr[-1500:]}")
+    return proc
 
 
 def llama_bench(model: str, threads: int, *, prompts: tuple[int, ...] = (0,), gen: tuple[int, ...] = (0,),
@@ -23,10 +23,7 @@ def llama_bench(model: str, threads: int, *, prompts: tuple[int, ...] = (0,), ge
     `-p 0 -n 128` is tg128 (batch-1 decode of 128 tokens); `-p 512 -n 0` is pp512."""
     cmd = [str(llama_tool("llama-bench")), "-m", model, "-t", str(threads), "-r", str(repetitions), "-o", "json",
            "-p", ",".join(map(str, prompts)), "-n", ",".join(map(str, gen)), "-d", ",".join(map(str, depths))]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-    if out.returncode != 0:
-        raise RuntimeError(f"llama-bench exited with {out.returncode}: {out.stderr[-1500:]}")
-    tests = json.loads(out.stdout)
+    tests = json.loads(_run(cmd, timeout_s).stdout)
     keys = ("n_prompt", "n_gen", "n_depth", "n_threads", "avg_ts", "stddev_ts", "samples_ts", "avg_ns",
             "build_commit", "model_size", "type_k", "flash_attn", "n_batch", "n_ubatch")
     return [{k: t.get(k) for k in keys} | {"test": test_name(t), "command": " ".join(cmd[1:])} for t in tests]
@@ -49,7 +46,8 @@ def batched_bench(model: str, threads: int, *, prompt: int, gen: int, batches: t
     cmd = [str(llama_tool("llama-batched-bench")), "-m", model, "-t", str(threads), "-tb", str(threads),
            "-c", str(context), "-npp", str(prompt), "-ntg", str(gen), "-npl", ",".join(map(str, batches)),
            "--output-format", "jsonl"]
-    text = _run(cmd, timeout_s)
+    proc = _run(cmd, timeout_s)
+    text = proc.stdout + "\n" + proc.stderr
     rows = []
     for line in text.splitlines():
         line = line.strip()
