@@ -446,6 +446,12 @@ def render(r: dict, json_name: str) -> str:
     return "\n".join(head) + "\n" + "\n\n".join(s for s in sections if s) + "\n"
 
 
+FORMAT_VERSION = 2  # results of the llama-cpp-python suite (version 1) are in git history only
+
+
 def write(result_path: Path, out_path: Path) -> None:
     r = json.loads(result_path.read_text())
+    if r.get("format") != "astrai-bench" or r.get("version") != FORMAT_VERSION:
+        raise SystemExit(f"{result_path} is not an astrai-bench result of format version {FORMAT_VERSION} "
+                         f"(found {r.get('format')!r} version {r.get('version')!r}); re-run the suite")
     out_path.write_text(render(r, result_path.name))
