@@ -82,6 +82,26 @@ def _compare(ctx: Context, servers: dict, models: dict, *, concurrency: int, req
             "systems": {name: {"runs": rs, "best": best_of(rs)} for name, rs in runs.items()}}
 
 
+def _start_llama(ctx: Context, stack: contextlib.ExitStack, model: str, level: int, slot: int,
+                 out: dict) -> tuple[LlamaServer, str] | None:
+    """llama-server -np level for this level, or None (skipped or failed: AstrAI still runs)."""
+    key = f"llamacpp_np{level}"
+    if not ctx.wants_peers():
+        return None
+    try:
+        llama = stack.enter_context(LlamaServer(model, level, slot, ctx.threads, []))
+        llama_model = llama.model_id()
+        _warm(llama.base_url, llama_model)
+    except Exception as error:
+        out["servers"][key] = {"status": "error", "reason": f"{type(error).__name__}: {error}"}
+        log(f"[serving] llama-server -np {level}: {error}")
+        return None
+    out["servers"][key] = {"command": " ".join(llama.args), "load_seconds": llama.load_seconds,
+                           "rss_after_load_bytes": llama.rss()}
+    stack.callback(lambda: out["servers"][key].__setitem__("rss_after_runs_bytes", llama.rss()))
+    return llama, llama_model
+
+
 def run(ctx: Context) -> dict:
     s = ctx.scale
     model = ctx.model_path()
@@ -90,41 +110,32 @@ def run(ctx: Context) -> dict:
                  "astrai_args": ctx.astrai.serve_args, "levels": {}, "servers": {}}
     base_slot = s.serving_prompt_tokens + s.serving_output_tokens + 128  # slack: tokenizers may differ by a BOS
     long_slot = max(base_slot, s.ttft_prompt_tokens + s.ttft_output_tokens + 128)
+    levels = list(s.serving_concurrency)
+    if 1 not in levels:
+        levels.insert(0, 1)  # the long-prompt TTFT runs on the -np 1 server
     with AstraiServer(model, ctx.astrai.serve_args) as astrai:
         astrai_model = astrai.model_id()
         out["servers"]["astrai"] = {"command": " ".join(astrai.args), "load_seconds": astrai.load_seconds,
                                     "rss_after_load_bytes": astrai.rss()}
         _warm(astrai.base_url, astrai_model)
-        for level in s.serving_concurrency:
+        for level in levels:
             if ctx.out_of_time():
                 out["levels"][str(level)] = {"status": "skipped", "reason": ctx.out_of_time()}
                 continue
-            servers, models = {"astrai": astrai}, {"astrai": astrai_model}
-            llama_cm = (LlamaServer(model, level, long_slot if level == 1 else base_slot, ctx.threads, [])
-                        if ctx.wants_peers() else contextlib.nullcontext())
-            try:
-                with llama_cm as llama:
-                    if llama is not None:
-                        models["llamacpp"] = llama.model_id()
-                        _warm(llama.base_url, models["llamacpp"])
-                        servers["llamacpp"] = llama
-                        out["servers"][f"llamacpp_np{level}"] = {"command": " ".join(llama.args),
-                                                                 "load_seconds": llama.load_seconds,
-                                                                 "rss_after_load_bytes": llama.rss()}
+            with contextlib.ExitStack() as stack:
+                servers, models = {"astrai": astrai}, {"astrai": astrai_model}
+                llama = _start_llama(ctx, stack, model, level, long_slot if level == 1 else base_slot, out)
+                if llama is not None:
+                    servers["llamacpp"], models["llamacpp"] = llama
+                if level in s.serving_concurrency:
                     out["levels"][str(level)] = _compare(
                         ctx, servers, models, concurrency=level, requests=s.serving_requests(level),
                         prompt=s.serving_prompt_tokens, output=s.serving_output_tokens, rounds=s.serving_rounds,
                         seed0=1000 * level, label=f"c={level}")
-                    if level == 1 and not ctx.out_of_time():
-                        out["ttft_long"] = _compare(
-                            ctx, servers, models, concurrency=1, requests=s.ttft_requests,
-                            prompt=s.ttft_prompt_tokens, output=s.ttft_output_tokens, rounds=s.serving_rounds,
-                            seed0=555, label=f"TTFT@{s.ttft_prompt_tokens}")
-                    if llama is not None:
-                        out["servers"][f"llamacpp_np{level}"]["rss_after_runs_bytes"] = llama.rss()
-            except Exception as error:  # e.g. llama-server failed to start: keep the other levels
-                out["levels"][str(level)] = {"status": "error", "reason": f"{type(error).__name__}: {error}",
-                                             "traceback": traceback.format_exc(limit=4)}
-                log(f"[serving] c={level}: {error}")
+                if level == 1 and not ctx.out_of_time():
+                    out["ttft_long"] = _compare(
+                        ctx, servers, models, concurrency=1, requests=s.ttft_requests, prompt=s.ttft_prompt_tokens,
+                        output=s.ttft_output_tokens, rounds=s.serving_rounds, seed0=555,
+                        label=f"TTFT@{s.ttft_prompt_tokens}")
         out["servers"]["astrai"]["rss_after_runs_bytes"] = astrai.rss()
     return out
