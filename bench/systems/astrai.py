@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from typing import Any
@@ -48,12 +49,11 @@ class AstraiSystem(System):
         return SamplingParams(max_tokens=max_tokens, temperature=temperature, ignore_eos=True)
 
     def describe(self) -> dict:
-        """What the engine actually runs with, for the record."""
-        model = self.engine.model
+        """What the engine actually runs with (its own EngineInfo), for the record."""
+        info = self.engine.describe()
         return {"engine_kwargs": {k: str(v) for k, v in self.kwargs.items()},
-                "dtype": str(getattr(model, "dtype", None)), "max_num_seqs": self.engine.max_num_seqs,
-                "max_num_batched_tokens": self.engine.max_num_batched_tokens,
-                "max_model_len": self.engine.max_model_len, "stats": self.stats()}
+                **(dataclasses.asdict(info) if dataclasses.is_dataclass(info) else dict(info)),
+                "stats": self.stats()}
 
     def warmup(self) -> None:
         self.engine.generate([list(range(100, 116))] * 2, self.params(4))
