@@ -204,6 +204,9 @@ def test_packing_round_trip_is_exact(qtype, n, k):
         w = pack_gguf(raw, qtype, k)
         assert (w.out_features, w.in_features, w.qtype) == (n, k, qtype)
         assert torch.equal(dequantize(w), gguf_dequantize(raw, qtype))
+        strided = torch.zeros(n, raw.shape[1] + 8, dtype=torch.uint8)
+        strided[:, 4:-4] = torch.from_numpy(raw)  # rows with a stride: packed through a copy
+        assert torch.equal(pack_gguf(strided[:, 4:-4], qtype, k).data, w.data)
         padding_rows = -(-n // 8) * 8 - n  # zero rows up to a multiple of 8; nothing else is added
         assert w.nbytes - gguf_nbytes(qtype, n, k) == padding_rows * (k // 32) * qtype.block_bytes
 

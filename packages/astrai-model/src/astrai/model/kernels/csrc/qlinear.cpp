@@ -162,17 +162,19 @@ inline void group_tile(const QuantizedActivations& a, int64_t m0, const uint8_t*
       }
     }
   }
+  if constexpr (QT == QType::Q4_1) {
+    // min term, low = sum_b mw[b] * ds[b], its own FMA chain; one fp16 conversion serves MT rows
+    __m256 low[MT];
+    for (int t = 0; t < MT; ++t) low[t] = _mm256_setzero_ps();
+    const float* xds = a.ds + m0 * nb;
+    for (int64_t b = 0; b < nb; ++b) {
+      const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + b * SB + 16)));
+      for (int t = 0; t < MT; ++t) low[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xds[t * nb + b]), low[t]);
+    }
+    for (int t = 0; t < MT; ++t) acc[t] = _mm256_add_ps(acc[t], low[t]);
+  }
   for (int t = 0; t < MT; ++t) {
     __m256 y = acc[t];
-    if constexpr (QT == QType::Q4_1) {
-      const float* xds = a.ds + (m0 + t) * nb;
-      __m256 low = _mm256_setzero_ps();
-      for (int64_t b = 0; b < nb; ++b) {
-        const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + b * SB + 16)));
-        low = _mm256_fmadd_ps(mw, _mm256_set1_ps(xds[b]), low);
-      }
-      y = _mm256_add_ps(y, low);
-    }
     float* row = out + (m0 + t) * ldo;
     if (valid_rows == kRowsPerGroup) {
       if (bias != nullptr) y = _mm256_add_ps(y, _mm256_loadu_ps(bias));
