@@ -196,6 +196,14 @@ void gemm(const QuantizedActivations& a, const uint8_t* packed, int64_t N, float
   const int64_t groups = (N + kRowsPerGroup - 1) / kRowsPerGroup;
   const uint8_t* quants = packed;
   const uint8_t* scales = packed + groups * nb * QB;
+  // One int8 path serves every M. Measured on the 2-core Zen 3 dev VM (bench/kernels/qlinear.py):
+  // at one row it streams the weights near the read bandwidth (the GGUF bytes are 4-7x fewer
+  // than fp32's); from 4 rows up it runs at ~120-140 GFLOP/s per core for Q4, above fp32 FMA's
+  // own peak (~96 GFLOP/s per core at 3 GHz), and ~90 for Q8_0, about that peak, which MKL's
+  // sgemm approaches but does not pass. So neither dequantizing tiles for an FMA microkernel
+  // nor dequantizing for sgemm (plus the dequantization itself) can win at any M; and one path
+  // keeps every row's result independent of the batch. Expanding a group's weights once for
+  // all its row tiles was measured too: no gain (the maddubs/add pipes, not unpacking, bound it).
   // A task should outweigh the pool's fork/join (~2 us): at least ~256 group-block-rows.
   const int64_t grain = std::max<int64_t>(1, 256 / std::max<int64_t>(1, nb * M));
   // Activation rows per pass over a thread's groups: 64 rows of K int8 stay in L1/L2 while the
