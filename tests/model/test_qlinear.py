@@ -164,6 +164,11 @@ def test_activation_quantization_is_bit_identical(kernels):
     for name, a, b in zip(("q", "d", "ds", "sum"), got, want, strict=True):
         assert a.dtype == b.dtype and torch.equal(a, b), f"activation {name} differs"
     assert int(got[0].abs().max()) <= 127
+    storage = torch.empty(9 * 576 + 12 * 9 * 18 + 100, dtype=torch.uint8)  # a reusable buffer, larger than needed
+    into = torch.ops.astrai.quantize_activations(x, storage)
+    assert all(torch.equal(a, b) for a, b in zip(into, got, strict=True)) and into[0].data_ptr() == storage.data_ptr()
+    with pytest.raises(RuntimeError, match="at least 7128 bytes"):
+        torch.ops.astrai.quantize_activations(x, storage[:7127])
 
 
 def test_batch_rows_and_thread_count_do_not_change_results(kernels):

@@ -242,14 +242,28 @@ void check_activations_input(const at::Tensor& x, const char* what) {
 
 }  // namespace
 
+int64_t activation_storage_bytes(int64_t M, int64_t K) {
+  return M * K + 12 * M * (K / kQBlock);
+}
+
 QuantizedActivations quantize_activations(const at::Tensor& x) {
   check_activations_input(x, "quantize_activations");
+  return quantize_activations(x, at::empty({activation_storage_bytes(x.size(0), x.size(1))}, x.options().dtype(at::kByte)));
+}
+
+QuantizedActivations quantize_activations(const at::Tensor& x, const at::Tensor& storage) {
+  check_activations_input(x, "quantize_activations");
+  TORCH_CHECK(storage.device().is_cpu() && storage.scalar_type() == at::kByte && storage.is_contiguous() &&
+                  storage.numel() >= activation_storage_bytes(x.size(0), x.size(1)) &&
+                  reinterpret_cast<uintptr_t>(storage.data_ptr()) % 4 == 0,
+              "quantize_activations: storage must be a contiguous, 4-byte aligned uint8 CPU tensor of at least ",
+              activation_storage_bytes(x.size(0), x.size(1)), " bytes");
   QuantizedActivations a;
   a.M = x.size(0);
   a.K = x.size(1);
   const int64_t nb = a.K / kQBlock;
   // planar: q [M*K] | d [M*nb] | ds [M*nb] | sum [M*nb]; M*K is a multiple of 32, so all aligned.
-  a.storage = at::empty({a.M * a.K + 12 * a.M * nb}, x.options().dtype(at::kByte));
+  a.storage = storage;
   uint8_t* base = a.storage.data_ptr<uint8_t>();
   int8_t* q = reinterpret_cast<int8_t*>(base);
   float* d = reinterpret_cast<float*>(base + a.M * a.K);
@@ -323,8 +337,9 @@ at::Tensor qlinear_out_op(const at::Tensor& x, const at::Tensor& packed, int64_t
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_activations_op(const at::Tensor& x) {
-  const QuantizedActivations a = quantize_activations(x);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_activations_op(const at::Tensor& x,
+                                                                                  const std::optional<at::Tensor>& storage) {
+  const QuantizedActivations a = storage.has_value() ? quantize_activations(x, *storage) : quantize_activations(x);
   const int64_t M = a.M, K = a.K, nb = K / kQBlock;
   const at::Tensor& s = a.storage;
   at::Tensor q = s.narrow(0, 0, M * K).view(at::kChar).view({M, K});
@@ -392,7 +407,8 @@ TORCH_LIBRARY_FRAGMENT(ASTRAI_OPS, m) {
   m.def("qlinear_out(Tensor x, Tensor packed, int qtype, int out_features, int in_features, Tensor? bias, "
         "Tensor(a!) out) -> Tensor(a!)",
         &qlinear_out_op);
-  m.def("quantize_activations(Tensor x) -> (Tensor q, Tensor d, Tensor ds, Tensor sum)", &quantize_activations_op);
+  m.def("quantize_activations(Tensor x, Tensor? storage=None) -> (Tensor q, Tensor d, Tensor ds, Tensor sum)",
+        &quantize_activations_op);
   m.def("qlinear_packed_nbytes(int qtype, int out_features, int in_features) -> int", &packed_nbytes_op);
   m.def("read_bandwidth_probe(Tensor data, int repeats) -> int", &read_bandwidth_probe);
   m.def("qlinear_chain_seconds(Tensor[] xs, Tensor[] packed, int[] qtypes, int[] out_features, int repeats) -> float[]",
