@@ -203,7 +203,8 @@ void gemm(const QuantizedActivations& a, const uint8_t* packed, int64_t N, float
   // sgemm approaches but does not pass. So neither dequantizing tiles for an FMA microkernel
   // nor dequantizing for sgemm (plus the dequantization itself) can win at any M; and one path
   // keeps every row's result independent of the batch. Expanding a group's weights once for
-  // all its row tiles was measured too: no gain (the maddubs/add pipes, not unpacking, bound it).
+  // all its row tiles was measured too: no gain (the maddubs/add pipes, not unpacking, bound it);
+  // so was pre-broadcasting few-row activations to feed maddubs from memory: no gain either.
   // A task should outweigh the pool's fork/join (~2 us): at least ~256 group-block-rows.
   const int64_t grain = std::max<int64_t>(1, 256 / std::max<int64_t>(1, nb * M));
   // Activation rows per pass over a thread's groups: 64 rows of K int8 stay in L1/L2 while the
