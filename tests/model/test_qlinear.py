@@ -134,15 +134,6 @@ def test_kernel_matches_emulation_and_fp32(kernels, qtype, k, n):
     assert_within_activation_quantization(with_bias, x, w, bias)
 
 
-def test_lm_head_shape_q8_0(kernels):
-    """The tied embedding's shape as LM head: 49152 x 576 Q8_0."""
-    qtype, n, k = QuantType.Q8_0, 49152, 576
-    w = pack_gguf(random_raw(qtype, n, k, seed=3), qtype, k)
-    for m in (1, 7):
-        x = activations(m, k, seed=m)
-        assert_matches_reference(linear(x, w), linear_int8_reference(x, w))
-
-
 @pytest.mark.parametrize("qtype", QTYPES, ids=lambda q: q.name)
 def test_quantizer_made_weights(kernels, qtype):
     """Weights from gguf's own quantizer (realistic scales and mins), odd shapes."""
@@ -164,6 +155,11 @@ def test_activation_quantization_is_bit_identical(kernels):
     for name, a, b in zip(("q", "d", "ds", "sum"), got, want, strict=True):
         assert a.dtype == b.dtype and torch.equal(a, b), f"activation {name} differs"
     assert int(got[0].abs().max()) <= 127
+    storage = torch.empty(9 * 576 + 12 * 9 * 18 + 100, dtype=torch.uint8)  # a reusable buffer, larger than needed
+    into = torch.ops.astrai.quantize_activations(x, storage)
+    assert all(torch.equal(a, b) for a, b in zip(into, got, strict=True)) and into[0].data_ptr() == storage.data_ptr()
+    with pytest.raises(RuntimeError, match="at least 7128 bytes"):
+        torch.ops.astrai.quantize_activations(x, storage[:7127])
 
 
 def test_batch_rows_and_thread_count_do_not_change_results(kernels):
@@ -204,6 +200,9 @@ def test_packing_round_trip_is_exact(qtype, n, k):
         w = pack_gguf(raw, qtype, k)
         assert (w.out_features, w.in_features, w.qtype) == (n, k, qtype)
         assert torch.equal(dequantize(w), gguf_dequantize(raw, qtype))
+        strided = torch.zeros(n, raw.shape[1] + 8, dtype=torch.uint8)
+        strided[:, 4:-4] = torch.from_numpy(raw)  # rows with a stride: packed through a copy
+        assert torch.equal(pack_gguf(strided[:, 4:-4], qtype, k).data, w.data)
         padding_rows = -(-n // 8) * 8 - n  # zero rows up to a multiple of 8; nothing else is added
         assert w.nbytes - gguf_nbytes(qtype, n, k) == padding_rows * (k // 32) * qtype.block_bytes
 
@@ -248,6 +247,7 @@ def test_real_fused_qkv_q4_1_matches_the_loader(bundled, kernels):
 
 
 def test_real_token_embedding_q8_0_as_lm_head(bundled, kernels):
+    """The tied 49152 x 576 Q8_0 embedding as LM head (the batch-1 step's largest read)."""
     config = bundled.config("smollm2")
     name = "model.embed_tokens.weight"
     assert bundled.tensors[name].type_id == QuantType.Q8_0
@@ -257,6 +257,7 @@ def test_real_token_embedding_q8_0_as_lm_head(bundled, kernels):
     got = linear(x, w)
     assert_matches_reference(got, linear_int8_reference(x, w))
     assert_within_activation_quantization(got, x, w, None)
+    assert torch.equal(linear(x[1:], w), got[1:])  # one row alone: the batch-1 LM head
 
 
 def test_torch_path_is_dequantize_then_linear(monkeypatch):

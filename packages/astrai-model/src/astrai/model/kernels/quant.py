@@ -106,17 +106,25 @@ def pack_gguf(raw_rows: torch.Tensor | np.ndarray, qtype: QuantType | int, in_fe
         raise ValueError(f"pack_gguf: {qtype.name} rows of {in_features} weights need shape [N, "
                          f"{nb * qtype.block_bytes}] uint8, got {list(raw.shape)}")
     n = raw.shape[0]
-    groups = -(-n // GROUP)
-    if groups * GROUP != n:
-        raw = torch.cat([raw, raw.new_zeros(groups * GROUP - n, raw.shape[1])])
-    blocks = raw.reshape(groups, GROUP, nb, qtype.block_bytes)
-    head = 4 if qtype is QuantType.Q4_1 else 2
-    qs = blocks[..., head:].contiguous()  # [G, r, b, 16 or 32 bytes]
-    # 4-byte units: [G, r, b, chunk] -> [G, b, chunk, r]
-    quants = qs.view(torch.int32).permute(0, 2, 3, 1).contiguous().view(torch.uint8)
-    # [G, r, b, (d[, m]), 2 bytes] -> [G, b, (d[, m]), r, 2 bytes]
-    scales = blocks[..., :head].reshape(groups, GROUP, nb, head // 2, 2).permute(0, 2, 3, 1, 4)
-    data = torch.cat([quants.reshape(-1), scales.reshape(-1)])
+    groups, full = -(-n // GROUP), n // GROUP
+    data = torch.empty(packed_nbytes(qtype, n, in_features), dtype=torch.uint8)
+    head = 4 if qtype is QuantType.Q4_1 else 2  # fp16 d (and m) before the quant bytes
+    # One strided copy per region straight into place: [G, r, b, unit] -> [G, b, unit, r].
+    quants = data[: groups * nb * qtype.quant_bytes].view(groups, nb, qtype.quant_bytes // 32, GROUP, 4)
+    scales = data[groups * nb * qtype.quant_bytes :].view(groups, nb, head // 2, GROUP, 2)
+
+    def place(rows: torch.Tensor, first: int, count: int) -> None:
+        blocks = rows.reshape(count, GROUP, nb, qtype.block_bytes)  # a view unless rows are strided
+        quants[first : first + count].copy_(
+            blocks[..., head:].unflatten(-1, (qtype.quant_bytes // 32, 4)).permute(0, 2, 3, 1, 4))
+        scales[first : first + count].copy_(blocks[..., :head].unflatten(-1, (head // 2, 2)).permute(0, 2, 3, 1, 4))
+
+    if full:
+        place(raw[: full * GROUP], 0, full)
+    if groups > full:  # the last group's missing rows are zero
+        tail = raw.new_zeros(GROUP, raw.shape[1])
+        tail[: n - full * GROUP] = raw[full * GROUP :]
+        place(tail, full, 1)
     return PackedWeight(qtype, n, in_features, data)
 
 
@@ -161,7 +169,7 @@ def dequantize(w: PackedWeight) -> torch.Tensor:
 def linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """y = x W^T + bias for fp32 x [..., K]: the native int8 kernel where available, else the
     pure-torch path (dequantize, then F.linear; its results differ from the native ones by the
-    int8 quantization of x, ~1e-2 relative)."""
+    int8 quantization of x, ~0.5% relative)."""
     _check_inputs(x, w, bias)
     rows = x.reshape(-1, w.in_features)
     if native() is not None:

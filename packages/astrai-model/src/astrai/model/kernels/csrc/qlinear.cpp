@@ -11,7 +11,19 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <vector>
 #include <cstring>
+
+#ifndef ASTRAI_OPS  // the torch op namespace; a development build of variants side by side renames it
+#define ASTRAI_OPS astrai
+#endif
+#ifndef ASTRAI_QLINEAR_ROW_CHUNK
+#define ASTRAI_QLINEAR_ROW_CHUNK 64
+#endif
+#ifndef ASTRAI_QLINEAR_PREFETCH
+#define ASTRAI_QLINEAR_PREFETCH 1024
+#endif
 
 namespace astrai {
 
@@ -88,7 +100,9 @@ void quantize_row(const float* x, int64_t nb, int8_t* q, float* d, float* ds, in
   }
 }
 
-// Activation rows m0..m0+MT-1 against one group of 8 output rows over all nb blocks.
+// Activation rows m0..m0+MT-1 against one group of 8 output rows over all nb blocks. Register
+// budget (16 ymm): 8 weight registers, MT accumulators, the row scale, two temporaries; Q4_1's
+// min term is a second, light pass so its accumulators do not compete for registers.
 template <QType QT, int MT>
 inline void group_tile(const QuantizedActivations& a, int64_t m0, const uint8_t* quants, const uint8_t* scales,
                        int64_t nb, float* out, int64_t ldo, int64_t valid_rows, const float* bias) {
@@ -96,61 +110,71 @@ inline void group_tile(const QuantizedActivations& a, int64_t m0, const uint8_t*
   constexpr int64_t SB = QT == QType::Q4_1 ? 32 : 16;
   const __m256i ones = _mm256_set1_epi16(1);
   const __m256i nibble = _mm256_set1_epi8(0x0F);
-  __m256 main[MT];
-  __m256 low[MT];
-  for (int t = 0; t < MT; ++t) {
-    main[t] = _mm256_setzero_ps();
-    low[t] = _mm256_setzero_ps();
-  }
   const int64_t K = a.K;
+  const int8_t* xq = a.q + m0 * K;
+  const float* xd = a.d + m0 * nb;
+  __m256 acc[MT];
+  for (int t = 0; t < MT; ++t) acc[t] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* qb = quants + b * QB;
     const uint8_t* sb = scales + b * SB;
+    if constexpr (ASTRAI_QLINEAR_PREFETCH > 0) {
+      // The weights stream from DRAM once per call: ask for them well before they are needed
+      // (the hardware prefetcher alone left ~20-30% of a core's bandwidth unused at one row).
+      for (int64_t line = 0; line < QB; line += 64) _mm_prefetch(reinterpret_cast<const char*>(qb + ASTRAI_QLINEAR_PREFETCH + line), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(sb + ASTRAI_QLINEAR_PREFETCH * SB / QB), _MM_HINT_T0);
+    }
     const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sb)));
     if constexpr (QT == QType::Q8_0) {
-      __m256i w[8], magnitude[8];
+      const __m256i* wq = reinterpret_cast<const __m256i*>(qb);
+      __m256i magnitude[8];  // |w| as unsigned bytes (-128 -> 128); the signs are re-read from L1
       for (int j = 0; j < 8; ++j) {
-        w[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qb + 32 * j));
-        magnitude[j] = _mm256_sign_epi8(w[j], w[j]);  // |w| as unsigned bytes (-128 -> 128)
+        const __m256i w = _mm256_loadu_si256(wq + j);
+        magnitude[j] = _mm256_sign_epi8(w, w);
       }
       for (int t = 0; t < MT; ++t) {
-        const int64_t m = m0 + t;
-        const int8_t* xb = a.q + m * K + b * kQBlock;
+        const int8_t* xb = xq + t * K + b * kQBlock;
         // |w| * (x * sign(w)) == w * x; pairs of products fit int16 (2*128*127 < 32768).
-        __m256i acc = _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude[0], _mm256_sign_epi8(broadcast4(xb), w[0])), ones);
+        __m256i sum = _mm256_madd_epi16(
+            _mm256_maddubs_epi16(magnitude[0], _mm256_sign_epi8(broadcast4(xb), _mm256_loadu_si256(wq))), ones);
         for (int j = 1; j < 8; ++j) {
-          const __m256i xs = _mm256_sign_epi8(broadcast4(xb + 4 * j), w[j]);
-          acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude[j], xs), ones));
+          const __m256i xs = _mm256_sign_epi8(broadcast4(xb + 4 * j), _mm256_loadu_si256(wq + j));
+          sum = _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude[j], xs), ones));
         }
-        const __m256 scale = _mm256_mul_ps(dw, _mm256_set1_ps(a.d[m * nb + b]));
-        main[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), scale, main[t]);
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(dw, _mm256_set1_ps(xd[t * nb + b])), acc[t]);
       }
     } else {
       __m256i w[8];
       for (int c = 0; c < 4; ++c) {
         const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qb + 32 * c));
-        w[c] = _mm256_and_si256(raw, nibble);                         // k = 4c + i
+        w[c] = _mm256_and_si256(raw, nibble);                            // k = 4c + i
         w[4 + c] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), nibble);  // k = 16 + 4c + i
       }
-      __m256 mw = _mm256_setzero_ps();
-      if constexpr (QT == QType::Q4_1) mw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sb + 16)));
       for (int t = 0; t < MT; ++t) {
-        const int64_t m = m0 + t;
-        const int8_t* xb = a.q + m * K + b * kQBlock;
+        const int8_t* xb = xq + t * K + b * kQBlock;
         // 16 products of <= 15*127 per int16 lane: <= 30480, no overflow.
-        __m256i acc16 = _mm256_maddubs_epi16(w[0], broadcast4(xb));
-        for (int j = 1; j < 8; ++j) acc16 = _mm256_add_epi16(acc16, _mm256_maddubs_epi16(w[j], broadcast4(xb + 4 * j)));
-        __m256i acc = _mm256_madd_epi16(acc16, ones);
-        if constexpr (QT == QType::Q4_0) acc = _mm256_sub_epi32(acc, _mm256_set1_epi32(8 * a.sum[m * nb + b]));
-        const __m256 scale = _mm256_mul_ps(dw, _mm256_set1_ps(a.d[m * nb + b]));
-        main[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), scale, main[t]);
-        if constexpr (QT == QType::Q4_1) low[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(a.ds[m * nb + b]), low[t]);
+        __m256i sum16 = _mm256_add_epi16(_mm256_maddubs_epi16(w[0], broadcast4(xb)),
+                                         _mm256_maddubs_epi16(w[1], broadcast4(xb + 4)));
+        for (int j = 2; j < 8; ++j) sum16 = _mm256_add_epi16(sum16, _mm256_maddubs_epi16(w[j], broadcast4(xb + 4 * j)));
+        __m256i sum = _mm256_madd_epi16(sum16, ones);
+        if constexpr (QT == QType::Q4_0) sum = _mm256_sub_epi32(sum, _mm256_set1_epi32(8 * a.sum[(m0 + t) * nb + b]));
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(dw, _mm256_set1_ps(xd[t * nb + b])), acc[t]);
       }
     }
   }
+  if constexpr (QT == QType::Q4_1) {
+    // min term, low = sum_b mw[b] * ds[b], its own FMA chain; one fp16 conversion serves MT rows
+    __m256 low[MT];
+    for (int t = 0; t < MT; ++t) low[t] = _mm256_setzero_ps();
+    const float* xds = a.ds + m0 * nb;
+    for (int64_t b = 0; b < nb; ++b) {
+      const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + b * SB + 16)));
+      for (int t = 0; t < MT; ++t) low[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xds[t * nb + b]), low[t]);
+    }
+    for (int t = 0; t < MT; ++t) acc[t] = _mm256_add_ps(acc[t], low[t]);
+  }
   for (int t = 0; t < MT; ++t) {
-    __m256 y = main[t];
-    if constexpr (QT == QType::Q4_1) y = _mm256_add_ps(y, low[t]);
+    __m256 y = acc[t];
     float* row = out + (m0 + t) * ldo;
     if (valid_rows == kRowsPerGroup) {
       if (bias != nullptr) y = _mm256_add_ps(y, _mm256_loadu_ps(bias));
@@ -172,11 +196,20 @@ void gemm(const QuantizedActivations& a, const uint8_t* packed, int64_t N, float
   const int64_t groups = (N + kRowsPerGroup - 1) / kRowsPerGroup;
   const uint8_t* quants = packed;
   const uint8_t* scales = packed + groups * nb * QB;
+  // One int8 path serves every M. Measured on the 2-core Zen 3 dev VM (bench/kernels/qlinear.py):
+  // at one row it streams the weights near the read bandwidth (the GGUF bytes are 4-7x fewer
+  // than fp32's); from 4 rows up it runs at ~120-140 GFLOP/s per core for Q4, above fp32 FMA's
+  // own peak (~96 GFLOP/s per core at 3 GHz), and ~90 for Q8_0, about that peak, which MKL's
+  // sgemm approaches but does not pass. So neither dequantizing tiles for an FMA microkernel
+  // nor dequantizing for sgemm (plus the dequantization itself) can win at any M; and one path
+  // keeps every row's result independent of the batch. Expanding a group's weights once for
+  // all its row tiles was measured too: no gain (the maddubs/add pipes, not unpacking, bound it);
+  // so was pre-broadcasting few-row activations to feed maddubs from memory: no gain either.
   // A task should outweigh the pool's fork/join (~2 us): at least ~256 group-block-rows.
   const int64_t grain = std::max<int64_t>(1, 256 / std::max<int64_t>(1, nb * M));
   // Activation rows per pass over a thread's groups: 64 rows of K int8 stay in L1/L2 while the
   // groups' weights stream past them.
-  constexpr int64_t kRowChunk = 64;
+  constexpr int64_t kRowChunk = ASTRAI_QLINEAR_ROW_CHUNK;
   at::parallel_for(0, groups, grain, [&](int64_t g0, int64_t g1) {
     for (int64_t mc = 0; mc < M; mc += kRowChunk) {
       const int64_t mend = std::min(M, mc + kRowChunk);
@@ -210,14 +243,28 @@ void check_activations_input(const at::Tensor& x, const char* what) {
 
 }  // namespace
 
+int64_t activation_storage_bytes(int64_t M, int64_t K) {
+  return M * K + 12 * M * (K / kQBlock);
+}
+
 QuantizedActivations quantize_activations(const at::Tensor& x) {
   check_activations_input(x, "quantize_activations");
+  return quantize_activations(x, at::empty({activation_storage_bytes(x.size(0), x.size(1))}, x.options().dtype(at::kByte)));
+}
+
+QuantizedActivations quantize_activations(const at::Tensor& x, const at::Tensor& storage) {
+  check_activations_input(x, "quantize_activations");
+  TORCH_CHECK(storage.device().is_cpu() && storage.scalar_type() == at::kByte && storage.is_contiguous() &&
+                  storage.numel() >= activation_storage_bytes(x.size(0), x.size(1)) &&
+                  reinterpret_cast<uintptr_t>(storage.data_ptr()) % 4 == 0,
+              "quantize_activations: storage must be a contiguous, 4-byte aligned uint8 CPU tensor of at least ",
+              activation_storage_bytes(x.size(0), x.size(1)), " bytes");
   QuantizedActivations a;
   a.M = x.size(0);
   a.K = x.size(1);
   const int64_t nb = a.K / kQBlock;
   // planar: q [M*K] | d [M*nb] | ds [M*nb] | sum [M*nb]; M*K is a multiple of 32, so all aligned.
-  a.storage = at::empty({a.M * a.K + 12 * a.M * nb}, x.options().dtype(at::kByte));
+  a.storage = storage;
   uint8_t* base = a.storage.data_ptr<uint8_t>();
   int8_t* q = reinterpret_cast<int8_t*>(base);
   float* d = reinterpret_cast<float*>(base + a.M * a.K);
@@ -291,8 +338,9 @@ at::Tensor qlinear_out_op(const at::Tensor& x, const at::Tensor& packed, int64_t
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_activations_op(const at::Tensor& x) {
-  const QuantizedActivations a = quantize_activations(x);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_activations_op(const at::Tensor& x,
+                                                                                  const std::optional<at::Tensor>& storage) {
+  const QuantizedActivations a = storage.has_value() ? quantize_activations(x, *storage) : quantize_activations(x);
   const int64_t M = a.M, K = a.K, nb = K / kQBlock;
   const at::Tensor& s = a.storage;
   at::Tensor q = s.narrow(0, 0, M * K).view(at::kChar).view({M, K});
@@ -332,17 +380,40 @@ int64_t read_bandwidth_probe(const at::Tensor& data, int64_t repeats) {
   return total.load();
 }
 
+// Bench support: run qlinear_out(xs[i], packed[i]) for i in order, `repeats` times, timed in C++
+// so the seconds of each pass exclude Python's per-call dispatch (~4 us, which a fused C++
+// forward does not pay). Returns one figure per pass.
+std::vector<double> qlinear_chain_seconds(const std::vector<at::Tensor>& xs, const std::vector<at::Tensor>& packed,
+                                          const std::vector<int64_t>& qtypes, const std::vector<int64_t>& ns,
+                                          int64_t repeats) {
+  TORCH_CHECK(xs.size() == packed.size() && xs.size() == qtypes.size() && xs.size() == ns.size() && !xs.empty(),
+              "qlinear_chain_seconds: xs, packed, qtypes and ns must have the same, positive length");
+  std::vector<at::Tensor> outs;
+  for (size_t i = 0; i < xs.size(); ++i) outs.push_back(at::empty({xs[i].size(0), ns[i]}, xs[i].options()));
+  std::vector<double> seconds;
+  for (int64_t rep = 0; rep < repeats; ++rep) {
+    const auto start = std::chrono::steady_clock::now();
+    for (size_t i = 0; i < xs.size(); ++i)
+      qlinear(xs[i], packed[i], checked_qtype(qtypes[i]), ns[i], xs[i].size(1), std::nullopt, outs[i]);
+    seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  return seconds;
+}
+
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(astrai, m) {
+TORCH_LIBRARY_FRAGMENT(ASTRAI_OPS, m) {
   m.def("qlinear(Tensor x, Tensor packed, int qtype, int out_features, int in_features, Tensor? bias=None) -> Tensor",
         &qlinear_op);
   m.def("qlinear_out(Tensor x, Tensor packed, int qtype, int out_features, int in_features, Tensor? bias, "
         "Tensor(a!) out) -> Tensor(a!)",
         &qlinear_out_op);
-  m.def("quantize_activations(Tensor x) -> (Tensor q, Tensor d, Tensor ds, Tensor sum)", &quantize_activations_op);
+  m.def("quantize_activations(Tensor x, Tensor? storage=None) -> (Tensor q, Tensor d, Tensor ds, Tensor sum)",
+        &quantize_activations_op);
   m.def("qlinear_packed_nbytes(int qtype, int out_features, int in_features) -> int", &packed_nbytes_op);
   m.def("read_bandwidth_probe(Tensor data, int repeats) -> int", &read_bandwidth_probe);
+  m.def("qlinear_chain_seconds(Tensor[] xs, Tensor[] packed, int[] qtypes, int[] out_features, int repeats) -> float[]",
+        &qlinear_chain_seconds);
 }
 
 }  // namespace astrai

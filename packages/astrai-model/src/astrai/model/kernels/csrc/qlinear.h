@@ -46,8 +46,14 @@ struct QuantizedActivations {
   const int32_t* sum = nullptr;  // [M, K/32]
 };
 
+// Bytes of the buffer quantize_activations fills for M rows of K: M*K + 12*M*(K/32).
+int64_t activation_storage_bytes(int64_t M, int64_t K);
+
 // x: float32 [M, K], contiguous, K % 32 == 0. Thread-safe; parallel over rows when large.
+// The second form writes into `storage` (contiguous uint8, >= activation_storage_bytes(M, K)),
+// so a forward can reuse one buffer across calls instead of allocating per linear.
 QuantizedActivations quantize_activations(const at::Tensor& x);
+QuantizedActivations quantize_activations(const at::Tensor& x, const at::Tensor& storage);
 
 // out (float32 [M, N], rows of stride out.stride(0) >= N, unit column stride) = x W^T (+ bias).
 // packed: uint8 tensor of packed_nbytes(qtype, N, K) bytes; bias: float32 [N] or undefined.
