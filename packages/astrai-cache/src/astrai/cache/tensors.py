@@ -41,7 +41,9 @@ class KVTensors:
         self.device = torch.device(device)
         self.bytes_per_page = self.page_bytes(num_layers, num_kv_heads, head_dim, page_size, dtype)
         self.num_pages = self._resolve_num_pages(num_pages, memory_budget_bytes)
-        self.buffer = torch.zeros(
+        # Not zeroed: every slot is written before any attention reads it (readers mask what lies
+        # past a sequence's length), so the pool costs resident memory only as it fills.
+        self.buffer = torch.empty(
             (num_layers, 2, self.num_pages, page_size, num_kv_heads, head_dim), dtype=dtype, device=self.device
         )
         self.caches: list[tuple[torch.Tensor, torch.Tensor]] = [

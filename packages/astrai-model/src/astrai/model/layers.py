@@ -92,6 +92,9 @@ class Attention(nn.Module):
         slots = plan.decode_gather.view(-1)
         keys = k_flat.index_select(0, slots).view(batch, length, self.num_kv_heads, self.head_dim)
         values = v_flat.index_select(0, slots).view(batch, length, self.num_kv_heads, self.head_dim)
+        if plan.decode_mask is not None:  # padding slots may hold never-written memory: zero them
+            padding = ~plan.decode_mask[:, 0, 0, :, None, None]
+            keys, values = keys.masked_fill(padding, 0.0), values.masked_fill(padding, 0.0)
         keys, values = keys.to(q.dtype).transpose(1, 2), values.to(q.dtype).transpose(1, 2)  # [Bd, kvh, L, d]
         out = F.scaled_dot_product_attention(
             q[:, :, None, :], keys, values, attn_mask=plan.decode_mask, enable_gqa=True
