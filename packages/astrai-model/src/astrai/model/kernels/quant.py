@@ -13,10 +13,14 @@ weights k = 4c+i in the low nibbles and k = 16+4c+i in the high ones. So one loa
 `maddubs`: no horizontal sums, and the 8 rows' fp16 scales (SB = 16; Q4_1 adds 8 fp16 mins,
 SB = 32) apply in one FMA. Scales sit apart from the quants so those stay 32-byte aligned.
 
-Arithmetic (the native kernel, every M; `linear_int8_reference` emulates it exactly): each
-activation row is quantized per block of 32 like llama.cpp's Q8_1 (d = amax/127,
-q = round-half-even(x/d)), dot products are exact int32, and per output, in fp32:
-main += float(i) * (dw*d) (FMA; Q4_0: i -= 8*sum(q)), Q4_1: low += mw * (d*sum(q)) (FMA),
+Arithmetic (the native kernel, every M; `linear_reference_exact` emulates it exactly): each
+activation row is quantized per block of 32 in two int8 parts, ~15 bits together (one int8 part,
+as llama.cpp's Q8_1, moved the bundled 135M model's logits by ~4% and changed greedy answers):
+d_hi = amax/127, q_hi = round-half-even(x/d_hi), r = fma(-q_hi, d_hi, x) (|r| <= d_hi/2),
+d = d_hi/254, q_lo = round-half-even(r/d), both clamped to [-127, 127] (blocks with amax < 2^-110
+are zero), so x ~ d * a with a = 254*q_hi + q_lo, |x - d*a| <= d/2 (~amax/64516) + fp32 rounding. The dot
+products are exact integers, i = 254*(w . q_hi) + (w . q_lo) = w . a (int32), and per output, in
+fp32: main += float(i) * (dw*d) (FMA; Q4_0: i -= 8*sum(a)), Q4_1: low += mw * (d*sum(a)) (FMA),
 y = main + low + bias. The result of a row never depends on the other rows in the batch.
 
 Without the native module, `linear` dequantizes the weight to fp32 on each call and runs
@@ -167,9 +171,9 @@ def dequantize(w: PackedWeight) -> torch.Tensor:
 
 
 def linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """y = x W^T + bias for fp32 x [..., K]: the native int8 kernel where available, else the
+    """y = x W^T + bias for fp32 x [..., K]: the native kernel where available, else the
     pure-torch path (dequantize, then F.linear; its results differ from the native ones by the
-    int8 quantization of x, ~0.5% relative)."""
+    ~15-bit quantization of x, ~1e-5 relative)."""
     _check_inputs(x, w, bias)
     rows = x.reshape(-1, w.in_features)
     if native() is not None:
@@ -179,37 +183,54 @@ def linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None = None) -
     return y.reshape(*x.shape[:-1], w.out_features)
 
 
-def quantize_activations_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Torch twin of the kernel's activation quantization: (q int8 [M, K], d, d*sum, sum [M, K/32])."""
+TINY_BLOCK = 2.0**-110  # activation blocks with a smaller amax are zero (keeps 1/d finite, d normal)
+
+
+def quantize_activations_reference(x: torch.Tensor) -> tuple[
+        torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Torch twin of the kernel's two-part activation quantization (module docstring), bit for bit:
+    (q_hi int8 [M, K], q_lo int8 [M, K], d, d*sum, sum [M, K/32]) with x ~ d * (254*q_hi + q_lo)."""
     blocks = x.reshape(x.shape[0], -1, BLOCK)
-    d = blocks.abs().amax(dim=-1) / 127.0
-    inverse = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
-    q = torch.round(blocks * inverse[..., None]).clamp(-127, 127).to(torch.int8)
-    total = q.to(torch.int32).sum(dim=-1, dtype=torch.int32)
-    return q.reshape(x.shape), d, d * total.float(), total
+    amax = blocks.abs().amax(dim=-1)
+    live = amax >= TINY_BLOCK
+    d_hi = torch.where(live, amax / 127.0, torch.zeros_like(amax))
+    d = d_hi / 254.0
+    inverse_hi = torch.where(live, 1.0 / d_hi, torch.zeros_like(d_hi))[..., None]
+    inverse_lo = torch.where(live, 1.0 / d, torch.zeros_like(d))[..., None]
+    q_hi = torch.round(blocks * inverse_hi).clamp(-127, 127)
+    # The kernel's fma(-q_hi, d_hi, x): exact in float64 (a 32-bit span at most), rounded once.
+    residual = (blocks.double() - q_hi.double() * d_hi.double()[..., None]).float()
+    q_lo = torch.round(residual * inverse_lo).clamp(-127, 127)
+    total = (254 * q_hi.to(torch.int32) + q_lo.to(torch.int32)).sum(dim=-1, dtype=torch.int32)
+    return (q_hi.to(torch.int8).reshape(x.shape), q_lo.to(torch.int8).reshape(x.shape), d, d * total.float(), total)
 
 
-def linear_int8_reference(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+def linear_reference_exact(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Pure-torch emulation of the native kernel's exact arithmetic (see the module docstring).
 
-    Integer dot products are exact (fp32 sums of integers below 2**24); an FMA is emulated as a
-    float64 multiply-add rounded once to fp32 (exact but for a rare double rounding).
+    Integer dot products are exact (fp32 sums of integers below 2**24 per part, combined in
+    int64); an FMA is emulated as a float64 multiply-add rounded once to fp32 (exact but for a
+    rare double rounding).
     """
     _check_inputs(x, w, bias)
     rows = x.reshape(-1, w.in_features)
-    q, d, ds, total = quantize_activations_reference(rows)
+    q_hi, q_lo, d, ds, total = quantize_activations_reference(rows)
     qw, dw, mw = weight_integers(w)
     nb = w.in_features // BLOCK
-    # [nb, M, N] integer dot products: fp32 sums of integers below 2**24 are exact in any order.
-    dots = torch.bmm(q.reshape(rows.shape[0], nb, BLOCK).transpose(0, 1).float(), qw.permute(1, 2, 0))
+    weights = qw.permute(1, 2, 0)  # [nb, 32, N]
+
+    def dots(q: torch.Tensor) -> torch.Tensor:  # [nb, M, N]; fp32 sums of integers below 2**24: exact
+        return torch.bmm(q.reshape(rows.shape[0], nb, BLOCK).transpose(0, 1).float(), weights).to(torch.int64)
+
+    combined = 254 * dots(q_hi) + dots(q_lo)
+    if w.qtype is QuantType.Q4_0:
+        combined -= 8 * total.to(torch.int64).T[:, :, None]
+    integers = combined.float()  # int64 -> fp32 rounds half-even, as cvtepi32_ps
     main = torch.zeros(rows.shape[0], w.out_features, dtype=torch.float32)
     low = torch.zeros_like(main)
     for b in range(nb):
-        block = dots[b].double()
-        if w.qtype is QuantType.Q4_0:
-            block -= 8.0 * total[:, b, None].double()
         scale = d[:, b, None] * dw[None, :, b]  # fp32 product, as the kernel
-        main = (block * scale.double() + main.double()).float()
+        main = (integers[b].double() * scale.double() + main.double()).float()
         if mw is not None:
             low = (ds[:, b, None].double() * mw[None, :, b].double() + low.double()).float()
     y = main + low if mw is not None else main
@@ -252,6 +273,6 @@ def _check_inputs(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None) -
 
 
 __all__ = [
-    "BLOCK", "GROUP", "PackedWeight", "QuantType", "dequantize", "gguf_nbytes", "linear", "linear_int8_reference",
+    "BLOCK", "GROUP", "PackedWeight", "QuantType", "dequantize", "gguf_nbytes", "linear", "linear_reference_exact",
     "pack_gguf", "packed_nbytes", "quantize_activations_reference", "weight_integers",
 ]

@@ -21,6 +21,9 @@
 #ifndef ASTRAI_QLINEAR_ROW_CHUNK
 #define ASTRAI_QLINEAR_ROW_CHUNK 64
 #endif
+#ifndef ASTRAI_QLINEAR_TILE_ROWS
+#define ASTRAI_QLINEAR_TILE_ROWS 4
+#endif
 #ifndef ASTRAI_QLINEAR_PREFETCH
 #define ASTRAI_QLINEAR_PREFETCH 1024
 #endif
@@ -68,50 +71,80 @@ inline int32_t hsum8(__m256i v) {
   return _mm_cvtsi128_si32(s);
 }
 
-// One row: per block of 32, d = amax/127, q = round-half-even(x / d) as int8, the block's sum.
-void quantize_row(const float* x, int64_t nb, int8_t* q, float* d, float* ds, int32_t* sum) {
+// Blocks whose amax is below this are zero: it keeps 1/d finite and d a normal float.
+constexpr float kTinyBlock = 0x1p-110f;
+
+inline __m256i clamp127(__m256i v) {
+  return _mm256_max_epi32(_mm256_min_epi32(v, _mm256_set1_epi32(127)), _mm256_set1_epi32(-127));
+}
+
+// Four vectors of 8 int32 (each in [-127, 127]) -> 32 int8 in element order.
+inline void store_int8(const __m256i (&i)[4], int8_t* out) {
+  // packs interleave 128-bit lanes; the permute restores element order.
+  __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+  packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), packed);
+}
+
+// One row, per block of 32 (qlinear.h): q_hi at d_hi = amax/127, the residual's q_lo at
+// d = d_hi/254, both round-half-even (cvtps with the default MXCSR mode, as torch.round).
+void quantize_row(const float* x, int64_t nb, int8_t* q_hi, int8_t* q_lo, float* d, float* ds, int32_t* sum) {
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  const __m256i limit = _mm256_set1_epi32(127);
-  const __m256i neg_limit = _mm256_set1_epi32(-127);
-  const __m256i unshuffle = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  const __m256i k254 = _mm256_set1_epi32(254);
   for (int64_t b = 0; b < nb; ++b) {
     const float* xb = x + b * kQBlock;
     __m256 v[4];
     for (int j = 0; j < 4; ++j) v[j] = _mm256_loadu_ps(xb + 8 * j);
-    __m256 amax = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], abs_mask), _mm256_and_ps(v[1], abs_mask)),
-                                _mm256_max_ps(_mm256_and_ps(v[2], abs_mask), _mm256_and_ps(v[3], abs_mask)));
-    const float scale = hmax8(amax) / 127.0f;
-    const float inverse = scale != 0.0f ? 1.0f / scale : 0.0f;
-    const __m256 vinv = _mm256_set1_ps(inverse);
-    __m256i i[4];
-    for (int j = 0; j < 4; ++j) {
-      // cvtps rounds with the MXCSR mode: round-to-nearest-even, as torch.round.
-      i[j] = _mm256_cvtps_epi32(_mm256_mul_ps(v[j], vinv));
-      i[j] = _mm256_max_epi32(_mm256_min_epi32(i[j], limit), neg_limit);
+    const __m256 amax8 = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], abs_mask), _mm256_and_ps(v[1], abs_mask)),
+                                       _mm256_max_ps(_mm256_and_ps(v[2], abs_mask), _mm256_and_ps(v[3], abs_mask)));
+    const float amax = hmax8(amax8);
+    if (!(amax >= kTinyBlock)) {
+      std::memset(q_hi + b * kQBlock, 0, kQBlock);
+      std::memset(q_lo + b * kQBlock, 0, kQBlock);
+      d[b] = 0.0f;
+      ds[b] = 0.0f;
+      sum[b] = 0;
+      continue;
     }
-    const int32_t total = hsum8(_mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3])));
-    // packs interleave 128-bit lanes; the permute restores element order.
-    __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
-    packed = _mm256_permutevar8x32_epi32(packed, unshuffle);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * kQBlock), packed);
-    d[b] = scale;
-    sum[b] = total;
-    ds[b] = scale * static_cast<float>(total);
+    const float d_hi = amax / 127.0f;
+    const float d_lo = d_hi / 254.0f;
+    const __m256 vd_hi = _mm256_set1_ps(d_hi);
+    const __m256 inv_hi = _mm256_set1_ps(1.0f / d_hi);
+    const __m256 inv_lo = _mm256_set1_ps(1.0f / d_lo);
+    __m256i hi[4], lo[4];
+    __m256i total = _mm256_setzero_si256();
+    for (int j = 0; j < 4; ++j) {
+      hi[j] = clamp127(_mm256_cvtps_epi32(_mm256_mul_ps(v[j], inv_hi)));
+      // fma: x - q_hi*d_hi rounded once; |r| <= d_hi/2, so r/d is within [-127, 127] but for rounding.
+      const __m256 r = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(hi[j]), vd_hi, v[j]);
+      lo[j] = clamp127(_mm256_cvtps_epi32(_mm256_mul_ps(r, inv_lo)));
+      total = _mm256_add_epi32(total, _mm256_add_epi32(_mm256_mullo_epi32(hi[j], k254), lo[j]));
+    }
+    store_int8(hi, q_hi + b * kQBlock);
+    store_int8(lo, q_lo + b * kQBlock);
+    const int32_t block_sum = hsum8(total);  // |sum| <= 32 * 32385
+    d[b] = d_lo;
+    sum[b] = block_sum;
+    ds[b] = d_lo * static_cast<float>(block_sum);
   }
 }
 
-// Activation rows m0..m0+MT-1 against one group of 8 output rows over all nb blocks. Register
-// budget (16 ymm): 8 weight registers, MT accumulators, the row scale, two temporaries; Q4_1's
-// min term is a second, light pass so its accumulators do not compete for registers.
+// Activation rows m0..m0+MT-1 against one group of 8 output rows over all nb blocks. Per row and
+// block the two activation parts take two exact dot products that share the unpacked weights:
+// i = 254 * (w . q_hi) + (w . q_lo), the 254 applied by the madd that widens q_hi's int16 sums.
+// Register budget (16 ymm): 8 weight registers, MT accumulators, two int16 sums and a broadcast
+// temporary; Q4_1's min term is a second, light pass so its accumulators do not compete.
 template <QType QT, int MT>
 inline void group_tile(const QuantizedActivations& a, int64_t m0, const uint8_t* quants, const uint8_t* scales,
                        int64_t nb, float* out, int64_t ldo, int64_t valid_rows, const float* bias) {
   constexpr int64_t QB = QT == QType::Q8_0 ? 256 : 128;
   constexpr int64_t SB = QT == QType::Q4_1 ? 32 : 16;
   const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i k254 = _mm256_set1_epi16(254);
   const __m256i nibble = _mm256_set1_epi8(0x0F);
   const int64_t K = a.K;
-  const int8_t* xq = a.q + m0 * K;
+  const int8_t* xh = a.q_hi + m0 * K;
+  const int8_t* xl = a.q_lo + m0 * K;
   const float* xd = a.d + m0 * nb;
   __m256 acc[MT];
   for (int t = 0; t < MT; ++t) acc[t] = _mm256_setzero_ps();
@@ -133,13 +166,16 @@ inline void group_tile(const QuantizedActivations& a, int64_t m0, const uint8_t*
         magnitude[j] = _mm256_sign_epi8(w, w);
       }
       for (int t = 0; t < MT; ++t) {
-        const int8_t* xb = xq + t * K + b * kQBlock;
-        // |w| * (x * sign(w)) == w * x; pairs of products fit int16 (2*128*127 < 32768).
-        __m256i sum = _mm256_madd_epi16(
-            _mm256_maddubs_epi16(magnitude[0], _mm256_sign_epi8(broadcast4(xb), _mm256_loadu_si256(wq))), ones);
-        for (int j = 1; j < 8; ++j) {
-          const __m256i xs = _mm256_sign_epi8(broadcast4(xb + 4 * j), _mm256_loadu_si256(wq + j));
-          sum = _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude[j], xs), ones));
+        const int8_t* bh = xh + t * K + b * kQBlock;
+        const int8_t* bl = xl + t * K + b * kQBlock;
+        // |w| * (x * sign(w)) == w * x; pairs of products fit int16 (2*128*127 < 32768), so each
+        // chunk widens to int32 at once (254 * 32512 * 2 + 32512 * 2 < 2^31 per lane and chunk).
+        __m256i sum = _mm256_setzero_si256();
+        for (int j = 0; j < 8; ++j) {
+          const __m256i w = _mm256_loadu_si256(wq + j);
+          const __m256i h = _mm256_maddubs_epi16(magnitude[j], _mm256_sign_epi8(broadcast4(bh + 4 * j), w));
+          const __m256i l = _mm256_maddubs_epi16(magnitude[j], _mm256_sign_epi8(broadcast4(bl + 4 * j), w));
+          sum = _mm256_add_epi32(sum, _mm256_add_epi32(_mm256_madd_epi16(h, k254), _mm256_madd_epi16(l, ones)));
         }
         acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(dw, _mm256_set1_ps(xd[t * nb + b])), acc[t]);
       }
@@ -151,12 +187,16 @@ inline void group_tile(const QuantizedActivations& a, int64_t m0, const uint8_t*
         w[4 + c] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), nibble);  // k = 16 + 4c + i
       }
       for (int t = 0; t < MT; ++t) {
-        const int8_t* xb = xq + t * K + b * kQBlock;
-        // 16 products of <= 15*127 per int16 lane: <= 30480, no overflow.
-        __m256i sum16 = _mm256_add_epi16(_mm256_maddubs_epi16(w[0], broadcast4(xb)),
-                                         _mm256_maddubs_epi16(w[1], broadcast4(xb + 4)));
-        for (int j = 2; j < 8; ++j) sum16 = _mm256_add_epi16(sum16, _mm256_maddubs_epi16(w[j], broadcast4(xb + 4 * j)));
-        __m256i sum = _mm256_madd_epi16(sum16, ones);
+        const int8_t* bh = xh + t * K + b * kQBlock;
+        const int8_t* bl = xl + t * K + b * kQBlock;
+        // 16 products of <= 15*127 per int16 lane: <= 30480, no overflow; the madds widen to
+        // int32 (254 * 2 * 30480 + 2 * 30480 < 2^24 per lane).
+        __m256i h = _mm256_add_epi16(_mm256_maddubs_epi16(w[0], broadcast4(bh)), _mm256_maddubs_epi16(w[1], broadcast4(bh + 4)));
+        for (int j = 2; j < 8; ++j) h = _mm256_add_epi16(h, _mm256_maddubs_epi16(w[j], broadcast4(bh + 4 * j)));
+        __m256i sum = _mm256_madd_epi16(h, k254);
+        __m256i l = _mm256_add_epi16(_mm256_maddubs_epi16(w[0], broadcast4(bl)), _mm256_maddubs_epi16(w[1], broadcast4(bl + 4)));
+        for (int j = 2; j < 8; ++j) l = _mm256_add_epi16(l, _mm256_maddubs_epi16(w[j], broadcast4(bl + 4 * j)));
+        sum = _mm256_add_epi32(sum, _mm256_madd_epi16(l, ones));
         if constexpr (QT == QType::Q4_0) sum = _mm256_sub_epi32(sum, _mm256_set1_epi32(8 * a.sum[(m0 + t) * nb + b]));
         acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(dw, _mm256_set1_ps(xd[t * nb + b])), acc[t]);
       }
@@ -186,6 +226,7 @@ inline void group_tile(const QuantizedActivations& a, int64_t m0, const uint8_t*
     }
   }
 }
+
 
 template <QType QT>
 void gemm(const QuantizedActivations& a, const uint8_t* packed, int64_t N, float* out, int64_t ldo, const float* bias) {
@@ -221,7 +262,8 @@ void gemm(const QuantizedActivations& a, const uint8_t* packed, int64_t N, float
         const float* gbias = bias != nullptr ? bias + n0 : nullptr;
         float* gout = out + n0;
         int64_t m = mc;
-        for (; m + 4 <= mend; m += 4) group_tile<QT, 4>(a, m, gq, gs, nb, gout, ldo, valid, gbias);
+        constexpr int kTile = ASTRAI_QLINEAR_TILE_ROWS;
+        for (; m + kTile <= mend; m += kTile) group_tile<QT, kTile>(a, m, gq, gs, nb, gout, ldo, valid, gbias);
         switch (mend - m) {
           case 3: group_tile<QT, 3>(a, m, gq, gs, nb, gout, ldo, valid, gbias); break;
           case 2: group_tile<QT, 2>(a, m, gq, gs, nb, gout, ldo, valid, gbias); break;
@@ -244,7 +286,7 @@ void check_activations_input(const at::Tensor& x, const char* what) {
 }  // namespace
 
 int64_t activation_storage_bytes(int64_t M, int64_t K) {
-  return M * K + 12 * M * (K / kQBlock);
+  return 2 * M * K + 12 * M * (K / kQBlock);
 }
 
 QuantizedActivations quantize_activations(const at::Tensor& x) {
@@ -263,23 +305,27 @@ QuantizedActivations quantize_activations(const at::Tensor& x, const at::Tensor&
   a.M = x.size(0);
   a.K = x.size(1);
   const int64_t nb = a.K / kQBlock;
-  // planar: q [M*K] | d [M*nb] | ds [M*nb] | sum [M*nb]; M*K is a multiple of 32, so all aligned.
+  // planar: q_hi [M*K] | q_lo [M*K] | d [M*nb] | ds [M*nb] | sum [M*nb]; M*K is a multiple of 32,
+  // so all aligned.
   a.storage = storage;
   uint8_t* base = a.storage.data_ptr<uint8_t>();
-  int8_t* q = reinterpret_cast<int8_t*>(base);
-  float* d = reinterpret_cast<float*>(base + a.M * a.K);
+  int8_t* q_hi = reinterpret_cast<int8_t*>(base);
+  int8_t* q_lo = q_hi + a.M * a.K;
+  float* d = reinterpret_cast<float*>(base + 2 * a.M * a.K);
   float* ds = d + a.M * nb;
   int32_t* sum = reinterpret_cast<int32_t*>(ds + a.M * nb);
-  a.q = q;
+  a.q_hi = q_hi;
+  a.q_lo = q_lo;
   a.d = d;
   a.ds = ds;
   a.sum = sum;
   const float* src = x.data_ptr<float>();
   const int64_t K = a.K;
-  // Quantizing a row costs ~K/8 ns: only rows worth ~16k elements per task go to the pool.
+  // Quantizing a row costs ~K/4 ns: only rows worth ~16k elements per task go to the pool.
   const int64_t grain = std::max<int64_t>(1, 16384 / K);
   at::parallel_for(0, a.M, grain, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) quantize_row(src + r * K, nb, q + r * K, d + r * nb, ds + r * nb, sum + r * nb);
+    for (int64_t r = r0; r < r1; ++r)
+      quantize_row(src + r * K, nb, q_hi + r * K, q_lo + r * K, d + r * nb, ds + r * nb, sum + r * nb);
   });
   return a;
 }
@@ -338,16 +384,17 @@ at::Tensor qlinear_out_op(const at::Tensor& x, const at::Tensor& packed, int64_t
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_activations_op(const at::Tensor& x,
-                                                                                  const std::optional<at::Tensor>& storage) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_activations_op(
+    const at::Tensor& x, const std::optional<at::Tensor>& storage) {
   const QuantizedActivations a = storage.has_value() ? quantize_activations(x, *storage) : quantize_activations(x);
   const int64_t M = a.M, K = a.K, nb = K / kQBlock;
   const at::Tensor& s = a.storage;
-  at::Tensor q = s.narrow(0, 0, M * K).view(at::kChar).view({M, K});
-  at::Tensor d = s.narrow(0, M * K, 4 * M * nb).view(at::kFloat).view({M, nb});
-  at::Tensor ds = s.narrow(0, M * K + 4 * M * nb, 4 * M * nb).view(at::kFloat).view({M, nb});
-  at::Tensor sum = s.narrow(0, M * K + 8 * M * nb, 4 * M * nb).view(at::kInt).view({M, nb});
-  return {q, d, ds, sum};
+  at::Tensor q_hi = s.narrow(0, 0, M * K).view(at::kChar).view({M, K});
+  at::Tensor q_lo = s.narrow(0, M * K, M * K).view(at::kChar).view({M, K});
+  at::Tensor d = s.narrow(0, 2 * M * K, 4 * M * nb).view(at::kFloat).view({M, nb});
+  at::Tensor ds = s.narrow(0, 2 * M * K + 4 * M * nb, 4 * M * nb).view(at::kFloat).view({M, nb});
+  at::Tensor sum = s.narrow(0, 2 * M * K + 8 * M * nb, 4 * M * nb).view(at::kInt).view({M, nb});
+  return {q_hi, q_lo, d, ds, sum};
 }
 
 int64_t packed_nbytes_op(int64_t qtype, int64_t N, int64_t K) {
@@ -408,7 +455,8 @@ TORCH_LIBRARY_FRAGMENT(ASTRAI_OPS, m) {
   m.def("qlinear_out(Tensor x, Tensor packed, int qtype, int out_features, int in_features, Tensor? bias, "
         "Tensor(a!) out) -> Tensor(a!)",
         &qlinear_out_op);
-  m.def("quantize_activations(Tensor x, Tensor? storage=None) -> (Tensor q, Tensor d, Tensor ds, Tensor sum)",
+  m.def("quantize_activations(Tensor x, Tensor? storage=None) -> (Tensor q_hi, Tensor q_lo, Tensor d, Tensor ds, "
+        "Tensor sum)",
         &quantize_activations_op);
   m.def("qlinear_packed_nbytes(int qtype, int out_features, int in_features) -> int", &packed_nbytes_op);
   m.def("read_bandwidth_probe(Tensor data, int repeats) -> int", &read_bandwidth_probe);

@@ -2,13 +2,18 @@
 // (Q4_0, Q4_1, Q8_0), repacked once by astrai.model.kernels.quant.pack_gguf.
 //
 // Arithmetic (identical on every path and every M, so a row's result never depends on the
-// batch it is in; astrai.model.kernels.quant.linear_int8_reference emulates it in torch):
-//   activations, per row and block b of 32: d = amax/127, q = round_half_even(x * (1/d)) in
-//   [-127, 127], sum = sum(q), ds = d * float(sum);
+// batch it is in; astrai.model.kernels.quant.linear_reference_exact emulates it in torch):
+//   activations, per row and block b of 32, in two int8 parts (~15 bits together):
+//     amax < 2^-110: the block is zero (q_hi = q_lo = 0, d = 0); else
+//     d_hi = amax/127, q_hi = clamp(round_half_even(x * (1/d_hi)), -127, 127),
+//     r = fma(-q_hi, d_hi, x) (|r| <= d_hi/2), d = d_hi/254,
+//     q_lo = clamp(round_half_even(r * (1/d)), -127, 127);
+//     so x ~ d * a with a = 254*q_hi + q_lo in [-32385, 32385];  sum = sum(a), ds = d * float(sum);
 //   per output (m, n), fp32:  main = 0, low = 0; for b in blocks:
-//     i    = sum_k qw[n,k] * q[m,k]            (exact int32; Q4 weights are the raw nibbles 0..15)
+//     i    = sum_k qw[n,k] * a[m,k] = 254 * (qw . q_hi) + (qw . q_lo)   (exact int32: |i| <=
+//            32*15*32385 < 2^24 for Q4, 32*128*32385 < 2^31 for Q8_0; Q4 weights: raw nibbles)
 //     Q4_0: i -= 8 * sum[m,b]
-//     main = fma(float(i), dw[n,b] * d[m,b], main)
+//     main = fma(float(i), dw[n,b] * d[m,b], main)      (float(i): round-half-even)
 //     Q4_1: low = fma(mw[n,b], ds[m,b], low)
 //   y = main (+ low for Q4_1) (+ bias[n]).
 //
@@ -36,17 +41,18 @@ int64_t quant_bytes_per_group_block(QType qtype);   // QB
 int64_t scale_bytes_per_group_block(QType qtype);   // SB
 int64_t packed_nbytes(QType qtype, int64_t N, int64_t K);
 
-// x quantized per block of 32, all in one owning byte buffer (planar: q, d, ds, sum).
+// x quantized per block of 32, all in one owning byte buffer (planar: q_hi, q_lo, d, ds, sum).
 struct QuantizedActivations {
   at::Tensor storage;
   int64_t M = 0, K = 0;
-  const int8_t* q = nullptr;     // [M, K]
-  const float* d = nullptr;      // [M, K/32]
+  const int8_t* q_hi = nullptr;  // [M, K]
+  const int8_t* q_lo = nullptr;  // [M, K]
+  const float* d = nullptr;      // [M, K/32]  scale of a = 254*q_hi + q_lo (d_hi / 254)
   const float* ds = nullptr;     // [M, K/32]  d * float(sum)
-  const int32_t* sum = nullptr;  // [M, K/32]
+  const int32_t* sum = nullptr;  // [M, K/32]  sum of a over the block
 };
 
-// Bytes of the buffer quantize_activations fills for M rows of K: M*K + 12*M*(K/32).
+// Bytes of the buffer quantize_activations fills for M rows of K: 2*M*K + 12*M*(K/32).
 int64_t activation_storage_bytes(int64_t M, int64_t K);
 
 // x: float32 [M, K], contiguous, K % 32 == 0. Thread-safe; parallel over rows when large.
