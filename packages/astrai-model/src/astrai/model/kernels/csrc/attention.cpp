@@ -276,11 +276,14 @@ inline void qk4_kernel(const float* q, int64_t D, const typename L::T* const* k,
     #pragma GCC unroll 16
     for (int i = 0; i < 4; ++i) acc[m][i] = _mm256_setzero_ps();
   for (int64_t d = 0; d < D; d += 8) {
+    __m256 qv[MG];  // this chunk of every query vector, reused for the four keys
+    #pragma GCC unroll 16
+    for (int m = 0; m < MG; ++m) qv[m] = _mm256_loadu_ps(q + m * D + d);
     #pragma GCC unroll 16
     for (int i = 0; i < 4; ++i) {
       const __m256 kv = L::load(k[i] + d);
       #pragma GCC unroll 16
-      for (int m = 0; m < MG; ++m) acc[m][i] = _mm256_fmadd_ps(kv, _mm256_loadu_ps(q + m * D + d), acc[m][i]);
+      for (int m = 0; m < MG; ++m) acc[m][i] = _mm256_fmadd_ps(kv, qv[m], acc[m][i]);
     }
   }
   #pragma GCC unroll 16
