@@ -38,7 +38,7 @@ constexpr int kDirectTile = 32;       // keys per tile on the dot-product path
 constexpr int kBlockTile = 64;        // keys per tile on the blocked path
 constexpr int kBlockVectors = 96;     // query vectors (rows x heads of a group) per blocked item
 constexpr int kMinPieceKeys = 64;     // never split an item's keys into pieces smaller than this
-constexpr int64_t kSerialCost = 24 * 1024;  // below this much work, threads cost more than they save
+constexpr int64_t kSerialCost = 6 * 1024;  // below this (a ~190-token SmolLM2 decode), forking costs more than it saves
 
 enum class KvType { F32, F16, BF16 };
 
