@@ -781,7 +781,7 @@ void kv_write(const at::Tensor& k, const at::Tensor& v, const at::Tensor& k_cach
       for (; d < D; ++d) dst[d] = simd::float_to_bf16(src[d]);
     }
   };
-  const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(1, KVH * D));
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, KVH * D));  // a decode batch stays on one thread
   at::parallel_for(0, T, grain, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       if (slots[t] < 0) continue;
