@@ -1,1 +1,4 @@
-"""Kernel microbenchmarks (run by hand: python -m bench.kernels.<name>), not part of the bench run."""
+"""Kernel microbenchmarks (`python -m bench.kernels.<name>`): one kernel against its peers in one run.
+
+Not part of `python -m bench` or the tests; each writes a table and a JSON under bench/results/.
+"""

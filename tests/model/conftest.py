@@ -75,3 +75,17 @@ def tiny_llama_dir(tmp_path, randomize):
     model.save_pretrained(directory)
     write_word_tokenizer(directory, config.vocab_size)
     return directory
+
+
+@pytest.fixture(scope="session")
+def native_kernels():
+    """The native kernel module. Built here even under ASTRAI_KERNELS=torch; a machine that can
+    build it (compiler, ninja, AVX2) but fails to makes the test fail, never skip."""
+    from astrai.model.kernels import NativeUnavailable, native
+    from astrai.model.kernels.build import check_machine, load_native
+
+    try:
+        check_machine()
+    except NativeUnavailable as exc:
+        pytest.skip(f"this machine cannot build the native kernels: {exc}")
+    return native() or load_native()

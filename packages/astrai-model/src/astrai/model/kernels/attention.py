@@ -112,6 +112,9 @@ def _padded_attention(
     keys = torch.arange(length, device=device)
     pages = block_tables[seqs][:, keys // page_size].long()
     slots = pages * page_size + keys % page_size  # [n, length]
+    # Past its context a row reads its first key again (then masks it): stale or never-written
+    # slots may hold anything, and NaN * 0 would still poison the weighted sum.
+    slots = torch.where(keys[None, :] < contexts[:, None], slots, slots[:, :1])
     kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
     k = k_cache.view(-1, kv_heads, head_dim)[slots].to(q.dtype).transpose(1, 2)  # [n, kvh, length, D]
     v = v_cache.view(-1, kv_heads, head_dim)[slots].to(q.dtype).transpose(1, 2)

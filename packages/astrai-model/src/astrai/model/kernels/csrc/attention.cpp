@@ -1,10 +1,11 @@
 // Paged attention that reads K/V pages in place (AVX2 + FMA + F16C), and the cache write.
 //
-// One call covers every sequence of a ragged batch. The work is cut into items of
-// (sequence, KV head, block of query rows): all query heads of a GQA group ride in one item, so
-// each K/V row is read once for the whole group. Items with few query vectors (decode rows) use
-// a dot-product path that streams K/V; items with many (prefill) use a register-blocked path
-// that computes a K-tile x Q-block score matrix and reuses each tile for the whole block. Both
+// One call covers every sequence of a ragged batch. The work is cut into items; all query heads
+// of a GQA group ride in the same item, so each K/V row is read once for the whole group.
+// Decode-sized sequences (few query vectors) make one item over all their KV heads, streaming
+// each cache slot once with dot products; prefill chunks make items of (KV head, block of query
+// rows) for a register-blocked path that computes a K-tile x Q-block score matrix and reuses
+// each tile for the whole block. Both
 // keep an online (flash-style) softmax in float32 over key tiles. Where there are fewer items
 // than the threads need to stay busy, an item's key range is split into pieces whose partial
 // softmaxes are merged by whichever thread finishes the item's last piece. Items are handed out
@@ -38,7 +39,7 @@ constexpr int kDirectTile = 32;       // keys per tile on the dot-product path
 constexpr int kBlockTile = 64;        // keys per tile on the blocked path
 constexpr int kBlockVectors = 96;     // query vectors (rows x heads of a group) per blocked item
 constexpr int kMinPieceKeys = 64;     // never split an item's keys into pieces smaller than this
-constexpr int64_t kSerialCost = 24 * 1024;  // below this much work, threads cost more than they save
+constexpr int64_t kSerialCost = 6 * 1024;  // below this (a ~190-token SmolLM2 decode), forking costs more than it saves
 
 enum class KvType { F32, F16, BF16 };
 
@@ -59,7 +60,8 @@ struct Problem {
 };
 
 struct Item {
-  int32_t seq, kv_head;
+  int32_t seq, kv_head;  // the first KV head
+  int32_t heads;         // KV heads covered: all of them on the dot-product path, one when blocked
   int32_t row0, rows;    // query rows [row0, row0 + rows) of the flat batch
   int32_t first_pos;     // last key index row0 may attend (its position); row i attends <= first_pos + i
   int32_t key0, key1;    // the keys of this piece: [key0, key1)
@@ -143,17 +145,6 @@ void load_tile(const Problem& p, const Item& it, int key, int n, Scratch& s) {
     }
     s.krow[i] = kd;
     s.vrow[i] = vd;
-  });
-}
-
-// Pull the next tile's K/V rows towards the cache while this one is computed.
-void prefetch_tile(const Problem& p, const Item& it, int key, int n) {
-  const int64_t row_bytes = p.head_dim * p.elem_bytes;
-  for_each_row(p, it, key, n, [&](int, int64_t offset) {
-    for (int64_t b = 0; b < row_bytes; b += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(p.k_base + offset + b), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(p.v_base + offset + b), _MM_HINT_T0);
-    }
   });
 }
 
@@ -276,11 +267,14 @@ inline void qk4_kernel(const float* q, int64_t D, const typename L::T* const* k,
     #pragma GCC unroll 16
     for (int i = 0; i < 4; ++i) acc[m][i] = _mm256_setzero_ps();
   for (int64_t d = 0; d < D; d += 8) {
+    __m256 qv[MG];  // this chunk of every query vector, reused for the four keys
+    #pragma GCC unroll 16
+    for (int m = 0; m < MG; ++m) qv[m] = _mm256_loadu_ps(q + m * D + d);
     #pragma GCC unroll 16
     for (int i = 0; i < 4; ++i) {
       const __m256 kv = L::load(k[i] + d);
       #pragma GCC unroll 16
-      for (int m = 0; m < MG; ++m) acc[m][i] = _mm256_fmadd_ps(kv, _mm256_loadu_ps(q + m * D + d), acc[m][i]);
+      for (int m = 0; m < MG; ++m) acc[m][i] = _mm256_fmadd_ps(kv, qv[m], acc[m][i]);
     }
   }
   #pragma GCC unroll 16
@@ -290,17 +284,38 @@ inline void qk4_kernel(const float* q, int64_t D, const typename L::T* const* k,
   }
 }
 
-// s[m][n] = q[m] . k[n] for m < M, n < n_keys (row stride kDirectTile; a short tail of the tile
-// repeats its last key, whose extra scores the caller masks).
+// Prefetch the lines of one cache slot (every covered KV head of one key) into L1 or L2.
+inline void prefetch_slot_l1(const uint8_t* slot, int64_t bytes) {
+  for (int64_t b = 0; b < bytes; b += 64) simd::prefetch_l1(slot + b);
+}
+inline void prefetch_slot_l2(const uint8_t* slot, int64_t bytes) {
+  for (int64_t b = 0; b < bytes; b += 64) simd::prefetch_l2(slot + b);
+}
+
+// Scores of every covered KV head for one tile, s[(h * M + m) * kDirectTile + n] = q[h][m] . k[n]
+// (a short tail repeats the tile's last key; the caller masks those scores). Keys are the outer
+// loop, so each K slot (all heads, contiguous) is read front to back, once; along the way it
+// prefetches the same keys' V slots and the next tile's K slots, two sequential streams that
+// the memory system serves far better than per-head passes over strided rows.
 template <typename L>
-void direct_scores(const float* q, int M, int64_t D, const typename L::T* const* krow, int n_keys, float* s) {
+void direct_scores(const float* q, int M, int heads, int64_t D, const uint8_t* const* kslot, int n_keys,
+                   const uint8_t* const* vslot, const uint8_t* const* knext, int n_next, int64_t slot_bytes,
+                   float* s) {
+  using T = typename L::T;
   for (int n = 0; n < n_keys; n += 4) {
-    const typename L::T* k[4];
-    for (int i = 0; i < 4; ++i) k[i] = krow[std::min(n + i, n_keys - 1)];
-    int m = 0;
-    for (; m + 3 <= M; m += 3) qk4_kernel<3, L>(q + m * D, D, k, s + m * kDirectTile + n);
-    if (M - m == 2) qk4_kernel<2, L>(q + m * D, D, k, s + m * kDirectTile + n);
-    if (M - m == 1) qk4_kernel<1, L>(q + m * D, D, k, s + m * kDirectTile + n);
+    for (int i = n; i < std::min(n + 4, n_keys); ++i) prefetch_slot_l1(vslot[i], slot_bytes);
+    for (int i = n; i < std::min(n + 4, n_next); ++i) prefetch_slot_l2(knext[i], slot_bytes);
+    const T* base[4];
+    for (int i = 0; i < 4; ++i) base[i] = reinterpret_cast<const T*>(kslot[std::min(n + i, n_keys - 1)]);
+    for (int h = 0; h < heads; ++h) {
+      const T* k[4] = {base[0] + h * D, base[1] + h * D, base[2] + h * D, base[3] + h * D};
+      const float* qh = q + static_cast<int64_t>(h) * M * D;
+      float* sh = s + static_cast<int64_t>(h) * M * kDirectTile + n;
+      int m = 0;
+      for (; m + 3 <= M; m += 3) qk4_kernel<3, L>(qh + m * D, D, k, sh + m * kDirectTile);
+      if (M - m == 2) qk4_kernel<2, L>(qh + m * D, D, k, sh + m * kDirectTile);
+      if (M - m == 1) qk4_kernel<1, L>(qh + m * D, D, k, sh + m * kDirectTile);
+    }
   }
 }
 
@@ -322,38 +337,49 @@ void scale_rows(float* o, const float* alpha, int M, int64_t D) {
   }
 }
 
-// Few query vectors (decode): dot products against each key, softmax along the tile; K/V are
-// read (and converted) straight from the cache, once per tile.
+// Few query vectors (decode): one item covers every KV head of its rows, so each key's cache
+// slot streams in once. Per tile: scores for all heads (keys outer), a softmax along the tile,
+// then P V per head; K/V read (and converted) straight from the cache.
 template <typename L>
 void direct_item(const Problem& p, const Item& it, Scratch& s, Accum acc) {
   using T = typename L::T;
-  const T* krow[kDirectTile];
-  const T* vrow[kDirectTile];
+  const uint8_t* kslot[kDirectTile];  // the item's first head's row of each key of the tile
+  const uint8_t* vslot[kDirectTile];
+  const uint8_t* knext[kDirectTile];
+  const T* vhead[kDirectTile];
   const int64_t D = p.head_dim, G = p.group;
-  const int M = static_cast<int>(it.rows * G);
-  grow(s.q, M * D);
-  grow(s.s, static_cast<size_t>(M) * kDirectTile);
-  grow(s.alpha, M);
-  for (int m = 0; m < M; ++m) {
-    const float* src = p.q + (it.row0 + m / G) * p.q_row + (it.kv_head * G + m % G) * p.q_head;
-    const __m256 sc = _mm256_set1_ps(p.scale * kLog2e);
+  const int M = static_cast<int>(it.rows * G);  // query vectors per KV head
+  const int total = M * it.heads;
+  grow(s.q, static_cast<size_t>(total) * D);
+  grow(s.s, static_cast<size_t>(total) * kDirectTile);
+  grow(s.alpha, total);
+  const __m256 sc = _mm256_set1_ps(p.scale * kLog2e);
+  for (int m = 0; m < total; ++m) {
+    const int h = m / M, mm = m % M;
+    const float* src = p.q + (it.row0 + mm / G) * p.q_row + ((it.kv_head + h) * G + mm % G) * p.q_head;
     for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(s.q.data() + m * D + d, _mm256_mul_ps(sc, _mm256_loadu_ps(src + d)));
     acc.mx[m] = kNegInf;
     acc.l[m] = 0.0f;
   }
-  std::fill(acc.o, acc.o + M * D, 0.0f);
-  for (int key = it.key0; key < it.key1; key += kDirectTile) {
-    const int n = std::min(kDirectTile, it.key1 - key);
+  std::fill(acc.o, acc.o + static_cast<int64_t>(total) * D, 0.0f);
+  const int64_t slot_bytes = it.heads * D * static_cast<int64_t>(sizeof(T));
+  auto rows_of = [&](int key, int n, const uint8_t** k, const uint8_t** v) {
     for_each_row(p, it, key, n, [&](int i, int64_t offset) {
-      krow[i] = reinterpret_cast<const T*>(p.k_base + offset);
-      vrow[i] = reinterpret_cast<const T*>(p.v_base + offset);
+      k[i] = p.k_base + offset;
+      if (v) v[i] = p.v_base + offset;
     });
-    if (key + n < it.key1) prefetch_tile(p, it, key + n, std::min(kDirectTile, it.key1 - key - n));
-    direct_scores<L>(s.q.data(), M, D, krow, n, s.s.data());
+  };
+  int n = std::min(kDirectTile, it.key1 - it.key0);
+  rows_of(it.key0, n, kslot, vslot);
+  for (int key = it.key0; key < it.key1;) {
+    const int next_key = key + n;
+    const int n_next = std::min(kDirectTile, it.key1 - next_key);
+    rows_of(next_key, std::max(0, n_next), knext, nullptr);
+    direct_scores<L>(s.q.data(), M, it.heads, D, kslot, n, vslot, knext, std::max(0, n_next), slot_bytes, s.s.data());
     const int padded = static_cast<int>(round_up(n, 8));
-    for (int m = 0; m < M; ++m) {
+    for (int m = 0; m < total; ++m) {
       float* sm = s.s.data() + m * kDirectTile;
-      const int last = it.first_pos + m / static_cast<int>(G);  // causal: keys <= last
+      const int last = it.first_pos + (m % M) / static_cast<int>(G);  // causal: keys <= last
       const int valid = std::clamp(last - key + 1, 0, n);
       std::fill(sm + valid, sm + padded, kNegInf);
       __m256 vmax = _mm256_set1_ps(kNegInf);
@@ -376,8 +402,15 @@ void direct_item(const Problem& p, const Item& it, Scratch& s, Accum acc) {
       acc.mx[m] = mnew;
       s.alpha[m] = a;
     }
-    scale_rows(acc.o, s.alpha.data(), M, D);
-    pv_rows<L>(s.s.data(), 1, kDirectTile, vrow, n, acc.o, M, D);
+    scale_rows(acc.o, s.alpha.data(), total, D);
+    for (int h = 0; h < it.heads; ++h) {
+      for (int i = 0; i < n; ++i) vhead[i] = reinterpret_cast<const T*>(vslot[i]) + h * D;
+      pv_rows<L>(s.s.data() + static_cast<int64_t>(h) * M * kDirectTile, 1, kDirectTile, vhead, n,
+                 acc.o + static_cast<int64_t>(h) * M * D, M, D);
+    }
+    key = next_key;
+    n = std::max(0, n_next);
+    rows_of(key, n, kslot, vslot);
   }
 }
 
@@ -445,8 +478,11 @@ void blocked_item(const Problem& p, const Item& it, Scratch& s, Accum acc) {
   }
 }
 
+// Query vectors of an item: rows x query heads of each covered KV head.
+int64_t item_vectors(const Problem& p, const Item& it) { return static_cast<int64_t>(it.rows) * p.group * it.heads; }
+
 void run_item(const Problem& p, const Item& it, Scratch& s, Accum acc) {
-  const int64_t M = it.rows * p.group;
+  const int64_t M = it.rows * p.group;  // per KV head
   grow(s.krow, kBlockTile);
   grow(s.vrow, kBlockTile);
   if (p.kv_type != KvType::F32) {
@@ -463,13 +499,16 @@ void run_item(const Problem& p, const Item& it, Scratch& s, Accum acc) {
     blocked_item(p, it, s, acc);
 }
 
-// Output vector m of an item lives at row row0 + m / G, head kv_head * G + m % G.
+// Output vector m of an item: KV head kv_head + m / M (M vectors per head), then within it row
+// row0 + (m % M) / G and query head (KV head) * G + m % G.
 float* out_vector(const Problem& p, const Item& it, int64_t m) {
-  return p.out + (it.row0 + m / p.group) * p.out_row + (it.kv_head * p.group + m % p.group) * p.out_head;
+  const int64_t per_head = static_cast<int64_t>(it.rows) * p.group;
+  const int64_t h = it.kv_head + m / per_head, mm = m % per_head;
+  return p.out + (it.row0 + mm / p.group) * p.out_row + (h * p.group + mm % p.group) * p.out_head;
 }
 
 void write_normalised(const Problem& p, const Item& it, const Accum& acc) {
-  const int64_t D = p.head_dim, M = it.rows * p.group;
+  const int64_t D = p.head_dim, M = item_vectors(p, it);
   for (int64_t m = 0; m < M; ++m) {
     const __m256 inv = _mm256_set1_ps(1.0f / acc.l[m]);
     float* dst = out_vector(p, it, m);
@@ -485,7 +524,7 @@ Accum piece_accum(float* base, int64_t M, int64_t D) {
 }
 
 void merge_pieces(const Problem& p, const Item& it, float* base, int pieces) {
-  const int64_t D = p.head_dim, M = it.rows * p.group, stride = piece_floats(M, D);
+  const int64_t D = p.head_dim, M = item_vectors(p, it), stride = piece_floats(M, D);
   for (int64_t m = 0; m < M; ++m) {
     float top = kNegInf;
     for (int k = 0; k < pieces; ++k) top = std::max(top, piece_accum(base + k * stride, M, D).mx[m]);
@@ -598,7 +637,8 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
   p.max_pages = max_pages;
   p.scale = static_cast<float>(scale);
 
-  // Items: (sequence, KV head, block of query rows), key range [0, last visible key].
+  // Items: a decode-sized sequence whole, or (KV head, block of query rows) of a longer chunk;
+  // key range [0, last visible key].
   const int64_t G = p.group;
   const int64_t block_rows = std::max<int64_t>(1, kBlockVectors / G);
   const int64_t per_key = 4 + 2 * D * p.elem_bytes / 64;  // rough cost of one key besides its math
@@ -608,11 +648,17 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
     const int32_t q_len = qsl[b + 1] - qsl[b];
     if (q_len == 0) continue;
     const int32_t prefix = ctx[b] - q_len;
-    const int64_t step = q_len * G <= kDirectMaxVectors ? q_len : block_rows;
-    for (int32_t r = 0; r < q_len; r += static_cast<int32_t>(step)) {
-      const int32_t rows = static_cast<int32_t>(std::min<int64_t>(step, q_len - r));
+    if (q_len * G <= kDirectMaxVectors) {  // decode-sized: one item streams every KV head
+      Item it{static_cast<int32_t>(b), 0, static_cast<int32_t>(KVH), qsl[b], q_len, prefix, 0, ctx[b], -1, 0, 0};
+      it.cost = static_cast<int64_t>(it.key1) * KVH * (q_len * G + per_key);
+      total_cost += it.cost;
+      items.push_back(it);
+      continue;
+    }
+    for (int32_t r = 0; r < q_len; r += static_cast<int32_t>(block_rows)) {
+      const int32_t rows = static_cast<int32_t>(std::min<int64_t>(block_rows, q_len - r));
       for (int32_t h = 0; h < KVH; ++h) {
-        Item it{static_cast<int32_t>(b), h, qsl[b] + r, rows, prefix + r, 0, prefix + r + rows, -1, 0, 0};
+        Item it{static_cast<int32_t>(b), h, 1, qsl[b] + r, rows, prefix + r, 0, prefix + r + rows, -1, 0, 0};
         it.cost = static_cast<int64_t>(it.key1) * (rows * G + per_key);
         total_cost += it.cost;
         items.push_back(it);
@@ -639,7 +685,7 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
       pieces = (keys + width - 1) / width;
       const int32_t id = static_cast<int32_t>(groups.size());
       groups.push_back(SplitGroup{partial_floats, static_cast<int32_t>(pieces)});
-      partial_floats += pieces * piece_floats(it.rows * G, D);
+      partial_floats += pieces * piece_floats(item_vectors(p, it), D);
       for (int64_t k = 0; k < pieces; ++k) {
         Item piece = it;
         piece.key0 = static_cast<int32_t>(k * width);
@@ -666,7 +712,7 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
       const int64_t i = next.fetch_add(1, std::memory_order_relaxed);
       if (i >= count) break;
       const Item& it = items[i];
-      const int64_t M = it.rows * G;
+      const int64_t M = item_vectors(p, it);
       if (it.group_id < 0) {
         grow(s.o, M * D);
         grow(s.mx, round_up(M, 16));
@@ -735,7 +781,7 @@ void kv_write(const at::Tensor& k, const at::Tensor& v, const at::Tensor& k_cach
       for (; d < D; ++d) dst[d] = simd::float_to_bf16(src[d]);
     }
   };
-  const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(1, KVH * D));
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, KVH * D));  // a decode batch stays on one thread
   at::parallel_for(0, T, grain, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       if (slots[t] < 0) continue;

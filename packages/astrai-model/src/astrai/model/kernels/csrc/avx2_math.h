@@ -47,6 +47,11 @@ inline float opaque(float v) {
   return v;
 }
 
+// Pull one cache line towards L1 / into L2. Volatile asm, not _mm_prefetch: GCC's IPA treats a
+// function that only prefetches as pure and deletes its calls.
+inline void prefetch_l1(const void* p) { asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p))); }
+inline void prefetch_l2(const void* p) { asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p))); }
+
 // exp(x) for float32 lanes, within ~2 ulp of the exact value: Cephes' range reduction
 // (x = n ln2 + r, |r| <= ln2/2) and degree-6 polynomial. exp(-inf) and anything below
 // -87.34 give 0, anything above 88.72 gives +inf, NaN stays NaN.
