@@ -159,6 +159,32 @@ def test_long_contexts_split_across_threads(native_kernels, threads, kv_dtype):
     check(paged_attention_torch(*case.args()), expected)
 
 
+def only_sequence(case: Case, b: int) -> Case:
+    """Sequence b of a batch as a batch of its own (same cache, same pages)."""
+    start, end = int(case.query_start_loc[b]), int(case.query_start_loc[b + 1])
+    return Case(case.q[start:end].clone(), case.k_cache, case.v_cache, case.block_tables[b:b + 1],
+                case.context_lens[b:b + 1], torch.tensor([0, end - start], dtype=case.query_start_loc.dtype), case.scale)
+
+
+def test_a_sequence_gets_the_same_bits_alone_batched_and_on_one_thread(native_kernels):
+    """Batch invariance: key pieces are cut by a sequence's own context, never by the batch or the
+    thread count, so each sequence's output is bitwise the same in every arrangement."""
+    specs = [(2047, 1), (700, 1), (90, 1), (0, 1), (1984, 64), (0, 300), (130, 2)]
+    case = make_case(specs, 9, 3, 64, 16, torch.float16, seed=8)
+    before = torch.get_num_threads()
+    try:
+        outputs = {}
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outputs[threads, "batch"] = run_native(case)
+            outputs[threads, "alone"] = torch.cat([run_native(only_sequence(case, b)) for b in range(len(specs))])
+    finally:
+        torch.set_num_threads(before)
+    first = outputs[1, "batch"]
+    for key, out in outputs.items():
+        assert torch.equal(out, first), f"{key} differs from one thread, whole batch"
+
+
 def test_single_token_is_its_own_context(native_kernels):
     case = make_case([(0, 1)], 9, 3, 64, 16, torch.float32)
     out = run_native(case)

@@ -6,9 +6,10 @@
 // each cache slot once with dot products; prefill chunks make items of (KV head, block of query
 // rows) for a register-blocked path that computes a K-tile x Q-block score matrix and reuses
 // each tile for the whole block. Both
-// keep an online (flash-style) softmax in float32 over key tiles. Where there are fewer items
-// than the threads need to stay busy, an item's key range is split into pieces whose partial
-// softmaxes are merged by whichever thread finishes the item's last piece. Items are handed out
+// keep an online (flash-style) softmax in float32 over key tiles.
+// Long items' key ranges are cut into fixed-width pieces (a function of the item alone, so
+// results are batch-invariant) whose partial softmaxes are merged, in piece order, by whichever
+// thread finishes the item's last piece. Items are handed out
 // largest first from a shared counter, so uneven (causal) items still balance.
 #include "attention.h"
 
@@ -38,7 +39,7 @@ constexpr int kDirectMaxVectors = 8;  // items with at most this many query vect
 constexpr int kDirectTile = 32;       // keys per tile on the dot-product path
 constexpr int kBlockTile = 64;        // keys per tile on the blocked path
 constexpr int kBlockVectors = 96;     // query vectors (rows x heads of a group) per blocked item
-constexpr int kMinPieceKeys = 64;     // never split an item's keys into pieces smaller than this
+constexpr int kPieceKeys = 128;       // keys per piece of a long item (a multiple of both tiles)
 constexpr int64_t kSerialCost = 6 * 1024;  // below this (a ~190-token SmolLM2 decode), forking costs more than it saves
 
 enum class KvType { F32, F16, BF16 };
@@ -667,29 +668,29 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
   }
 
   const int threads = total_cost < kSerialCost ? 1 : at::get_num_threads();
-  // Too few items to keep every thread busy: cut the large ones into key pieces.
+  // Long items are cut into key pieces of a fixed width whose partial softmaxes are merged in
+  // piece order. The cut depends only on the item's own keys, never on the batch or the thread
+  // count, so a sequence's result is the same alone, batched, or on one thread (batch
+  // invariance); on several threads the pieces also keep a short batch's threads busy.
   std::vector<SplitGroup> groups;
   int64_t partial_floats = 0;
-  if (threads > 1) {
-    const int64_t target = std::max<int64_t>(1, total_cost / (4 * threads));
+  {
     std::vector<Item> split;
     split.reserve(items.size());
     for (const Item& it : items) {
       const int64_t keys = it.key1;
-      int64_t pieces = std::min((it.cost + target - 1) / target, keys / kMinPieceKeys);
+      const int64_t pieces = (keys + kPieceKeys - 1) / kPieceKeys;
       if (pieces <= 1) {
         split.push_back(it);
         continue;
       }
-      const int64_t width = round_up((keys + pieces - 1) / pieces, 16);
-      pieces = (keys + width - 1) / width;
       const int32_t id = static_cast<int32_t>(groups.size());
       groups.push_back(SplitGroup{partial_floats, static_cast<int32_t>(pieces)});
       partial_floats += pieces * piece_floats(item_vectors(p, it), D);
       for (int64_t k = 0; k < pieces; ++k) {
         Item piece = it;
-        piece.key0 = static_cast<int32_t>(k * width);
-        piece.key1 = static_cast<int32_t>(std::min<int64_t>(keys, (k + 1) * width));
+        piece.key0 = static_cast<int32_t>(k * kPieceKeys);
+        piece.key1 = static_cast<int32_t>(std::min<int64_t>(keys, (k + 1) * kPieceKeys));
         piece.group_id = id;
         piece.piece = static_cast<int32_t>(k);
         piece.cost = it.cost * (piece.key1 - piece.key0) / keys;
