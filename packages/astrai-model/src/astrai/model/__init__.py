@@ -4,7 +4,7 @@ from .batch import ForwardBatch
 from .chat_template import ChatTemplateError
 from .config import PRESETS, ModelConfig
 from .errors import ModelLoadError
-from .loader import bundled_gguf_path, load_model
+from .loader import bundled_gguf_path, load_model, locate_model
 from .tokenizer import IncrementalDetokenizer, Tokenizer
 from .transformer import Transformer
 
@@ -19,4 +19,5 @@ __all__ = [
     "Transformer",
     "bundled_gguf_path",
     "load_model",
+    "locate_model",
 ]

@@ -15,11 +15,12 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from astrai.cache import KVCacheManager
-from astrai.model import load_model
+from astrai.model import load_model, locate_model
 
 from .errors import EngineError, PromptTooLongError
 from .memory import default_num_pages, resolve_device, resolve_dtype
@@ -120,6 +121,12 @@ class Engine:
         model_obj, tokenizer = load_model(model, dtype=resolve_dtype(dtype), device=dev)
         model_obj.pack_for_cpu()  # bf16 on an AMX/AVX512-BF16 CPU: pre-packed matmuls; else a no-op
         return cls(model_obj, tokenizer, **kwargs)
+
+    @staticmethod
+    def locate_model(model: str) -> Path:
+        """Where `from_pretrained(model)` would load from, checked without loading: raises
+        ModelLoadError at once for a missing bundled-model package or a path that does not exist."""
+        return locate_model(model)
 
     # --- public API ----------------------------------------------------------------------
 
