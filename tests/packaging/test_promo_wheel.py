@@ -34,7 +34,7 @@ def test_promo_wheel_records_then_renders_with_its_extra(make_venv, tiny_llama, 
     assert "missing here: cairo's development files; pango's development files." in bare.stderr
     assert "apt-get install -y libcairo2-dev libpango1.0-dev" in bare.stderr
 
-    venv.install("astrai-promo[render]")
+    venv.add_extra("render")
     venv.check_consistent()
     venv.run(*render, timeout=600)
     poster = np.asarray(Image.open(tmp_path / "media" / "architecture.png").convert("RGB"), dtype=np.float32)

@@ -120,9 +120,3 @@ def describe(missing: Sequence[Missing]) -> str:
         text += (f" No Debian package provides {'; '.join(unnamed)}: install this Python's development headers"
                  " or use a Python that has them.")
     return text
-
-
-if __name__ == "__main__":
-    gaps = missing_build_requirements()
-    print(describe(gaps) if gaps else "everything Manim builds against is installed")
-    sys.exit(1 if gaps else 0)
