@@ -57,7 +57,9 @@ def test_serving_environment_holds_no_promo_and_no_test_tools():
     dev = envs["dev"]
     assert {"path": "packages/astrai-promo", "features": ["render"]} in dev["workspace"]["members"]
     assert dev["pre-install-commands"] == ["python scripts/system_packages.py --install"]
-    assert dev["path"] != serving["path"]
+    # virtualenv writes a `.venv` redirect file next to an env created in the project folder under
+    # another name, which would block the dev env's `.venv`: the serving env lives elsewhere
+    assert dev["path"] == ".venv" and "path" not in serving
 
 
 def _checker(*args: str, env: dict[str, str], python: str = sys.executable,
