@@ -5,7 +5,7 @@ from .chat_template import ChatTemplateError
 from .config import PRESETS, ModelConfig, resolve_dtype
 from .cpu_packing import fast_bf16_cpu
 from .errors import ModelLoadError
-from .loader import bundled_gguf_path, is_low_bit_checkpoint, load_model
+from .loader import bundled_gguf_path, is_low_bit_checkpoint, load_model, locate_model
 from .protocol import ForwardModel
 from .tokenizer import IncrementalDetokenizer, Tokenizer
 from .transformer import Transformer
@@ -24,5 +24,6 @@ __all__ = [
     "fast_bf16_cpu",
     "is_low_bit_checkpoint",
     "load_model",
+    "locate_model",
     "resolve_dtype",
 ]

@@ -57,16 +57,28 @@ def load_model(
         check_mode(quantization)
     except ValueError as exc:
         raise ModelLoadError(str(name_or_path), str(exc)) from None
+    path = locate_model(name_or_path)
     text = str(name_or_path)
     if text in BUNDLED:
-        path, name = bundled_gguf_path(text), text
+        name = text
     else:
-        path = Path(text).expanduser()
         name = path.stem if path.suffix == ".gguf" else path.name
     if path.is_dir():
         return _load_hf_dir(path, name, dtype, device)
-    if path.suffix == ".gguf" or path.is_file():
-        return _load_gguf(path, name, dtype, device, quantization)
+    return _load_gguf(path, name, dtype, device, quantization)
+
+
+def locate_model(name_or_path: str | Path) -> Path:
+    """Where `load_model` would read from, without reading it: a missing bundled package or a
+    path that is neither a directory nor a file is a ModelLoadError naming the fix, at once."""
+    text = str(name_or_path)
+    if text in BUNDLED:
+        return bundled_gguf_path(text)
+    path = Path(text).expanduser()
+    if path.is_dir() or path.is_file():
+        return path
+    if path.suffix == ".gguf":
+        raise ModelLoadError(text, "GGUF file not found")
     raise ModelLoadError(text, f"not a built-in model ({', '.join(BUNDLED)}), a model directory or a .gguf file")
 
 

@@ -1,4 +1,8 @@
-"""Render scenes to DIR/<scene>.mp4 plus a poster DIR/<scene>.png, programmatically."""
+"""Render scenes to DIR/<scene>.mp4 plus a poster DIR/<scene>.png, programmatically.
+
+Manim is the optional `render` extra: without it, rendering stops with one message naming the
+pip command and, where they are missing, the system packages Manim builds against.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .system import describe, missing_build_requirements
 from .trace import Trace
 
 QUALITIES: dict[str, tuple[int, int, int]] = {
@@ -30,34 +35,45 @@ class RenderedScene:
     seconds: float  # planned length: the sum of the beats' durations
 
 
-def scene_names() -> list[str]:
+def require_manim() -> None:
+    """Raise RenderError naming what to install when Manim (the `render` extra) cannot be imported."""
+    try:
+        import manim  # noqa: F401
+    except ModuleNotFoundError as exc:
+        message = (f"rendering needs Manim, which is not installed (no module named {exc.name!r}): "
+                   "pip install 'astrai-promo[render]'")
+        gaps = missing_build_requirements()
+        if gaps:
+            message += ("\npip builds Manim's manimpango and pycairo from source; first install what they build "
+                        "against, " + describe(gaps))
+        raise RenderError(message) from exc
+    except ImportError as exc:  # installed, but a shared library it links against is gone
+        raise RenderError(f"Manim is installed but cannot be imported: {exc}\nIt needs the cairo and pango "
+                          "libraries (Debian/Ubuntu: apt-get install libcairo2 libpangocairo-1.0-0).") from exc
+
+
+def _scenes() -> dict:
+    require_manim()
     from .scenes import SCENES
 
-    return list(SCENES)
+    return SCENES
 
 
-def check_ffmpeg() -> None:
-    """Manim writes MP4 through ffmpeg; say so plainly when it is missing."""
-    if shutil.which("ffmpeg") is None:
-        raise RenderError(
-            "ffmpeg was not found on PATH: Manim needs it to write MP4 videos. "
-            "Install it (Debian/Ubuntu: apt-get install ffmpeg) and try again."
-        )
+def scene_names() -> list[str]:
+    return list(_scenes())
 
 
 def render_scene(trace: Trace, name: str, out_dir: str | Path, quality: str = "low",
                  max_seconds: float | None = None, progress: bool = True) -> RenderedScene:
     """Render one scene. `max_seconds` caps its length (beats are sampled and shortened to fit)."""
-    from .scenes import SCENES
-
-    if name not in SCENES:
-        raise RenderError(f"unknown scene {name!r}; choose one of: {', '.join(SCENES)} or all")
+    scenes = _scenes()
+    if name not in scenes:
+        raise RenderError(f"unknown scene {name!r}; choose one of: {', '.join(scenes)} or all")
     if quality not in QUALITIES:
         raise RenderError(f"unknown quality {quality!r}; choose one of: {', '.join(QUALITIES)}")
-    check_ffmpeg()
     from manim import tempconfig
 
-    spec = SCENES[name]
+    spec = scenes[name]
     beats = spec.beats(trace, max_seconds)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -85,7 +101,7 @@ def render_scene(trace: Trace, name: str, out_dir: str | Path, quality: str = "l
             try:
                 scene.render()
             except FileNotFoundError as exc:
-                raise RenderError(f"rendering {name} failed: {exc} (is ffmpeg installed?)") from exc
+                raise RenderError(f"rendering {name} failed: {exc}") from exc
             produced = Path(scene.renderer.file_writer.movie_file_path)
         if not produced.is_file():
             raise RenderError(f"Manim did not write a video for {name} (expected {produced})")

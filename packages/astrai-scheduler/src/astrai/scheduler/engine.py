@@ -13,11 +13,12 @@ import dataclasses
 import logging
 import queue
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from astrai.cache import KVCacheManager
-from astrai.model import ForwardModel, ModelConfig, Tokenizer, is_low_bit_checkpoint, load_model
+from astrai.model import ForwardModel, ModelConfig, Tokenizer, is_low_bit_checkpoint, load_model, locate_model
 
 from .client import EngineInfo, EngineStats, Prompt, TraceCallback
 from .core import EngineCore
@@ -136,6 +137,12 @@ class Engine:
         if unknown:
             raise TypeError(f"unknown Engine setting {unknown[0]!r}; settings are {sorted(self._settings)}")
         return Engine(self.model, self.tokenizer, **{**self._settings, **overrides})
+
+    @staticmethod
+    def locate_model(model: str) -> Path:
+        """Where `from_pretrained(model)` would load from, checked without loading: raises
+        ModelLoadError at once for a missing bundled-model package or a path that does not exist."""
+        return locate_model(model)
 
     # --- public API ----------------------------------------------------------------------
 

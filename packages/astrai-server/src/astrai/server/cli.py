@@ -119,8 +119,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve_command(args: argparse.Namespace) -> int:
+    from astrai.scheduler import Engine
     from astrai.server.app import create_app
 
+    try:  # a missing bundled-model package or path: one line now, before any socket opens
+        Engine.locate_model(args.model)
+    except ValueError as exc:  # ModelLoadError; `problem` is its message without the model name
+        print(f"error: could not load model {args.model!r}: {getattr(exc, 'problem', exc)}", file=sys.stderr,
+              flush=True)
+        return 1
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServerConfig(
         model=args.model, served_model_name=args.served_model_name, host=args.host, port=args.port,
