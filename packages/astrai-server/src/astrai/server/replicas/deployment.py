@@ -1,0 +1,124 @@
+"""The engine replica: one `Engine` per Ray Serve replica process, and the deployment that runs N.
+
+Ray Serve places the replicas (spread over the cluster's nodes), restarts one whose process
+dies or whose health check fails, and streams each generation back to the front end. A stream
+starts with a `ReplicaTag`, then carries lists of `RequestOutput` deltas: whatever the engine
+produced since the last item, so a busy replica sends fewer, larger messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import ray
+from astrai.scheduler import Engine, RequestOutput, SamplingParams
+from astrai.server.replicas.wire import EngineDescription, EngineSpec, ReplicaStatus, ReplicaTag
+from ray import serve
+from ray.serve.config import RequestRouterConfig
+from ray.serve.deployment import Deployment
+
+logger = logging.getLogger("astrai.server")
+
+DEPLOYMENT_NAME = "AstraiEngine"
+ROUTER_CLASS = "astrai.server.replicas.router:PrefixAwareRouter"
+
+
+def build_engine(spec: EngineSpec) -> Engine:
+    """The engine, with a KV pool of `spec.kv_budget_bytes` unless `num_pages` is given.
+
+    The pool size depends on the model (bytes per token), which is only known once it is
+    loaded: a one-page engine loads it, then a second engine over the same weights gets the
+    pool that fits the budget.
+    """
+    kwargs = dict(spec.engine_kwargs)
+    if spec.kv_budget_bytes is None or "num_pages" in kwargs:
+        return Engine.from_pretrained(spec.model, **kwargs)
+    probe_kwargs = {k: v for k, v in kwargs.items() if k != "max_model_len"}
+    probe = Engine.from_pretrained(spec.model, **probe_kwargs, num_pages=1)
+    try:
+        page_bytes = probe.config.kv_bytes_per_token(probe.model.dtype) * kwargs.get("page_size", 16)
+        pages = max(1, spec.kv_budget_bytes // page_bytes)
+        settings = {k: v for k, v in kwargs.items() if k not in ("dtype", "device")}
+        return Engine(probe.model, probe.tokenizer, **settings, num_pages=pages)
+    finally:
+        probe.shutdown()
+
+
+class EngineReplica:
+    """What runs inside each replica process (the Serve deployment's class)."""
+
+    def __init__(self, spec: EngineSpec) -> None:
+        self.replica = serve.get_replica_context().replica_id.unique_id
+        self.pid = os.getpid()
+        self.node_id = ray.get_runtime_context().get_node_id()
+        self.engine = build_engine(spec)
+        stats = self.engine.stats()
+        logger.warning("engine replica %s (pid %d) ready: %d KV pages of %d tokens, context %d", self.replica,
+                       self.pid, stats["num_pages"], stats["page_size"], self.engine.max_model_len)
+
+    async def generate(self, prompt: list[int], params: SamplingParams, request_id: str,
+                       **_routing_hints: Any) -> AsyncIterator[ReplicaTag | list[RequestOutput]]:
+        """The replica's tag, then the request's deltas; cancelling the call aborts the request."""
+        yield ReplicaTag(self.replica, self.pid, self.node_id)
+        loop = asyncio.get_running_loop()
+        outputs: asyncio.Queue[RequestOutput] = asyncio.Queue()
+
+        def sink(out: RequestOutput) -> None:
+            loop.call_soon_threadsafe(outputs.put_nowait, out)
+
+        self.engine.add_request(prompt, params, request_id, sink=sink, stream=True)
+        finished = False
+        try:
+            while not finished:
+                batch = [await outputs.get()]
+                while not outputs.empty():
+                    batch.append(outputs.get_nowait())
+                finished = batch[-1].finished
+                yield batch
+        finally:
+            if not finished:
+                self.engine.abort(request_id)
+
+    def describe(self, **_routing_hints: Any) -> EngineDescription:
+        stats = self.engine.stats()
+        return EngineDescription(tokenizer=self.engine.tokenizer, config=self.engine.config,
+                                 max_model_len=int(self.engine.max_model_len),
+                                 max_num_seqs=int(self.engine.max_num_seqs), page_size=int(stats["page_size"]),
+                                 num_pages=int(stats["num_pages"]))
+
+    def status(self, **_routing_hints: Any) -> ReplicaStatus:
+        return ReplicaStatus(self.replica, self.pid, self.node_id, self.engine.is_running, dict(self.engine.stats()))
+
+    def check_health(self) -> None:
+        """Ray Serve calls this every few seconds; raising makes it replace the replica."""
+        if not self.engine.is_running:
+            raise RuntimeError(f"engine of replica {self.replica} has stopped")
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.shutdown()
+
+
+def engine_deployment(num_replicas: int, *, max_ongoing_requests: int, num_cpus: float,
+                      router_kwargs: dict[str, Any] | None = None, health_check_period_s: float = 5.0) -> Deployment:
+    """The Serve deployment of `num_replicas` engine replicas with the prefix-aware router."""
+    return serve.deployment(
+        EngineReplica, name=DEPLOYMENT_NAME, num_replicas=num_replicas, max_ongoing_requests=max_ongoing_requests,
+        ray_actor_options={"num_cpus": num_cpus}, health_check_period_s=health_check_period_s,
+        graceful_shutdown_wait_loop_s=0.5, graceful_shutdown_timeout_s=5.0,
+        request_router_config=RequestRouterConfig(request_router_class=ROUTER_CLASS,
+                                                  request_router_kwargs=dict(router_kwargs or {})),
+        logging_config={"enable_access_log": False},
+    )
+
+
+def cpus_per_replica(total_cpus: float, num_replicas: int) -> float:
+    """An equal share of the CPUs (fractions allowed, so more replicas than cores still start)."""
+    share = total_cpus / num_replicas
+    return float(math.floor(share)) if share >= 1 else round(share, 2)
