@@ -24,7 +24,8 @@ if TYPE_CHECKING:
         engine_application,
         start_replica_set,
     )
-    from astrai.server.replicas.replica_set import ReplicaSetEngine, ReplicaView
+    from astrai.server.replicas.monitor import ReplicaView
+    from astrai.server.replicas.replica_set import ReplicaSetEngine
     from astrai.server.replicas.runtime import RayRuntime
 
 _HOMES = {
@@ -32,7 +33,7 @@ _HOMES = {
     "REPLICA_HEADER": "http", "create_replica_app": "http",
     "ReplicaOptions": "launch", "deploy_replica_set": "launch", "engine_application": "launch",
     "start_replica_set": "launch",
-    "ReplicaSetEngine": "replica_set", "ReplicaView": "replica_set",
+    "ReplicaSetEngine": "replica_set", "ReplicaView": "monitor",
     "RayRuntime": "runtime",
 }
 

@@ -61,9 +61,10 @@ class EngineReplica:
         logger.warning("engine replica %s (pid %d) ready: %d KV pages of %d tokens, context %d", self.replica,
                        self.pid, stats["num_pages"], stats["page_size"], self.engine.max_model_len)
 
-    async def generate(self, prompt: list[int], params: SamplingParams, request_id: str,
+    async def generate(self, prompt: list[int], params: SamplingParams, request_id: str, stream: bool = True,
                        **_routing_hints: Any) -> AsyncIterator[ReplicaTag | list[RequestOutput]]:
-        """The replica's tag, then the request's deltas; cancelling the call aborts the request."""
+        """The replica's tag, then the request's deltas (`stream`) or its one final output;
+        cancelling the call aborts the request."""
         yield ReplicaTag(self.replica, self.pid, self.node_id)
         loop = asyncio.get_running_loop()
         outputs: asyncio.Queue[RequestOutput] = asyncio.Queue()
@@ -71,7 +72,7 @@ class EngineReplica:
         def sink(out: RequestOutput) -> None:
             loop.call_soon_threadsafe(outputs.put_nowait, out)
 
-        self.engine.add_request(prompt, params, request_id, sink=sink, stream=True)
+        self.engine.add_request(prompt, params, request_id, sink=sink, stream=stream)
         finished = False
         try:
             while not finished:

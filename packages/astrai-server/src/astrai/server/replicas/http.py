@@ -50,7 +50,7 @@ class ReplicaMiddleware:
             await self._health(engine, send)
             return
         if engine is not None and route == ("GET", "/metrics"):
-            await engine.refresh()
+            await engine.monitor.refresh()
         served: dict[str, str] = {}
         token = SERVED_BY.set(served)
 
@@ -66,11 +66,11 @@ class ReplicaMiddleware:
             SERVED_BY.reset(token)
 
     async def _health(self, engine: ReplicaSetEngine, send: Any) -> None:
-        await engine.refresh()
-        views = engine.replicas()
+        await engine.monitor.refresh()
+        views = engine.monitor.replicas()
         running = [v for v in views if v.state == "running"]
         try:
-            deployment = await asyncio.to_thread(engine.deployment_status)
+            deployment = await asyncio.to_thread(engine.monitor.deployment_status)
         except Exception as exc:  # the controller is unreachable: say so rather than fail the probe
             deployment = {"error": f"{type(exc).__name__}: {exc}"}
         body = {"status": "ok" if running else "unavailable", "model": self.model_name,

@@ -18,15 +18,15 @@ import asyncio
 import contextvars
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from astrai.scheduler import EngineError, RequestOutput, SamplingParams
 from astrai.server.errors import APIError
-from astrai.server.replicas.board import ReplicaRef, live_replicas
-from astrai.server.replicas.wire import AVOID, PIN, EngineDescription, ReplicaStatus, ReplicaTag
-from ray import serve
+from astrai.server.replicas.monitor import ReplicaMonitor
+from astrai.server.replicas.wire import AVOID, EngineDescription, ReplicaTag
 from ray.exceptions import (
     ActorDiedError,
     ActorUnavailableError,
@@ -38,11 +38,14 @@ from ray.serve.handle import DeploymentHandle
 
 logger = logging.getLogger("astrai.server")
 
-STATUS_TIMEOUT_S = 3.0
+Prompt = str | Sequence[int]
+Sink = Callable[[RequestOutput], None]
+TraceCallback = Callable[[Any], None]
 
 # The replicas that served the current HTTP request, by engine request id (set by the header middleware).
 SERVED_BY: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("astrai_served_by", default=None)
 
+NO_REPLICA_POLL_S = 0.25
 _REPLICA_GONE = (ActorDiedError, ActorUnavailableError, RayActorError)
 
 
@@ -57,28 +60,6 @@ class _Flight:
     aborted: bool = False
 
 
-@dataclass
-class ReplicaView:
-    """One replica as `/health` shows it."""
-
-    replica: str
-    state: str  # "running" | "engine_stopped" | "unreachable"
-    pid: int | None = None
-    node_id: str | None = None
-    num_running: int | None = None
-    num_waiting: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
-
-
-@dataclass
-class _Snapshot:
-    statuses: dict[str, ReplicaStatus] = field(default_factory=dict)
-    views: list[ReplicaView] = field(default_factory=list)
-    taken_at: float = 0.0
-
-
 class ReplicaSetEngine:
     """Engine-shaped front for N engine replicas behind one Ray Serve deployment handle."""
 
@@ -86,19 +67,17 @@ class ReplicaSetEngine:
                  on_shutdown: Callable[[], None] | None = None) -> None:
         self._handle = handle
         self._stream_handle = handle.options(stream=True)
-        self._app_name = handle.app_name
-        self._deployment = handle.deployment_name
         self._on_shutdown = on_shutdown
         self.tokenizer = description.tokenizer
         self.config = description.config
         self.max_model_len = description.max_model_len
         self.max_num_seqs = description.max_num_seqs
-        self._page_size = description.page_size
         self._flights: dict[str, _Flight] = {}
-        self._snapshot = _Snapshot()
+        self.monitor = ReplicaMonitor(handle)
         self.retries_total = 0
         self.replica_deaths_seen = 0
         self._closed = False
+        self._pumps: set[asyncio.Task[None]] = set()
 
     @classmethod
     def connect(cls, handle: DeploymentHandle, *, timeout_s: float = 600.0,
@@ -109,20 +88,72 @@ class ReplicaSetEngine:
 
     # --- the engine interface ------------------------------------------------------------
 
-    def generate_async(self, prompt: Sequence[int], params: SamplingParams | None = None,
+    def generate_async(self, prompt: Prompt, params: SamplingParams | None = None,
                        request_id: str | None = None, priority: int = 0) -> AsyncIterator[RequestOutput]:
-        """Deltas from whichever replica serves the request; cancelling or `abort` stops it there."""
-        if self._closed:
-            raise EngineError("the replica set has been shut down")
-        if isinstance(prompt, str) or not prompt:
-            raise ValueError("the replica set takes a non-empty list of prompt token ids")
-        if not request_id:
-            raise ValueError("the replica set needs a request_id (aborts and retries are keyed by it)")
-        if request_id in self._flights:
-            raise ValueError(f"request_id {request_id} is already in use")
-        flight = _Flight(request_id)
-        self._flights[request_id] = flight
-        return self._run(flight, list(prompt), params if params is not None else SamplingParams())
+        """Deltas from whichever replica serves the request; cancelling or `abort` stops it there.
+
+        Bad input raises here, synchronously, as the engine's does."""
+        flight, ids = self._open(prompt, request_id)
+        return self._run(flight, ids, params if params is not None else SamplingParams(), stream=True)
+
+    def add_request(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None,
+                    priority: int = 0, *, sink: Sink | None = None, stream: bool = False) -> str:
+        """Start a request from inside the running event loop; `sink` gets its deltas (`stream`) or
+        the one final output, as from the engine. A failure ends it with finish_reason "error"."""
+        loop = asyncio.get_running_loop()  # RuntimeError outside a loop: replies arrive on one
+        flight, ids = self._open(prompt, request_id)
+        outputs = self._run(flight, ids, params if params is not None else SamplingParams(), stream=stream)
+
+        async def pump() -> None:
+            try:
+                async for out in outputs:
+                    if sink is not None:
+                        sink(out)
+            except Exception as exc:  # reported the way the engine reports a failed request
+                if sink is not None:
+                    sink(RequestOutput(request_id=flight.request_id, finished=True, finish_reason="error",
+                                       prompt_token_ids=ids, error=f"{type(exc).__name__}: {exc}"))
+
+        self._pumps.add(task := loop.create_task(pump()))
+        task.add_done_callback(self._pumps.discard)
+        return flight.request_id
+
+    def generate(self, prompts: Prompt | Sequence[Prompt],
+                 params: SamplingParams | Sequence[SamplingParams] | None = None) -> list[RequestOutput]:
+        """Run prompts to completion across the replicas, in input order. Blocking: not from an event loop."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]  # type: ignore[list-item]
+        batch = list(prompts)  # type: ignore[arg-type]
+        plist = list(params) if isinstance(params, Sequence) else [params] * len(batch)
+        if len(plist) != len(batch):
+            raise ValueError(f"got {len(plist)} SamplingParams for {len(batch)} prompts")
+        opened = [self._open(p, None) for p in batch]
+
+        async def final(flight: _Flight, ids: list[int], sp: SamplingParams | None) -> RequestOutput:
+            outs = [out async for out in self._run(flight, ids, sp or SamplingParams(), stream=False)]
+            return outs[-1]
+
+        async def run_all() -> list[RequestOutput]:
+            return list(await asyncio.gather(*(final(f, ids, sp) for (f, ids), sp in zip(opened, plist, strict=True))))
+
+        return asyncio.run(run_all())
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until no request is in flight here and every replica reports nothing running or waiting."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            asyncio.run(self.refresh())
+            busy = any(int(stats.get("num_running", 0)) or int(stats.get("num_waiting", 0))
+                       for stats in self.replica_stats().values())
+            if not self._flights and not busy:
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+    def subscribe(self, callback: TraceCallback) -> Callable[[], None]:
+        raise NotImplementedError("step traces stay inside each replica's process; subscribe to an Engine "
+                                  "directly (e.g. `astrai serve` with one replica) to record one")
 
     def abort(self, request_id: str) -> None:
         flight = self._flights.get(request_id)
@@ -135,45 +166,19 @@ class ReplicaSetEngine:
     @property
     def num_alive(self) -> int | None:
         """Replicas the router can send to now; None until the router exists."""
-        live = live_replicas(self._app_name, self._deployment)
+        live = self.monitor.live()
         return None if live is None else len(live)
 
     def stats(self) -> dict[str, Any]:
         """The replicas' engine stats summed (as of the last `refresh`); KV usage averaged by pool size."""
-        return sum_stats([s.stats for s in self._snapshot.statuses.values()])
+        return self.monitor.stats()
 
     def replica_stats(self) -> dict[str, dict[str, Any]]:
         """Each replica's own engine stats (as of the last `refresh`), by replica id."""
-        return {name: s.stats for name, s in self._snapshot.statuses.items()}
-
-    def replicas(self) -> list[ReplicaView]:
-        return list(self._snapshot.views)
+        return self.monitor.replica_stats()
 
     async def refresh(self) -> None:
-        """Ask every live replica for its status (in parallel, a few seconds at most)."""
-        live = live_replicas(self._app_name, self._deployment) or ()
-        results = await asyncio.gather(*(self._status(ref) for ref in live))
-        statuses: dict[str, ReplicaStatus] = {}
-        views = []
-        for ref, status in zip(live, results, strict=True):
-            if status is None:
-                views.append(ReplicaView(ref.replica, "unreachable", node_id=ref.node_id))
-                continue
-            statuses[ref.replica] = status
-            views.append(ReplicaView(ref.replica, "running" if status.engine_alive else "engine_stopped",
-                                     status.pid, status.node_id, int(status.stats.get("num_running", 0)),
-                                     int(status.stats.get("num_waiting", 0))))
-        self._snapshot = _Snapshot(statuses, views, time.monotonic())
-
-    def deployment_status(self) -> dict[str, Any]:
-        """The Serve controller's view of the engine deployment: its status and replicas by state
-        (a replica being restarted shows here before it can be routed to). Blocking."""
-        app = serve.status().applications.get(self._app_name)
-        deployment = app.deployments.get(self._deployment) if app is not None else None
-        if deployment is None:
-            return {}
-        return {"status": str(getattr(deployment.status, "value", deployment.status)),
-                "replica_states": {str(getattr(k, "value", k)): n for k, n in deployment.replica_states.items()}}
+        await self.monitor.refresh()
 
     def shutdown(self, timeout: float | None = 30.0) -> None:
         if self._closed:
@@ -186,18 +191,27 @@ class ReplicaSetEngine:
 
     # --- internals -----------------------------------------------------------------------
 
-    async def _status(self, ref: ReplicaRef) -> ReplicaStatus | None:
-        call = self._handle.status.remote(**{PIN: ref.replica})
-        try:
-            return await asyncio.wait_for(_awaitable(call), STATUS_TIMEOUT_S)
-        except asyncio.CancelledError:
-            call.cancel()
-            raise
-        except Exception:  # dead, restarting or too slow: reported as unreachable
-            call.cancel()
-            return None
+    def _open(self, prompt: Prompt, request_id: str | None) -> tuple[_Flight, list[int]]:
+        if self._closed:
+            raise EngineError("the replica set has been shut down")
+        if isinstance(prompt, str):
+            ids = list(self.tokenizer.encode(prompt, add_special_tokens=True))  # as the engine does
+        else:
+            ids = [int(t) for t in prompt]
+        if not ids:
+            raise ValueError("prompt is empty")
+        if request_id is None:
+            request_id = f"req-{uuid.uuid4().hex}"
+        elif not isinstance(request_id, str) or not request_id:
+            raise ValueError(f"request_id must be a non-empty string, got {request_id!r}")
+        if request_id in self._flights:
+            raise ValueError(f"request_id {request_id} is already in use")
+        flight = _Flight(request_id)
+        self._flights[request_id] = flight
+        return flight, ids
 
-    async def _run(self, flight: _Flight, prompt: list[int], params: SamplingParams) -> AsyncIterator[RequestOutput]:
+    async def _run(self, flight: _Flight, prompt: list[int], params: SamplingParams,
+                   stream: bool) -> AsyncIterator[RequestOutput]:
         avoid: list[str] = []
         try:
             for attempt in (1, 2):
@@ -205,16 +219,13 @@ class ReplicaSetEngine:
                     yield _aborted(flight.request_id, prompt)
                     return
                 if self.num_alive == 0:
-                    raise APIError(503, "No engine replica is alive (Ray Serve is restarting them); retry shortly",
-                                   code="no_replica_alive", headers={"Retry-After": "2"})
-                flight.call = self._stream_handle.generate.remote(prompt, params, flight.request_id,
+                    raise _no_replica()
+                flight.call = self._stream_handle.generate.remote(prompt, params, flight.request_id, stream,
                                                                  **{AVOID: list(avoid)})
                 try:
+                    flight.tag = await self._tag(flight.call)
+                    _note_server(flight.request_id, flight.tag.replica)
                     async for item in flight.call:
-                        if isinstance(item, ReplicaTag):
-                            flight.tag = item
-                            _note_server(flight.request_id, item.replica)
-                            continue
                         for out in item:
                             flight.started = True
                             if out.finished:
@@ -249,6 +260,24 @@ class ReplicaSetEngine:
                 flight.call.cancel()  # the caller stopped early: free the request on the replica
             self._flights.pop(flight.request_id, None)
 
+    async def _tag(self, call: Any) -> ReplicaTag:
+        """The stream's first item; while it is awaited, Ray may hold the call until some replica is up:
+        if the router is left with none, give up with 503 instead of keeping the client waiting."""
+        first = asyncio.ensure_future(call.__anext__())
+        try:
+            while True:
+                done, _ = await asyncio.wait({first}, timeout=NO_REPLICA_POLL_S)
+                if done:
+                    tag = first.result()
+                    if not isinstance(tag, ReplicaTag):
+                        raise EngineError(f"an engine replica answered {type(tag).__name__} before its tag")
+                    return tag
+                if self.num_alive == 0:
+                    call.cancel()
+                    raise _no_replica()
+        finally:
+            first.cancel()
+
     @staticmethod
     def _name(flight: _Flight) -> str:
         return flight.tag.replica if flight.tag is not None else "(unknown)"
@@ -260,6 +289,11 @@ def _note_server(request_id: str, replica: str) -> None:
         served[request_id] = replica
 
 
+def _no_replica() -> APIError:
+    return APIError(503, "No engine replica is alive (Ray Serve is restarting them); retry shortly",
+                    code="no_replica_alive", headers={"Retry-After": "2"})
+
+
 def _aborted(request_id: str, prompt: list[int]) -> RequestOutput:
     return RequestOutput(request_id=request_id, finished=True, finish_reason="abort", prompt_token_ids=prompt)
 
@@ -269,26 +303,3 @@ def _cause(exc: RayTaskError) -> BaseException:
     if isinstance(cause, BaseException):
         return cause
     return EngineError(f"an engine replica failed: {exc}")
-
-
-async def _awaitable(call: Any) -> Any:
-    return await call
-
-
-def sum_stats(per_replica: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Counters and gauges summed; `kv_cache_usage` weighted by pool size; `page_size` kept."""
-    total: dict[str, Any] = {}
-    for stats in per_replica:
-        for key, value in stats.items():
-            if isinstance(value, dict):
-                merged = total.setdefault(key, {})
-                for k, v in value.items():
-                    merged[k] = merged.get(k, 0) + v
-            elif isinstance(value, (int, float)) and key not in ("kv_cache_usage", "page_size"):
-                total[key] = total.get(key, 0) + value
-    pages = sum(int(s.get("num_pages", 0)) for s in per_replica)
-    if per_replica:
-        total["page_size"] = max(int(s.get("page_size", 0)) for s in per_replica)
-        total["kv_cache_usage"] = (sum(float(s.get("kv_cache_usage", 0.0)) * int(s.get("num_pages", 0))
-                                       for s in per_replica) / pages) if pages else 0.0
-    return total

@@ -29,7 +29,7 @@ _SERVER_ARGS: dict[str, type] = {"served_model_name": str, "api_key": str, "max_
 _REPLICA_ARGS: dict[str, type] = {"replicas": int, "cpus_per_replica": float, "routing": str}
 
 
-@serve.deployment(name="AstraiIngress", max_ongoing_requests=10_000)
+@serve.deployment(name="AstraiIngress", max_ongoing_requests=10_000, ray_actor_options={"num_cpus": 0})
 @serve.ingress()
 class OpenAIIngress:
     """The OpenAI HTTP surface as a Serve deployment, over a handle to the engine replicas."""
