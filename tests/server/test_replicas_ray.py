@@ -30,12 +30,13 @@ VOCAB = 256
 PAGE = 16
 PER_REPLICA_SEQS = 2
 START_TIMEOUT_S = 300
+GRACE_S = 2  # --shutdown-timeout
 
 
 def write_tiny_llama(directory: Path) -> None:
     """A tiny random llama checkpoint with a word-level tokenizer ("t0" .. "t255")."""
     config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192)
     torch.manual_seed(0)
     transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(directory)
     backend = BackendTokenizer(models.WordLevel(vocab={f"t{i}": i for i in range(VOCAB)}, unk_token="t0"))
@@ -113,7 +114,8 @@ def served(tmp_path_factory) -> Iterator[Served]:
     write_tiny_llama(model_dir)
     command = [sys.executable, "-m", "astrai.server.cli", "serve", "--replicas", "2", "--model", str(model_dir),
                "--port", "0", "--dtype", "float32", "--max-num-seqs", str(PER_REPLICA_SEQS), "--page-size", str(PAGE),
-               "--num-pages", "96", "--max-model-len", "1024", "--max-queue", "32", "--shutdown-timeout", "5"]
+               "--num-pages", "320", "--max-model-len", "5000", "--max-queue", "32", "--shutdown-timeout",
+               str(GRACE_S)]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output: list[str] = []
     found = threading.Event()
@@ -297,18 +299,25 @@ def test_with_no_replica_alive_the_endpoint_answers_503_with_retry_after(served)
 
 def test_sigterm_drains_then_stops_everything_it_started(served):
     started = descendants(served.proc.pid)
-    assert any(name in open(f"/proc/{pid}/comm").read() for pid in started if alive(pid)
-               for name in ("raylet", "gcs_server"))
-    record: dict = {}
-    streamer = threading.Thread(target=stream, args=(served, words([6, 6]), 60, record))
-    streamer.start()
+    names = {open(f"/proc/{pid}/comm").read().strip() for pid in started if alive(pid)}
+    assert {"raylet", "gcs_server"} <= names, names
+    short: dict = {}
+    long: dict = {}
+    streams = [threading.Thread(target=stream, args=(served, words([6, 6]), 20, short)),
+               threading.Thread(target=stream, args=(served, words([5, 5]), 4900, long))]
+    for thread in streams:
+        thread.start()
     deadline = time.monotonic() + 60
-    while not record.get("chunks"):
-        assert time.monotonic() < deadline and streamer.is_alive()
+    while not (short.get("chunks") and long.get("chunks")):
+        assert time.monotonic() < deadline and all(t.is_alive() for t in streams)
         time.sleep(0.02)
     served.proc.send_signal(signal.SIGTERM)
-    streamer.join(60)
-    assert record["error"] is None and record["done"] and record["usage"]["completion_tokens"] == 60  # drained
+    for thread in streams:
+        thread.join(60)
+    # In flight at SIGTERM: the short one finishes within the grace period, the long one is cut at
+    # its end with an error event and [DONE], as the single-process server does.
+    assert short["error"] is None and short["done"] and short["usage"]["completion_tokens"] == 20
+    assert long["done"] and long["error"]["code"] == "aborted", long["error"]
     assert served.proc.wait(90) == 0
     deadline = time.monotonic() + 30
     while [pid for pid in started if alive(pid)]:

@@ -53,13 +53,15 @@ class EngineReplica:
     """What runs inside each replica process (the Serve deployment's class)."""
 
     def __init__(self, spec: EngineSpec) -> None:
+        _log_to_stderr()  # Ray forwards each replica's stderr to the front end, prefixed with the replica
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.pid = os.getpid()
         self.node_id = ray.get_runtime_context().get_node_id()
         self.engine = build_engine(spec)
         stats = self.engine.stats()
-        logger.warning("engine replica %s (pid %d) ready: %d KV pages of %d tokens, context %d", self.replica,
-                       self.pid, stats["num_pages"], stats["page_size"], self.engine.max_model_len)
+        logger.info("engine replica %s (pid %d) ready: %d KV pages of %d tokens, context %d, OMP_NUM_THREADS=%s",
+                    self.replica, self.pid, stats["num_pages"], stats["page_size"], self.engine.max_model_len,
+                    os.environ.get("OMP_NUM_THREADS", "unset"))
 
     async def generate(self, prompt: list[int], params: SamplingParams, request_id: str, stream: bool = True,
                        **_routing_hints: Any) -> AsyncIterator[ReplicaTag | list[RequestOutput]]:
@@ -72,7 +74,10 @@ class EngineReplica:
         def sink(out: RequestOutput) -> None:
             loop.call_soon_threadsafe(outputs.put_nowait, out)
 
-        self.engine.add_request(prompt, params, request_id, sink=sink, stream=stream)
+        try:
+            self.engine.add_request(prompt, params, request_id, sink=sink, stream=stream)
+        except ValueError as exc:  # the client's fault (400); a plain ValueError always crosses processes
+            raise ValueError(str(exc)) from None
         finished = False
         try:
             while not finished:
@@ -104,6 +109,15 @@ class EngineReplica:
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.shutdown()
+
+
+def _log_to_stderr() -> None:
+    package = logging.getLogger("astrai")
+    if not package.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        package.addHandler(handler)
+        package.setLevel(logging.INFO)
 
 
 def engine_deployment(num_replicas: int, *, max_ongoing_requests: int, num_cpus: float,
