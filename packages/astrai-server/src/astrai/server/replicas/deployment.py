@@ -129,7 +129,7 @@ def engine_deployment(num_replicas: int, *, max_ongoing_requests: int, num_cpus:
         graceful_shutdown_wait_loop_s=0.5, graceful_shutdown_timeout_s=5.0,
         request_router_config=RequestRouterConfig(request_router_class=ROUTER_CLASS,
                                                   request_router_kwargs=dict(router_kwargs or {})),
-        logging_config={"enable_access_log": False},
+        logging_config={"enable_access_log": False, "log_level": "WARNING"},
     )
 
 

@@ -25,6 +25,9 @@ logger = logging.getLogger("astrai.server")
 KV_FRACTION = 0.25
 KV_CAP_BYTES = 2 << 30
 ROUTING_POLICIES = ("prefix", "round-robin")
+# Calls Ray Serve lets one replica hold at once: no real limit, since the front end's admission
+# answers 429 first (batch per replica x replicas + --max-queue) and a replica queues what it is sent.
+REPLICA_MAX_ONGOING = 100_000
 
 
 @dataclass(frozen=True)
@@ -71,12 +74,11 @@ def engine_application(config: ServerConfig, options: ReplicaOptions, *, cpus: f
     on_cpu = str(kwargs.get("device") or "cpu").startswith("cpu")
     budget = replica_kv_budget(kv_share(options.replicas, nodes)) if on_cpu and "num_pages" not in kwargs else None
     spec = EngineSpec(config.model, kwargs, kv_budget_bytes=budget)
-    per_replica_seqs = int(kwargs.get("max_num_seqs", 64))
     router_kwargs = dict(options.router_kwargs)
     router_kwargs.setdefault("block_size", int(kwargs.get("page_size", 16)))
     router_kwargs["routing"] = options.routing
     deployment = engine_deployment(
-        options.replicas, max_ongoing_requests=per_replica_seqs + config.max_queue,
+        options.replicas, max_ongoing_requests=REPLICA_MAX_ONGOING,
         num_cpus=options.cpus_per_replica or cpus_per_replica(cpus, options.replicas), router_kwargs=router_kwargs)
     return deployment.bind(spec)
 
@@ -90,7 +92,7 @@ def deploy_replica_set(config: ServerConfig, options: ReplicaOptions, runtime: R
     application = engine_application(config, options, cpus=runtime.cluster_cpus(), nodes=nodes)
     logger.info("deploying %d engine replica(s) of %r on %d Ray node(s)", options.replicas, config.model, nodes)
     handle = runtime.deploy(application)
-    return ReplicaSetEngine.connect(handle, on_shutdown=runtime.stop)
+    return ReplicaSetEngine.connect(handle, num_replicas=options.replicas, on_shutdown=runtime.stop)
 
 
 def start_replica_set(config: ServerConfig, options: ReplicaOptions) -> ReplicaSetEngine:

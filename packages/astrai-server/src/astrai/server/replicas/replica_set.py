@@ -63,7 +63,7 @@ class _Flight:
 class ReplicaSetEngine:
     """Engine-shaped front for N engine replicas behind one Ray Serve deployment handle."""
 
-    def __init__(self, handle: DeploymentHandle, description: EngineDescription, *,
+    def __init__(self, handle: DeploymentHandle, description: EngineDescription, *, num_replicas: int,
                  on_shutdown: Callable[[], None] | None = None) -> None:
         self._handle = handle
         self._stream_handle = handle.options(stream=True)
@@ -71,7 +71,8 @@ class ReplicaSetEngine:
         self.tokenizer = description.tokenizer
         self.config = description.config
         self.max_model_len = description.max_model_len
-        self.max_num_seqs = description.max_num_seqs
+        self.num_replicas = num_replicas
+        self.max_num_seqs = description.max_num_seqs * num_replicas  # one batch per replica
         self._flights: dict[str, _Flight] = {}
         self.monitor = ReplicaMonitor(handle)
         self.retries_total = 0
@@ -80,11 +81,11 @@ class ReplicaSetEngine:
         self._pumps: set[asyncio.Task[None]] = set()
 
     @classmethod
-    def connect(cls, handle: DeploymentHandle, *, timeout_s: float = 600.0,
+    def connect(cls, handle: DeploymentHandle, *, num_replicas: int, timeout_s: float = 600.0,
                 on_shutdown: Callable[[], None] | None = None) -> ReplicaSetEngine:
         """Fetch the tokenizer and limits from one replica (blocking: call from a worker thread)."""
         description = handle.describe.remote().result(timeout_s=timeout_s)
-        return cls(handle, description, on_shutdown=on_shutdown)
+        return cls(handle, description, num_replicas=num_replicas, on_shutdown=on_shutdown)
 
     # --- the engine interface ------------------------------------------------------------
 

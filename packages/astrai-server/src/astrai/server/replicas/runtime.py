@@ -64,11 +64,17 @@ class RayRuntime:
         """Run the Serve application (blocks until every replica is up) and return its ingress handle."""
 
         def run() -> DeploymentHandle:
-            serve.start(proxy_location="Disabled")  # joins a Serve instance already running in the cluster
+            # Joins a Serve instance already running in the cluster (its settings then stay as they are).
+            serve.start(proxy_location="Disabled", logging_config={"log_level": self._serve_log_level})
             self._deployed = True
             return serve.run(application, name=self.app_name, route_prefix=None)
 
         return self._call(run)
+
+    @property
+    def _serve_log_level(self) -> str:
+        """Serve's own components log warnings and errors only, unless debugging."""
+        return "DEBUG" if self.log_level.lower() == "debug" else "WARNING"
 
     def stop(self) -> None:
         """Delete what was deployed; shut the local instance down. Idempotent."""

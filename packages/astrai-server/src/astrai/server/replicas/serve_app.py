@@ -34,12 +34,14 @@ _REPLICA_ARGS: dict[str, type] = {"replicas": int, "cpus_per_replica": float, "r
 class OpenAIIngress:
     """The OpenAI HTTP surface as a Serve deployment, over a handle to the engine replicas."""
 
-    def __init__(self, engine: DeploymentHandle, config: ServerConfig) -> None:
+    def __init__(self, engine: DeploymentHandle, config: ServerConfig, num_replicas: int) -> None:
         self._engine = engine
         self._config = config
+        self._num_replicas = num_replicas
 
     def __serve_build_asgi_app__(self) -> Any:
-        return create_replica_app(self._config, lambda: ReplicaSetEngine.connect(self._engine))
+        return create_replica_app(self._config, lambda: ReplicaSetEngine.connect(self._engine,
+                                                                                 num_replicas=self._num_replicas))
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -61,7 +63,7 @@ def build_app(args: dict[str, Any]) -> Application:
     cpus = options.cpus_per_replica or 1.0
     nodes = sum(1 for n in ray.nodes() if n.get("Alive")) if ray.is_initialized() else 1
     engines = engine_application(config, options, cpus=cpus * options.replicas, nodes=max(1, nodes))
-    return OpenAIIngress.bind(engines, config)
+    return OpenAIIngress.bind(engines, config, options.replicas)
 
 
 def _convert(name: str, value: Any, kind: type) -> Any:
