@@ -225,7 +225,7 @@ def profile_section(r: dict) -> str:
         c = ph.get("counts", {})
         out += ["", f"Engine phases from its trace events: {c.get('steps', 0)} steps, "
                 f"{c.get('prefill_tokens', 0):,} prefill and {c.get('decode_tokens', 0):,} decode tokens "
-                f"in {ph['wall_s']:.1f} s wall ('forward' overlaps prefill/decode).", "",
+                f"in {ph['wall_s']:.1f} s wall (schedule, build_batch, forward and sample are disjoint).", "",
                 table(["Phase", "Seconds", "% of wall"], rows)]
     spy = p.get("py_spy", {})
     if _ok(spy):

@@ -204,3 +204,45 @@ def test_commit_of_tokens_that_do_not_extend_the_prompt_is_refused():
     mgr.close("a", prompt)
     assert mgr.num_cached_pages() == 2
     mgr.check_invariants()
+
+
+def test_lookup_reports_what_open_finds_and_changes_nothing():
+    mgr, events = make(num_pages=8)
+    prompt = list(range(1, 13))  # three pages
+    run_prompt(mgr, "a", prompt)
+    sketch = mgr.radix.policy.sketch
+    node = next(iter(mgr.radix.root.children.values()))
+    before = (mgr.stats(), mgr.radix.num_nodes, node.last_access, sketch.estimate(node.freq_key), len(events))
+    longer = prompt + [50, 51, 52, 53, 54]
+    for _ in range(20):
+        look = mgr.lookup(longer, len(longer) + 3)
+    assert (mgr.stats(), mgr.radix.num_nodes, node.last_access, sketch.estimate(node.freq_key), len(events)) == before
+    assert look.cached_tokens == 12
+    assert look.pages_needed == 2  # positions 12..19: pages 3 and 4, nothing shared to copy
+    assert look.pages_available == mgr.num_free_pages()  # the three cached pages would be locked
+    assert look.fits
+    assert mgr.open("b", longer) == look.cached_tokens
+    assert mgr.can_reserve("b", len(longer) + 3) and mgr.reserve("b", len(longer) + 3)
+    assert len(mgr.block_table("b")) == 3 + look.pages_needed
+    mgr.check_invariants()
+
+
+def test_lookup_of_a_full_hit_counts_the_copy_on_write_page():
+    mgr, _ = make(num_pages=6)
+    prompt = list(range(1, 9))  # two full pages
+    run_prompt(mgr, "a", prompt)
+    look = mgr.lookup(prompt)
+    assert look.cached_tokens == 7  # the last token is always recomputed ...
+    assert look.pages_needed == 1  # ... in a private copy of the shared last page
+    mgr.open("b", prompt)
+    pages_before = mgr.num_free_pages()
+    assert mgr.reserve("b", len(prompt)) and pages_before - mgr.num_free_pages() == 1
+    mgr.check_invariants()
+
+
+def test_lookup_without_room_does_not_fit():
+    mgr, _ = make(num_pages=4)
+    mgr.open("big", list(range(12)))
+    assert mgr.reserve("big", 12)  # three of four pages in use
+    look = mgr.lookup(list(range(100, 112)))
+    assert (look.cached_tokens, look.pages_needed, look.pages_available, look.fits) == (0, 3, 1, False)

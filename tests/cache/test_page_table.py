@@ -42,13 +42,14 @@ def test_slots_outside_reserved_positions_raise():
         t.slots(6, 9)
 
 
-def test_fork_shares_and_copy_on_write_keeps_the_other_copy_intact():
+def test_attach_shares_and_copy_on_write_keeps_the_other_copy_intact():
     pool = PagePool(6)
     kv = KVTensors(2, 1, 1, page_size=2, num_pages=6, dtype=torch.float32)
     a = PageTable(pool, 2)
     a.grow(4)
     kv.buffer[:, :, a.pages[1]] = 3.0
-    b = a.fork()
+    b = PageTable(pool, 2)
+    b.attach(a.handles)
     assert b.pages == a.pages and all(pool.refcount(p) == 2 for p in a.pages)
     assert a.copy_on_write(0, kv) == (0, 2)  # page 0 was shared: copied to the lowest free page
     old, new = b.copy_on_write(1, kv)

@@ -1,7 +1,16 @@
 """RadixCache: exact page-aligned matching, splits, duplicate-free inserts, locks and eviction."""
 
 import pytest
-from astrai.cache import CacheError, LockError, PageLengthError, PagePool, PageTable, RadixCache
+from astrai.cache import (
+    CacheError,
+    CacheInvariantError,
+    LockError,
+    LRUPolicy,
+    PageLengthError,
+    PagePool,
+    PageTable,
+    RadixCache,
+)
 
 PS = 4
 
@@ -164,3 +173,45 @@ def test_locking_an_evicted_node_raises():
     with pytest.raises(LockError):
         radix.unlock(node)
     radix.check_invariants()
+
+
+def test_a_policy_object_decides_the_eviction_order():
+    class LongestFirst(LRUPolicy):
+        """Evicts the leaf with the most pages first, whatever its recency."""
+
+        name = "longest-first"
+
+        def priority(self, node):
+            return -len(node.pages), node.last_access
+
+    pool, radix = make(eviction=LongestFirst(PS))
+    assert radix.eviction == "longest-first"
+    cache_tokens(pool, radix, [7] * 8)  # a two-page leaf
+    cache_tokens(pool, radix, [9] * 4)  # a one-page leaf
+    radix.match([7] * 8)  # the two-page leaf is now the most recent: LRU would trim the other
+    assert radix.evict(1)
+    assert len(matched_pages(radix, [9] * 4)) == 1 and len(matched_pages(radix, [7] * 8)) == 1
+    radix.check_invariants()
+
+
+def test_peek_neither_splits_nor_counts_a_use():
+    pool, radix = make(eviction="tinylfu")
+    cache_tokens(pool, radix, BASE[:12])  # one node of three pages
+    sketch = radix.policy.sketch
+    root_child = next(iter(radix.root.children.values()))
+    before = (radix.num_nodes, root_child.last_access, sketch.estimate(root_child.freq_key))
+    assert radix.peek(BASE[:8] + [999] * 4) == (2, 2)  # two of the three pages match, both unlocked
+    assert (radix.num_nodes, root_child.last_access, sketch.estimate(root_child.freq_key)) == before
+    handles, node = radix.match(BASE[:8] + [999] * 4)  # match splits and counts
+    assert len(handles) == 2 and radix.num_nodes == 2
+    radix.lock(node)
+    assert radix.peek(BASE[:12]) == (3, 1)  # the locked upper part is not evictable
+    radix.check_invariants()
+
+
+def test_check_invariants_raises_a_cache_error_not_an_assertion():
+    pool, radix = make()
+    cache_tokens(pool, radix, BASE[:8])
+    radix._num_pages += 1  # corrupt a counter
+    with pytest.raises(CacheInvariantError, match="counter says"):
+        radix.check_invariants()

@@ -161,7 +161,9 @@ class PagesMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def share(self, data):
         tid = data.draw(st.sampled_from(sorted(self.tables)))
-        self.add_table(self.tables[tid].fork(), list(self.tokens[tid]), list(self.content[tid]))
+        shared = PageTable(self.pool, PS)
+        shared.attach(self.tables[tid].handles)
+        self.add_table(shared, list(self.tokens[tid]), list(self.content[tid]))
 
     @precondition(lambda self: any(self.tables.values()))
     @rule(data=st.data())

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from astrai.model import bundled_gguf_path, load_model
 from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import models, pre_tokenizers
@@ -58,14 +59,12 @@ def gguf_dir() -> Path:
 @pytest.fixture(scope="session")
 def hf_tokenizer(gguf_dir):
     """transformers' own reading of the same GGUF tokenizer: the reference."""
-    transformers = pytest.importorskip("transformers")
     return transformers.AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_NAME)
 
 
 @pytest.fixture
 def tiny_llama_dir(tmp_path, randomize):
     """A tiny random llama checkpoint saved by transformers, with a word-level tokenizer."""
-    transformers = pytest.importorskip("transformers")
     config = transformers.LlamaConfig(
         vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,

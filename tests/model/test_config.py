@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from astrai.model import PRESETS, ModelConfig, Transformer
+from astrai.model import PRESETS, ModelConfig, Transformer, resolve_dtype
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -37,3 +37,26 @@ def test_invalid_configs_are_rejected():
         ModelConfig(name="x", num_heads=6, num_kv_heads=4)
     with pytest.raises(KeyError, match="unknown preset"):
         ModelConfig.preset("gpt-5")
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("float32", torch.float32), ("fp32", torch.float32), ("float", torch.float32), ("FP32", torch.float32),
+    ("bfloat16", torch.bfloat16), ("bf16", torch.bfloat16), ("torch.bfloat16", torch.bfloat16),
+    ("float16", torch.float16), ("fp16", torch.float16), ("half", torch.float16), (torch.float16, torch.float16),
+])
+def test_resolve_dtype_accepts_the_cli_aliases(name, expected):
+    assert resolve_dtype(name) is expected
+
+
+def test_resolve_dtype_none_and_auto_mean_the_callers_default():
+    assert resolve_dtype(None) is torch.float32
+    assert resolve_dtype("auto", default="bfloat16") is torch.bfloat16
+    assert resolve_dtype(None, default=torch.float16) is torch.float16
+    with pytest.raises(ValueError, match="unsupported dtype 'int8'.*'auto'"):
+        resolve_dtype("int8")
+
+
+def test_transformer_is_a_forward_model():
+    from astrai.model import ForwardModel
+
+    assert isinstance(Transformer(ModelConfig.preset("tiny-llama"), device="meta", init_weights=False), ForwardModel)

@@ -1,4 +1,9 @@
-"""The opt-in packed bf16 CPU path computes what the plain path computes."""
+"""The opt-in packed bf16 CPU path computes what the plain path computes.
+
+Which path this machine can run is decided once, up front, and shows in the test id:
+`[packed]` where oneDNN has fast bf16 (AVX512-BF16 / AMX) and `pack_for_cpu()` packs, or
+`[unpacked]` where it cannot, and then the test proves that refusing changed nothing.
+"""
 
 from __future__ import annotations
 
@@ -13,18 +18,32 @@ def make(dtype: torch.dtype) -> Transformer:
     return model
 
 
+PATH_HERE = "packed" if make(torch.bfloat16).pack_for_cpu() else "unpacked"
+
+
 def test_float32_is_never_packed():
     assert make(torch.float32).pack_for_cpu() is False
 
 
-def test_packed_bf16_tracks_float32_and_keeps_ragged_semantics():
+@pytest.mark.parametrize("path", [PATH_HERE])
+def test_bf16_after_pack_for_cpu_tracks_float32_and_keeps_ragged_semantics(path):
     reference = make(torch.float32)
     model = make(torch.bfloat16)
-    if not model.pack_for_cpu():
-        pytest.skip("this CPU/torch build has no fast oneDNN bf16")
-    assert model.pack_for_cpu() is False  # already packed: a no-op
     ids = torch.randint(0, 512, (30,), generator=torch.Generator().manual_seed(1)).tolist()
+    before = model.logits(ids)
+    linears = [type(layer.self_attn.qkv_proj) for layer in model.layers]
+
+    packed = model.pack_for_cpu()
+    assert packed is (path == "packed")
+    assert model.pack_for_cpu() is False  # packed already, or still impossible: a no-op either way
     full = model.logits(ids)
+    if packed:
+        assert model.packed_head is not None
+        assert all(type(layer.self_attn.qkv_proj).__name__ == "PackedLinear" for layer in model.layers)
+    else:  # refused: nothing was swapped, and the outputs are bit-identical
+        assert model.packed_head is None and not model.packed
+        assert [type(layer.self_attn.qkv_proj) for layer in model.layers] == linears
+        assert torch.equal(full, before)
     expected = reference.logits(ids)
     assert float((full - expected).abs().max() / expected.abs().max()) < 0.05
 

@@ -14,9 +14,8 @@ import gguf
 import numpy as np
 import pytest
 import torch
+import transformers
 from astrai.model import ModelLoadError, load_model
-
-transformers = pytest.importorskip("transformers")
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

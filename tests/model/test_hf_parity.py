@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 from astrai.model import load_model
-
-transformers = pytest.importorskip("transformers")
 
 VOCAB = 384
 COMMON = dict(

@@ -104,3 +104,13 @@ def test_bad_batches_are_rejected():
         ForwardBatch.build([[1, 2, 3]], [7], [[0, 1]], PAGE_SIZE)
     with pytest.raises(ValueError, match="out of range"):
         model.logits([model.config.vocab_size])
+
+
+def test_from_flat_is_the_builder_build_uses():
+    per_seq = ForwardBatch.build([[5, 6, 7], [8]], [0, 4], [[3], [1, 2]], PAGE_SIZE)
+    flat = ForwardBatch.from_flat([5, 6, 7, 8], [0, 1, 2, 4], [3 * PAGE_SIZE, 3 * PAGE_SIZE + 1, 3 * PAGE_SIZE + 2,
+                                                              2 * PAGE_SIZE], [[3], [1, 2]], [3, 5], [0, 3, 4], [2, 3])
+    for name in ("token_ids", "positions", "slot_mapping", "block_tables", "context_lens", "query_start_loc",
+                 "logits_indices"):
+        assert torch.equal(getattr(per_seq, name), getattr(flat, name)), name
+    assert flat.block_tables.tolist() == [[3, 0], [1, 2]]  # padded with 0

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 from astrai.model import ForwardBatch, ModelConfig
-
-transformers = pytest.importorskip("transformers")
 
 PAGE_SIZE = 16
 STORY = [{"role": "user", "content": "Write a short story about a robot who learns to paint."}]

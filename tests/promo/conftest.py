@@ -19,7 +19,7 @@ def _step(n, *, arrived=(), prefill=(), decode=(), finished=(), allocated=(), sh
     return {
         "step": n,
         "time": 0.01 * n,
-        "phases_ms": {"cleanup": 0.1, "refill": 0.2, "prefill": 3.0 if prefill else 0.0, "decode": 1.0, "forward": 4.0},
+        "phases_ms": {"schedule": 0.3, "build_batch": 3.0 if prefill else 0.0, "forward": 4.0, "sample": 1.0},
         "prefill": [dict(p) for p in prefill],
         "decode": list(decode),
         "arrived": list(arrived),
@@ -38,7 +38,7 @@ def _step(n, *, arrived=(), prefill=(), decode=(), finished=(), allocated=(), sh
 
 _TRACE = {
     "format": "astrai-trace",
-    "version": 1,
+    "version": 2,
     "packages": {"astrai-model": "0.1.0", "astrai-cache": "0.1.0", "astrai-scheduler": "0.1.0",
                  "astrai-server": "0.1.0", "astrai-promo": "0.1.0"},
     "model": {"name": "smollm2-135m-instruct", "architecture": "llama", "vocab_size": 49152, "hidden_size": 576,

@@ -21,6 +21,7 @@ from astrai.promo.beats import (
     TitleBeat,
 )
 from astrai.promo.sampling import evenly, plan_timing, sample_indices
+from astrai.scheduler import PHASES
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def test_architecture_beats(trace):
     ]
     assert layers[1].facts == ("3 requests in this run · at most 4 running at once · streams RequestOutput deltas",)
     assert layers[2].facts == (
-        "Cleanup → Refill → Prefill → Decode · 7 steps · up to 2 sequences per forward · 0 preemptions",
+        "Schedule → Build batch → Forward → Sample · 7 steps · up to 2 sequences per forward · 0 preemptions",
     )
     assert layers[3].facts == (
         "page size 4 tokens · pool 12 pages (48 tokens) · prefix pages shared: 1 · evicted: 1",
@@ -61,8 +62,10 @@ def test_architecture_beats(trace):
 def test_batching_beats(trace):
     beats = batching_beats(trace)
     assert isinstance(beats[0], LoopBeat)
-    assert [p.name for p in beats[0].phases] == ["Cleanup", "Refill", "Prefill", "Decode"]
-    assert beats[0].phases[2].mean_ms == pytest.approx(9.0 / 7)  # 3 ms in the 3 prefill steps
+    assert [p.name for p in beats[0].phases] == ["Schedule", "Build batch", "Forward", "Sample"]
+    assert [p.key for p in beats[0].phases] == list(PHASES)
+    assert beats[0].phases[1].mean_ms == pytest.approx(9.0 / 7)  # batches with prefills took 3 ms, 3 of 7 steps
+    assert beats[0].phases[2].mean_ms == pytest.approx(4.0)
     assert beats[0].forward_ms == pytest.approx(4.0)
     steps = [b for b in beats if isinstance(b, BatchStepBeat)]
     assert [b.step for b in steps] == list(range(7))  # short trace: every step is shown
@@ -70,9 +73,10 @@ def test_batching_beats(trace):
     assert mask == ["001111111111", "001111111111", "000111111111", "010111111111",
                     "001011111111", "101011111111", "111111111111"]
     assert [b.num_free_pages for b in steps] == [10, 10, 9, 10, 9, 10, 12]
-    assert [b.active_phases for b in steps] == [
-        ("Refill", "Prefill"), ("Decode",), ("Refill", "Prefill", "Decode"), ("Cleanup", "Decode"),
-        ("Cleanup", "Refill", "Prefill", "Decode"), ("Decode",), ("Cleanup", "Decode"),
+    forward = ("build_batch", "forward", "sample")
+    assert [b.active_phases for b in steps] == [  # the scheduler changed something in every step but 1
+        ("schedule", *forward), forward, ("schedule", *forward), ("schedule", *forward),
+        ("schedule", *forward), ("schedule", *forward), ("schedule", *forward),
     ]
     assert steps[2].lanes == (
         Lane("r1", "decode", 3, 4, "decoding · 3/4 tokens"),

@@ -62,3 +62,12 @@ def test_step_captions_are_drawn(trace_dict):
     texts = drawn_texts(pool_texts(pool)) + drawn_texts(pool_labels(pool.cells)) + drawn_texts(page_tables(pool.tables))
     assert "step 2: 3 in use · 0 cached · 9 free" in texts
     assert "×2" in texts  # page 0 held by r1 and r2
+
+
+def test_the_loop_shows_the_phases_the_engine_times_with_their_means(trace_dict):
+    from astrai.promo.scenes.batching import loop_diagram
+    from astrai.promo.scenes.style import drawn_texts
+
+    texts = drawn_texts(loop_diagram(batching_beats(Trace.from_dict(trace_dict))[0].phases))
+    assert texts == ["Schedule", "0.3 ms avg", "Build batch", "1.3 ms avg", "Forward", "4.0 ms avg",
+                     "Sample", "1.0 ms avg"]  # batch building is not "Prefill", sampling not "Decode"

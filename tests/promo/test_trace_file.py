@@ -44,7 +44,7 @@ def test_missing_file(tmp_path):
 
 def test_other_format_version(tmp_path, trace_dict):
     trace_dict["version"] = TRACE_VERSION + 1
-    with pytest.raises(TraceError, match=rf"version {TRACE_VERSION + 1} is not supported.*reads version {TRACE_VERSION}"):
+    with pytest.raises(TraceError, match=rf"version {TRACE_VERSION + 1} is not supported.*reads versions 1, 2"):
         load_trace(_write(tmp_path, trace_dict))
 
 
@@ -71,4 +71,21 @@ def test_not_a_trace(tmp_path):
 def test_missing_or_wrong_fields_are_named(tmp_path, trace_dict, edit, message):
     edit(trace_dict)
     with pytest.raises(TraceError, match=message):
+        load_trace(_write(tmp_path, trace_dict))
+
+
+def test_version_1_trace_is_read_with_its_phases_renamed_for_what_they_timed(tmp_path, trace_dict):
+    trace_dict["version"] = 1
+    for step in trace_dict["steps"]:  # version 1 called batch building "prefill" and sampling "decode"
+        step["phases_ms"] = {"cleanup": 0.1, "refill": 0.2, "prefill": 3.0, "decode": 1.0, "forward": 4.0}
+    trace = load_trace(_write(tmp_path, trace_dict))
+    assert trace.steps[0]["phases_ms"] == pytest.approx({"schedule": 0.3, "build_batch": 3.0, "forward": 4.0,
+                                                         "sample": 1.0})
+    saved = json.loads(save_trace(trace, tmp_path / "again.json").read_text())
+    assert saved["version"] == TRACE_VERSION == 2  # written back in the current version
+
+
+def test_version_1_phase_names_in_a_version_2_file_are_refused(tmp_path, trace_dict):
+    trace_dict["steps"][2]["phases_ms"] = {"prefill": 3.0}
+    with pytest.raises(TraceError, match=r"steps\[2\]\.phases_ms has unknown phase 'prefill'"):
         load_trace(_write(tmp_path, trace_dict))

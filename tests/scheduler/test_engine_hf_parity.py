@@ -2,12 +2,11 @@
 
 import pytest
 import torch
+import transformers
 from astrai.model import bundled_gguf_path
 from astrai.scheduler import SamplingParams
 
 from .conftest import settle
-
-transformers = pytest.importorskip("transformers")
 
 NEW_TOKENS = 32
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from astrai.scheduler import JsonlTraceWriter, PromptTooLongError, SamplingParams
+from astrai.scheduler import PHASES, JsonlTraceWriter, PromptTooLongError, SamplingParams, TraceEvent
 
 from .conftest import settle
 
@@ -106,6 +106,10 @@ def test_trace_events_and_jsonl_writer(engine, prompts, tmp_path):
         {p["request_id"] for e in events for p in e["prefill"]}
     )
     assert any(e["pages"].get("allocated") for e in events)
+    assert all(list(e["phases_ms"]) == list(PHASES) for e in events)  # named for what they time
+    busy = [e for e in events if e["prefill"] or e["decode"]]
+    assert busy and all(e["phases_ms"]["forward"] > 0 and e["phases_ms"]["sample"] > 0 for e in busy)
+    assert all(TraceEvent.from_dict(e).to_dict() == e for e in events)  # the schema reads what it wrote
 
 
 def test_stats_count_tokens_and_requests(engine, prompts):
@@ -139,3 +143,28 @@ def test_default_pool_size_is_capped(engine):
     pages = default_num_pages(engine.config, torch.bfloat16, torch.device("cpu"), 16, 64)
     per_page = engine.config.kv_bytes_per_token(torch.bfloat16) * 16
     assert 1 <= pages and pages * per_page <= CPU_KV_CAP_BYTES
+
+
+def test_the_engine_is_an_engine_client_and_describes_itself(engine, prompts):
+    from astrai.scheduler import EngineClient, EngineStats
+
+    assert isinstance(engine, EngineClient)
+    assert set(engine.stats()) == set(EngineStats.__annotations__)
+    info = engine.describe()
+    assert (info.model, info.dtype, info.num_pages, info.max_num_seqs) == (engine.config.name, "float32", 2048, 32)
+    assert info.max_model_len == engine.max_model_len and info.scheduling == "continuous" and info.prefix_cache
+    assert info.modules["engine"] == "astrai.scheduler.engine" and info.modules["cache"] == "astrai.cache.manager"
+    assert info.modules["model"] == "astrai.model.transformer"
+
+
+def test_with_settings_builds_an_independent_engine_over_the_same_model(engine, prompts, greedy_alone):
+    params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    with engine.with_settings(num_pages=64, max_num_seqs=2, scheduling="static") as other:
+        assert other.model is engine.model and other.tokenizer is engine.tokenizer
+        info = other.describe()
+        assert (info.num_pages, info.max_num_seqs, info.scheduling) == (64, 2, "static")
+        assert info.max_num_batched_tokens == engine.max_num_batched_tokens  # not given: taken from engine
+        assert [o.token_ids for o in other.generate(prompts[:3], params)] == greedy_alone[:3]
+        settle(other)
+    with pytest.raises(TypeError, match="unknown Engine setting 'pages'"):
+        engine.with_settings(pages=3)

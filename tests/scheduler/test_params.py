@@ -46,6 +46,4 @@ def test_defaults_and_normalisation():
     assert p.stop_strings == ["###"]
     assert p.stop_token_ids == [7, 8]
     assert not p.greedy and SamplingParams(temperature=0).greedy
-    assert SamplingParams(top_k=-1).needs_filtering is False
-    assert SamplingParams(top_p=0.9).needs_filtering is True
     assert SamplingParams(frequency_penalty=0.5).needs_penalties is True

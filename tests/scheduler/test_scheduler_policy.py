@@ -111,3 +111,48 @@ def test_chunked_prefill_respects_the_token_budget():
     assert sizes[2] == [("long", 20, 25, True), ("other", 0, 5, False)]
     assert sizes[3] == [("long", 25, 26, True), ("other", 5, 6, True)]
     kv.check_invariants()
+
+
+def test_a_request_waiting_20_steps_for_memory_touches_the_sketch_once():
+    """Admission looks a waiting request up without side effects; only admitting it counts a use."""
+    kv = KVCacheManager(1, 1, 4, page_size=PAGE, num_pages=16, dtype=torch.float32, eviction="tinylfu")
+    sched = Scheduler(kv, max_num_seqs=8, max_num_batched_tokens=64, enable_prefix_cache=True)
+    shared = list(range(1000, 1012))  # three pages, cached by a first request
+
+    def make_request(rid, prompt, max_tokens, arrival):
+        return Request(rid, prompt, SamplingParams(), max_tokens=max_tokens, eos_token_ids=[0], arrival_seq=arrival)
+
+    def step():
+        plan = sched.schedule()
+        for c in plan.chunks:
+            c.request.num_computed = c.end
+            if c.sample:
+                c.request.output_token_ids.append(7)
+        return plan
+
+    warm = make_request("warm", shared + [5], 1, 0)
+    sched.add(warm)
+    step()
+    sched.release(warm)  # its three full pages go to the prefix cache
+    (prefix,) = kv.radix.nodes()
+    sketch = kv.radix.policy.sketch
+    uses_before = sketch.estimate(prefix.freq_key)
+
+    hog = make_request("hog", list(range(2000, 2010)), 30, 1)  # holds pages and grows a page every 4 steps
+    waiter = make_request("waiter", shared + list(range(3000, 3044)), 4, 2)  # 14 pages: 11 beyond the cache
+    sched.add(hog)
+    sched.add(waiter)
+    assert step().admitted == [hog]
+    queried = kv.stats().tokens_queried
+    for _ in range(20):
+        plan = step()
+        assert waiter not in plan.admitted and [c.request for c in plan.chunks] == [hog]
+    assert sketch.estimate(prefix.freq_key) == uses_before  # looked up 20 times, counted never
+    assert kv.stats().tokens_queried == queried and prefix.parent is not None  # still cached
+
+    sched.release(hog)
+    plan = step()
+    assert plan.admitted == [waiter] and waiter.num_cached_tokens == len(shared)
+    assert sketch.estimate(prefix.freq_key) == uses_before + 1  # admitted: one use
+    assert kv.stats().tokens_queried == queried + len(waiter.prompt_token_ids)
+    kv.check_invariants()

@@ -16,6 +16,7 @@ from astrai.scheduler import SamplingParams
 
 MODEL = "smollm2-135m-instruct"
 SMALL_ENGINE = ["--dtype", "float32", "--num-pages", "48", "--max-model-len", "128", "--max-num-seqs", "4"]
+LONG_STREAM_TOKENS = 600  # far more than a CPU decodes in the 2 s grace period: the abort must cut it
 
 
 def astrai(*args: str) -> list[str]:
@@ -26,7 +27,8 @@ def astrai(*args: str) -> list[str]:
 def served():
     """`astrai serve --port 0` with a key from the environment; yields (process, base URL)."""
     env = {**os.environ, "ASTRAI_API_KEY": "env-key"}
-    proc = subprocess.Popen(astrai("serve", "--port", "0", "--shutdown-timeout", "2", *SMALL_ENGINE),
+    proc = subprocess.Popen(astrai("serve", "--port", "0", "--shutdown-timeout", "2", *SMALL_ENGINE,
+                                   "--max-model-len", str(LONG_STREAM_TOKENS + 16)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         url = None
@@ -60,14 +62,15 @@ def test_serve_loads_in_background_and_stops_cleanly(served, stop_signal):
                        json={"model": MODEL, "prompt": "Hello", "max_tokens": 3, "temperature": 0})
     assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 3
 
-    # a long stream is in flight when the signal arrives: it is cut after the grace period, exit is 0
+    # a long stream is in flight when the signal arrives: it keeps streaming through the grace
+    # period, is then aborted with an error event, and the server exits 0
     lines: list[str] = []
 
     def long_stream() -> None:
         try:
             with httpx.stream("POST", url + "/v1/completions", headers=headers, timeout=60,
-                              json={"model": MODEL, "prompt": "Hello", "max_tokens": 120, "ignore_eos": True,
-                                    "stream": True}) as response:
+                              json={"model": MODEL, "prompt": "Hello", "max_tokens": LONG_STREAM_TOKENS,
+                                    "ignore_eos": True, "stream": True}) as response:
                 for line in response.iter_lines():
                     lines.append(line)
         except httpx.HTTPError:
@@ -78,14 +81,22 @@ def test_serve_loads_in_background_and_stops_cleanly(served, stop_signal):
     while not any(line.startswith("data: {") for line in lines):
         assert streamer.is_alive()
         time.sleep(0.05)
+    def text_chunks() -> int:
+        return sum(1 for line in lines if line.startswith("data: {") and '"text":' in line)
+
+    streamed_before_signal = text_chunks()
     proc.send_signal(stop_signal)
     assert proc.wait(60) == 0
     streamer.join(30)
     assert not streamer.is_alive()
-    # the cut stream still ended the OpenAI way: an error event saying why, then [DONE]
     events = [line for line in lines if line.startswith("data: ")]
+    # the grace period: the stream kept going after the signal ...
+    assert text_chunks() > streamed_before_signal, "nothing was streamed during the grace period"
+    # ... and was then cut, not finished: it ended the OpenAI way, an error event saying why, then [DONE]
     assert events[-1] == "data: [DONE]"
-    assert "shutting down" in events[-2] or '"finish_reason":"length"' in events[-2]
+    assert "shutting down" in events[-2] and '"code":"aborted"' in events[-2], events[-2]
+    assert not any('"finish_reason":"length"' in e for e in events)
+    assert text_chunks() < LONG_STREAM_TOKENS
     stderr = proc.stderr.read()
     assert "Traceback" not in stderr
     assert re.search(r"cmpl-\w+ POST /v1/completions 200 .*prompt_tokens=\d+ completion_tokens=3", stderr)
@@ -122,3 +133,14 @@ def test_scheduling_option_reaches_the_engine_and_rejects_unknown_modes():
     assert "scheduling" not in engine_kwargs(parse(["serve"]))  # the engine's default applies
     result = subprocess.run(astrai("serve", "--scheduling", "fifo"), capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--scheduling" in result.stderr
+
+
+def test_serve_leaves_the_batch_size_to_the_engine(engine):
+    from astrai.server import ServerConfig, create_app
+    from astrai.server.cli import build_parser, engine_kwargs
+
+    args = build_parser().parse_args(["serve"])
+    assert args.max_num_seqs is None and "max_num_seqs" not in engine_kwargs(args)
+    assert ServerConfig().max_num_seqs is None  # no copy of the engine's default here
+    app = create_app(ServerConfig(max_queue=5), engine=engine)
+    assert app.state.service.admission.limit == engine.max_num_seqs + 5  # read from the engine itself

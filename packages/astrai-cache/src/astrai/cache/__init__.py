@@ -5,6 +5,7 @@ The scheduler talks to `KVCacheManager`; the lower pieces are public for tests a
 
 from .errors import (
     CacheError,
+    CacheInvariantError,
     DoubleFreeError,
     LockError,
     OutOfPagesError,
@@ -12,8 +13,9 @@ from .errors import (
     StaleHandleError,
     UnknownSequenceError,
 )
-from .events import CacheEvent, CacheStats
-from .manager import KVCacheManager
+from .events import PAGE_EVENT_KINDS, CacheEvent, CacheStats, EventKind
+from .eviction import EvictionPolicy, LRUPolicy, TinyLFUPolicy
+from .manager import KVCacheManager, PrefixLookup
 from .page_table import PageTable
 from .pool import PageHandle, PagePool
 from .radix import RadixCache, RadixNode
@@ -21,21 +23,28 @@ from .sketch import CountMinSketch
 from .tensors import KVTensors
 
 __all__ = [
-    "PagePool",
-    "PageHandle",
+    "PAGE_EVENT_KINDS",
+    "CacheError",
+    "CacheEvent",
+    "CacheInvariantError",
+    "CacheStats",
+    "CountMinSketch",
+    "DoubleFreeError",
+    "EventKind",
+    "EvictionPolicy",
+    "KVCacheManager",
     "KVTensors",
+    "LRUPolicy",
+    "LockError",
+    "OutOfPagesError",
+    "PageHandle",
+    "PageLengthError",
+    "PagePool",
     "PageTable",
+    "PrefixLookup",
     "RadixCache",
     "RadixNode",
-    "CountMinSketch",
-    "KVCacheManager",
-    "CacheStats",
-    "CacheEvent",
-    "CacheError",
     "StaleHandleError",
-    "DoubleFreeError",
-    "OutOfPagesError",
-    "LockError",
-    "PageLengthError",
+    "TinyLFUPolicy",
     "UnknownSequenceError",
 ]

@@ -33,3 +33,11 @@ class PageLengthError(CacheError, ValueError):
 
 class UnknownSequenceError(CacheError, LookupError):
     """A sequence id that is not open (or is already open) was used."""
+
+
+class CacheInvariantError(CacheError):
+    """`check_invariants()` found the cache's bookkeeping inconsistent (a bug, never user input).
+
+    Raised explicitly rather than by `assert`, so the checks also run under `python -O`.
+    """
+

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 EventKind = Literal["allocated", "shared", "copied", "freed", "evicted"]
+PAGE_EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)  # the one list: traces and tools read it
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import CacheError, UnknownSequenceError
+from .errors import CacheError, CacheInvariantError, UnknownSequenceError
 from .events import CacheEvent, CacheStats
 from .page_table import PageTable
 from .pool import PagePool
@@ -33,6 +33,20 @@ class _Sequence:
     num_tokens: int = 0  # positions [0, num_tokens) are cached or reserved (written by the next forward)
     committed_pages: int = 0
     prompt: list[int] = field(default_factory=list)  # what open() was given: commits must extend it
+
+
+@dataclass(frozen=True)
+class PrefixLookup:
+    """The answer of `KVCacheManager.lookup`: what opening a sequence now would find and need."""
+
+    cached_tokens: int  # what open() would report as cached
+    pages_needed: int  # new + copy-on-write pages to reserve the requested tokens after open()
+    pages_available: int  # free + evictable pages, not counting the matched prefix open() would lock
+
+    @property
+    def fits(self) -> bool:
+        """Would reserve() succeed right after open()?"""
+        return self.pages_needed <= self.pages_available
 
 
 class KVCacheManager:
@@ -100,10 +114,6 @@ class KVCacheManager:
     def has_sequence(self, seq_id: object) -> bool:
         return seq_id in self._seqs
 
-    def num_tokens(self, seq_id: object) -> int:
-        """Positions of the sequence that are cached or reserved."""
-        return self._get(seq_id).num_tokens
-
     # ---- sequence lifecycle ----------------------------------------------------------------
 
     def _get(self, seq_id: object) -> _Sequence:
@@ -136,6 +146,28 @@ class KVCacheManager:
         self._tokens_hit += cached
         self._seqs[seq_id] = seq
         return cached
+
+    def lookup(self, token_ids: Sequence[int], total_tokens: int | None = None) -> PrefixLookup:
+        """What open(token_ids) then reserve(total_tokens) would find and need, changing nothing.
+
+        No node is split or locked, and neither recency, frequency nor the query counters
+        move: a request that waits many steps for memory is looked up many times but counted
+        once, when it is opened. `total_tokens` defaults to len(token_ids).
+        """
+        n = len(token_ids)
+        total = n if total_tokens is None else total_tokens
+        matched = unlocked = 0
+        if self.radix is not None and n > 1:
+            matched, unlocked = self.radix.peek(token_ids)
+        ps = self.page_size
+        cached = min(matched * ps, n - 1) if matched else 0
+        needed = 0
+        if total > cached:  # as _plan after open(): shared pages from the first written one are copied
+            last = (total - 1) // ps
+            cow = max(0, min(last + 1, matched) - cached // ps)
+            needed = cow + max(0, last + 1 - matched)
+        available = self.pool.num_free + self.num_evictable_pages() - unlocked  # open() locks the match
+        return PrefixLookup(cached_tokens=cached, pages_needed=needed, pages_available=available)
 
     def _plan(self, seq: _Sequence, total_tokens: int) -> tuple[list[int], int]:
         """Pages to copy-on-write and new pages needed to write positions [num_tokens, total)."""
@@ -172,7 +204,8 @@ class KVCacheManager:
         if need > self.pool.num_free:
             if need > self.pool.num_free + self.num_evictable_pages():
                 return False
-            assert self.radix is not None
+            if self.radix is None:
+                raise CacheInvariantError("evictable pages reported without a prefix cache")
             evicted = self.radix.evict(need - self.pool.num_free)
             self._emit("evicted", evicted, None)
         table = seq.table
@@ -233,7 +266,8 @@ class KVCacheManager:
         if token_ids is not None:
             self.commit(seq_id, token_ids)
         if seq.node is not None:
-            assert self.radix is not None
+            if self.radix is None:
+                raise CacheInvariantError(f"sequence {seq_id!r} holds a tree lock without a prefix cache")
             self.radix.unlock(seq.node)
             seq.node = None
         freed = seq.table.release()
@@ -290,20 +324,26 @@ class KVCacheManager:
         )
 
     def check_invariants(self) -> None:
-        """Assert that every page is accounted for exactly once; AssertionError says what broke."""
+        """Check that every page is accounted for exactly once; CacheInvariantError says what broke.
+
+        Explicit raises, not `assert`: the checks run under `python -O` too.
+        """
         pool = self.pool
         pool.check_invariants()
         holders: Counter[int] = Counter()
         in_use: set[int] = set()
         for seq_id, seq in self._seqs.items():
             pages = seq.table.pages
-            assert len(set(pages)) == len(pages), f"sequence {seq_id!r} holds a page twice"
-            assert pages == [h.page for h in seq.table.handles], f"sequence {seq_id!r}: page list out of sync"
+            if len(set(pages)) != len(pages):
+                raise CacheInvariantError(f"sequence {seq_id!r} holds a page twice")
+            if pages != [h.page for h in seq.table.handles]:
+                raise CacheInvariantError(f"sequence {seq_id!r}: page list out of sync")
             for h in seq.table.handles:
                 pool.check(h)
             holders.update(pages)
             in_use.update(pages)
-            assert seq.num_tokens <= len(pages) * self.page_size, f"sequence {seq_id!r} reserved beyond its pages"
+            if seq.num_tokens > len(pages) * self.page_size:
+                raise CacheInvariantError(f"sequence {seq_id!r} reserved beyond its pages")
         unlocked: set[int] = set()
         if self.radix is not None:
             self.radix.check_invariants()
@@ -314,18 +354,20 @@ class KVCacheManager:
                     expected_locks[id(node)] += 1
                     node = node.parent
             for node in self.radix.nodes():
-                assert node.lock_ref == expected_locks[id(node)], (
-                    f"{node!r}: lock_ref {node.lock_ref} but {expected_locks[id(node)]} sequences lock it"
-                )
+                if node.lock_ref != expected_locks[id(node)]:
+                    raise CacheInvariantError(
+                        f"{node!r}: lock_ref {node.lock_ref} but {expected_locks[id(node)]} sequences lock it"
+                    )
                 pages = [h.page for h in node.pages]
                 holders.update(pages)
                 (in_use if node.lock_ref else unlocked).update(pages)
         for page in range(self.num_pages):
-            assert pool.refcount(page) == holders[page], (
-                f"page {page}: refcount {pool.refcount(page)} but {holders[page]} holders"
-            )
-        assert not unlocked & in_use, f"pages {sorted(unlocked & in_use)[:8]} are evictable yet in use"
+            if pool.refcount(page) != holders[page]:
+                raise CacheInvariantError(f"page {page}: refcount {pool.refcount(page)} but {holders[page]} holders")
+        if unlocked & in_use:
+            raise CacheInvariantError(f"pages {sorted(unlocked & in_use)[:8]} are evictable yet in use")
         total = pool.num_free + len(unlocked) + len(in_use)
-        assert total == self.num_pages, (
-            f"free {pool.num_free} + cached {len(unlocked)} + in use {len(in_use)} = {total} != {self.num_pages}"
-        )
+        if total != self.num_pages:
+            raise CacheInvariantError(
+                f"free {pool.num_free} + cached {len(unlocked)} + in use {len(in_use)} = {total} != {self.num_pages}"
+            )

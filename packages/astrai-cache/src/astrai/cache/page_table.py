@@ -54,9 +54,6 @@ class PageTable:
         self.pages.extend(h.page for h in new)
         return new
 
-    def is_shared(self, index: int) -> bool:
-        return self.pool.refcount(self.pages[index]) > 1
-
     def copy_on_write(self, index: int, kv: KVTensors | None) -> tuple[int, int] | None:
         """Make page `index` private before writing into it; return (old, new) if copied."""
         old = self.handles[index]
@@ -81,12 +78,6 @@ class PageTable:
         self.handles[index] = handle
         self.pages[index] = handle.page
         return self.pool.decref(old)
-
-    def fork(self) -> PageTable:
-        """A new table sharing every page of this one (zero-copy)."""
-        other = PageTable(self.pool, self.page_size)
-        other.attach(self.handles)
-        return other
 
     def release(self) -> list[int]:
         """Drop every reference; return the pages that became free."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .errors import CacheError, DoubleFreeError, OutOfPagesError, StaleHandleError
+from .errors import CacheError, CacheInvariantError, DoubleFreeError, OutOfPagesError, StaleHandleError
 
 _WORD_BITS = 64
 _WORD_FULL = (1 << _WORD_BITS) - 1
@@ -151,24 +151,25 @@ class PagePool:
         self._num_free += 1
         return True
 
-    free = decref
-
     # ---- checking ------------------------------------------------------------------------
 
     def check_invariants(self) -> None:
-        """Assert the bitmap, the summary, the free count and the refcounts agree."""
+        """Check that the bitmap, the summary, the free count and the refcounts agree (CacheInvariantError)."""
         free_bits = 0
         for w, word in enumerate(self._words):
-            assert bool(word) == bool(self._summary >> w & 1), f"summary bit {w} disagrees with its word"
+            if bool(word) != bool(self._summary >> w & 1):
+                raise CacheInvariantError(f"summary bit {w} disagrees with its word")
             for b in range(_WORD_BITS):
                 page = w * _WORD_BITS + b
                 bit = word >> b & 1
                 if page >= self.num_pages:
-                    assert not bit, f"bit for nonexistent page {page} is set"
+                    if bit:
+                        raise CacheInvariantError(f"bit for nonexistent page {page} is set")
                     continue
-                assert bool(bit) == (self._refcount[page] == 0), (
-                    f"page {page}: free bit {bit} but refcount {self._refcount[page]}"
-                )
-                assert self._refcount[page] >= 0, f"page {page} has negative refcount"
+                if bool(bit) != (self._refcount[page] == 0):
+                    raise CacheInvariantError(f"page {page}: free bit {bit} but refcount {self._refcount[page]}")
+                if self._refcount[page] < 0:
+                    raise CacheInvariantError(f"page {page} has negative refcount")
                 free_bits += bit
-        assert free_bits == self._num_free, f"{free_bits} free bits but num_free={self._num_free}"
+        if free_bits != self._num_free:
+            raise CacheInvariantError(f"{free_bits} free bits but num_free={self._num_free}")

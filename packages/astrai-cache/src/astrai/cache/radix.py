@@ -7,42 +7,34 @@ splits it at the page boundary, so every prefix the cache reports is page-aligne
 
 The tree holds one reference on each of its pages. Sequences using a cached prefix lock its
 last node; a lock counts along the path to the root, and only unlocked leaves are evicted.
-Eviction order is least-recently-used (`eviction="lru"`) or TinyLFU-style (`"tinylfu"`):
-lowest estimated use frequency first, least-recently-used among equals, so a burst of one-off
-prompts cannot flush a system prompt that many requests share.
+Which leaf goes first is an `EvictionPolicy`'s decision (eviction.py): least-recently-used
+(`eviction="lru"`) or TinyLFU-style (`"tinylfu"`, the default).
 """
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Sequence
 
-from .errors import CacheError, LockError, PageLengthError
+from .errors import CacheError, CacheInvariantError, LockError, PageLengthError
+from .eviction import EvictionPolicy, make_policy
 from .pool import PageHandle, PagePool
-from .sketch import CountMinSketch
-
-EVICTION_POLICIES = ("tinylfu", "lru")
-
-
-def _chain(prev: int, page_tokens: Sequence[int]) -> int:
-    """Hash of a prefix up to and including one more page (a sketch key, never a match key)."""
-    return hash((prev, tuple(page_tokens)))
 
 
 class RadixNode:
     """An edge of whole pages plus the node it leads to."""
 
-    __slots__ = ("key", "pages", "children", "parent", "lock_ref", "last_access", "first_hash", "stamp")
+    __slots__ = ("key", "pages", "children", "parent", "lock_ref", "last_access", "freq_key", "stamp")
 
-    def __init__(self, key: list[int], pages: list[PageHandle], parent: RadixNode | None, first_hash: int) -> None:
+    def __init__(self, key: list[int], pages: list[PageHandle], parent: RadixNode | None) -> None:
         self.key = key
         self.pages = pages
         self.children: dict[tuple[int, ...], RadixNode] = {}
         self.parent = parent
         self.lock_ref = 0
+        # Written only by the eviction policy:
         self.last_access = 0
-        self.first_hash = first_hash  # frequency key: the prefix up to this node's first page
-        self.stamp = -1  # the heap entry that currently speaks for this node
+        self.freq_key = 0  # TinyLFU: hash of the prefix up to this node's first page
+        self.stamp = -1  # the queue entry that currently speaks for this node
 
     def __repr__(self) -> str:
         return f"RadixNode(pages={[h.page for h in self.pages]}, lock_ref={self.lock_ref})"
@@ -51,24 +43,17 @@ class RadixNode:
 class RadixCache:
     """Longest-prefix match, insert, lock/unlock and eviction over full KV pages."""
 
-    def __init__(self, pool: PagePool, page_size: int, *, eviction: str = "tinylfu") -> None:
-        if eviction not in EVICTION_POLICIES:
-            raise ValueError(f"eviction must be one of {EVICTION_POLICIES}, got {eviction!r}")
+    def __init__(self, pool: PagePool, page_size: int, *, eviction: str | EvictionPolicy = "tinylfu") -> None:
         if page_size < 1:
             raise ValueError(f"page_size must be positive, got {page_size}")
         self.pool = pool
         self.page_size = page_size
-        self.eviction = eviction
-        self.sketch = CountMinSketch(pool.num_pages) if eviction == "tinylfu" else None
-        self.root = RadixNode([], [], None, 0)
+        self.policy = make_policy(eviction, page_size, pool.num_pages)
+        self.root = RadixNode([], [], None)
         self._in_tree = bytearray(pool.num_pages)
-        self._clock = 0
         self._num_pages = 0
         self._num_nodes = 0
         self._evictable = 0
-        self._heap: list[tuple[int, int, int, RadixNode]] = []
-        self._next_stamp = 0
-        self._sketch_resets = 0
         self.evicted_pages = 0
 
     # ---- queries -------------------------------------------------------------------------
@@ -87,8 +72,10 @@ class RadixCache:
     def num_nodes(self) -> int:
         return self._num_nodes
 
-    def contains_page(self, page: int) -> bool:
-        return bool(self._in_tree[page])
+    @property
+    def eviction(self) -> str:
+        """The eviction policy's name ("tinylfu" | "lru")."""
+        return self.policy.name
 
     # ---- matching ------------------------------------------------------------------------
 
@@ -127,38 +114,48 @@ class RadixCache:
             path.append(self._split(partial, k))
         handles = [h for node in path for h in node.pages]
         if touch and path:
-            self._touch(path, count=path)
+            self._touch(path, counted=path)
         return handles, (path[-1] if path else self.root)
 
-    def _touch(self, path: list[RadixNode], count: list[RadixNode]) -> None:
-        self._clock += 1
+    def peek(self, tokens: Sequence[int]) -> tuple[int, int]:
+        """Side-effect-free lookup: (pages of the longest cached prefix, how many of them are unlocked).
+
+        Neither splits a node nor counts as a use (recency, frequency): what `match` would find,
+        for deciding whether to open a sequence at all.
+        """
+        tokens = tokens if isinstance(tokens, list) else list(tokens)
+        n = len(tokens) - len(tokens) % self.page_size
+        path, partial, k = self._walk(tokens, n)
+        matched = unlocked = 0
         for node in path:
-            node.last_access = self._clock
-        if self.sketch is not None:
-            for node in count:
-                self.sketch.increment(node.first_hash)
+            matched += len(node.pages)
+            if node.lock_ref == 0:
+                unlocked += len(node.pages)
+        if partial is not None:
+            matched += k
+            if partial.lock_ref == 0:
+                unlocked += k
+        return matched, unlocked
+
+    def _touch(self, path: list[RadixNode], counted: list[RadixNode]) -> None:
+        self.policy.on_use(path, counted)
         last = path[-1]
         if last.lock_ref == 0 and not last.children:
-            self._push(last)
+            self._offer(last)
 
     def _split(self, child: RadixNode, k: int) -> RadixNode:
         """Cut `child` after k pages; the new upper node keeps child's place (and locks)."""
         ps = self.page_size
         parent = child.parent
-        assert parent is not None and 0 < k < len(child.pages)
-        upper = RadixNode(child.key[: k * ps], child.pages[:k], parent, child.first_hash)
+        if parent is None or not 0 < k < len(child.pages):
+            raise CacheInvariantError(f"cannot split {child!r} after {k} pages")
+        upper = RadixNode(child.key[: k * ps], child.pages[:k], parent)
         upper.lock_ref = child.lock_ref
-        upper.last_access = child.last_access
         parent.children[tuple(child.key[:ps])] = upper
-        last_hash = child.first_hash
-        for i in range(1, k):
-            last_hash = _chain(last_hash, child.key[i * ps : (i + 1) * ps])
         child.key = child.key[k * ps :]
         child.pages = child.pages[k:]
         child.parent = upper
-        child.first_hash = _chain(last_hash, child.key[:ps])
-        if self.sketch is not None:  # every use of the old node went through its lower part too
-            self.sketch.add(child.first_hash, self.sketch.estimate(upper.first_hash))
+        self.policy.on_split(upper, child)
         upper.children[tuple(child.key[:ps])] = child
         self._num_nodes += 1
         return upper
@@ -196,8 +193,8 @@ class RadixCache:
         if new:
             start = len(cached) * ps
             key = tokens[start:]
-            prev = self._last_hash(parent)
-            leaf = RadixNode(key, new, parent, _chain(prev, key[:ps]))
+            leaf = RadixNode(key, new, parent)
+            self.policy.on_create(leaf, parent)
             for h in new:
                 self.pool.incref(h)
                 self._in_tree[h.page] = 1
@@ -208,17 +205,8 @@ class RadixCache:
             path.append(leaf)
             created.append(leaf)
         if path:
-            self._touch(path, count=created)
+            self._touch(path, counted=created)
         return cached + new, (path[-1] if path else self.root)
-
-    def _last_hash(self, node: RadixNode) -> int:
-        if node is self.root:
-            return 0
-        ps = self.page_size
-        h = node.first_hash
-        for i in range(1, len(node.pages)):
-            h = _chain(h, node.key[i * ps : (i + 1) * ps])
-        return h
 
     # ---- locking -------------------------------------------------------------------------
 
@@ -245,39 +233,29 @@ class RadixCache:
             if node.lock_ref == 0:
                 self._evictable += len(node.pages)
                 if not node.children:
-                    self._push(node)
+                    self._offer(node)
             node = node.parent  # type: ignore[assignment]
 
     # ---- eviction ------------------------------------------------------------------------
 
-    def _priority(self, node: RadixNode) -> tuple[int, int]:
-        freq = self.sketch.estimate(node.first_hash) if self.sketch is not None else 0
-        return freq, node.last_access
-
-    def _push(self, node: RadixNode) -> None:
-        """(Re)queue an evictable leaf at its current priority; older entries for it go stale."""
-        if len(self._heap) > 2 * self._num_nodes + 64:  # stale entries: start over, O(1) amortized
-            self._rebuild_heap()  # pushes every evictable leaf, this one included
-            return
-        self._next_stamp += 1
-        node.stamp = self._next_stamp
-        freq, last = self._priority(node)
-        heapq.heappush(self._heap, (freq, last, node.stamp, node))
+    def _offer(self, node: RadixNode) -> None:
+        """Hand an evictable leaf to the policy; start its queue over when stale entries pile up."""
+        if self.policy.queued > 2 * self._num_nodes + 64:  # O(1) amortized
+            self.policy.rebuild(self._evictable_leaves())  # this leaf included
+        else:
+            self.policy.offer(node)
 
     def _evictable_leaf(self, node: RadixNode) -> bool:
         return node.parent is not None and node.lock_ref == 0 and not node.children
 
-    def _rebuild_heap(self) -> None:
-        """Re-key every evictable leaf (after the sketch halved, or when stale entries pile up)."""
-        self._heap = []
-        stack = [self.root]
+    def _evictable_leaves(self) -> list[RadixNode]:
+        out, stack = [], [self.root]
         while stack:
             node = stack.pop()
             stack.extend(node.children.values())
             if node is not self.root and self._evictable_leaf(node):
-                self._push(node)
-        if self.sketch is not None:
-            self._sketch_resets = self.sketch.resets
+                out.append(node)
+        return out
 
     def evict(self, num_pages: int) -> list[int]:
         """Drop unlocked leaf pages, least valuable first, until `num_pages` pages are freed.
@@ -287,17 +265,15 @@ class RadixCache:
         """
         if num_pages <= 0:
             return []
-        if self.sketch is not None and self.sketch.resets != self._sketch_resets:
-            self._rebuild_heap()
+        policy = self.policy
+        if policy.needs_rebuild():
+            policy.rebuild(self._evictable_leaves())
         ps = self.page_size
         freed: list[int] = []
-        while len(freed) < num_pages and self._heap:
-            freq, last, stamp, node = heapq.heappop(self._heap)
-            if node.stamp != stamp or not self._evictable_leaf(node):
-                continue
-            if (freq, last) != self._priority(node):
-                self._push(node)
-                continue
+        while len(freed) < num_pages:
+            node = policy.pop(self._evictable_leaf)
+            if node is None:
+                break
             take = min(len(node.pages), num_pages - len(freed))
             dropped = node.pages[len(node.pages) - take :]
             for h in reversed(dropped):  # tail first
@@ -310,16 +286,17 @@ class RadixCache:
             if take < len(node.pages):
                 node.pages = node.pages[: len(node.pages) - take]
                 node.key = node.key[: len(node.pages) * ps]
-                self._push(node)
+                self._offer(node)
                 continue
             parent = node.parent
-            assert parent is not None
+            if parent is None:
+                raise CacheInvariantError(f"{node!r} was chosen for eviction but is not in the tree")
             del parent.children[tuple(node.key[:ps])]
             node.parent = None
-            node.stamp = -1
+            policy.forget(node)
             self._num_nodes -= 1
             if parent is not self.root and parent.lock_ref == 0 and not parent.children:
-                self._push(parent)
+                self._offer(parent)
         return freed
 
     def clear(self) -> list[int]:
@@ -338,28 +315,35 @@ class RadixCache:
         return out
 
     def check_invariants(self) -> None:
-        """Assert the tree's structure, page ownership, locks and counters agree."""
+        """Check the tree's structure, page ownership, locks and counters (CacheInvariantError)."""
         ps = self.page_size
         seen: set[int] = set()
         evictable = 0
         nodes = self.nodes()
         for node in nodes:
-            assert node.pages, f"{node!r} holds no page"
-            assert len(node.key) == len(node.pages) * ps, f"{node!r}: key length != pages * page_size"
+            if not node.pages:
+                raise CacheInvariantError(f"{node!r} holds no page")
+            if len(node.key) != len(node.pages) * ps:
+                raise CacheInvariantError(f"{node!r}: key length != pages * page_size")
             parent = node.parent
-            assert parent is not None and parent.children.get(tuple(node.key[:ps])) is node, (
-                f"{node!r} is not reachable under its first page"
-            )
+            if parent is None or parent.children.get(tuple(node.key[:ps])) is not node:
+                raise CacheInvariantError(f"{node!r} is not reachable under its first page")
             child_locks = sum(c.lock_ref for c in node.children.values())
-            assert node.lock_ref >= child_locks, f"{node!r}: lock_ref below its children's"
+            if node.lock_ref < child_locks:
+                raise CacheInvariantError(f"{node!r}: lock_ref below its children's")
             if node.lock_ref == 0:
                 evictable += len(node.pages)
             for h in node.pages:
-                assert h.page not in seen, f"page {h.page} is held by two radix nodes"
+                if h.page in seen:
+                    raise CacheInvariantError(f"page {h.page} is held by two radix nodes")
                 seen.add(h.page)
                 self.pool.check(h)
-        assert len(nodes) == self._num_nodes, f"{len(nodes)} nodes but counter says {self._num_nodes}"
-        assert len(seen) == self._num_pages, f"{len(seen)} pages but counter says {self._num_pages}"
-        assert evictable == self._evictable, f"{evictable} unlocked pages but counter says {self._evictable}"
+        if len(nodes) != self._num_nodes:
+            raise CacheInvariantError(f"{len(nodes)} nodes but counter says {self._num_nodes}")
+        if len(seen) != self._num_pages:
+            raise CacheInvariantError(f"{len(seen)} pages but counter says {self._num_pages}")
+        if evictable != self._evictable:
+            raise CacheInvariantError(f"{evictable} unlocked pages but counter says {self._evictable}")
         in_tree = {p for p in range(self.pool.num_pages) if self._in_tree[p]}
-        assert in_tree == seen, "page membership bitmap disagrees with the tree"
+        if in_tree != seen:
+            raise CacheInvariantError("page membership bitmap disagrees with the tree")

@@ -2,9 +2,10 @@
 
 from .batch import ForwardBatch
 from .chat_template import ChatTemplateError
-from .config import PRESETS, ModelConfig
+from .config import PRESETS, ModelConfig, resolve_dtype
 from .errors import ModelLoadError
 from .loader import bundled_gguf_path, load_model
+from .protocol import ForwardModel
 from .tokenizer import IncrementalDetokenizer, Tokenizer
 from .transformer import Transformer
 
@@ -12,6 +13,7 @@ __all__ = [
     "PRESETS",
     "ChatTemplateError",
     "ForwardBatch",
+    "ForwardModel",
     "IncrementalDetokenizer",
     "ModelConfig",
     "ModelLoadError",
@@ -19,4 +21,5 @@ __all__ = [
     "Transformer",
     "bundled_gguf_path",
     "load_model",
+    "resolve_dtype",
 ]

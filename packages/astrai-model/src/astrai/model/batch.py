@@ -46,7 +46,8 @@ class ForwardBatch:
         logits_indices: Sequence[int] | None = None,
         device: torch.device | str = "cpu",
     ) -> ForwardBatch:
-        """Build from per-sequence lists.
+        """Build from per-sequence lists, checked (callers and tests; the engine flattens its
+        own plan and calls `from_flat`).
 
         `token_ids[b]` are sequence b's new tokens, at positions `start_positions[b]...`;
         `block_tables[b]` its pages (None: no cache, every sequence must start at 0).
@@ -81,24 +82,46 @@ class ForwardBatch:
                         raise ValueError(f"sequence {b}: position {p} lies beyond its {len(table)} pages")
                     slots.append(table[p // page_size] * page_size + p % page_size)
             starts.append(len(flat_ids))
-        tables = block_tables if block_tables is not None else [[] for _ in token_ids]
-        width = max(1, max(len(t) for t in tables))
-        padded = [list(t) + [0] * (width - len(t)) for t in tables]
+        tables = [list(t) for t in block_tables] if block_tables is not None else [[] for _ in token_ids]
         if logits_indices is None:
             logits_indices = [s - 1 for s in starts[1:]]
         context = [start + len(ids) for ids, start in zip(token_ids, start_positions, strict=True)]
+        return cls.from_flat(flat_ids, positions, slots, tables, context, starts, list(logits_indices), device=device)
 
-        def tensor(values: Sequence, dtype: torch.dtype) -> torch.Tensor:
+    @classmethod
+    def from_flat(
+        cls,
+        token_ids: list[int],
+        positions: list[int],
+        slot_mapping: list[int],
+        block_tables: list[list[int]],
+        context_lens: list[int],
+        query_start_loc: list[int],
+        logits_indices: list[int],
+        *,
+        device: torch.device | str = "cpu",
+    ) -> ForwardBatch:
+        """The tensor builder: each field made once from flat lists, block tables padded with 0.
+
+        The engine calls it every step (after flattening its plan); `build` checks per-sequence
+        lists and calls it too. Short block tables are padded in place: pass lists you own.
+        """
+        width = max(1, max(map(len, block_tables), default=0))
+        for table in block_tables:
+            if len(table) < width:
+                table += [0] * (width - len(table))
+
+        def tensor(values: list, dtype: torch.dtype) -> torch.Tensor:
             return torch.tensor(values, dtype=dtype, device=device)
 
         return cls(
-            token_ids=tensor(flat_ids, torch.long),
+            token_ids=tensor(token_ids, torch.long),
             positions=tensor(positions, torch.long),
-            slot_mapping=tensor(slots, torch.long),
-            block_tables=tensor(padded, torch.int32),
-            context_lens=tensor(context, torch.int32),
-            query_start_loc=tensor(starts, torch.int32),
-            logits_indices=tensor(list(logits_indices), torch.long),
+            slot_mapping=tensor(slot_mapping, torch.long),
+            block_tables=tensor(block_tables, torch.int32),
+            context_lens=tensor(context_lens, torch.int32),
+            query_start_loc=tensor(query_start_loc, torch.int32),
+            logits_indices=tensor(logits_indices, torch.long),
         )
 
 

@@ -13,18 +13,26 @@ from typing import Any
 import torch
 
 ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, default: str = "float32") -> torch.dtype:
-    """Turn a dtype name (or torch dtype, or None for `default`) into a torch dtype."""
-    if dtype is None:
+def resolve_dtype(dtype: str | torch.dtype | None, default: str | torch.dtype = "float32") -> torch.dtype:
+    """A dtype name or alias (`DTYPES`, any case, optional "torch." prefix) or torch dtype -> torch dtype.
+
+    None and "auto" mean `default`: the caller's policy (a checkpoint's own dtype for
+    `load_model`, the engine's choice for `Engine.from_pretrained`).
+    """
+    if dtype is None or (isinstance(dtype, str) and dtype.lower() == "auto"):
         dtype = default
     if isinstance(dtype, torch.dtype):
         return dtype
-    name = str(dtype).removeprefix("torch.")
+    name = str(dtype).lower().removeprefix("torch.")
     if name not in DTYPES:
-        raise ValueError(f"unsupported dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+        raise ValueError(f"unsupported dtype {dtype!r}; choose one of {sorted(DTYPES)}, 'auto' or a torch.dtype")
     return DTYPES[name]
 
 

@@ -39,7 +39,12 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
 ) -> tuple[Transformer, Tokenizer]:
-    """Load weights and tokenizer; dtype None means the checkpoint's own (config.dtype)."""
+    """Load weights and tokenizer.
+
+    `dtype` is a `resolve_dtype` name or alias, a torch dtype, or None / "auto" for the
+    checkpoint's own (`config.dtype`; GGUF and HF checkpoints here say bfloat16 or float32).
+    `Engine.from_pretrained` has its own default instead (see astrai.scheduler).
+    """
     text = str(name_or_path)
     if text in BUNDLED:
         path, name = bundled_gguf_path(text), text

@@ -1,7 +1,7 @@
 """astrai.promo — record live engine traces and render Manim videos from them.
 
-Importing this package is cheap: Manim is imported only when rendering, the engine only when
-recording.
+Manim is imported only when rendering. Trace files are validated against the engine's own
+trace schema (`astrai.scheduler.TraceEvent`), so importing this package imports astrai.scheduler.
 """
 
 from .beats import architecture_beats, batching_beats, paged_cache_beats

@@ -5,7 +5,10 @@ One run, three engines over the same loaded model:
    and arrive at different steps, so they join and leave the batch mid-flight over a small
    page pool (pages get reused, prefix pages shared, and cached pages may be evicted);
 2. and 3. the throughput comparison: the same requests, all submitted at once, with
-   `scheduling="static"` and then `"continuous"`, timed on the wall clock.
+   `scheduling="static"` and then `"continuous"` (engines made by `Engine.with_settings`),
+   timed on the wall clock.
+
+Everything is read through the engine's public surface (`EngineClient`, `describe()`).
 """
 
 from __future__ import annotations
@@ -18,11 +21,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
 from .trace import Trace, save_trace
+
+if TYPE_CHECKING:  # the engine is imported only when recording
+    from astrai.scheduler import Engine, EngineClient, EngineInfo, SamplingParams, TraceEvent
 
 SYSTEM_PROMPT = (
     "You are the AstrAI demo assistant. Answer in one or two short, plain sentences, "
@@ -97,28 +103,18 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _module_of(obj: Any, fallback: str) -> str:
-    return type(obj).__module__ if obj is not None else fallback
-
-
-def _modules(engine: Any) -> dict[str, str]:
-    """The real modules behind each layer, read from the live objects (never guessed)."""
+def _modules(info: EngineInfo) -> dict[str, str]:
+    """The real modules behind each layer, as the live engine reports them (never guessed)."""
     server = "astrai.server"
     try:
         if importlib.util.find_spec("astrai.server.app") is not None:
             server = "astrai.server.app"
     except ModuleNotFoundError:
         pass
-    return {
-        "server": server,
-        "engine": type(engine).__module__,
-        "scheduler": _module_of(getattr(engine, "scheduler", None), "astrai.scheduler"),
-        "cache": _module_of(getattr(engine, "kv", None), "astrai.cache"),
-        "model": _module_of(getattr(engine, "model", None), "astrai.model"),
-    }
+    return {"server": server, **info.modules}
 
 
-def _prompts(engine: Any, workload: Workload) -> list[list[int]]:
+def _prompts(engine: EngineClient, workload: Workload) -> list[list[int]]:
     """Chat-formatted token ids: every prompt starts with the same system prompt tokens."""
     prompts = []
     for req in workload.requests:
@@ -127,7 +123,7 @@ def _prompts(engine: Any, workload: Workload) -> list[list[int]]:
     return prompts
 
 
-def _params(req: WorkloadRequest) -> Any:
+def _params(req: WorkloadRequest) -> SamplingParams:
     from astrai.scheduler import SamplingParams
 
     # Greedy and ignore_eos: output lengths are exactly max_tokens, so both throughput runs
@@ -135,7 +131,7 @@ def _params(req: WorkloadRequest) -> Any:
     return SamplingParams(max_tokens=req.max_tokens, temperature=0.0, ignore_eos=True)
 
 
-def _traced_run(engine: Any, workload: Workload, prompts: list[list[int]], progress: bool) -> tuple[list, list]:
+def _traced_run(engine: EngineClient, workload: Workload, prompts: list[list[int]], progress: bool) -> tuple[list, list]:
     """Run the workload with step-timed arrivals; return (trace event dicts, request records)."""
     events: list[dict[str, Any]] = []
     results: queue.Queue = queue.Queue()
@@ -154,7 +150,7 @@ def _traced_run(engine: Any, workload: Workload, prompts: list[list[int]], progr
                               "prompt_tokens": len(prompts[i]), "output_tokens": 0}
                 engine.add_request(prompts[i], _params(workload.requests[i]), request_id=rid, sink=results.put)
 
-    def on_event(event: Any) -> None:
+    def on_event(event: TraceEvent) -> None:
         events.append(event.to_dict())
         submit_due(event.step + 1)
 
@@ -183,14 +179,13 @@ def _traced_run(engine: Any, workload: Workload, prompts: list[list[int]], progr
     return events, [records[i] for i in sorted(records)]
 
 
-def _throughput(engine_cls: Any, engine: Any, workload: Workload, prompts: list[list[int]], mode: str,
+def _throughput(engine: Engine, workload: Workload, prompts: list[list[int]], mode: str,
                 progress: bool) -> dict[str, float]:
-    """Time the whole workload submitted at once on a fresh engine in `mode`."""
+    """Time the whole workload submitted at once on a fresh engine (same model) in `mode`."""
     params = [_params(r) for r in workload.requests]
-    with engine_cls(
-        engine.model, engine.tokenizer, max_num_seqs=workload.max_num_seqs,
-        max_num_batched_tokens=workload.max_num_batched_tokens, page_size=workload.page_size,
-        num_pages=workload.num_pages, scheduling=mode,
+    with engine.with_settings(
+        max_num_seqs=workload.max_num_seqs, max_num_batched_tokens=workload.max_num_batched_tokens,
+        page_size=workload.page_size, num_pages=workload.num_pages, scheduling=mode,
     ) as timed, tqdm(total=1, desc=f"record: {mode} throughput", unit="run", disable=not progress) as bar:
         timed.generate(["Hi"], _params(WorkloadRequest("", 2, 0)))  # warm up outside the timing
         begin = time.perf_counter()
@@ -220,24 +215,23 @@ def record_trace(out: str | Path, model: str = "smollm2-135m-instruct", workload
     with engine:
         prompts = _prompts(engine, workload)
         steps, requests = _traced_run(engine, workload, prompts, progress)
-        static = _throughput(Engine, engine, workload, prompts, "static", progress)
-        continuous = _throughput(Engine, engine, workload, prompts, "continuous", progress)
-        config = engine.config
-        model_info = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(vars(config))
-        model_info["num_parameters"] = int(config.num_parameters())
-        dtype = str(getattr(getattr(engine, "model", None), "dtype", config.dtype)).removeprefix("torch.")
+        static = _throughput(engine, workload, prompts, "static", progress)
+        continuous = _throughput(engine, workload, prompts, "continuous", progress)
+        info = engine.describe()
+        model_info = dataclasses.asdict(engine.config)
+        model_info["num_parameters"] = engine.config.num_parameters()
         trace = Trace(
             packages=_versions(),
             model=model_info,
-            engine={"page_size": workload.page_size, "num_pages": workload.num_pages,
-                    "max_num_seqs": workload.max_num_seqs, "max_num_batched_tokens": workload.max_num_batched_tokens,
-                    "dtype": dtype, "prefix_cache": True},
+            engine={"page_size": info.page_size, "num_pages": info.num_pages, "max_num_seqs": info.max_num_seqs,
+                    "max_num_batched_tokens": info.max_num_batched_tokens, "dtype": info.dtype,
+                    "prefix_cache": info.prefix_cache},
             requests=requests,
             steps=steps,
             throughput={"static": static, "continuous": continuous,
                         "ratio": round(continuous["tokens_per_s"] / static["tokens_per_s"], 3),
                         "method": "the same requests submitted at once; wall-clock tokens/s"},
-            modules=_modules(engine),
+            modules=_modules(info),
             workload={"name": workload.name, "system_prompt": SYSTEM_PROMPT,
                       "arrival_steps": [r.arrival_step for r in workload.requests],
                       "max_tokens": [r.max_tokens for r in workload.requests]},

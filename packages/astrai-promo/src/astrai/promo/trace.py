@@ -2,7 +2,12 @@
 
 `astrai-promo record` writes it and every scene is drawn from it, so it is validated once, on
 load, with messages that name the file, the field and the problem instead of a KeyError deep
-inside a Manim scene.
+inside a Manim scene. Each step is checked against the engine's own trace schema
+(`astrai.scheduler.TraceEvent.from_dict`), never a copy of it.
+
+Versions: 2 (current) records phases as schedule / build_batch / forward / sample. Version 1
+files, whose phases were named cleanup / refill / prefill / decode, are read by mapping those
+onto what they timed (`astrai.scheduler.V1_PHASES`).
 """
 
 from __future__ import annotations
@@ -12,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TRACE_FORMAT = "astrai-trace"
-TRACE_VERSION = 1
+from astrai.scheduler import TraceEvent, TraceSchemaError
 
-_PAGE_EVENT_KINDS = ("allocated", "shared", "copied", "freed", "evicted")
+TRACE_FORMAT = "astrai-trace"
+TRACE_VERSION = 2
+READABLE_VERSIONS = {1: 1, 2: 2}  # trace file version -> the TraceEvent schema version of its steps
 
 
 class TraceError(ValueError):
@@ -123,11 +129,11 @@ def _validate(data: Any, source: str) -> Trace:
     if fmt != TRACE_FORMAT:
         raise _fail(source, f"not an AstrAI trace (format is {fmt!r}, expected {TRACE_FORMAT!r})")
     version = data.get("version")
-    if version != TRACE_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version not in READABLE_VERSIONS:
         raise _fail(
             source,
-            f"trace format version {version!r} is not supported; this astrai-promo reads version "
-            f"{TRACE_VERSION} (record the trace again with this version)",
+            f"trace format version {version!r} is not supported; this astrai-promo reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))} (record the trace again with this version)",
         )
     packages = _require(data, "packages", dict, "", source)
     model = _require(data, "model", dict, "", source)
@@ -147,7 +153,9 @@ def _validate(data: Any, source: str) -> Trace:
         _require(req, "prompt_tokens", int, where, source)
         _require(req, "output_tokens", int, where, source)
 
-    steps = [_normalize_step(s, i, engine["num_pages"], source) for i, s in enumerate(_require(data, "steps", list, "", source))]
+    raw_steps = _require(data, "steps", list, "", source)
+    steps = [_normalize_step(s, i, engine["num_pages"], READABLE_VERSIONS[version], source)
+             for i, s in enumerate(raw_steps)]
     if not steps:
         raise _fail(source, "the trace has no steps (the engine never ran a step while recording)")
 
@@ -170,50 +178,11 @@ def _validate(data: Any, source: str) -> Trace:
     )
 
 
-def _normalize_step(step: Any, index: int, num_pages: int, source: str) -> dict[str, Any]:
-    """Check one TraceEvent dict and fill optional keys, so beats never test for presence."""
-    where = f"steps[{index}]"
-    _require(step, "step", int, where, source)
-    _require(step, "time", _NUMBER, where, source)
-    prefill = _require(step, "prefill", list, where, source)
-    for j, entry in enumerate(prefill):
-        _require(entry, "request_id", str, f"{where}.prefill[{j}]", source)
-        _require(entry, "num_tokens", int, f"{where}.prefill[{j}]", source)
-    decode = _require(step, "decode", list, where, source)
-    if not all(isinstance(r, str) for r in decode):
-        raise _fail(source, f"field {where}.decode must be a list of request ids")
-    finished = _require(step, "finished", list, where, source)
-    for j, entry in enumerate(finished):
-        _require(entry, "request_id", str, f"{where}.finished[{j}]", source)
-    pages = _require(step, "pages", dict, where, source)
-    out = dict(step)
-    out["pages"] = {}
-    for kind in _PAGE_EVENT_KINDS:
-        value = pages.get(kind, [])
-        if not isinstance(value, list):
-            raise _fail(source, f"field {where}.pages.{kind} must be a list")
-        out["pages"][kind] = value
-    for kind in ("allocated", "shared", "freed", "evicted"):
-        for page in out["pages"][kind]:
-            if not isinstance(page, int) or not 0 <= page < num_pages:
-                raise _fail(source, f"{where}.pages.{kind} holds page {page!r}, outside the pool of {num_pages}")
-    for pair in out["pages"]["copied"]:
-        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, int) for p in pair)):
-            raise _fail(source, f"{where}.pages.copied entries must be [source, destination] page pairs")
-    _require(step, "num_free_pages", int, where, source)
-    tables = step.get("page_tables", {})
-    if not isinstance(tables, dict):
-        raise _fail(source, f"field {where}.page_tables must be an object")
-    out["page_tables"] = {str(k): list(v) for k, v in tables.items()}
-    out["prefill"] = [
-        {"cached_tokens": 0, "start": 0, **entry} for entry in prefill
-    ]
-    out["finished"] = [{"finish_reason": None, "output_tokens": None, **entry} for entry in finished]
-    out.setdefault("arrived", [])
-    out.setdefault("preempted", [])
-    out.setdefault("phases_ms", {})
-    out.setdefault("num_waiting", 0)
-    out.setdefault("num_running", len(decode) + len(prefill))
-    out.setdefault("num_cached_pages", 0)
-    out.setdefault("num_pages", num_pages)
-    return out
+def _normalize_step(step: Any, index: int, num_pages: int, version: int, source: str) -> dict[str, Any]:
+    """Check one TraceEvent dict against the engine's schema and fill optional keys, so beats
+    never test for presence; version-1 phases come back under today's names."""
+    try:
+        event = TraceEvent.from_dict(step, version=version, num_pages=num_pages, where=f"steps[{index}]")
+    except TraceSchemaError as exc:
+        raise _fail(source, str(exc)) from None
+    return event.to_dict()

@@ -1,18 +1,37 @@
 """astrai.scheduler — the Engine: continuous batching over paged KV, prefix reuse, sampling."""
 
+from .client import EngineClient, EngineInfo, EngineStats
 from .engine import Engine
 from .errors import EngineError, PromptTooLongError
 from .outputs import RequestMetrics, RequestOutput
 from .params import SamplingParams
-from .trace import JsonlTraceWriter, TraceEvent
+from .trace import (
+    PHASES,
+    TRACE_EVENT_VERSION,
+    V1_PHASES,
+    FinishedRecord,
+    JsonlTraceWriter,
+    PrefillRecord,
+    TraceEvent,
+    TraceSchemaError,
+)
 
 __all__ = [
+    "PHASES",
+    "TRACE_EVENT_VERSION",
+    "V1_PHASES",
     "Engine",
+    "EngineClient",
     "EngineError",
+    "EngineInfo",
+    "EngineStats",
+    "FinishedRecord",
     "JsonlTraceWriter",
+    "PrefillRecord",
     "PromptTooLongError",
     "RequestMetrics",
     "RequestOutput",
     "SamplingParams",
     "TraceEvent",
+    "TraceSchemaError",
 ]

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import torch
+from astrai.model import ModelConfig, resolve_dtype
 
-_DTYPES = {
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-}
+DEFAULT_DTYPE = torch.bfloat16  # the engine's choice for dtype=None / "auto" (AMX on CPU, tensor cores on CUDA)
 CPU_KV_CAP_BYTES = 2 << 30  # 2 GiB: ~93k tokens of SmolLM2 bf16 KV; more only via num_pages
 CPU_KV_FRACTION = 0.25
 CUDA_KV_FRACTION = 0.85
@@ -23,16 +19,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    """None and "auto" mean bfloat16 (AMX on CPU, tensor cores on CUDA)."""
-    if dtype is None or dtype == "auto":
-        return torch.bfloat16
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    key = str(dtype).lower().removeprefix("torch.")
-    if key not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(set(_DTYPES))} or a torch.dtype, got {dtype!r}")
-    return _DTYPES[key]
+def engine_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """The dtype an engine loads its model in: `resolve_dtype` with the engine's default."""
+    return resolve_dtype(dtype, default=DEFAULT_DTYPE)
 
 
 def available_memory_bytes(device: torch.device) -> int:
@@ -53,7 +42,7 @@ def available_memory_bytes(device: torch.device) -> int:
         return 1 << 30
 
 
-def default_num_pages(config: Any, dtype: torch.dtype, device: torch.device, page_size: int, max_num_seqs: int) -> int:
+def default_num_pages(config: ModelConfig, dtype: torch.dtype, device: torch.device, page_size: int, max_num_seqs: int) -> int:
     """Size the KV pool from free memory: a capped fraction on CPU, most of what is left on CUDA.
 
     Never more than every sequence at full context could use.

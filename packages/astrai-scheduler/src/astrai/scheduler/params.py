@@ -77,10 +77,6 @@ class SamplingParams:
             or self.frequency_penalty != 0.0
         )
 
-    @property
-    def needs_filtering(self) -> bool:
-        return self.top_k > 0 or self.top_p < 1.0 or self.min_p > 0.0
-
 
 def _check_int(name: str, value: object, *, minimum: int | None, optional: bool = False) -> None:
     if value is None and optional:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from astrai.model import IncrementalDetokenizer
 
 from .outputs import RequestMetrics, RequestOutput
 from .params import SamplingParams
@@ -42,7 +43,7 @@ class Request:
         arrival_seq: int = 0,
         sink: Sink | None = None,
         stream: bool = False,
-        detokenizer: Any = None,
+        detokenizer: IncrementalDetokenizer | None = None,
         device: torch.device | str = "cpu",
     ) -> None:
         self.request_id = request_id

@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-from astrai.model import ForwardBatch
+from astrai.cache import KVCacheManager
+from astrai.model import ForwardBatch, ForwardModel
 
 from .sampler import Sampler, SampleResult
 from .scheduler import Chunk
 
 
 class ModelRunner:
-    """Owns the model call for a step: batch building from flat lists, forward, sampling."""
+    """Owns the model call for a step: batch building, forward, sampling."""
 
-    def __init__(self, model: Any, kv: Any, sampler: Sampler) -> None:
+    def __init__(self, model: ForwardModel, kv: KVCacheManager, sampler: Sampler) -> None:
         self.model = model
         self.kv = kv
         self.sampler = sampler
         self.device = model.device
 
     def build_batch(self, chunks: list[Chunk]) -> ForwardBatch:
-        """All chunks' new tokens concatenated; tensors built once from flat Python lists."""
+        """All chunks' new tokens, flattened here (runs every step) and made into tensors by
+        `ForwardBatch.from_flat`; logits only for chunks that sample."""
         kv = self.kv
         token_ids: list[int] = []
         positions: list[int] = []
@@ -35,28 +35,16 @@ class ModelRunner:
             token_ids += c.request.token_slice(c.start, c.end)
             positions += range(c.start, c.end)
             slots += kv.slot_mapping(rid, c.start, c.end)
-            tables.append(list(kv.block_table(rid)))
+            tables.append(kv.block_table(rid))  # a fresh list: from_flat may pad it
             context_lens.append(c.end)
             starts.append(len(token_ids))
             if c.sample:
                 logits_rows.append(len(token_ids) - 1)
-        width = max(len(t) for t in tables)
-        for t in tables:
-            if len(t) < width:
-                t += [0] * (width - len(t))
-        dev = self.device
-        return ForwardBatch(
-            token_ids=torch.tensor(token_ids, dtype=torch.long, device=dev),
-            positions=torch.tensor(positions, dtype=torch.long, device=dev),
-            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
-            block_tables=torch.tensor(tables, dtype=torch.int32, device=dev),
-            context_lens=torch.tensor(context_lens, dtype=torch.int32, device=dev),
-            query_start_loc=torch.tensor(starts, dtype=torch.int32, device=dev),
-            logits_indices=torch.tensor(logits_rows, dtype=torch.long, device=dev),
-        )
+        return ForwardBatch.from_flat(token_ids, positions, slots, tables, context_lens, starts, logits_rows,
+                                      device=self.device)
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
-        return self.model(batch, self.kv.kv_caches, self.kv.page_size)
+        return self.model.forward(batch, self.kv.kv_caches, self.kv.page_size)
 
     def sample(self, logits: torch.Tensor, chunks: list[Chunk]) -> SampleResult:
         rows = [c.request for c in chunks if c.sample]

@@ -10,7 +10,8 @@ Static mode admits a fixed batch only when nothing is running.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+
+from astrai.cache import KVCacheManager
 
 from .queue import IndexedHeap
 from .request import Request, RequestStatus
@@ -24,6 +25,13 @@ class Chunk:
     start: int
     end: int
     sample: bool
+
+    @classmethod
+    def next(cls, req: Request, num_tokens: int) -> Chunk:
+        """The request's next `num_tokens` tokens, from where its cache ends."""
+        start = req.num_computed
+        end = start + num_tokens
+        return cls(req, start, end, end == req.num_tokens)
 
 
 @dataclass
@@ -47,7 +55,7 @@ class Scheduler:
 
     def __init__(
         self,
-        kv: Any,  # astrai.cache.KVCacheManager
+        kv: KVCacheManager,
         *,
         max_num_seqs: int,
         max_num_batched_tokens: int,
@@ -124,7 +132,7 @@ class Scheduler:
                 n = min(remaining, budget)
                 if not self._reserve(req, req.num_computed + n, scheduled, plan):
                     continue
-                plan.chunks.append(Chunk(req, req.num_computed, req.num_computed + n, req.num_computed + n == req.num_tokens))
+                plan.chunks.append(Chunk.next(req, n))
                 scheduled.add(req.request_id)
                 budget -= n
 
@@ -198,24 +206,29 @@ class Scheduler:
         plan.admitted.append(req)
 
     def _admit_continuous(self, plan: StepPlan, budget: int, scheduled: set[str]) -> None:
+        """Admit waiting requests in priority order while the batch, the budget and memory allow.
+
+        Each candidate is first looked up without side effects; only a request that is admitted
+        is opened (which locks its cached prefix and counts it for recency and frequency), so a
+        request that waits many steps for memory is counted once, not once per step.
+        """
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting.peek()
             fits_plainly = self._available_pages() - self._pages(req.num_tokens) >= self._watermark
-            self._open(req)
-            if not fits_plainly and not self.kv.can_reserve(req.request_id, req.num_tokens):
-                self.kv.close(req.request_id)
+            if not fits_plainly and not self.kv.lookup(req.all_token_ids(), req.num_tokens).fits:
                 if not self.running and not plan.chunks:  # nothing will ever free more pages
                     self.waiting.remove(req.request_id)
                     plan.failed.append((req, f"request needs {req.num_tokens} tokens of KV cache but the "
                                         f"pool holds only {self.kv.capacity_tokens}"))
                     continue
                 break
+            self._open(req)
             n = min(req.num_tokens - req.num_computed, budget)
-            if not self.kv.reserve(req.request_id, req.num_computed + n):
+            if not self.kv.reserve(req.request_id, req.num_computed + n):  # the lookup said it fits
                 self.kv.close(req.request_id)
                 break
             self._start(req, plan)
-            plan.chunks.append(Chunk(req, req.num_computed, req.num_computed + n, req.num_computed + n == req.num_tokens))
+            plan.chunks.append(Chunk.next(req, n))
             scheduled.add(req.request_id)
             budget -= n
 
@@ -242,7 +255,7 @@ class Scheduler:
             n = min(req.num_tokens - req.num_computed, budget)
             if not self.kv.reserve(req.request_id, req.num_computed + n):
                 break
-            plan.chunks.append(Chunk(req, req.num_computed, req.num_computed + n, req.num_computed + n == req.num_tokens))
+            plan.chunks.append(Chunk.next(req, n))
             scheduled.add(req.request_id)
             budget -= n
         return budget

@@ -11,18 +11,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from astrai.cache import PAGE_EVENT_KINDS, CacheEvent, KVCacheManager
+
 from .request import Request
 from .scheduler import Scheduler, StepPlan
-from .trace import TraceEvent
+from .trace import FinishedRecord, PrefillRecord, TraceEvent
 
 log = logging.getLogger("astrai.scheduler")
 
 TraceCallback = Callable[[TraceEvent], None]
-PAGE_EVENT_KINDS = ("allocated", "shared", "copied", "freed", "evicted")
 
 
 class StepTracer:
-    def __init__(self, kv: Any) -> None:
+    def __init__(self, kv: KVCacheManager) -> None:
         self.kv = kv
         self.subscribers: tuple[TraceCallback, ...] = ()
         self._pages: dict[str, list[Any]] | None = None
@@ -36,7 +37,7 @@ class StepTracer:
         """Start collecting page events for the step about to run."""
         self._pages = {kind: [] for kind in PAGE_EVENT_KINDS}
 
-    def _on_cache_event(self, event: Any) -> None:
+    def _on_cache_event(self, event: CacheEvent) -> None:
         pages = self._pages
         if pages is not None:
             items = [list(p) for p in event.pages] if event.kind == "copied" else event.pages
@@ -53,18 +54,17 @@ class StepTracer:
     ) -> None:
         """Build the step's TraceEvent and hand it to every subscriber."""
         admitted = {r.request_id for r in plan.admitted}
-        prefill: list[dict[str, Any]] = []
+        prefill: list[PrefillRecord] = []
         decode: list[str] = []
         for c in plan.chunks:
             req = c.request
             if c.end - c.start == 1 and c.start >= len(req.prompt_token_ids):
                 decode.append(req.request_id)
             else:
-                prefill.append({
-                    "request_id": req.request_id, "num_tokens": c.end - c.start,
-                    "cached_tokens": req.num_cached_tokens if req.request_id in admitted else 0,
-                    "start": c.start,
-                })
+                prefill.append(PrefillRecord(
+                    request_id=req.request_id, num_tokens=c.end - c.start,
+                    cached_tokens=req.num_cached_tokens if req.request_id in admitted else 0, start=c.start,
+                ))
         kv = self.kv
         event = TraceEvent(
             step=step,
@@ -74,7 +74,8 @@ class StepTracer:
             decode=decode,
             arrived=[r.request_id for r in arrivals],
             finished=[
-                {"request_id": r.request_id, "finish_reason": r.finish_reason, "output_tokens": len(r.output_token_ids)}
+                FinishedRecord(request_id=r.request_id, finish_reason=r.finish_reason,
+                               output_tokens=len(r.output_token_ids))
                 for r in finished
             ],
             preempted=[r.request_id for r in plan.preempted],

@@ -11,23 +11,23 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
+from astrai.scheduler import EngineClient
 from astrai.server import handlers
 from astrai.server.body import read_model
 from astrai.server.config import ServerConfig
 from astrai.server.errors import APIError, bad_request, install_error_handlers
 from astrai.server.metrics import CONTENT_TYPE
 from astrai.server.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestLogMiddleware
-from astrai.server.protocol import DetokenizeRequest, TokenizeRequest
+from astrai.server.protocol import DetokenizeRequest, TokenizeRequest, message_dicts
 from astrai.server.service import Service
 from astrai.server.state import EngineHolder
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 
-def default_engine_factory(config: ServerConfig) -> Callable[[], Any]:
-    def load() -> Any:
+def default_engine_factory(config: ServerConfig) -> Callable[[], EngineClient]:
+    def load() -> EngineClient:
         from astrai.scheduler import Engine
 
         return Engine.from_pretrained(config.model, **config.engine_kwargs)
@@ -35,8 +35,8 @@ def default_engine_factory(config: ServerConfig) -> Callable[[], Any]:
     return load
 
 
-def create_app(config: ServerConfig | None = None, *, engine: Any = None,
-               engine_factory: Callable[[], Any] | None = None,
+def create_app(config: ServerConfig | None = None, *, engine: EngineClient | None = None,
+               engine_factory: Callable[[], EngineClient] | None = None,
                on_load_failure: Callable[[str], None] | None = None, shutdown_engine: bool = True) -> FastAPI:
     """Build the app. Give `engine` to serve an existing one (never shut down by the app); an engine
     made by `engine_factory` is shut down with the app unless `shutdown_engine` is False."""
@@ -75,7 +75,7 @@ def create_app(config: ServerConfig | None = None, *, engine: Any = None,
         card = {"id": config.model_name, "object": "model", "created": started, "owned_by": "astrai"}
         engine_now = holder.peek()
         if engine_now is not None:
-            card["max_model_len"] = Service.context_limit(engine_now)
+            card["max_model_len"] = engine_now.max_model_len
         return card
 
     @app.get("/v1/models")
@@ -97,19 +97,17 @@ def create_app(config: ServerConfig | None = None, *, engine: Any = None,
         service.check_model(req.model)
         engine_now = service.engine()
         if req.messages is not None:
-            messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                        for m in req.messages]
-            ids = await asyncio.to_thread(service.render_chat, engine_now, messages)
+            ids = await asyncio.to_thread(service.render_chat, engine_now, message_dicts(req.messages))
         else:
             ids = list(engine_now.tokenizer.encode(req.prompt, add_special_tokens=bool(req.add_special_tokens)))
-        return {"count": len(ids), "max_model_len": Service.context_limit(engine_now), "tokens": ids}
+        return {"count": len(ids), "max_model_len": engine_now.max_model_len, "tokens": ids}
 
     @app.post("/detokenize")
     async def detokenize(request: Request) -> dict:
         req = await read_model(request, DetokenizeRequest)
         service.check_model(req.model)
         engine_now = service.engine()
-        vocab = int(engine_now.config.vocab_size)
+        vocab = engine_now.config.vocab_size
         bad = next((t for t in req.tokens if not 0 <= t < vocab), None)
         if bad is not None:
             raise bad_request(f"tokens: token id {bad} is out of range [0, {vocab})", "tokens")

@@ -28,7 +28,8 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
                         help="built-in name, HF model directory or .gguf file (default: %(default)s)")
     parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: the engine's choice)")
     parser.add_argument("--device", default=None, help="cpu | cuda | ... (default: the engine's choice)")
-    parser.add_argument("--max-num-seqs", type=_positive, default=None, help="sequences per batch")
+    parser.add_argument("--max-num-seqs", type=_positive, default=None,
+                        help="sequences per batch (default: the engine's choice)")
     parser.add_argument("--max-num-batched-tokens", type=_positive, default=None, help="tokens per step")
     parser.add_argument("--max-model-len", type=_positive, default=None, help="context length cap")
     parser.add_argument("--page-size", type=_positive, default=None, help="tokens per KV page")
@@ -117,7 +118,7 @@ def serve_command(args: argparse.Namespace) -> int:
     config = ServerConfig(
         model=args.model, served_model_name=args.served_model_name, host=args.host, port=args.port,
         api_key=args.api_key or ServerConfig.api_key_from_env(), max_queue=args.max_queue,
-        max_num_seqs=args.max_num_seqs or 64, max_body_bytes=args.max_body_bytes, log_prompts=args.log_prompts,
+        max_num_seqs=args.max_num_seqs, max_body_bytes=args.max_body_bytes, log_prompts=args.log_prompts,
         shutdown_timeout=args.shutdown_timeout, engine_kwargs=engine_kwargs(args),
     )
     failed = threading.Event()

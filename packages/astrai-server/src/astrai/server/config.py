@@ -20,7 +20,7 @@ class ServerConfig:
     port: int = 8000
     api_key: str | None = None
     max_queue: int = 256
-    max_num_seqs: int = 64
+    max_num_seqs: int | None = None  # requests the server counts as one batch; None: the engine's own
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     log_prompts: bool = False
     shutdown_timeout: float = 10.0
@@ -31,10 +31,10 @@ class ServerConfig:
         """The id clients must send as `model` (and see in /v1/models)."""
         return self.served_model_name or self.model
 
-    @property
-    def max_outstanding(self) -> int:
-        """Requests the server admits at once: the engine's batch plus the waiting queue."""
-        return self.max_num_seqs + self.max_queue
+    def max_outstanding(self, engine_max_num_seqs: int) -> int:
+        """Requests the server admits at once: the batch (this config's, else the engine's) plus the queue."""
+        batch = self.max_num_seqs if self.max_num_seqs is not None else engine_max_num_seqs
+        return batch + self.max_queue
 
     @staticmethod
     def api_key_from_env() -> str | None:

@@ -8,15 +8,16 @@ cancels the consumer tasks and aborts unfinished engine requests, so a client th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from astrai.scheduler import EngineError
+from astrai.scheduler import EngineClient, EngineError, RequestMetrics, RequestOutput, SamplingParams
 from astrai.server.errors import APIError, bad_request
 from starlette.requests import Request
 
 T = TypeVar("T")
+OnFinish = Callable[[RequestMetrics | None, str | None], None]  # (metrics, finish_reason) of each choice
 
 
 class ClientDisconnected(Exception):
@@ -33,7 +34,7 @@ class ChoiceState:
     logprobs: list[dict] = field(default_factory=list)
     finish_reason: str | None = None
     num_cached_tokens: int = 0
-    metrics: Any = None
+    metrics: RequestMetrics | None = None
     error: str | None = None
 
 
@@ -51,16 +52,16 @@ def engine_error(exc: BaseException) -> APIError:
 class Generation:
     """The engine requests behind one HTTP request, consumed as `(choice_index, delta)` events."""
 
-    def __init__(self, engine: Any, request_id: str, prompts: list[list[int]], params: Any,
-                 on_finish: Any = None) -> None:
+    def __init__(self, engine: EngineClient, request_id: str, prompts: list[list[int]], params: SamplingParams,
+                 on_finish: OnFinish | None = None) -> None:
         self.engine = engine
         self.request_id = request_id
         self.engine_ids = [request_id if len(prompts) == 1 else f"{request_id}-{i}" for i in range(len(prompts))]
         self.choices = [ChoiceState(prompt_ids=list(p)) for p in prompts]
         self._params = params
-        self._queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
-        self._tasks: list[asyncio.Task] = []
-        self._buffer: list[tuple[int, Any]] = []
+        self._queue: asyncio.Queue[tuple[int, RequestOutput | Exception]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._buffer: list[tuple[int, RequestOutput]] = []
         self._finished: set[int] = set()
         self._closed = False
         self._on_finish = on_finish
@@ -83,24 +84,25 @@ class Generation:
         seen: set[int] = set()
         while len(seen) < len(self.choices):
             index, item = await self._queue.get()
-            if isinstance(item, BaseException):
+            if isinstance(item, Exception):
                 raise engine_error(item)
             self._buffer.append((index, item))
             seen.add(index)
 
-    async def events(self) -> AsyncIterator[tuple[int, Any]]:
+    async def events(self) -> AsyncIterator[tuple[int, RequestOutput]]:
         """Yield deltas until every choice has finished; raises APIError on an engine error."""
         while len(self._finished) < len(self.choices):
+            item: RequestOutput | Exception
             if self._buffer:
                 index, item = self._buffer.pop(0)
             else:
                 index, item = await self._queue.get()
-            if isinstance(item, BaseException):
+            if isinstance(item, Exception):
                 raise engine_error(item)
             self._apply(index, item)
             yield index, item
 
-    def _apply(self, index: int, out: Any) -> None:
+    def _apply(self, index: int, out: RequestOutput) -> None:
         choice = self.choices[index]
         choice.text += out.text or ""
         choice.token_ids.extend(out.token_ids or ())

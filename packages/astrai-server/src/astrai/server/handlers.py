@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from astrai.scheduler import EngineClient
 from astrai.server import responses as R
 from astrai.server.body import read_model
 from astrai.server.errors import APIError, bad_request
@@ -63,7 +64,7 @@ async def completions(request: Request) -> Response:
     return await _run(request, service, engine, "cmpl", prompts, req, chat=False)
 
 
-async def _run(request: Request, service: Service, engine: Any, prefix: str, prompts: list[list[int]],
+async def _run(request: Request, service: Service, engine: EngineClient, prefix: str, prompts: list[list[int]],
                req: ChatCompletionRequest | CompletionRequest, *, chat: bool) -> Response:
     param = "messages" if chat else "prompt"
     max_tokens = service.fit_context(engine, prompts, req.output_limit, param)
@@ -98,7 +99,7 @@ async def _run(request: Request, service: Service, engine: Any, prefix: str, pro
 
     created = int(time.time())
     model = service.config.model_name
-    token_text = R.TokenText(engine.tokenizer) if req.num_logprobs is not None else None
+    token_text = R.TokenText(engine) if req.num_logprobs is not None else None
     if req.stream:
         events = (_chat_events if chat else _completion_events)(gen, req, request_id, created, model, token_text,
                                                                  service, engine)
@@ -129,7 +130,7 @@ def _raise_if_failed(finish_reason: str | None, error: str | None) -> None:
 
 
 async def _chat_events(gen: Generation, req: ChatCompletionRequest, request_id: str, created: int, model: str,
-                       token_text: R.TokenText | None, service: Service, engine: Any) -> AsyncIterator[str]:
+                       token_text: R.TokenText | None, service: Service, engine: EngineClient) -> AsyncIterator[str]:
     with_usage = req.include_usage
     try:
         for index in range(len(gen.choices)):
@@ -153,7 +154,7 @@ async def _chat_events(gen: Generation, req: ChatCompletionRequest, request_id: 
 
 
 async def _completion_events(gen: Generation, req: CompletionRequest, request_id: str, created: int, model: str,
-                             token_text: R.TokenText | None, service: Service, engine: Any) -> AsyncIterator[str]:
+                             token_text: R.TokenText | None, service: Service, engine: EngineClient) -> AsyncIterator[str]:
     with_usage = req.include_usage
     offsets = [0] * len(gen.choices)
     try:

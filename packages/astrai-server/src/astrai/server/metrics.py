@@ -7,8 +7,8 @@ Engine-wide numbers (running, waiting, KV usage, token and cache counters) are r
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
+from astrai.scheduler import EngineClient, EngineStats, RequestMetrics
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -34,24 +34,24 @@ _ENGINE_STATS = (
 
 
 class _EngineCollector(Collector):
-    def __init__(self, get_engine: Callable[[], Any], model_name: str) -> None:
+    def __init__(self, get_engine: Callable[[], EngineClient | None], model_name: str) -> None:
         self._get_engine = get_engine
         self._model_name = model_name
 
     def collect(self) -> Iterator[Metric]:
         engine = self._get_engine()
-        stats: dict[str, Any] = engine.stats() if engine is not None else {}
+        stats: EngineStats | None = engine.stats() if engine is not None else None
         for key, name, help_text, kind in _ENGINE_STATS:
             family_type = GaugeMetricFamily if kind == "gauge" else CounterMetricFamily
             family = family_type(PREFIX + name, help_text, labels=["model_name"])
-            family.add_metric([self._model_name], float(stats.get(key, 0) or 0))
+            family.add_metric([self._model_name], float(stats[key]) if stats is not None else 0.0)  # type: ignore[literal-required]
             yield family
 
 
 class ServerMetrics:
     """All metrics of one app, in the app's own registry (several apps may share a process)."""
 
-    def __init__(self, get_engine: Callable[[], Any], model_name: str) -> None:
+    def __init__(self, get_engine: Callable[[], EngineClient | None], model_name: str) -> None:
         self.registry = CollectorRegistry()
         self.model_name = model_name
         self.registry.register(_EngineCollector(get_engine, model_name))
@@ -71,7 +71,7 @@ class ServerMetrics:
         for reason in ("stop", "length", "abort"):
             self.success.labels(model_name, reason)
 
-    def observe(self, metrics: Any, finish_reason: str | None) -> None:
+    def observe(self, metrics: RequestMetrics | None, finish_reason: str | None) -> None:
         """Record one finished request from its `RequestMetrics` (may be None)."""
         name = self.model_name
         self.success.labels(name, finish_reason or "unknown").inc()

@@ -124,6 +124,14 @@ class ChatMessage(_Strict):
             return self.content
         return "".join(part.text for part in self.content)
 
+    def as_dict(self) -> dict[str, str]:
+        """The message as a chat template sees it; OpenAI's "developer" role is the system role."""
+        return {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+
+
+def message_dicts(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    return [m.as_dict() for m in messages]
+
 
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
@@ -156,7 +164,7 @@ class ChatCompletionRequest(_SamplingFields):
         return (self.top_logprobs or 0) if self.logprobs else None
 
     def message_dicts(self) -> list[dict[str, str]]:
-        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
+        return message_dicts(self.messages)
 
 
 class CompletionRequest(_SamplingFields):

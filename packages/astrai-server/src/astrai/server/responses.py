@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
+from astrai.scheduler import EngineClient
 from astrai.server.generation import ChoiceState
 
 DONE = "data: [DONE]\n\n"
@@ -16,6 +16,7 @@ def sse(payload: dict) -> str:
 
 
 def usage(choices: list[ChoiceState]) -> dict:
+    """OpenAI's usage object: token counts summed over the choices (the one place they are summed)."""
     prompt = sum(len(c.prompt_ids) for c in choices)
     completion = sum(len(c.token_ids) for c in choices)
     cached = sum(c.num_cached_tokens for c in choices)
@@ -24,10 +25,10 @@ def usage(choices: list[ChoiceState]) -> dict:
 
 
 class TokenText:
-    """Token id -> text and bytes for logprobs, cached per tokenizer."""
+    """Token id -> text and bytes for logprobs, cached per engine's tokenizer."""
 
-    def __init__(self, tokenizer: Any) -> None:
-        self._tokenizer = tokenizer
+    def __init__(self, engine: EngineClient) -> None:
+        self._tokenizer = engine.tokenizer
         self._cache: dict[int, str] = {}
 
     def __call__(self, token_id: int) -> str:

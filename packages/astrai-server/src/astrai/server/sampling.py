@@ -6,9 +6,10 @@ from typing import Any
 
 from astrai.scheduler import SamplingParams
 from astrai.server.errors import bad_request
+from astrai.server.protocol import ChatCompletionRequest, CompletionRequest
 
 
-def build_sampling_params(req: Any, max_tokens: int) -> Any:
+def build_sampling_params(req: ChatCompletionRequest | CompletionRequest, max_tokens: int) -> SamplingParams:
     """Only fields the client set are passed, so the engine's defaults apply to the rest."""
     kwargs: dict[str, Any] = {"max_tokens": max_tokens}
     for name in ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty",

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from astrai.scheduler import EngineClient
 from astrai.server.config import ServerConfig
 from astrai.server.errors import APIError, bad_request
 from astrai.server.generation import Generation
 from astrai.server.metrics import ServerMetrics
+from astrai.server.responses import usage
 from astrai.server.state import Admission, EngineHolder
 from starlette.requests import Request
 
@@ -21,7 +23,7 @@ class Service:
     def __init__(self, config: ServerConfig, holder: EngineHolder) -> None:
         self.config = config
         self.holder = holder
-        self.admission = Admission(config.max_outstanding)
+        self.admission = Admission(lambda: config.max_outstanding(holder.get().max_num_seqs))
         self.metrics = ServerMetrics(holder.peek, config.model_name)
         self.active: set[Generation] = set()
 
@@ -34,7 +36,7 @@ class Service:
             logger.warning("aborted %d in-flight request(s) at shutdown", count)
         return count
 
-    def engine(self) -> Any:
+    def engine(self) -> EngineClient:
         return self.holder.get()
 
     def check_model(self, model: str | None) -> None:
@@ -42,17 +44,9 @@ class Service:
             raise APIError(404, f"The model `{model}` does not exist. This server serves "
                                 f"`{self.config.model_name}`.", param="model", code="model_not_found")
 
-    @staticmethod
-    def context_limit(engine: Any) -> int:
-        """Longest sequence (prompt + output) the engine can hold: model length, capped by the KV pool."""
-        limit = int(engine.max_model_len)
-        stats = engine.stats()
-        capacity = int(stats.get("num_pages", 0)) * int(stats.get("page_size", 0))
-        return min(limit, capacity) if capacity > 0 else limit
-
-    def fit_context(self, engine: Any, prompts: list[list[int]], requested: int | None, param: str) -> int:
+    def fit_context(self, engine: EngineClient, prompts: list[list[int]], requested: int | None, param: str) -> int:
         """Check every prompt against the context and return max_tokens (the room left if not given)."""
-        limit = self.context_limit(engine)
+        limit = engine.max_model_len  # the engine's own cap: model length and KV pool
         longest = 0
         for ids in prompts:
             if not ids:
@@ -71,7 +65,7 @@ class Service:
         return requested if requested is not None else limit - longest
 
     @staticmethod
-    def render_chat(engine: Any, messages: list[dict[str, str]]) -> list[int]:
+    def render_chat(engine: EngineClient, messages: list[dict[str, str]]) -> list[int]:
         try:
             ids = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         except Exception as exc:  # a template may reject a conversation shape (jinja raises)
@@ -79,7 +73,7 @@ class Service:
         return list(ids)
 
     @staticmethod
-    def encode_prompts(engine: Any, prompts: list[str | list[int]]) -> list[list[int]]:
+    def encode_prompts(engine: EngineClient, prompts: list[str | list[int]]) -> list[list[int]]:
         vocab = int(engine.config.vocab_size)
         out = []
         for prompt in prompts:
@@ -93,7 +87,7 @@ class Service:
         return out
 
     @staticmethod
-    def decode(engine: Any, ids: list[int]) -> str:
+    def decode(engine: EngineClient, ids: list[int]) -> str:
         return engine.tokenizer.decode(ids, skip_special_tokens=False)
 
     @staticmethod
@@ -108,13 +102,14 @@ class Service:
     def summarize(log: dict, gen: Generation) -> None:
         """Tokens and timings of a finished (or abandoned) generation, for the request log line."""
         choices = gen.choices
-        log["prompt_tokens"] = sum(len(c.prompt_ids) for c in choices)
-        log["completion_tokens"] = sum(len(c.token_ids) for c in choices)
-        log["cached_tokens"] = sum(c.num_cached_tokens for c in choices)
+        counts = usage(choices)
+        log["prompt_tokens"] = counts["prompt_tokens"]
+        log["completion_tokens"] = counts["completion_tokens"]
+        log["cached_tokens"] = counts["prompt_tokens_details"]["cached_tokens"]
         log["finish"] = ",".join(c.finish_reason or "abort" for c in choices)
         metrics = choices[0].metrics
         if metrics is not None:
-            for name in ("queue_time", "ttft", "e2e_latency"):
-                value = getattr(metrics, name, None)
+            for name, value in (("queue_time", metrics.queue_time), ("ttft", metrics.ttft),
+                                ("e2e_latency", metrics.e2e_latency)):
                 if value is not None:
                     log[name] = float(value)

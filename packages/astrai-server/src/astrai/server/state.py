@@ -11,8 +11,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
+from astrai.scheduler import EngineClient
 from astrai.server.errors import APIError
 
 logger = logging.getLogger("astrai.server")
@@ -21,7 +21,8 @@ logger = logging.getLogger("astrai.server")
 class EngineHolder:
     """Holds the Engine once it exists; `get()` raises 503 until then."""
 
-    def __init__(self, factory: Callable[[], Any] | None = None, engine: Any = None, owns_engine: bool = True,
+    def __init__(self, factory: Callable[[], EngineClient] | None = None, engine: EngineClient | None = None,
+                 owns_engine: bool = True,
                  on_failure: Callable[[str], None] | None = None, description: str = "model") -> None:
         self._factory = factory
         self._on_failure = on_failure
@@ -64,10 +65,9 @@ class EngineHolder:
         self.load_seconds = time.perf_counter() - start
         self._engine = engine
         self._loaded.set()
-        stats = engine.stats()
-        logger.info("%s ready in %.1fs: context %s tokens, %s KV pages of %s tokens", self._description,
-                    self.load_seconds, getattr(engine, "max_model_len", "?"), stats.get("num_pages"),
-                    stats.get("page_size"))
+        info = engine.describe()
+        logger.info("%s ready in %.1fs: context %d tokens, %d KV pages of %d tokens, %s", self._description,
+                    self.load_seconds, info.max_model_len, info.num_pages, info.page_size, info.dtype)
 
     def _progress(self, start: float) -> None:
         """A line every few seconds so a slow load does not look like a hang."""
@@ -79,7 +79,7 @@ class EngineHolder:
             self._thread.join(timeout)
         return self.ready
 
-    def get(self) -> Any:
+    def get(self) -> EngineClient:
         if self._engine is not None:
             return self._engine
         if self._error is not None:
@@ -87,7 +87,7 @@ class EngineHolder:
         raise APIError(503, "The model is still loading; retry shortly", code="model_loading",
                        headers={"Retry-After": "1"})
 
-    def peek(self) -> Any:
+    def peek(self) -> EngineClient | None:
         return self._engine
 
     def shutdown(self) -> None:
@@ -98,15 +98,24 @@ class EngineHolder:
 
 
 class Admission:
-    """Counts requests in flight; refuses with 429 past `limit`. Used from the event loop only."""
+    """Counts requests in flight; refuses with 429 past `limit`. Used from the event loop only.
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    The limit is read when asked, because it may depend on the engine, which loads after the
+    server starts.
+    """
+
+    def __init__(self, limit: Callable[[], int]) -> None:
+        self._limit = limit
         self.in_flight = 0
 
+    @property
+    def limit(self) -> int:
+        return self._limit()
+
     def acquire(self, count: int = 1) -> None:
-        if self.in_flight + count > self.limit:
-            raise APIError(429, f"Server is at capacity ({self.in_flight} requests in flight, limit {self.limit}); "
+        limit = self.limit
+        if self.in_flight + count > limit:
+            raise APIError(429, f"Server is at capacity ({self.in_flight} requests in flight, limit {limit}); "
                                 "retry later", code="queue_full", headers={"Retry-After": "1"})
         self.in_flight += count
 

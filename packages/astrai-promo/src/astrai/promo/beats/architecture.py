@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 
 from ..trace import Trace
 from . import format as fmt
+from .batching import PHASE_TITLES
 
 DEFAULT_SECONDS = 26.0
 
@@ -100,7 +101,7 @@ def layers(trace: Trace) -> list[Layer]:
             "scheduler",
             "Scheduler (background loop)",
             _origin(trace, "scheduler"),
-            (f"Cleanup → Refill → Prefill → Decode · {fmt.thousands(len(steps))} steps · "
+            (f"{' → '.join(PHASE_TITLES.values())} · {fmt.thousands(len(steps))} steps · "
              f"up to {max_batch} sequences per forward · {preemptions} preemptions",),
             True,
         ),

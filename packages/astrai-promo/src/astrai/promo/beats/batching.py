@@ -4,27 +4,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from astrai.scheduler import PHASES
+
 from ..replay import FREE, RequestSnapshot, replay_pages, replay_requests
 from ..sampling import plan_timing, sample_indices
 from ..trace import Trace
 from . import format as fmt
 
 DEFAULT_SECONDS = 45.0
-PHASES = ("Cleanup", "Refill", "Prefill", "Decode")
+# What the video calls each phase the engine times, in step order: "build_batch" -> "Build batch".
+PHASE_TITLES = {key: key.replace("_", " ").capitalize() for key in PHASES}
 MAX_LANES = 12
 MAX_MASK_PAGES = 128
 
 
 @dataclass(frozen=True)
 class Phase:
-    name: str
+    key: str  # the engine's phase name (astrai.scheduler.PHASES)
+    name: str  # what the video shows
     mean_ms: float | None  # measured mean over the trace's steps, if the engine reported it
 
 
 @dataclass(frozen=True)
 class LoopBeat:
     phases: tuple[Phase, ...]
-    forward_ms: float | None  # mean model forward, shared by Prefill and Decode
+    forward_ms: float | None  # mean model forward, which prefill chunks and decode tokens share
     caption: str
     seconds: float
 
@@ -44,7 +48,7 @@ class Lane:
 class BatchStepBeat:
     step: int
     skipped: int  # trace steps not shown since the previous beat
-    active_phases: tuple[str, ...]
+    active_phases: tuple[str, ...]  # Phase.key of the phases that did work this step
     lanes: tuple[Lane, ...]
     free_mask: tuple[bool, ...]  # True = free, for pages [0, len(free_mask))
     num_free_pages: int
@@ -80,15 +84,15 @@ def _score(step: dict, previous: dict | None) -> int:
 
 
 def _active_phases(step: dict) -> tuple[str, ...]:
+    """Schedule lights up when the scheduler changed something (arrivals, admissions, preemptions,
+    evictions, departures); the other three whenever the step ran a forward."""
     active = []
-    if step["finished"] or step["preempted"] or step["pages"]["freed"]:
-        active.append("Cleanup")
-    if step["arrived"] or any(e["start"] <= e["cached_tokens"] for e in step["prefill"]):
-        active.append("Refill")
-    if step["prefill"]:
-        active.append("Prefill")
-    if step["decode"]:
-        active.append("Decode")
+    admitted = any(e["start"] <= e["cached_tokens"] for e in step["prefill"])
+    pages = step["pages"]
+    if step["arrived"] or admitted or step["finished"] or step["preempted"] or pages["freed"] or pages["evicted"]:
+        active.append("schedule")
+    if step["prefill"] or step["decode"]:
+        active += ["build_batch", "forward", "sample"]
     return tuple(active)
 
 
@@ -129,9 +133,9 @@ def _caption(step: dict) -> tuple[str, str]:
 
 def _loop_beat(trace: Trace, seconds: float) -> LoopBeat:
     phases = []
-    for name in PHASES:
-        values = [s["phases_ms"][name.lower()] for s in trace.steps if name.lower() in s["phases_ms"]]
-        phases.append(Phase(name, sum(values) / len(values) if values else None))
+    for key, title in PHASE_TITLES.items():
+        values = [s["phases_ms"][key] for s in trace.steps if key in s["phases_ms"]]
+        phases.append(Phase(key, title, sum(values) / len(values) if values else None))
     forwards = [s["phases_ms"]["forward"] for s in trace.steps if "forward" in s["phases_ms"]]
     return LoopBeat(
         tuple(phases),

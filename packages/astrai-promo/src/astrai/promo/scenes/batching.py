@@ -20,7 +20,7 @@ from manim import (
     VGroup,
 )
 
-from ..beats.batching import PHASES, BatchStepBeat, Lane, LoopBeat, Phase, ThroughputBeat
+from ..beats.batching import PHASE_TITLES, BatchStepBeat, Lane, LoopBeat, Phase, ThroughputBeat
 from .base import BeatScene
 from .style import ACCENT, BLUE, FREE, GREEN, MUTED, ORANGE, PANEL, TEXT, label
 
@@ -32,11 +32,11 @@ STATE_COLORS = {
     "finished": GREEN,
     "gone": GREEN,  # drawn faded: done and out of the batch
 }
-_LOOP_POSITIONS = {
-    "Cleanup": (-5.55, 2.45),
-    "Refill": (-3.35, 2.45),
-    "Prefill": (-3.35, 1.05),
-    "Decode": (-5.55, 1.05),
+_LOOP_POSITIONS = {  # the loop runs clockwise round a square
+    "schedule": (-5.55, 2.45),
+    "build_batch": (-3.35, 2.45),
+    "forward": (-3.35, 1.05),
+    "sample": (-5.55, 1.05),
 }
 LANES_LEFT, LANES_TOP, LANES_BOTTOM = -1.9, 2.75, -0.55
 BAR_LEFT, BAR_WIDTH = -1.0, 3.3
@@ -44,10 +44,10 @@ MASK_COLUMNS, MASK_CELL = 32, 0.26
 
 
 def phase_box(phase: Phase, active: bool) -> VGroup:
-    x, y = _LOOP_POSITIONS[phase.name]
+    x, y = _LOOP_POSITIONS[phase.key]
     box = RoundedRectangle(corner_radius=0.1, width=1.85, height=0.8).move_to([x, y, 0])
     box.set_stroke(ACCENT if active else BLUE, 4 if active else 2).set_fill(ACCENT if active else PANEL, 0.25 if active else 1)
-    name = label(phase.name, 18, TEXT, weight="BOLD").move_to([x, y + (0.12 if phase.mean_ms is not None else 0), 0])
+    name = label(phase.name, 18, TEXT, weight="BOLD", max_width=1.7).move_to([x, y + (0.12 if phase.mean_ms is not None else 0), 0])
     group = VGroup(box, name)
     if phase.mean_ms is not None:
         group.add(label(f"{phase.mean_ms:.1f} ms avg", 12, MUTED).move_to([x, y - 0.2, 0]))
@@ -55,10 +55,10 @@ def phase_box(phase: Phase, active: bool) -> VGroup:
 
 
 def loop_diagram(phases: tuple[Phase, ...], active: tuple[str, ...] = ()) -> VGroup:
-    boxes = VGroup(*(phase_box(p, p.name in active) for p in phases))
+    boxes = VGroup(*(phase_box(p, p.key in active) for p in phases))
     arrows = VGroup()
-    for i in range(len(PHASES)):
-        start, end = boxes[i][0], boxes[(i + 1) % len(PHASES)][0]
+    for i in range(len(PHASE_TITLES)):
+        start, end = boxes[i][0], boxes[(i + 1) % len(PHASE_TITLES)][0]
         direction = end.get_center() - start.get_center()
         direction = direction / np.linalg.norm(direction)  # the boxes sit on a square: an axis
         arrows.add(Arrow(start.get_edge_center(direction), end.get_edge_center(-direction), buff=0.06,
@@ -180,7 +180,8 @@ class BatchingScene(BeatScene):
         legend.arrange_in_grid(rows=3, cols=2, buff=(0.25, 0.12), col_alignments="ll")
         legend.move_to([-4.45, -0.55, 0])
         if beat.forward_ms is not None:
-            forward = label(f"Prefill + Decode share one model forward:\n{beat.forward_ms:.0f} ms per step on average",
+            forward = label("prefill chunks and decode tokens share\n"
+                            f"one model forward: {beat.forward_ms:.0f} ms per step",
                             13, MUTED, max_width=4.4)
             legend.add(forward.move_to([-4.45, 0.3, 0]))
         self.texts = caption
