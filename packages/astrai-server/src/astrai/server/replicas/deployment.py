@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import ray
-from astrai.scheduler import Engine, RequestOutput, SamplingParams
+from astrai.scheduler import Engine, EngineError, RequestOutput, SamplingParams
 from astrai.server.replicas.wire import EngineDescription, EngineSpec, ReplicaStatus, ReplicaTag
 from ray import serve
 from ray.serve.config import RequestRouterConfig
@@ -26,6 +26,7 @@ logger = logging.getLogger("astrai.server")
 
 DEPLOYMENT_NAME = "AstraiEngine"
 ROUTER_CLASS = "astrai.server.replicas.router:PrefixAwareRouter"
+ENGINE_CRASH = "engine thread crashed"  # how the engine fails its requests when its loop dies
 
 
 def build_engine(spec: EngineSpec) -> Engine:
@@ -38,13 +39,12 @@ def build_engine(spec: EngineSpec) -> Engine:
     kwargs = dict(spec.engine_kwargs)
     if spec.kv_budget_bytes is None or "num_pages" in kwargs:
         return Engine.from_pretrained(spec.model, **kwargs)
-    probe_kwargs = {k: v for k, v in kwargs.items() if k != "max_model_len"}
-    probe = Engine.from_pretrained(spec.model, **probe_kwargs, num_pages=1)
+    max_model_len = kwargs.pop("max_model_len", None)  # a one-page probe would cap it, with a warning
+    probe = Engine.from_pretrained(spec.model, **kwargs, num_pages=1)
     try:
-        page_bytes = probe.config.kv_bytes_per_token(probe.model.dtype) * kwargs.get("page_size", 16)
-        pages = max(1, spec.kv_budget_bytes // page_bytes)
-        settings = {k: v for k, v in kwargs.items() if k not in ("dtype", "device")}
-        return Engine(probe.model, probe.tokenizer, **settings, num_pages=pages)
+        info = probe.describe()
+        pages = max(1, spec.kv_budget_bytes // (probe.config.kv_bytes_per_token(info.dtype) * info.page_size))
+        return probe.with_settings(num_pages=pages, max_model_len=max_model_len)
     finally:
         probe.shutdown()
 
@@ -58,10 +58,11 @@ class EngineReplica:
         self.pid = os.getpid()
         self.node_id = ray.get_runtime_context().get_node_id()
         self.engine = build_engine(spec)
-        stats = self.engine.stats()
-        logger.info("engine replica %s (pid %d) ready: %d KV pages of %d tokens, context %d, OMP_NUM_THREADS=%s",
-                    self.replica, self.pid, stats["num_pages"], stats["page_size"], self.engine.max_model_len,
-                    os.environ.get("OMP_NUM_THREADS", "unset"))
+        self.failure: str | None = None  # set once the engine stops taking requests: the health check fails
+        info = self.engine.describe()
+        logger.info("engine replica %s (pid %d) ready: %d KV pages of %d tokens, context %d, %s, "
+                    "OMP_NUM_THREADS=%s", self.replica, self.pid, info.num_pages, info.page_size,
+                    info.max_model_len, info.dtype, os.environ.get("OMP_NUM_THREADS", "unset"))
 
     async def generate(self, prompt: list[int], params: SamplingParams, request_id: str, stream: bool = True,
                        **_routing_hints: Any) -> AsyncIterator[ReplicaTag | list[RequestOutput]]:
@@ -72,12 +73,17 @@ class EngineReplica:
         outputs: asyncio.Queue[RequestOutput] = asyncio.Queue()
 
         def sink(out: RequestOutput) -> None:
+            if out.error and out.error.startswith(ENGINE_CRASH):
+                self.failure = out.error
             loop.call_soon_threadsafe(outputs.put_nowait, out)
 
         try:
             self.engine.add_request(prompt, params, request_id, sink=sink, stream=stream)
         except ValueError as exc:  # the client's fault (400); a plain ValueError always crosses processes
             raise ValueError(str(exc)) from None
+        except EngineError as exc:  # shut down or its thread died: this replica is done
+            self.failure = str(exc)
+            raise
         finished = False
         try:
             while not finished:
@@ -91,19 +97,16 @@ class EngineReplica:
                 self.engine.abort(request_id)
 
     def describe(self, **_routing_hints: Any) -> EngineDescription:
-        stats = self.engine.stats()
         return EngineDescription(tokenizer=self.engine.tokenizer, config=self.engine.config,
-                                 max_model_len=int(self.engine.max_model_len),
-                                 max_num_seqs=int(self.engine.max_num_seqs), page_size=int(stats["page_size"]),
-                                 num_pages=int(stats["num_pages"]))
+                                 info=self.engine.describe())
 
     def status(self, **_routing_hints: Any) -> ReplicaStatus:
-        return ReplicaStatus(self.replica, self.pid, self.node_id, self.engine.is_running, dict(self.engine.stats()))
+        return ReplicaStatus(self.replica, self.pid, self.node_id, self.failure is None, self.engine.stats())
 
     def check_health(self) -> None:
         """Ray Serve calls this every few seconds; raising makes it replace the replica."""
-        if not self.engine.is_running:
-            raise RuntimeError(f"engine of replica {self.replica} has stopped")
+        if self.failure is not None:
+            raise RuntimeError(f"the engine of replica {self.replica} stopped: {self.failure}")
 
     def __del__(self) -> None:
         engine = getattr(self, "engine", None)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from astrai.scheduler import EngineStats
 from astrai.server.replicas.board import ReplicaRef, live_replicas
 from astrai.server.replicas.wire import PIN, ReplicaStatus
 from ray import serve
@@ -60,11 +61,11 @@ class ReplicaMonitor:
     def replicas(self) -> list[ReplicaView]:
         return list(self._snapshot.views)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> EngineStats:
         """The replicas' engine stats summed (as of the last `refresh`); KV usage averaged by pool size."""
         return sum_stats([s.stats for s in self._snapshot.statuses.values()])
 
-    def replica_stats(self) -> dict[str, dict[str, Any]]:
+    def replica_stats(self) -> dict[str, EngineStats]:
         """Each replica's own engine stats (as of the last `refresh`), by replica id."""
         return {name: s.stats for name, s in self._snapshot.statuses.items()}
 
@@ -110,9 +111,10 @@ async def _awaitable(call: Any) -> Any:
     return await call
 
 
-def sum_stats(per_replica: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def sum_stats(per_replica: Sequence[EngineStats]) -> EngineStats:
     """Counters and gauges summed; `kv_cache_usage` weighted by pool size; `page_size` kept."""
-    total: dict[str, Any] = {}
+    total: dict[str, Any] = {key: 0 for key in EngineStats.__annotations__}
+    total["requests_finished_total"] = {}
     for stats in per_replica:
         for key, value in stats.items():
             if isinstance(value, dict):
@@ -121,9 +123,8 @@ def sum_stats(per_replica: Sequence[dict[str, Any]]) -> dict[str, Any]:
                     merged[k] = merged.get(k, 0) + v
             elif isinstance(value, (int, float)) and key not in ("kv_cache_usage", "page_size"):
                 total[key] = total.get(key, 0) + value
-    pages = sum(int(s.get("num_pages", 0)) for s in per_replica)
-    if per_replica:
-        total["page_size"] = max(int(s.get("page_size", 0)) for s in per_replica)
-        total["kv_cache_usage"] = (sum(float(s.get("kv_cache_usage", 0.0)) * int(s.get("num_pages", 0))
-                                       for s in per_replica) / pages) if pages else 0.0
-    return total
+    pages = sum(s["num_pages"] for s in per_replica)
+    total["page_size"] = max((s["page_size"] for s in per_replica), default=0)
+    total["kv_cache_usage"] = (sum(s["kv_cache_usage"] * s["num_pages"] for s in per_replica) / pages
+                               if pages else 0.0)
+    return EngineStats(**total)  # type: ignore[typeddict-item]

@@ -23,8 +23,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from astrai.scheduler import EngineError, RequestOutput, SamplingParams
+from astrai.scheduler import EngineError, EngineInfo, EngineStats, RequestOutput, SamplingParams, TraceEvent
 from astrai.server.errors import APIError
+from astrai.server.metrics import ReplicaCounts
 from astrai.server.replicas.monitor import ReplicaMonitor
 from astrai.server.replicas.wire import AVOID, EngineDescription, ReplicaTag
 from ray.exceptions import (
@@ -40,7 +41,7 @@ logger = logging.getLogger("astrai.server")
 
 Prompt = str | Sequence[int]
 Sink = Callable[[RequestOutput], None]
-TraceCallback = Callable[[Any], None]
+TraceCallback = Callable[[TraceEvent], None]
 
 # The replicas that served the current HTTP request, by engine request id (set by the header middleware).
 SERVED_BY: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("astrai_served_by", default=None)
@@ -70,9 +71,10 @@ class ReplicaSetEngine:
         self._on_shutdown = on_shutdown
         self.tokenizer = description.tokenizer
         self.config = description.config
-        self.max_model_len = description.max_model_len
+        self._info = description.info
+        self.max_model_len = description.info.max_model_len
         self.num_replicas = num_replicas
-        self.max_num_seqs = description.max_num_seqs * num_replicas  # one batch per replica
+        self.max_num_seqs = description.info.max_num_seqs * num_replicas  # one batch per replica
         self._flights: dict[str, _Flight] = {}
         self.monitor = ReplicaMonitor(handle)
         self.retries_total = 0
@@ -170,13 +172,22 @@ class ReplicaSetEngine:
         live = self.monitor.live()
         return None if live is None else len(live)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> EngineStats:
         """The replicas' engine stats summed (as of the last `refresh`); KV usage averaged by pool size."""
         return self.monitor.stats()
 
-    def replica_stats(self) -> dict[str, dict[str, Any]]:
+    def replica_stats(self) -> dict[str, EngineStats]:
         """Each replica's own engine stats (as of the last `refresh`), by replica id."""
         return self.monitor.replica_stats()
+
+    def replica_counts(self) -> ReplicaCounts:
+        """Replicas running (as of the last `refresh`) and requests retried after a replica died."""
+        return ReplicaCounts(running=sum(1 for v in self.monitor.replicas() if v.state == "running"),
+                             retries_total=self.retries_total)
+
+    def describe(self) -> EngineInfo:
+        """How each replica's engine is set up (as one replica reported it at start-up)."""
+        return self._info
 
     async def refresh(self) -> None:
         await self.monitor.refresh()

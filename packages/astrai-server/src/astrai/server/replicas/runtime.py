@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import queue
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -49,6 +50,8 @@ class RayRuntime:
     def start(self) -> None:
         """Start the local instance (in its owner thread) or connect to the cluster."""
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        if self.address is not None:
+            check_reachable(self.address)
         if self.local and threading.current_thread() is not threading.main_thread():
             self._owner = threading.Thread(target=self._own, name="astrai-ray", daemon=True)
             self._owner.start()
@@ -134,6 +137,19 @@ class RayRuntime:
         if not ok:
             raise value
         return value
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail at once, naming the address, if a `host:port` cluster address does not answer (Ray itself
+    retries for minutes); other forms ("auto", "ray://...") are left to Ray."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {address} ({exc}); start the cluster with "
+                              "`ray start --head` and pass its address") from None
 
 
 def kv_share(num_replicas: int, alive_nodes: int) -> int:

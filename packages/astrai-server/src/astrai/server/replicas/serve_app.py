@@ -56,9 +56,8 @@ def build_app(args: dict[str, Any]) -> Application:
         engine_kwargs["enable_prefix_cache"] = False
     server = {k: _convert(k, args[k], t) for k, t in _SERVER_ARGS.items() if k in args}
     options = ReplicaOptions(**{k: _convert(k, args[k], t) for k, t in _REPLICA_ARGS.items() if k in args})
-    per_replica_seqs = int(engine_kwargs.get("max_num_seqs", 64))
-    config = ServerConfig(model=str(args.get("model", DEFAULT_MODEL)), engine_kwargs=engine_kwargs,
-                          max_num_seqs=per_replica_seqs * options.replicas, **server)
+    # max_num_seqs is each replica's batch; admission counts the set's (replicas x batch) + max_queue.
+    config = ServerConfig(model=str(args.get("model", DEFAULT_MODEL)), engine_kwargs=engine_kwargs, **server)
     # One CPU per replica unless told (the builder may run before the cluster has all its nodes).
     cpus = options.cpus_per_replica or 1.0
     nodes = sum(1 for n in ray.nodes() if n.get("Alive")) if ray.is_initialized() else 1

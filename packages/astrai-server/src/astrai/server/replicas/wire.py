@@ -8,7 +8,12 @@ hints ride along as keyword arguments the replica ignores and the router reads.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from astrai.scheduler import EngineInfo, EngineStats
+
+if TYPE_CHECKING:  # the engine's own types, only named here (the server imports the scheduler only)
+    from astrai.model import ModelConfig, Tokenizer
 
 # Keyword arguments of replica calls that only the router reads.
 PIN = "astrai_replica"  # run on exactly this replica (health, stats): no other
@@ -32,7 +37,7 @@ class ReplicaStatus:
     pid: int
     node_id: str
     engine_alive: bool
-    stats: dict[str, Any] = field(default_factory=dict)
+    stats: EngineStats
 
 
 @dataclass(frozen=True)
@@ -52,9 +57,6 @@ class EngineSpec:
 class EngineDescription:
     """What the front end needs to tokenize, validate and describe, fetched once from a replica."""
 
-    tokenizer: Any
-    config: Any
-    max_model_len: int
-    max_num_seqs: int
-    page_size: int
-    num_pages: int
+    tokenizer: Tokenizer
+    config: ModelConfig
+    info: EngineInfo
