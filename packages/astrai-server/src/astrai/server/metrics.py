@@ -8,11 +8,10 @@ same families with one sample per replica (label `replica`), as Prometheus users
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Iterator
 
 from astrai.scheduler import EngineClient, EngineStats, RequestMetrics
+from astrai.server.replicated import ReplicatedEngine
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -35,23 +34,6 @@ _ENGINE_STATS = (
     ("prefix_cache_hits", "prefix_cache_hits", "Prompt tokens found in the prefix cache.", "counter"),
     ("num_preemptions_total", "num_preemptions", "Requests preempted for lack of KV pages.", "counter"),
 )
-
-
-@dataclass(frozen=True)
-class ReplicaCounts:
-    """What only a set of replicas has to count."""
-
-    running: int  # replicas serving now
-    retries_total: int  # requests sent again after their replica died before they started
-
-
-@runtime_checkable
-class ReplicatedEngine(Protocol):
-    """An engine made of replicas: stats per replica instead of one engine's."""
-
-    def replica_stats(self) -> Mapping[str, EngineStats]: ...
-
-    def replica_counts(self) -> ReplicaCounts: ...
 
 
 class _EngineCollector(Collector):

@@ -25,9 +25,9 @@ from typing import Any
 
 from astrai.scheduler import EngineError, EngineInfo, EngineStats, RequestOutput, SamplingParams, TraceEvent
 from astrai.server.errors import APIError
-from astrai.server.metrics import ReplicaCounts
 from astrai.server.replicas.monitor import ReplicaMonitor
 from astrai.server.replicas.wire import AVOID, EngineDescription, ReplicaTag
+from astrai.server.replicated import ReplicaCounts, ReplicaHealth
 from ray.exceptions import (
     ActorDiedError,
     ActorUnavailableError,
@@ -191,6 +191,17 @@ class ReplicaSetEngine:
 
     async def refresh(self) -> None:
         await self.monitor.refresh()
+
+    async def health(self) -> ReplicaHealth:
+        """Every live replica's state and pid (asked now), and the Serve controller's counts by state."""
+        await self.monitor.refresh()
+        views = self.monitor.replicas()
+        try:
+            deployment = await asyncio.to_thread(self.monitor.deployment_status)
+        except Exception as exc:  # the controller is unreachable: say so rather than fail the probe
+            deployment = {"error": f"{type(exc).__name__}: {exc}"}
+        return ReplicaHealth(serving=any(v.state == "running" for v in views),
+                             replicas=[v.to_dict() for v in views], deployment=deployment)
 
     def shutdown(self, timeout: float | None = 30.0) -> None:
         if self._closed:
