@@ -1,16 +1,19 @@
 """Engine replicas on Ray Serve: throughput with 1 vs 2 replicas, and prefix-aware vs round-robin routing.
 
-    python -m bench.replicas            # ~10 min on the 2-core dev VM (three servers start)
+    python -m bench.replicas            # ~15 min on the busy 2-core dev VM (three servers start)
     python -m bench.replicas --quick    # smaller workloads
 
 Every number comes from real `astrai serve` processes on 127.0.0.1 driven over HTTP:
 
-- throughput: the same batch of concurrent streaming completions (random prompts, ignore_eos)
-  against `astrai serve` (one plain process) and `astrai serve --replicas 2`; output tokens per
-  second of wall time. On a 2-core machine two replicas split the same two cores (one thread
-  each instead of two), so expect no gain here: replicas pay off with one machine or GPU each.
+- throughput: the same batch of concurrent completions (random prompts, ignore_eos) against
+  `astrai serve` (one plain process, torch's default threads, then one thread) and `astrai serve
+  --replicas 2` (one thread each); output tokens per second of wall time. On a 2-core machine
+  two replicas split the same two cores, so expect no gain on an idle machine: replicas pay off
+  with one machine or GPU each. On a busy one, one process's multi-threaded matmuls suffer
+  most from other jobs taking its cores (threads wait for each other): the one-thread run
+  tells that apart from what replicas add.
 - prefix-cache hit rate: several long system prompts, each shared by many requests in shuffled
-  order, sent with a few in flight at a time to `--replicas 2 --routing prefix` and to
+  order, sent one at a time to `--replicas 2 --routing prefix` and to
   `--replicas 2 --routing round-robin`; hit rate = prompt tokens served from the radix cache /
   prompt tokens looked up, summed over the replicas from /metrics. One plain process (every
   prefix in one cache) is the ceiling.
@@ -27,6 +30,8 @@ import os
 import random
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,20 +46,19 @@ TOKEN_RANGE = (100, 40000)  # ordinary vocabulary ids of SmolLM2, away from spec
 
 @dataclass(frozen=True)
 class Scale:
-    throughput_requests: int = 48
+    throughput_requests: int = 32
     throughput_concurrency: int = 16
-    prompt_len: tuple[int, int] = (64, 256)
-    output_len: int = 64
+    prompt_len: tuple[int, int] = (32, 128)
+    output_len: int = 32
     systems: int = 6  # distinct system prompts
-    system_len: int = 384
-    per_system: int = 8  # requests sharing each system prompt
-    question_len: int = 24
-    prefix_concurrency: int = 4
-    prefix_output_len: int = 8
+    system_len: int = 256
+    per_system: int = 6  # requests sharing each system prompt
+    question_len: int = 16
+    prefix_concurrency: int = 1  # one at a time: the hit rate then depends on routing only, not on races
+    prefix_output_len: int = 4
 
 
-QUICK = Scale(throughput_requests=16, throughput_concurrency=8, output_len=32, systems=4, system_len=256,
-              per_system=5)
+QUICK = Scale(throughput_requests=16, throughput_concurrency=8, output_len=16, systems=4, per_system=4)
 
 
 def server_args(replicas: int, routing: str) -> list[str]:
@@ -149,11 +153,27 @@ def measure_prefix(server: AstraiServer, scale: Scale) -> dict:
             "cached_fraction_of_prompts": round(cached / prompt_tokens, 3) if prompt_tokens else None}
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """The server started inside runs torch on one thread, as each replica of two does on 2 cores."""
+    before = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = before
+
+
 def run(scale: Scale) -> dict:
     out: dict = {"scale": asdict(scale), "load_average_start": os.getloadavg(), "cpus": os.cpu_count()}
     with AstraiServer(MODEL, server_args(1, "prefix"), startup_timeout_s=600) as single:
         out["single_prefix"] = measure_prefix(single, scale)
         out["single_throughput"] = measure_throughput(single, scale)
+    with one_thread(), AstraiServer(MODEL, server_args(1, "prefix"), startup_timeout_s=600) as single:
+        out["single_one_thread_throughput"] = measure_throughput(single, scale)
     with AstraiServer(MODEL, server_args(2, "prefix"), startup_timeout_s=600) as two:
         wait_replicas(two, 2)
         out["two_prefix_aware"] = measure_prefix(two, scale)
@@ -161,8 +181,10 @@ def run(scale: Scale) -> dict:
     with AstraiServer(MODEL, server_args(2, "round-robin"), startup_timeout_s=600) as rr:
         wait_replicas(rr, 2)
         out["two_round_robin"] = measure_prefix(rr, scale)
-    out["throughput_ratio_two_vs_one"] = round(out["two_throughput"]["output_tokens_per_s"]
-                                               / out["single_throughput"]["output_tokens_per_s"], 2)
+    two = out["two_throughput"]["output_tokens_per_s"]
+    out["throughput_ratio_two_vs_one"] = round(two / out["single_throughput"]["output_tokens_per_s"], 2)
+    out["throughput_ratio_two_vs_one_thread"] = round(two / out["single_one_thread_throughput"]["output_tokens_per_s"],
+                                                      2)
     out["load_average_end"] = os.getloadavg()
     return out
 
@@ -177,9 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     path = RESULTS / f"{stamp}-replicas{'-quick' if args.quick else ''}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    print(f"throughput, output tok/s: 1 process {result['single_throughput']['output_tokens_per_s']}, "
+    print(f"throughput, output tok/s: 1 process {result['single_throughput']['output_tokens_per_s']} "
+          f"(1 thread: {result['single_one_thread_throughput']['output_tokens_per_s']}), "
           f"2 replicas {result['two_throughput']['output_tokens_per_s']} "
-          f"(x{result['throughput_ratio_two_vs_one']})")
+          f"(x{result['throughput_ratio_two_vs_one']}; x{result['throughput_ratio_two_vs_one_thread']} "
+          "against the one-thread process)")
     print(f"prefix-cache hit rate: 1 process {result['single_prefix']['hit_rate']}, 2 replicas prefix-aware "
           f"{result['two_prefix_aware']['hit_rate']}, round-robin {result['two_round_robin']['hit_rate']}")
     print(f"wrote {path}")

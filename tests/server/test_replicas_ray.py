@@ -7,6 +7,7 @@ it started is left running. The tiny model keeps replica start-up and restarts t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -21,8 +22,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+import ray
 import torch
 import transformers
+from astrai.scheduler import Engine, RequestOutput, SamplingParams
+from astrai.server.replicas import ReplicaSetEngine
+from ray import serve
 from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import models, pre_tokenizers
 
@@ -83,6 +88,7 @@ class Served:
     proc: subprocess.Popen
     url: str
     model: str
+    ray_address: str
     output: list[str] = field(default_factory=list)
 
     def health(self) -> dict:
@@ -130,7 +136,8 @@ def served(tmp_path_factory) -> Iterator[Served]:
     try:
         assert found.wait(START_TIMEOUT_S), "no URL printed:\n" + "".join(output[-40:])
         url = re.search(r"at (http://127\.0\.0\.1:\d+)", next(line for line in output if "OpenAI base URL" in line))
-        served = Served(proc, url.group(1), str(model_dir), output)
+        ray_address = re.search(r"Ray at (\S+)", next(line for line in output if "AstrAI: Ray at" in line))
+        served = Served(proc, url.group(1), str(model_dir), ray_address.group(1), output)
         deadline = time.monotonic() + START_TIMEOUT_S
         while len(served.running()) < 2:
             assert proc.poll() is None, "server exited:\n" + "".join(output[-40:])
@@ -179,6 +186,40 @@ def test_metrics_cover_every_replica(served):
     summed = served.metric("astrai:prompt_tokens_total")
     assert summed == sum(served.metric("astrai:prompt_tokens_total", replica=r) for r in live)
     assert served.metric("astrai:replicas_running") == 2
+
+
+def test_the_engine_interface_over_replicas_gives_one_engine_s_tokens(served):
+    """ReplicaSetEngine from Python (another driver on the same cluster): generate, add_request
+    with a sink and wait_idle, token for token what one local Engine produces greedily."""
+    prompts = [[1, 5, 6, 7, 8], [1, 9, 9, 40], [1, 200, 3]]
+    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    with Engine.from_pretrained(served.model, dtype="float32") as local:
+        expected = [out.token_ids for out in local.generate(prompts, params)]
+    ray.init(address=served.ray_address, logging_level="ERROR", log_to_driver=False)
+    try:
+        engine = ReplicaSetEngine.connect(serve.get_deployment_handle("AstraiEngine", app_name="astrai"),
+                                          num_replicas=2)
+        assert [out.token_ids for out in engine.generate(prompts, params)] == expected
+
+        async def streamed() -> list[RequestOutput]:
+            deltas: list[RequestOutput] = []
+            done = asyncio.Event()
+
+            def sink(out: RequestOutput) -> None:
+                deltas.append(out)
+                if out.finished:
+                    done.set()
+
+            engine.add_request(prompts[1], params, sink=sink, stream=True)
+            await asyncio.wait_for(done.wait(), 60)
+            return deltas
+
+        deltas = asyncio.run(streamed())
+        assert [t for d in deltas for t in d.token_ids] == expected[1] and deltas[-1].finish_reason == "length"
+        assert engine.wait_idle(30)
+        assert engine.describe().max_model_len == engine.max_model_len == 5000
+    finally:
+        ray.shutdown()
 
 
 def stream(served: Served, prompt: str, max_tokens: int, record: dict, stop: threading.Event | None = None) -> None:

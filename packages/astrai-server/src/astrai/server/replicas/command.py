@@ -32,6 +32,8 @@ def replica_app(config: ServerConfig, options: ReplicaOptions,
     runtime = RayRuntime(options.ray_address, log_level=options.log_level)
     try:
         runtime.start()
+        print(f"AstrAI: Ray at {runtime.gcs_address()} ({runtime.cluster_cpus():g} CPUs on {runtime.alive_nodes()} "
+              "node(s)); deploying the replicas", flush=True)
         yield create_replica_app(config, lambda: deploy_replica_set(config, options, runtime), on_load_failure)
     finally:
         runtime.stop()

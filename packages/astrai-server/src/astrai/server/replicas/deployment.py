@@ -65,7 +65,7 @@ class EngineReplica:
                     info.max_model_len, info.dtype, os.environ.get("OMP_NUM_THREADS", "unset"))
 
     async def generate(self, prompt: list[int], params: SamplingParams, request_id: str, stream: bool = True,
-                       **_routing_hints: Any) -> AsyncIterator[ReplicaTag | list[RequestOutput]]:
+                       priority: int = 0, **_routing_hints: Any) -> AsyncIterator[ReplicaTag | list[RequestOutput]]:
         """The replica's tag, then the request's deltas (`stream`) or its one final output;
         cancelling the call aborts the request."""
         yield ReplicaTag(self.replica, self.pid, self.node_id)
@@ -78,7 +78,7 @@ class EngineReplica:
             loop.call_soon_threadsafe(outputs.put_nowait, out)
 
         try:
-            self.engine.add_request(prompt, params, request_id, sink=sink, stream=stream)
+            self.engine.add_request(prompt, params, request_id, priority, sink=sink, stream=stream)
         except ValueError as exc:  # the client's fault (400); a plain ValueError always crosses processes
             raise ValueError(str(exc)) from None
         except EngineError as exc:  # shut down or its thread died: this replica is done

@@ -78,7 +78,6 @@ class ReplicaSetEngine:
         self._flights: dict[str, _Flight] = {}
         self.monitor = ReplicaMonitor(handle)
         self.retries_total = 0
-        self.replica_deaths_seen = 0
         self._closed = False
         self._pumps: set[asyncio.Task[None]] = set()
 
@@ -97,7 +96,8 @@ class ReplicaSetEngine:
 
         Bad input raises here, synchronously, as the engine's does."""
         flight, ids = self._open(prompt, request_id)
-        return self._run(flight, ids, params if params is not None else SamplingParams(), stream=True)
+        return self._run(flight, ids, params if params is not None else SamplingParams(), stream=True,
+                         priority=priority)
 
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None,
                     priority: int = 0, *, sink: Sink | None = None, stream: bool = False) -> str:
@@ -105,7 +105,8 @@ class ReplicaSetEngine:
         the one final output, as from the engine. A failure ends it with finish_reason "error"."""
         loop = asyncio.get_running_loop()  # RuntimeError outside a loop: replies arrive on one
         flight, ids = self._open(prompt, request_id)
-        outputs = self._run(flight, ids, params if params is not None else SamplingParams(), stream=stream)
+        outputs = self._run(flight, ids, params if params is not None else SamplingParams(), stream=stream,
+                            priority=priority)
 
         async def pump() -> None:
             try:
@@ -233,8 +234,8 @@ class ReplicaSetEngine:
         self._flights[request_id] = flight
         return flight, ids
 
-    async def _run(self, flight: _Flight, prompt: list[int], params: SamplingParams,
-                   stream: bool) -> AsyncIterator[RequestOutput]:
+    async def _run(self, flight: _Flight, prompt: list[int], params: SamplingParams, *, stream: bool,
+                   priority: int = 0) -> AsyncIterator[RequestOutput]:
         avoid: list[str] = []
         try:
             for attempt in (1, 2):
@@ -244,7 +245,7 @@ class ReplicaSetEngine:
                 if self.num_alive == 0:
                     raise _no_replica()
                 flight.call = self._stream_handle.generate.remote(prompt, params, flight.request_id, stream,
-                                                                 **{AVOID: list(avoid)})
+                                                                 priority, **{AVOID: list(avoid)})
                 try:
                     flight.tag = await self._tag(flight.call)
                     _note_server(flight.request_id, flight.tag.replica)
@@ -267,7 +268,6 @@ class ReplicaSetEngine:
                     raise _cause(exc) from None
                 except _REPLICA_GONE as exc:
                     flight.call = None
-                    self.replica_deaths_seen += 1
                     if flight.started or flight.aborted or attempt == 2:
                         what = "while the request was generating" if flight.started else "twice in a row"
                         raise EngineError(f"engine replica {self._name(flight)} died {what} "

@@ -57,6 +57,10 @@ class RayRuntime:
             self._owner.start()
         self._call(self._init)
 
+    def gcs_address(self) -> str:
+        """The cluster's address (`ray status --address ...`, `ray.init(address=...)`)."""
+        return str(self._call(lambda: ray.get_runtime_context().gcs_address))
+
     def cluster_cpus(self) -> float:
         return float(self._call(lambda: ray.cluster_resources().get("CPU", 1.0)))
 
@@ -97,8 +101,7 @@ class RayRuntime:
         level = getattr(logging, self.log_level.upper(), logging.WARNING)
         kwargs: dict[str, Any] = {"logging_level": level, "log_to_driver": True}
         if self.local:
-            ray.init(address="local", include_dashboard=False, num_cpus=self.num_cpus or os.cpu_count(),
-                     _node_ip_address="127.0.0.1", **kwargs)
+            ray.init(address="local", include_dashboard=False, num_cpus=self.num_cpus or os.cpu_count(), **kwargs)
         else:
             ray.init(address=self.address, **kwargs)
         for name in ("ray", "ray.serve"):
