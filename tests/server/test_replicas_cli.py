@@ -13,7 +13,7 @@ from ray.serve.deployment import Application
 
 
 @pytest.mark.parametrize("flags", [["--ray-address", "127.0.0.1:6379"], ["--routing", "round-robin"],
-                                   ["--cpus-per-replica", "1"]])
+                                   ["--cpus-per-replica", "1"], ["--ray-app-name", "other"]])
 def test_replica_options_need_more_than_one_replica(flags, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["serve", *flags])

@@ -7,7 +7,6 @@ it started is left running. The tiny model keeps replica start-up and restarts t
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -22,12 +21,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import ray
 import torch
 import transformers
-from astrai.scheduler import Engine, RequestOutput, SamplingParams
-from astrai.server.replicas import ReplicaSetEngine
-from ray import serve
+from astrai.scheduler import Engine, SamplingParams
 from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import models, pre_tokenizers
 
@@ -188,38 +184,52 @@ def test_metrics_cover_every_replica(served):
     assert served.metric("astrai:replicas_running") == 2
 
 
+DRIVER = """
+import asyncio, json, sys
+import ray
+from ray import serve
+from astrai.scheduler import SamplingParams
+from astrai.server.replicas import ReplicaSetEngine
+
+address, prompts = sys.argv[1], json.loads(sys.argv[2])
+params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+engine = ReplicaSetEngine.connect(serve.get_deployment_handle("AstraiEngine", app_name="astrai"), num_replicas=2)
+generated = [out.token_ids for out in engine.generate(prompts, params)]
+
+async def streamed():
+    deltas, done = [], asyncio.Event()
+    def sink(out):
+        deltas.append(out)
+        if out.finished:
+            done.set()
+    engine.add_request(prompts[1], params, sink=sink, stream=True)
+    await asyncio.wait_for(done.wait(), 60)
+    return deltas
+
+deltas = asyncio.run(streamed())
+print(json.dumps({"generated": generated, "streamed": [t for d in deltas for t in d.token_ids],
+                  "finish": deltas[-1].finish_reason, "idle": engine.wait_idle(30),
+                  "max_model_len": [engine.describe().max_model_len, engine.max_model_len]}))
+ray.shutdown()
+"""
+
+
 def test_the_engine_interface_over_replicas_gives_one_engine_s_tokens(served):
-    """ReplicaSetEngine from Python (another driver on the same cluster): generate, add_request
-    with a sink and wait_idle, token for token what one local Engine produces greedily."""
+    """ReplicaSetEngine from Python, in another driver on the same cluster: generate, add_request
+    with a sink, wait_idle and describe; token for token what one local Engine produces greedily."""
     prompts = [[1, 5, 6, 7, 8], [1, 9, 9, 40], [1, 200, 3]]
     params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
     with Engine.from_pretrained(served.model, dtype="float32") as local:
         expected = [out.token_ids for out in local.generate(prompts, params)]
-    ray.init(address=served.ray_address, logging_level="ERROR", log_to_driver=False)
-    try:
-        engine = ReplicaSetEngine.connect(serve.get_deployment_handle("AstraiEngine", app_name="astrai"),
-                                          num_replicas=2)
-        assert [out.token_ids for out in engine.generate(prompts, params)] == expected
-
-        async def streamed() -> list[RequestOutput]:
-            deltas: list[RequestOutput] = []
-            done = asyncio.Event()
-
-            def sink(out: RequestOutput) -> None:
-                deltas.append(out)
-                if out.finished:
-                    done.set()
-
-            engine.add_request(prompts[1], params, sink=sink, stream=True)
-            await asyncio.wait_for(done.wait(), 60)
-            return deltas
-
-        deltas = asyncio.run(streamed())
-        assert [t for d in deltas for t in d.token_ids] == expected[1] and deltas[-1].finish_reason == "length"
-        assert engine.wait_idle(30)
-        assert engine.describe().max_model_len == engine.max_model_len == 5000
-    finally:
-        ray.shutdown()
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}  # the local instance runs Ray's default token auth
+    done = subprocess.run([sys.executable, "-c", DRIVER, served.ray_address, json.dumps(prompts)], env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["generated"] == expected
+    assert result["streamed"] == expected[1] and result["finish"] == "length"
+    assert result["idle"] and result["max_model_len"] == [5000, 5000]
 
 
 def stream(served: Served, prompt: str, max_tokens: int, record: dict, stop: threading.Event | None = None) -> None:

@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="CPUs (and torch threads) per replica (default: an equal share of the cluster's)")
     replicas.add_argument("--routing", choices=("prefix", "round-robin"), default=None,
                           help="prefix-aware (default) or round-robin, the baseline it is measured against")
+    replicas.add_argument("--ray-app-name", default=None,
+                          help="name of this server's Ray Serve application in the cluster (default: astrai)")
     serve.set_defaults(func=serve_command)
 
     gen = sub.add_parser("generate", help="generate text for one prompt, streamed to stdout")
@@ -132,7 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve" and args.replicas == 1:
         given = [flag for flag, value in (("--ray-address", args.ray_address), ("--routing", args.routing),
-                                          ("--cpus-per-replica", args.cpus_per_replica)) if value is not None]
+                                          ("--cpus-per-replica", args.cpus_per_replica),
+                                          ("--ray-app-name", args.ray_app_name)) if value is not None]
         if given:
             parser.error(f"{given[0]} needs --replicas 2 or more (one replica is a plain process, without Ray)")
     return int(args.func(args) or 0)
@@ -163,9 +166,13 @@ def serve_command(args: argparse.Namespace) -> int:
     except ImportError as exc:  # Ray is an extra
         print(f"error: --replicas needs Ray Serve: pip install 'astrai-server[ray]' ({exc})", file=sys.stderr)
         return 2
-    options = ReplicaOptions(replicas=args.replicas, ray_address=args.ray_address,
-                             cpus_per_replica=args.cpus_per_replica, routing=args.routing or "prefix",
-                             log_level=args.log_level)
+    try:
+        options = ReplicaOptions(replicas=args.replicas, ray_address=args.ray_address,
+                                 cpus_per_replica=args.cpus_per_replica, routing=args.routing or "prefix",
+                                 app_name=args.ray_app_name or "astrai", log_level=args.log_level)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         return _serve(args, config, lambda on_failure: replica_app(config, options, on_failure))
     except ConnectionError as exc:  # a --ray-address that does not answer

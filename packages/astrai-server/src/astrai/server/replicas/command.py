@@ -29,7 +29,7 @@ def replica_app(config: ServerConfig, options: ReplicaOptions,
     """The HTTP app over `options.replicas` engine replicas; Ray runs while the block does."""
     where = f"joining the Ray cluster at {options.ray_address}" if options.ray_address else "starting a local Ray instance"
     print(f"AstrAI: {where} for {options.replicas} engine replicas ...", flush=True)
-    runtime = RayRuntime(options.ray_address, log_level=options.log_level)
+    runtime = RayRuntime(options.ray_address, app_name=options.app_name, log_level=options.log_level)
     try:
         runtime.start()
         print(f"AstrAI: Ray at {runtime.gcs_address()} ({runtime.cluster_cpus():g} CPUs on {runtime.alive_nodes()} "

@@ -14,7 +14,7 @@ from typing import Any
 from astrai.server.config import ServerConfig
 from astrai.server.replicas.deployment import cpus_per_replica, engine_deployment
 from astrai.server.replicas.replica_set import ReplicaSetEngine
-from astrai.server.replicas.runtime import RayRuntime, kv_share
+from astrai.server.replicas.runtime import APP_NAME, RayRuntime, kv_share
 from astrai.server.replicas.wire import EngineSpec
 from ray.serve.deployment import Application
 
@@ -38,6 +38,7 @@ class ReplicaOptions:
     ray_address: str | None = None  # None: start a local Ray instance (and stop it on exit)
     cpus_per_replica: float | None = None  # None: an equal share of the cluster's CPUs
     routing: str = "prefix"  # "prefix" (the affinity rule) or "round-robin" (the baseline)
+    app_name: str = APP_NAME  # the Serve application's name in the cluster (one per front end)
     router_kwargs: dict[str, Any] = field(default_factory=dict)  # AffinityRule fields
     log_level: str = "warning"
 
@@ -46,6 +47,8 @@ class ReplicaOptions:
             raise ValueError(f"replicas must be at least 1, got {self.replicas}")
         if self.routing not in ROUTING_POLICIES:
             raise ValueError(f"routing must be one of {ROUTING_POLICIES}, got {self.routing!r}")
+        if not self.app_name or not self.app_name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"app_name must be letters, digits, '-' or '_', got {self.app_name!r}")
         if self.cpus_per_replica is not None and self.cpus_per_replica <= 0:
             raise ValueError(f"cpus_per_replica must be positive, got {self.cpus_per_replica}")
 
@@ -97,7 +100,7 @@ def deploy_replica_set(config: ServerConfig, options: ReplicaOptions, runtime: R
 
 def start_replica_set(config: ServerConfig, options: ReplicaOptions) -> ReplicaSetEngine:
     """Start (or join) Ray and deploy the replicas: `RayRuntime` plus `deploy_replica_set`."""
-    runtime = RayRuntime(options.ray_address, log_level=options.log_level)
+    runtime = RayRuntime(options.ray_address, app_name=options.app_name, log_level=options.log_level)
     runtime.start()
     try:
         return deploy_replica_set(config, options, runtime)

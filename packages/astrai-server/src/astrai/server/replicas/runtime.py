@@ -73,6 +73,9 @@ class RayRuntime:
         def run() -> DeploymentHandle:
             # Joins a Serve instance already running in the cluster (its settings then stay as they are).
             serve.start(proxy_location="Disabled", logging_config={"log_level": self._serve_log_level})
+            if self.app_name in serve.status().applications:  # deploying would replace another's replicas
+                raise RuntimeError(f"the Ray cluster already runs a Serve application named {self.app_name!r} "
+                                   "(another astrai serve?); choose another with --ray-app-name")
             self._deployed = True
             return serve.run(application, name=self.app_name, route_prefix=None)
 
@@ -103,7 +106,14 @@ class RayRuntime:
         if self.local:
             ray.init(address="local", include_dashboard=False, num_cpus=self.num_cpus or os.cpu_count(), **kwargs)
         else:
-            ray.init(address=self.address, **kwargs)
+            try:
+                ray.init(address=self.address, **kwargs)
+            except ConnectionError as exc:
+                chain = f"{exc} {exc.__cause__} {exc.__context__}"
+                if "InvalidAuthToken" in chain or "AuthenticationError" in chain:
+                    raise ConnectionError("the cluster uses Ray's token authentication: run with RAY_AUTH_MODE=token "
+                                          "and its token (~/.ray/auth_token, or RAY_AUTH_TOKEN)") from None
+                raise
         for name in ("ray", "ray.serve"):
             logging.getLogger(name).setLevel(max(level, logging.WARNING))
 
