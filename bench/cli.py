@@ -1,5 +1,5 @@
-"""`python -m bench [--quick] [--only X,Y] [--skip-peers]`: run the suite, save one JSON under
-bench/results/ and regenerate BENCHMARKS.md from it."""
+"""`python -m bench [--quick] [--only X,Y] [--skip-peers] [--astrai-args "..."]`: run the suite,
+save one JSON under bench/results/ and regenerate BENCHMARKS.md from it."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench import report
+from bench.astrai_options import AstraiOptions
 from bench.config import FULL, QUICK
 from bench.context import Context
-from bench.machine import REPO, machine_info, roofline
+from bench.machine import REPO, load_snapshot, machine_info, roofline
 from bench.progress import log
 
-SECTIONS = ("roofline", "prefix", "serving", "offline", "latency", "profile", "gpu")
+# Headline comparisons first, so a run cut short by its time budget still has them.
+SECTIONS = ("roofline", "decode", "offline", "memory", "serving", "prefix", "profile", "gpu")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -25,9 +27,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="small workloads, under 5 minutes")
     ap.add_argument("--only", default="", help=f"comma-separated sections of: {', '.join(SECTIONS)}")
-    ap.add_argument("--skip-peers", action="store_true", help="AstrAI only: no transformers / llama.cpp")
+    ap.add_argument("--skip-peers", action="store_true", help="AstrAI only: no llama.cpp, no transformers")
+    ap.add_argument("--astrai-args", default="",
+                    help="extra `astrai serve` flags, also applied to the in-process engine "
+                         "(write --astrai-args=\"--dtype float32\"); default: AstrAI's own defaults")
     ap.add_argument("--budget-min", type=float, default=None,
-                    help="skip remaining work after this many minutes (default: 27 full, 4.5 quick)")
+                    help="skip remaining work after this many minutes (default: 30 full, 5 quick)")
     ap.add_argument("--no-report", action="store_true", help="write the JSON but leave BENCHMARKS.md alone")
     ap.add_argument("--report-from", type=Path, help="only regenerate BENCHMARKS.md from this result JSON")
     args = ap.parse_args(argv)
@@ -35,27 +40,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = [s for s in only if s not in SECTIONS]
     if unknown:
         ap.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
-    args.sections = only or list(SECTIONS)
+    args.sections = [s for s in SECTIONS if s in only] if only else list(SECTIONS)
+    try:
+        args.astrai = AstraiOptions.parse(args.astrai_args)
+    except ValueError as error:
+        ap.error(str(error))
     return args
 
 
 def _run_section(name: str, ctx: Context) -> dict:
     if name == "roofline":
-        return {"roofline": roofline(ctx.quick)}
-    if name in ("offline", "latency"):
-        from bench import throughput
-
-        return throughput.run(ctx, do_offline=name == "offline", do_latency=name == "latency")
+        return roofline(ctx.quick, ctx.model_path())
     module = __import__(f"bench.{name}", fromlist=["run"])
-    return {name: module.run(ctx)}
-
-
-def _plan(sections: list[str]) -> list[str]:
-    """offline and latency share one pass over the systems (each model loaded once)."""
-    plan = [s for s in sections if s != "latency"]
-    if "latency" in sections and "offline" not in sections:
-        plan.insert(0, "latency")
-    return plan
+    return module.run(ctx)
 
 
 def main(argv=None) -> int:
@@ -64,32 +61,35 @@ def main(argv=None) -> int:
         report.write(args.report_from, REPO / "BENCHMARKS.md")
         log(f"wrote {REPO / 'BENCHMARKS.md'} from {args.report_from}")
         return 0
-    ctx = Context(scale=QUICK if args.quick else FULL, quick=args.quick, skip_peers=args.skip_peers)
-    budget_min = args.budget_min if args.budget_min is not None else (4.5 if args.quick else 27.0)
+    ctx = Context(scale=QUICK if args.quick else FULL, quick=args.quick, skip_peers=args.skip_peers,
+                  astrai=args.astrai)
+    budget_min = args.budget_min if args.budget_min is not None else (5.0 if args.quick else 30.0)
     ctx.deadline = time.monotonic() + budget_min * 60
     started = datetime.now(timezone.utc)
-    result: dict = {"format": "astrai-bench", "version": 1, "mode": ctx.scale.name,
+    result: dict = {"format": "astrai-bench", "version": 2, "mode": ctx.scale.name,
                     "started": started.strftime("%Y-%m-%d %H:%M UTC"), "sections": args.sections,
-                    "skip_peers": args.skip_peers, "budget_min": budget_min, "machine": machine_info()}
+                    "skip_peers": args.skip_peers, "astrai_args": ctx.astrai.serve_args, "threads": ctx.threads,
+                    "budget_min": budget_min, "machine": machine_info(), "loads": {}}
+    if ctx.wants_peers():
+        result["peers"] = _peer_info()
     t0 = time.perf_counter()
-    for name in _plan(args.sections):
+    for name in args.sections:
         log(f"== {name} ==")
-        if name == "profile" and ctx.out_of_time():
+        if name not in ("roofline", "decode") and ctx.out_of_time():
             result[name] = {"status": "skipped", "reason": ctx.out_of_time()}
             continue
         s0 = time.perf_counter()
+        loads = {"start": load_snapshot()}
         try:
-            if name == "offline":
-                from bench import throughput
-
-                result.update(throughput.run(ctx, do_offline=True, do_latency="latency" in args.sections))
-            else:
-                result.update(_run_section(name, ctx))
+            result[name] = _run_section(name, ctx)
         except Exception as error:  # keep what the other sections measured
             result[name] = {"status": "error", "reason": f"{type(error).__name__}: {error}",
                             "traceback": traceback.format_exc(limit=6)}
             log(f"[error] {name}: {error}")
+        loads["end"] = load_snapshot()
+        result["loads"][name] = loads
         result.setdefault("section_seconds", {})[name] = time.perf_counter() - s0
+        log(f"[{name}] {time.perf_counter() - s0:.0f} s; load average {_fmt_load(loads)}")
         ctx.results = result
     result["elapsed_s"] = time.perf_counter() - t0
     result["load_average_end"] = os.getloadavg()
@@ -101,3 +101,36 @@ def main(argv=None) -> int:
         report.write(path, REPO / "BENCHMARKS.md")
         log(f"wrote {REPO / 'BENCHMARKS.md'}")
     return 0
+
+
+def _fmt_load(loads: dict) -> str:
+    return " -> ".join(", ".join(f"{x:.1f}" for x in loads[k]["load_average"]) for k in ("start", "end"))
+
+
+def _peer_info() -> dict:
+    """Which llama.cpp build and which client ran, for the record (missing ones say why)."""
+    from bench import peers
+
+    info: dict = {}
+    try:
+        build = peers.llama_build()
+        info["llama_cpp"] = {"bin_dir": build.bin_dir, "source": build.source, "version": build.version,
+                             "cmake": build.options}
+    except Exception as error:
+        info["llama_cpp"] = {"status": "error", "reason": str(error)}
+    try:
+        info["guidellm"] = str(peers.guidellm_cli())
+        info["guidellm_version"] = _guidellm_version(peers.guidellm_cli())
+    except Exception as error:
+        info["guidellm"] = {"status": "error", "reason": str(error)}
+    return info
+
+
+def _guidellm_version(cli: Path) -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run([str(cli), "--version"], capture_output=True, text=True, timeout=120)
+        return out.stdout.strip().rsplit(" ", 1)[-1] or None
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -1,68 +1,77 @@
-"""Workload sizes for a full run and for `--quick`: one place to scale the whole suite."""
+"""Workload sizes for a full run and for `--quick`: one place to scale the whole suite.
+
+The four headline workloads are the issue's: batch-1 decode (128-token prompt, 128 tokens),
+one streaming user and 16 concurrent streams over HTTP (128 in / 128 out), and offline
+64 x (128 -> 128). `--quick` keeps every code path but shortens outputs and repeats.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
 class Scale:
-    """How much work each section does. Peers that are too slow run a fixed request subset."""
+    """How much work each section does; `rounds` is how often peers alternate (A, B, A, B)."""
 
     name: str
-    # offline throughput: nano-vllm's shape scaled for a 2-core CPU
-    num_requests: int = 128
-    prompt_len: tuple[int, int] = (64, 512)
-    output_len: tuple[int, int] = (64, 512)
-    batch_size: int = 64
-    temperature: float = 0.6
-    # Fixed leading subsets (None: all requests) for the configurations that cannot finish the
-    # whole workload inside the 30-minute budget on the shared 2-core VM. The report marks them.
-    static_bf16_requests: int | None = 64  # exactly one full static batch
-    fp32_requests: int | None = 32  # AstrAI fp32 (AMX makes bf16 ~4x faster on this CPU)
-    hf_requests: int = 4  # transformers: one static batch of the subset (its generate is slow here)
-    llamacpp_requests: int = 4  # llama.cpp: sequential requests
-    # latency
-    latency_prompts: tuple[int, ...] = (128, 1024)
-    latency_decode_tokens: int = 64
-    # serving (Poisson arrivals against `astrai serve`)
-    serving_rates: tuple[float, ...] = (1.0, 4.0)
-    serving_requests: int = 16
-    serving_window_s: float = 20.0
-    serving_prompt_words: tuple[int, int] = (64, 256)
-    serving_output_len: tuple[int, int] = (32, 96)
+    rounds: int = 3  # interleaved repetitions per comparison; the best is reported
+    # batch-1 decode (in-process engine vs llama-bench)
+    decode_prompt: int = 128
+    decode_tokens: int = 128
+    prefill_prompts: tuple[int, ...] = (512, 1024)  # prompt processing / TTFT, batch 1
+    # serving over HTTP (guidellm against astrai serve and llama-server -np N)
+    serving_prompt_tokens: int = 128
+    serving_output_tokens: int = 128
+    serving_concurrency: tuple[int, ...] = (1, 16, 64)
+    serving_requests_single: int = 6  # at concurrency 1
+    serving_waves: int = 2  # requests = waves x concurrency above 1 (steady state, not one burst)
+    serving_rounds: int = 2
+    ttft_prompt_tokens: int = 1024
+    ttft_output_tokens: int = 8
+    ttft_requests: int = 4
+    # offline batch (Engine.generate vs llama-batched-bench)
+    offline_batch: int = 64
+    offline_prompt: int = 128
+    offline_output: int = 128
+    offline_rounds: int = 2
+    hf_offline: bool = True  # transformers static batch of the same requests (once)
     # prefix cache
     prefix_len: int = 1024
     prefix_question_len: int = 32
     prefix_trials: int = 3
-    # profile
-    profile_requests: int = 16
+    # profile: one batch-1 request and one batch of offline_batch requests
+    profile_batch1_tokens: int = 64
+    profile_batch_tokens: int = 32
     # GPU: nano-vllm's exact workload
     gpu_requests: int = 256
     gpu_len: tuple[int, int] = (100, 1024)
-    extra: dict = field(default_factory=dict)
+
+    def serving_requests(self, concurrency: int) -> int:
+        return self.serving_requests_single if concurrency == 1 else self.serving_waves * concurrency
 
 
 FULL = Scale(name="full")
 
 QUICK = Scale(
     name="quick",
-    num_requests=8,
-    prompt_len=(64, 128),
-    output_len=(16, 64),
-    batch_size=8,
-    static_bf16_requests=None,
-    fp32_requests=4,
-    hf_requests=4,
-    llamacpp_requests=1,
-    latency_prompts=(128, 1024),
-    latency_decode_tokens=16,
-    serving_rates=(2.0,),
-    serving_requests=6,
-    serving_window_s=8.0,
-    serving_prompt_words=(32, 64),
-    serving_output_len=(16, 32),
+    rounds=1,
+    decode_tokens=32,
+    prefill_prompts=(256,),
+    serving_output_tokens=16,
+    serving_concurrency=(1, 16),
+    serving_requests_single=2,
+    serving_waves=1,
+    serving_rounds=1,
+    ttft_prompt_tokens=256,
+    ttft_requests=2,
+    ttft_output_tokens=4,
+    offline_batch=16,
+    offline_output=16,
+    offline_rounds=1,
+    hf_offline=False,
     prefix_trials=2,
-    profile_requests=4,
+    profile_batch1_tokens=16,
+    profile_batch_tokens=8,
     gpu_requests=32,
 )

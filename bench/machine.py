@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from bench.model_info import SMOLLM2_135M, gguf_path, model_parameters
+from bench.model_info import SMOLLM2_135M, model_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,8 +52,7 @@ def git_commit() -> str | None:
 
 
 def package_versions() -> dict[str, str | None]:
-    names = ["astrai-model", "astrai-cache", "astrai-scheduler", "astrai-server", "torch",
-             "transformers", "llama_cpp_python"]
+    names = ["astrai-model", "astrai-cache", "astrai-scheduler", "astrai-server", "torch", "transformers"]
     versions = {}
     for name in names:
         try:
@@ -61,6 +60,17 @@ def package_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return versions
+
+
+def has_bf16_hardware() -> bool:
+    """bf16 matmuls are native only with AVX512-BF16 or AMX; elsewhere torch emulates them slowly."""
+    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
+
+
+def load_snapshot() -> dict:
+    """Taken at the start and end of every section: how busy the shared machine was."""
+    return {"time": time.strftime("%H:%M:%S"), "load_average": list(os.getloadavg()), "cpu_model": cpu_model(),
+            "cores": os.cpu_count()}
 
 
 def machine_info() -> dict:
@@ -119,29 +129,43 @@ def matmul_tflops(dtype: torch.dtype, n: int, repeats: int) -> float:
     return 2 * n**3 / seconds / 1e12
 
 
-def roofline(quick: bool) -> dict:
-    """Measure the machine, then turn it into per-dtype tokens/s ceilings for SmolLM2-135M."""
+def gguf_tensor_bytes(path: str) -> dict[str, int]:
+    """Bytes of tensor data per ggml type in the GGUF (Q4_1 linears, Q8_0 embedding, F32 norms)."""
+    from gguf import GGUFReader
+
+    by_type: dict[str, int] = {}
+    for t in GGUFReader(path).tensors:
+        by_type[t.tensor_type.name] = by_type.get(t.tensor_type.name, 0) + int(t.n_bytes)
+    return by_type
+
+
+def roofline(quick: bool, model_path: str) -> dict:
+    """Measure this machine, then turn it into tokens/s ceilings for the bundled GGUF.
+
+    Batch-1 decode streams every weight once per token: the GGUF's tensor bytes (the tied
+    Q8_0 embedding is read whole as the LM head) over the streaming read bandwidth. Batched
+    decode is compute bound: 2 x parameters FLOP per token over the dense matmul rate."""
     big = (256 if quick else 1024) * 2**20  # well above the last-level cache
     repeats = 3 if quick else 5
     copy_gbs = copy_bandwidth(big, repeats)
     read_gbs = read_bandwidth(big, repeats)
     n = 1024 if quick else 2048
-    tflops = {"bfloat16": matmul_tflops(torch.bfloat16, n, repeats),
-              "float32": matmul_tflops(torch.float32, n, repeats)}
+    tflops = {"float32": matmul_tflops(torch.float32, n, repeats)}
+    if has_bf16_hardware():
+        tflops["bfloat16"] = matmul_tflops(torch.bfloat16, n, repeats)
     params, params_source = model_parameters()
-    try:
-        q4_bytes = gguf_path().stat().st_size
-    except RuntimeError:
-        q4_bytes = None
-    weight_bytes = {"bfloat16": params * 2, "float32": params * 4, "q4_1_gguf": q4_bytes}
+    by_type = gguf_tensor_bytes(model_path)
+    gguf_bytes = sum(by_type.values())
+    weights = {"gguf (" + " + ".join(sorted(by_type, key=lambda k: -by_type[k])) + ")": gguf_bytes,
+               "float32 (dequantized)": params * 4}
+    if has_bf16_hardware():
+        weights["bfloat16 (dequantized)"] = params * 2
     ceilings = {}
-    for dtype, nbytes in weight_bytes.items():
-        if not nbytes:
-            continue
-        entry = {"weight_bytes": nbytes, "batch1_decode_tok_s": copy_gbs * 1e9 / nbytes}
-        if dtype in tflops:
-            entry["batched_tok_s"] = tflops[dtype] * 1e12 / (2 * params)
-        ceilings[dtype] = entry
+    for label, nbytes in weights.items():
+        entry = {"weight_bytes": nbytes, "batch1_decode_tok_s": read_gbs * 1e9 / nbytes}
+        dense = "bfloat16" if label.startswith("bfloat16") else "float32"
+        entry["batched_tok_s"] = tflops[dense] * 1e12 / (2 * params) if dense in tflops else None
+        ceilings[label] = entry
     return {
         "copy_bandwidth_gbs": copy_gbs,
         "read_bandwidth_gbs": read_gbs,
@@ -151,8 +175,9 @@ def roofline(quick: bool) -> dict:
         "model": SMOLLM2_135M.name,
         "num_parameters": params,
         "num_parameters_source": params_source,
+        "gguf_tensor_bytes": by_type,
         "ceilings": ceilings,
-        "note": "batch-1 ceiling = copy bandwidth / weight bytes per step (KV reads ignored); "
-                "batched ceiling = matmul rate / (2 x parameters) FLOP per token. The L3 cache "
-                "(reported by the VM) can hold much of the bf16 model, so batch-1 can exceed it.",
+        "note": "batch-1 ceiling = streaming read bandwidth / weight bytes per token (KV reads ignored); "
+                "batched ceiling = dense matmul rate / (2 x parameters) FLOP per token (fp32, or bf16 where the "
+                "CPU has bf16 hardware). A large L3 can hold part of the weights, so batch-1 can beat it.",
     }

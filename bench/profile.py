@@ -23,8 +23,9 @@ def _py_spy() -> str | None:
     return str(local) if local.exists() else shutil.which("py-spy")
 
 
-def _worker(requests: int, out: Path, torch_profile: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "bench.profile_worker", "--requests", str(requests), "--out", str(out)]
+def _worker(ctx: Context, batch: int, tokens: int, out: Path, torch_profile: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "bench.profile_worker", "--batch", str(batch), "--prompt", "128",
+           "--tokens", str(tokens), "--out", str(out), "--astrai-args", " ".join(ctx.astrai.serve_args)]
     return cmd + (["--torch-profile"] if torch_profile else [])
 
 
@@ -54,19 +55,18 @@ def parse_collapsed(text: str, top: int = 20, within: str | None = None) -> dict
     return {"total_samples": total, "self": table(self_t), "inclusive": table(incl)}
 
 
-def run(ctx: Context) -> dict:
-    n = ctx.scale.profile_requests
-    out: dict = {"requests": n, "workload": "AstrAI continuous bf16, leading requests of the offline workload"}
+def _profile(ctx: Context, batch: int, tokens: int) -> dict:
+    out: dict = {"batch": batch, "prompt_tokens": 128, "tokens": tokens}
     with tempfile.TemporaryDirectory(prefix="astrai-profile-") as tmp:
         result, stacks = Path(tmp) / "result.json", Path(tmp) / "stacks.txt"
         spy = _py_spy()
+        worker = _worker(ctx, batch, tokens, result, torch_profile=True)
         if spy:
-            cmd = [spy, "record", "--format", "raw", "--rate", "50", "--nonblocking",
-                   "-o", str(stacks), "--", *_worker(n, result, False)]
+            cmd = [spy, "record", "--format", "raw", "--rate", "50", "--nonblocking", "-o", str(stacks), "--", *worker]
         else:
-            cmd = _worker(n, result, False)
+            cmd = worker
             out["py_spy"] = {"status": "skipped", "reason": "py-spy not installed (bench/setup_peers.sh)"}
-        log(f"[profile] {'py-spy + ' if spy else ''}engine phases on {n} requests")
+        log(f"[profile] {'py-spy + ' if spy else ''}torch profiler, batch {batch} x (128 -> {tokens})")
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if result.exists():
             out["phases"] = json.loads(result.read_text())
@@ -80,4 +80,18 @@ def run(ctx: Context) -> dict:
                                  **(engine if engine["total_samples"] else parse_collapsed(text))}
             else:
                 out["py_spy"] = {"status": "error", "reason": proc.stderr[-1500:]}
+    return out
+
+
+def run(ctx: Context) -> dict:
+    """A batch-1 and a full-batch (the offline batch size) profile of AstrAI's steps."""
+    s = ctx.scale
+    out: dict = {"workload": "AstrAI (defaults + --astrai-args), 128-token random-id prompts, greedy",
+                 "runs": {}}
+    for label, batch, tokens in (("batch1", 1, s.profile_batch1_tokens),
+                                 (f"batch{s.offline_batch}", s.offline_batch, s.profile_batch_tokens)):
+        if ctx.out_of_time():
+            out["runs"][label] = {"status": "skipped", "reason": ctx.out_of_time()}
+            continue
+        out["runs"][label] = _profile(ctx, batch, tokens)
     return out

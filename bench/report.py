@@ -6,8 +6,7 @@ import json
 import math
 from pathlib import Path
 
-PEERS = {"llamacpp_sequential": "llama.cpp", "transformers_static_bfloat16": "HF bf16",
-         "transformers_static_float32": "HF fp32"}
+MB = 1e6
 
 
 def fmt(v, digits: int = 1, unit: str = "") -> str:
@@ -16,10 +15,6 @@ def fmt(v, digits: int = 1, unit: str = "") -> str:
     if isinstance(v, (int, float)):
         return f"{v:,.{digits}f}{unit}"
     return str(v)
-
-
-def ratio(a, b) -> str:
-    return "–" if not a or not b else f"{a / b:.2f}x"
 
 
 def table(headers: list[str], rows: list[list]) -> str:
@@ -36,28 +31,260 @@ def _status(d) -> str:
     return f"{d.get('status')}: {d.get('reason', '')}" if isinstance(d, dict) else "not run"
 
 
+def _dig(d, *keys):
+    for k in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    return d
+
+
+def _loads(r: dict, section: str) -> list[list[float]]:
+    snap = (r.get("loads") or {}).get(section) or {}
+    return [snap[k]["load_average"] for k in ("start", "end") if k in snap]
+
+
+def load_text(r: dict, section: str) -> str:
+    return " → ".join(f"{x[0]:.1f}" for x in _loads(r, section)) or "–"
+
+
+def overloaded(r: dict, section: str) -> str | None:
+    """Why a section's numbers cannot carry a verdict: a 1-minute load average above the core
+    count at its start or end (spin-waiting peers collapse when the cores are shared)."""
+    cores = (r.get("machine") or {}).get("cores")
+    peaks = [x[0] for x in _loads(r, section)]
+    if not peaks and (r.get("machine") or {}).get("load_average"):
+        peaks = [r["machine"]["load_average"][0]]
+    if cores and peaks and max(peaks) > cores:
+        return f"load {max(peaks):.1f} on {cores} cores"
+    return None
+
+
+def verdict(met: bool | None, r: dict, section: str) -> str:
+    if met is None:
+        return "–"
+    busy = overloaded(r, section)
+    if busy:
+        return f"{'yes' if met else 'no'}, unreliable ({busy})"
+    return "yes" if met else "no"
+
+
+def short_command(cmd: str) -> str:
+    """A command as a reader would type it: tool name only, the GGUF as $GGUF."""
+    words = cmd.split()
+    out = []
+    for i, w in enumerate(words):
+        if w.endswith(".gguf"):
+            out.append("$GGUF")
+        elif i == 0 and "/" in w:
+            out.append(w.rsplit("/", 1)[-1])
+        else:
+            out.append(w)
+    return " ".join(out)
+
+
+def _ratio(a, b) -> float | None:
+    return a / b if a and b else None
+
+
+# --- headline ------------------------------------------------------------------------------
+
+
+def headline(r: dict) -> list[list]:
+    """The issue's workloads: AstrAI, llama.cpp, the ratio, the target and whether it is met."""
+    rows: list[list] = []
+    dec = r.get("decode") or {}
+    a, ll = _dig(dec, "systems", "astrai", "best") or {}, _dig(dec, "systems", "llamacpp", "best") or {}
+    if a or ll:
+        x = _ratio(a.get("decode_tok_s"), ll.get("decode_tok_s"))
+        rows.append([f"Batch-1 decode, {_dig(dec, 'workload', 'prompt_tokens')}-token prompt, "
+                     f"{_dig(dec, 'workload', 'decode_tokens')} tokens (tok/s; llama-bench tg)",
+                     fmt(a.get("decode_tok_s")), fmt(ll.get("decode_tok_s")), fmt(x, 2, "x"),
+                     ">= 1.0x (stretch 1.5x)", verdict(None if x is None else x >= 1.0, r, "decode"),
+                     load_text(r, "decode")])
+    sv = r.get("serving") or {}
+    levels = sv.get("levels") or {}
+    one = levels.get("1") or {}
+    if "systems" in one:
+        a, ll = _dig(one, "systems", "astrai", "best") or {}, _dig(one, "systems", "llamacpp", "best") or {}
+        x = _ratio(a.get("itl_p50_ms"), ll.get("itl_p50_ms"))
+        rows.append([f"One streaming user, {one['prompt_tokens']} in / {one['output_tokens']} out: "
+                     "inter-token latency p50 (ms)", fmt(a.get("itl_p50_ms")), fmt(ll.get("itl_p50_ms")),
+                     fmt(x, 2, "x"), "<= 1.0x", verdict(None if x is None else x <= 1.0, r, "serving"),
+                     load_text(r, "serving")])
+        rows.append(["One streaming user: output tok/s", fmt(a.get("output_tok_s")), fmt(ll.get("output_tok_s")),
+                     fmt(_ratio(a.get("output_tok_s"), ll.get("output_tok_s")), 2, "x"), "–", "–",
+                     load_text(r, "serving")])
+    for level, target in (("16", 4.0), ("64", None)):
+        lv = levels.get(level) or {}
+        if "systems" not in lv:
+            continue
+        a, ll = _dig(lv, "systems", "astrai", "best") or {}, _dig(lv, "systems", "llamacpp", "best") or {}
+        x = _ratio(a.get("output_tok_s"), ll.get("output_tok_s"))
+        rows.append([f"{level} concurrent streams, {lv['prompt_tokens']} / {lv['output_tokens']}: output tok/s "
+                     f"(llama-server -np {level})", fmt(a.get("output_tok_s")), fmt(ll.get("output_tok_s")),
+                     fmt(x, 2, "x"), f">= {target:.0f}x" if target else "–",
+                     verdict(None if x is None or target is None else x >= target, r, "serving"),
+                     load_text(r, "serving")])
+        rows.append([f"{level} concurrent streams: TTFT p50 (ms)", fmt(a.get("ttft_p50_ms"), 0),
+                     fmt(ll.get("ttft_p50_ms"), 0), fmt(_ratio(a.get("ttft_p50_ms"), ll.get("ttft_p50_ms")), 2, "x"),
+                     "–", "–", load_text(r, "serving")])
+    off = r.get("offline") or {}
+    if "systems" in off:
+        w = off["workload"]
+        a, ll = _dig(off, "systems", "astrai"), _dig(off, "systems", "llamacpp")
+        av = a.get("best_output_tok_s") if _ok(a) else None
+        lv = ll.get("best_output_tok_s") if _ok(ll) else None
+        rows.append([f"Offline {w['batch']} x ({w['prompt_tokens']} -> {w['output_tokens']}): output tok/s "
+                     "(llama-batched-bench)", fmt(av), fmt(lv), fmt(_ratio(av, lv), 2, "x"), ">= 1,000 tok/s",
+                     verdict(None if av is None else av >= 1000, r, "offline"), load_text(r, "offline")])
+    long = sv.get("ttft_long") or {}
+    if "systems" in long:
+        a, ll = _dig(long, "systems", "astrai", "best") or {}, _dig(long, "systems", "llamacpp", "best") or {}
+        x = _ratio(a.get("ttft_p50_ms"), ll.get("ttft_p50_ms"))
+        rows.append([f"TTFT, {long['prompt_tokens']}-token prompt over HTTP, p50 (ms)", fmt(a.get("ttft_p50_ms"), 0),
+                     fmt(ll.get("ttft_p50_ms"), 0), fmt(x, 2, "x"), "<= 0.5x",
+                     verdict(None if x is None else x <= 0.5, r, "serving"), load_text(r, "serving")])
+    mem = r.get("memory") or {}
+    if _ok(mem):
+        rss, budget = _dig(mem, "astrai_serve", "rss_bytes"), _dig(mem, "budget", "budget_bytes")
+        ref = _dig(mem, "llama_server_np16", "rss_bytes")
+        rows.append(["Idle `astrai serve` resident memory (MB; llama-server -np 16 for reference)",
+                     fmt(rss / MB if rss else None, 0), fmt(ref / MB if ref else None, 0), "–",
+                     f"<= weights + KV pool + 500 MB = {fmt(budget / MB if budget else None, 0)} MB",
+                     verdict(None if not (rss and budget) else rss <= budget, r, "memory"), load_text(r, "memory")])
+    return rows
+
+
+# --- detail sections -------------------------------------------------------------------------
+
+
 def machine_section(r: dict) -> str:
-    m, rf = r["machine"], r.get("roofline")
-    rows = [["CPU", m["cpu_model"]], ["Cores", m["cores"]], ["torch threads", m["torch_threads"]],
+    m = r["machine"]
+    peers = r.get("peers") or {}
+    llama = peers.get("llama_cpp") or {}
+    cmake = llama.get("cmake") or {}
+    isa = ", ".join(k.removeprefix("GGML_") for k, v in cmake.items() if k.startswith("GGML_") and v == "ON"
+                    and k not in ("GGML_OPENMP",))
+    rows = [["CPU", m["cpu_model"]], ["Cores", m["cores"]], ["Threads (AstrAI torch / llama.cpp -t)",
+                                                              f"{m['torch_threads']} / {r.get('threads')}"],
             ["ISA", ", ".join(m["cpu_flags"])], ["Memory", fmt((m["memory_bytes"] or 0) / 2**30, 1, " GiB")],
             ["torch", m["torch"]], ["transformers", m["packages"].get("transformers")],
-            ["llama-cpp-python", m["packages"].get("llama_cpp_python")], ["Python", m["python"]],
-            ["Load average at start", ", ".join(f"{x:.1f}" for x in m["load_average"] or [])],
-            ["Load average at end", ", ".join(f"{x:.1f}" for x in r.get("load_average_end") or [])]]
-    out = ["## Machine", "", table(["", ""], rows)]
-    if rf:
-        out += ["", "## Roofline (measured on this machine, this run)", "",
-                f"Memory copy bandwidth {fmt(rf['copy_bandwidth_gbs'], 1)} GB/s (read + write, "
-                f"{rf['bandwidth_test_bytes'] // 2**20} MiB tensors; streaming read "
-                f"{fmt(rf['read_bandwidth_gbs'], 1)} GB/s). Matmul ({rf['matmul_n']}^3): bf16 "
-                f"{fmt(rf['matmul_tflops']['bfloat16'], 3)} TFLOP/s, fp32 "
-                f"{fmt(rf['matmul_tflops']['float32'], 3)} TFLOP/s. "
-                f"SmolLM2-135M: {rf['num_parameters']:,} parameters ({rf['num_parameters_source']}).", "",
-                table(["Weights", "Bytes per decode step", "Batch-1 decode ceiling (tok/s)",
-                       "Batched ceiling (tok/s)"],
-                      [[k, f"{v['weight_bytes'] / 1e6:,.0f} MB", fmt(v["batch1_decode_tok_s"]),
-                        fmt(v.get("batched_tok_s"))] for k, v in rf["ceilings"].items()]),
-                "", rf["note"]]
+            ["llama.cpp", f"{llama.get('version') or '?'}, from the {llama.get('source') or '?'} sdist; "
+                          f"{cmake.get('CMAKE_BUILD_TYPE', '?')}, static, GGML_NATIVE={cmake.get('GGML_NATIVE', '?')}, "
+                          f"{isa or '?'}"],
+            ["guidellm", peers.get("guidellm_version") or _status(peers.get("guidellm"))],
+            ["AstrAI options", " ".join(r.get("astrai_args") or []) or "defaults"], ["Python", m["python"]],
+            ["Load average at start / end", f"{', '.join(f'{x:.1f}' for x in m['load_average'] or [])} / "
+                                            f"{', '.join(f'{x:.1f}' for x in r.get('load_average_end') or [])}"]]
+    loads = [[name, *[", ".join(f"{x:.1f}" for x in la) for la in _loads(r, name)],
+              fmt((r.get("section_seconds") or {}).get(name), 0, " s")] for name in (r.get("loads") or {})]
+    out = ["## Machine", "", table(["", ""], rows), "", "Load average (1, 5, 15 min) at the start and end of each "
+           "section, CPU " + m["cpu_model"] + ":", "", table(["Section", "Start", "End", "Took"], loads)]
+    return "\n".join(out)
+
+
+def roofline_section(r: dict) -> str:
+    rf = r.get("roofline")
+    if not rf:
+        return ""
+    if "ceilings" not in rf:
+        return f"## Roofline\n\n{_status(rf)}"
+    tf = ", ".join(f"{k} {v:.3f} TFLOP/s" for k, v in rf["matmul_tflops"].items())
+    by_type = ", ".join(f"{k} {v / MB:,.1f} MB" for k, v in rf["gguf_tensor_bytes"].items())
+    return "\n".join(["## Roofline (measured on this machine, this run)", "",
+                      f"Streaming read {fmt(rf['read_bandwidth_gbs'])} GB/s, copy {fmt(rf['copy_bandwidth_gbs'])} GB/s "
+                      f"(read + write; {rf['bandwidth_test_bytes'] // 2**20} MiB tensors). Dense matmul "
+                      f"({rf['matmul_n']}^3): {tf}. SmolLM2-135M: {rf['num_parameters']:,} parameters; GGUF tensor "
+                      f"data {by_type}.", "",
+                      table(["Weights read per token", "Bytes", "Batch-1 decode ceiling (tok/s)",
+                             "Batched ceiling (tok/s)"],
+                            [[k, f"{v['weight_bytes'] / MB:,.1f} MB", fmt(v["batch1_decode_tok_s"]),
+                              fmt(v.get("batched_tok_s"))] for k, v in rf["ceilings"].items()]),
+                      "", rf["note"]])
+
+
+def _gguf_ceiling(r: dict) -> float | None:
+    for k, v in (_dig(r, "roofline", "ceilings") or {}).items():
+        if k.startswith("gguf"):
+            return v["batch1_decode_tok_s"]
+    return None
+
+
+def decode_section(r: dict) -> str:
+    dec = r.get("decode")
+    if not dec:
+        return ""
+    if "systems" not in dec:
+        return f"## Batch-1\n\n{_status(dec)}"
+    w = dec["workload"]
+    ceiling = _gguf_ceiling(r)
+    prompts = [str(n) for n in w["prefill_prompts"]]
+    headers = (["System", "Decode tok/s", "% of GGUF ceiling", "Decode tok/s at depth", "TTFT @prompt (ms)"]
+               + [f"Prompt {n}: tok/s / TTFT ms" for n in prompts] + ["Rounds"])
+    rows = []
+    for key, s in dec["systems"].items():
+        if not _ok(s):
+            rows.append([key, _status(s)] + [""] * (len(headers) - 2))
+            continue
+        b = s.get("best") or s
+        rows.append([s["name"], fmt(b.get("decode_tok_s")),
+                     fmt(100 * b["decode_tok_s"] / ceiling, 0, "%") if ceiling and b.get("decode_tok_s") else "–",
+                     fmt(b.get("decode_tok_s_at_depth")), fmt(b.get("ttft_ms"), 0)]
+                    + [f"{fmt(_dig(b, 'prefill', n, 'prompt_tok_s'), 0)} / {fmt(_dig(b, 'prefill', n, 'ttft_ms'), 0)}"
+                       for n in prompts] + [len(s.get("rounds") or []) or 1])
+    cmds = sorted({t["command"] for rd in _dig(dec, "systems", "llamacpp", "rounds") or [] for t in rd["tests"]})
+    return "\n".join(["## Batch-1 decode and prompt processing", "",
+                      f"One request alone, greedy, ignore_eos: a {w['prompt_tokens']}-token random-id prompt, then "
+                      f"{w['decode_tokens']} tokens; prompts of {', '.join(prompts)} tokens for prompt processing. "
+                      f"AstrAI and llama-bench alternate for {w['rounds']} rounds, best round shown; {w['threads']} "
+                      "threads each. llama-bench's tg is decode from an empty context ('at depth': after "
+                      f"{w['prompt_tokens']} tokens, what AstrAI decodes after); its pp time stands in for TTFT. "
+                      "transformers runs once.", "", table(headers, rows), "",
+                      "llama.cpp commands: " + "; ".join(f"`llama-bench {short_command(c)}`" for c in cmds)
+                      if cmds else ""])
+
+
+def _serving_rows(level: dict) -> list[list]:
+    rows = []
+    for name, s in level["systems"].items():
+        b = s.get("best") or {}
+        runs = s.get("runs") or []
+        errors = [x.get("reason") for x in runs if x.get("status") != "ok"]
+        rows.append([name, f"{b.get('completed', 0)}/{level['requests']}", fmt(b.get("output_tok_s")),
+                     f"{fmt(b.get('ttft_p50_ms'), 0)} / {fmt(b.get('ttft_p99_ms'), 0)}",
+                     f"{fmt(b.get('itl_p50_ms'))} / {fmt(b.get('itl_p99_ms'))}", fmt(b.get("latency_p50_s"), 2),
+                     len(runs), "; ".join(e[:120] for e in errors if e) or "–"])
+    return rows
+
+
+def serving_section(r: dict) -> str:
+    sv = r.get("serving")
+    if not sv:
+        return ""
+    if not _ok(sv):
+        return f"## Serving\n\n{_status(sv)}"
+    headers = ["Server", "Done", "Output tok/s", "TTFT p50 / p99 (ms)", "ITL p50 / p99 (ms)", "Latency p50 (s)",
+               "Runs", "Errors"]
+    out = ["## Serving over HTTP (guidellm, the same client and workload for both servers)", "",
+           f"`astrai serve` (options: {' '.join(sv.get('astrai_args') or []) or 'defaults'}) and `llama-server -np N` "
+           "(continuous batching, its default), both on 127.0.0.1 with the same GGUF and thread count; guidellm "
+           "concurrent profile, synthetic prompts sized by the GGUF's tokenizer, max_tokens + ignore_eos, "
+           "temperature 0, streaming. Servers alternate per round, best round shown; a fresh seed per run so no "
+           "prompt repeats. ITL is guidellm's (last token - first token) / (tokens - 1) per request. guidellm runs "
+           "on the same cores as the servers."]
+    for level, lv in (sv.get("levels") or {}).items():
+        out += ["", f"### Concurrency {level}", ""]
+        out += [table(headers, _serving_rows(lv))] if "systems" in lv else [_status(lv)]
+    long = sv.get("ttft_long")
+    if long and "systems" in long:
+        out += ["", f"### Time to first token, {long['prompt_tokens']}-token prompt (one request at a time, "
+                f"{long['output_tokens']} output tokens, llama-server -np 1)", "", table(headers, _serving_rows(long))]
+    rows = [[k, f"`{short_command(v.get('command', ''))}`", fmt(v.get("load_seconds"), 1),
+             fmt((v.get("rss_after_load_bytes") or 0) / MB, 0), fmt((v.get("rss_after_runs_bytes") or 0) / MB, 0)]
+            for k, v in (sv.get("servers") or {}).items()]
+    out += ["", "Servers (RSS in MB):", "", table(["Server", "Command", "Load s", "RSS after load", "RSS after runs"],
+                                                   rows)]
     return "\n".join(out)
 
 
@@ -66,102 +293,53 @@ def offline_section(r: dict) -> str:
     if not off:
         return ""
     if "systems" not in off:
-        return f"## Offline throughput\n\n{_status(off)}"
-    w, systems = off["workload"], off["systems"]
-    ceil = (r.get("roofline") or {}).get("ceilings", {})
-    peer_tps = {k: systems[k]["output_tok_s"] for k in PEERS if _ok(systems.get(k))}
-    headers = ["System", "Requests", "Prompt tok", "Output tok", "Seconds", "Output tok/s",
-               "Total tok/s", "% batched ceiling"] + [f"vs {PEERS[k]}" for k in peer_tps]
-    rows, notes = [], []
-    for key, s in systems.items():
-        if not _ok(s):
-            rows.append([key, _status(s)] + [""] * (len(headers) - 2))
-            continue
-        dtype = "bfloat16" if "bfloat16" in key else "float32" if "float32" in key else None
-        batched = ceil.get(dtype, {}).get("batched_tok_s") if dtype else None
-        pct = fmt(100 * s["total_tok_s"] / batched, 0, "%") if batched else "–"
-        rows.append([s["name"] + (" *" if s["subset"] else ""), s["num_requests"], f"{s['prompt_tokens']:,}",
-                     f"{s['output_tokens']:,}", fmt(s["seconds"]), fmt(s["output_tok_s"]),
-                     fmt(s["total_tok_s"]), pct]
-                    + [ratio(s["output_tok_s"], peer_tps[k]) if not key.startswith(k) else "1.00x"
-                       for k in peer_tps])
-        notes += [f"- {s['name']}: {n}" for n in s.get("notes", [])]
-    return "\n".join([
-        "## Offline throughput", "",
-        f"{w['num_requests']} requests, prompts uniform {w['prompt_len'][0]}-{w['prompt_len'][1]} random "
-        f"token ids, outputs uniform {w['output_len'][0]}-{w['output_len'][1]} tokens (ignore_eos), "
-        f"temperature {w['temperature']}, seed {w['seed']}; batch size {w['batch_size']}. Totals: "
-        f"{w['prompt_tokens']:,} prompt and {w['output_tokens']:,} output tokens. Output tok/s counts "
-        "only the tokens each request asked for. Ratios compare output tok/s.", "",
-        table(headers, rows), "",
-        "\\* ran a fixed leading subset of the requests (too slow for the whole workload in the time "
-        "budget); its tok/s is measured on that subset." if any(_ok(s) and s["subset"] for s in systems.values()) else "",
-        "", "\n".join(notes)])
-
-
-def latency_section(r: dict) -> str:
-    lat = r.get("latency")
-    if not lat:
-        return ""
-    if "systems" not in lat:
-        return f"## Batch-1 latency\n\n{_status(lat)}"
-    ceil = (r.get("roofline") or {}).get("ceilings", {})
-    prompts = sorted({int(p) for s in lat["systems"].values() if _ok(s) for p in s["prompts"]})
-    headers = (["System"] + [f"TTFT {p} (ms)" for p in prompts] + [f"Decode tok/s @{p}" for p in prompts]
-               + ["% of own batch-1 ceiling", "% of bf16 batch-1 ceiling"])
+        return f"## Offline batch\n\n{_status(off)}"
+    w = off["workload"]
     rows = []
-    bf16_ceiling = ceil.get("bfloat16", {}).get("batch1_decode_tok_s")
-    for key, s in lat["systems"].items():
+    for key, s in off["systems"].items():
         if not _ok(s):
-            rows.append([key, _status(s)] + [""] * (len(headers) - 2))
+            rows.append([key, _status(s), "", "", ""])
             continue
-        p = s["prompts"]
-        own = ("q4_1_gguf" if "llamacpp" in key else "bfloat16" if "bfloat16" in key else "float32")
-        own_ceiling = ceil.get(own, {}).get("batch1_decode_tok_s")
-        first = p[str(prompts[0])]["decode_tok_s"]
-        rows.append([s["name"]] + [fmt(p[str(n)]["ttft_s"] * 1e3, 0) for n in prompts]
-                    + [fmt(p[str(n)]["decode_tok_s"]) for n in prompts]
-                    + [fmt(100 * first / own_ceiling, 0, "%") if own_ceiling else "–",
-                       fmt(100 * first / bf16_ceiling, 0, "%") if bf16_ceiling else "–"])
-    return "\n".join(["## Batch-1 latency", "",
-                      f"One request alone, greedy; decode rate over {lat['decode_tokens']} tokens after the "
-                      "first. Ceiling percentages use the decode rate after the shortest prompt. llama.cpp's "
-                      "worker threads spin-wait at every barrier, so when other processes share the two cores "
-                      "its figures collapse far below what it reaches on an idle machine; compare it only "
-                      "with the load average in mind.", "",
-                      table(headers, rows)])
+        if key == "llamacpp":
+            runs = s["rounds"]
+            rows.append([s["name"], fmt(s["best_output_tok_s"]), fmt(s["best_decode_tok_s"]),
+                         ", ".join(fmt(x["t"], 1) for x in runs), len(runs)])
+        elif key == "astrai":
+            runs = s["rounds"]
+            rows.append([s["name"], fmt(s["best_output_tok_s"]), "–", ", ".join(fmt(x["seconds"], 1) for x in runs),
+                         len(runs)])
+        else:
+            rows.append([s["name"], fmt(s["output_tok_s"]), "–", fmt(s["seconds"], 1), 1])
+    cmd = _dig(off, "systems", "llamacpp", "rounds")
+    return "\n".join(["## Offline batch", "",
+                      f"{w['batch']} requests x ({w['prompt_tokens']} random-id prompt tokens -> {w['output_tokens']} "
+                      "tokens), all submitted at once, greedy, ignore_eos. Output tok/s = requests x output tokens / "
+                      "wall time including prefill. AstrAI: `Engine.generate`; llama.cpp: `llama-batched-bench` "
+                      "(its decode-only rate S_TG shown too); transformers: one static batch, run once.", "",
+                      table(["System", "Output tok/s", "Decode-only tok/s", "Seconds per round", "Rounds"], rows), "",
+                      f"`llama-batched-bench {short_command(cmd[0]['command'])}`" if cmd else ""])
 
 
-def serving_section(r: dict) -> str:
-    sv = r.get("serving")
-    if not sv:
+def memory_section(r: dict) -> str:
+    mem = r.get("memory")
+    if not mem:
         return ""
-    if not _ok(sv) or "modes" not in sv:
-        return f"## Serving\n\n{_status(sv)}"
-    headers = ["Rate (req/s)", "Mode", "Done", "Req/s", "Out tok/s", "TTFT p50/p99 (ms)",
-               "TPOT p50/p99 (ms)", "ITL p50/p99 (ms)", "E2E p99 (ms)"]
-    rows = []
-    modes = sv["modes"]
-    rates = sorted({float(x) for m in modes.values() if _ok(m) for x in m["rates"]})
-    for rate in rates:
-        for mode, m in modes.items():
-            if not _ok(m):
-                continue
-            s = m["rates"].get(str(rate), {})
-            if s.get("status") != "ok" or "ttft_p50_ms" not in s:
-                rows.append([rate, mode, _status(s)] + [""] * 6)
-                continue
-            rows.append([rate, mode, f"{s['completed']}/{s['scheduled']}", fmt(s["request_throughput"], 2),
-                         fmt(s["output_token_throughput"]),
-                         f"{fmt(s['ttft_p50_ms'], 0)} / {fmt(s['ttft_p99_ms'], 0)}",
-                         f"{fmt(s['tpot_p50_ms'], 0)} / {fmt(s['tpot_p99_ms'], 0)}",
-                         f"{fmt(s['itl_p50_ms'], 0)} / {fmt(s['itl_p99_ms'], 0)}", fmt(s["e2e_p99_ms"], 0)])
-    skipped = [f"- {mode}: {_status(m)}" for mode, m in modes.items() if not _ok(m)]
-    return "\n".join(["## Serving (Poisson arrivals, streaming HTTP)", "",
-                      f"A fresh `astrai serve` per mode and rate on 127.0.0.1; up to {sv['requests_per_rate']} "
-                      f"requests arriving within {sv['window_s']:.0f} s, prompts of random common words, "
-                      "greedy, outputs of the scheduled length. TPOT = (E2E - TTFT) / (tokens - 1).", "",
-                      table(headers, rows), "", "\n".join(skipped)])
+    if not _ok(mem):
+        return f"## Memory\n\n{_status(mem)}"
+    b = mem.get("budget") or {}
+    rows = [["`astrai serve` idle RSS", fmt(_dig(mem, "astrai_serve", "rss_bytes") / MB
+                                            if _dig(mem, "astrai_serve", "rss_bytes") else None, 0)],
+            ["weights held by the engine", fmt(b.get("weight_bytes", 0) / MB, 0)],
+            [f"KV pool ({b.get('num_pages')} pages x {b.get('page_size')} tokens, {b.get('dtype')})",
+             fmt((b.get("kv_pool_bytes") or 0) / MB, 0)],
+            ["budget: weights + KV pool + 500 MB", fmt((b.get("budget_bytes") or 0) / MB, 0)]]
+    for k in ("llama_server_np1", "llama_server_np16"):
+        if k in mem:
+            rows.append([f"{k.replace('_', '-').replace('-np', ' -np ')} idle RSS (reference)",
+                         fmt(mem[k]["rss_bytes"] / MB, 0) if "rss_bytes" in mem[k] else _status(mem[k])])
+    return "\n".join(["## Memory", "", "Resident set size (VmRSS) a few seconds after `/health` turned 200, no request "
+                      "sent; the budget's parts come from the same engine built in-process with the same options.", "",
+                      table(["", "MB"], rows)])
 
 
 def prefix_section(r: dict) -> str:
@@ -170,15 +348,9 @@ def prefix_section(r: dict) -> str:
         return ""
     if "prefix_tokens" not in px:
         return f"## Prefix cache\n\n{_status(px)}"
-    rows = []
-    for key, name in (("astrai", "AstrAI (radix prefix cache)"), ("llamacpp", "llama.cpp (previous-call reuse)")):
-        d = px.get(key)
-        if d is None:
-            continue
-        if "ttft_hit_ms" in d:
-            rows.append([name, fmt(d["ttft_miss_ms"], 0), fmt(d["ttft_hit_ms"], 0), f"{d['hit_over_miss']:.3f}"])
-        else:
-            rows.append([name, _status(d), "", ""])
+    d = px.get("astrai") or {}
+    rows = ([["AstrAI (radix prefix cache)", fmt(d["ttft_miss_ms"], 0), fmt(d["ttft_hit_ms"], 0),
+              f"{d['hit_over_miss']:.3f}"]] if "ttft_hit_ms" in d else [["AstrAI", _status(d), "", ""]])
     out = ["## Prefix cache", "",
            f"A shared {px['prefix_tokens']}-token system prompt plus {px['question_tokens']}-token questions; "
            f"median TTFT over {px['trials']} requests each, one at a time.", "",
@@ -210,116 +382,76 @@ def gpu_section(r: dict) -> str:
                       "bandwidth ceiling.", "", table(["System", "Output tok/s"], rows)])
 
 
+def _profile_run(label: str, p: dict) -> list[str]:
+    if "phases" not in p:
+        return [f"### {label}", "", _status(p)]
+    ph = p["phases"]
+    out = [f"### {label}: batch {p['batch']} x (128 -> {p['tokens']})"]
+    if "phases_ms" in ph:
+        total = ph["wall_s"] * 1e3
+        c, fb = ph.get("counts", {}), ph.get("full_batch_decode_steps") or {}
+        out += ["", f"{c.get('steps', 0)} steps, {c.get('prefill_tokens', 0):,} prefill and "
+                f"{c.get('decode_tokens', 0):,} decode tokens in {ph['wall_s']:.1f} s wall (torch profiler on); "
+                f"median full-batch decode step {fmt(fb.get('median_step_ms'))} ms, of which forward "
+                f"{fmt(fb.get('median_forward_ms'))} ms.", "",
+                table(["Engine phase", "Seconds", "% of wall"],
+                      [[k, fmt(v / 1e3, 2), fmt(100 * v / total, 1, "%")]
+                       for k, v in sorted(ph["phases_ms"].items(), key=lambda kv: -kv[1])])]
+    if ph.get("torch_ops"):
+        out += ["", "torch operators by self CPU time:", "",
+                table(["Op", "Self CPU (ms)", "%", "Calls"], [[f"`{o['op']}`", fmt(o["self_cpu_ms"], 0),
+                                                               fmt(o.get("percent"), 1), o["calls"]]
+                                                              for o in ph["torch_ops"][:15]])]
+    spy = p.get("py_spy", {})
+    if _ok(spy):
+        out += ["", f"py-spy, {spy['total_samples']} samples of the {spy.get('scope', 'process')} — top self time:",
+                "", table(["Frame", "% samples"], [[f"`{x['frame']}`", fmt(x["percent"])] for x in spy["self"][:10]])]
+    elif spy:
+        out += ["", f"py-spy: {_status(spy)}"]
+    return out
+
+
 def profile_section(r: dict) -> str:
     p = r.get("profile")
     if not p:
         return ""
-    if "workload" not in p:
+    if "runs" not in p:
         return f"## Where AstrAI's time goes\n\n{_status(p)}"
-    out = ["## Where AstrAI's time goes", "", f"{p['workload']} ({p['requests']} requests)."]
-    ph = p.get("phases", {})
-    if "phases_ms" in ph:
-        total = ph["wall_s"] * 1e3
-        rows = [[k, fmt(v / 1e3, 2), fmt(100 * v / total, 1, "%")]
-                for k, v in sorted(ph["phases_ms"].items(), key=lambda kv: -kv[1])]
-        c = ph.get("counts", {})
-        out += ["", f"Engine phases from its trace events: {c.get('steps', 0)} steps, "
-                f"{c.get('prefill_tokens', 0):,} prefill and {c.get('decode_tokens', 0):,} decode tokens "
-                f"in {ph['wall_s']:.1f} s wall (schedule, build_batch, forward and sample are disjoint).", "",
-                table(["Phase", "Seconds", "% of wall"], rows)]
-    spy = p.get("py_spy", {})
-    if _ok(spy):
-        out += ["", f"py-spy, {spy['total_samples']} samples of the {spy.get('scope', 'process')} — top self time:", "",
-                table(["Frame", "% samples"], [[f"`{x['frame']}`", fmt(x["percent"])] for x in spy["self"][:12]]),
-                "", "Top inclusive time:", "",
-                table(["Frame", "% samples"], [[f"`{x['frame']}`", fmt(x["percent"])] for x in spy["inclusive"][:12]])]
-    elif spy:
-        out += ["", f"py-spy: {_status(spy)}"]
-    ops = p.get("torch_ops", {})
-    if _ok(ops) and ops.get("ops"):
-        out += ["", f"torch operators by self CPU time ({ops['requests']} requests, {ops['wall_s']:.1f} s wall):", "",
-                table(["Op", "Self CPU (ms)", "Calls"], [[f"`{o['op']}`", fmt(o["self_cpu_ms"], 0), o["calls"]]
-                                                          for o in ops["ops"][:15]])]
+    out = ["## Where AstrAI's time goes", "", f"{p['workload']}."]
+    for label, run in p["runs"].items():
+        out += [""] + _profile_run(label, run)
     return "\n".join(out)
 
 
-def _peer_verdict(met: bool, r: dict, peers: list[dict]) -> str:
-    """yes/no for a ratio against peers, saying why a "yes" cannot be trusted when it cannot:
-    a peer measured on a subset, or a machine busier than its cores (spin-waiting peers collapse)."""
-    if not met:
-        return "no"
-    caveats = []
-    if any(p.get("subset") for p in peers):
-        caveats.append("peer ran a subset")
-    load, cores = (r.get("machine") or {}).get("load_average"), (r.get("machine") or {}).get("cores")
-    if load and cores and load[0] > cores:
-        caveats.append(f"load {load[0]:.1f} on {cores} cores")
-    return f"yes, unreliable ({'; '.join(caveats)})" if caveats else "yes"
-
-
-def targets(r: dict) -> list[list]:
-    """The issue's targets: measured value and whether it is met (reported, never asserted)."""
-    rows = []
-    off = (r.get("offline") or {}).get("systems", {})
-    # the headline: AstrAI continuous bf16 on the whole workload
-    head = off.get("astrai_continuous_bfloat16", {})
-    best = head.get("output_tok_s") if _ok(head) else None
-    llama = off.get("llamacpp_sequential", {})
-    if best and _ok(llama):
-        x = best / llama["output_tok_s"]
-        rows.append(["Offline (AstrAI continuous bf16) >= 20x llama.cpp sequential", f"{x:.2f}x",
-                     _peer_verdict(x >= 20, r, [llama])])
-    hf = [s for k, s in off.items() if k.startswith("transformers") and _ok(s)]
-    if best and hf:
-        x = best / max(s["output_tok_s"] for s in hf)
-        rows.append(["Offline (AstrAI continuous bf16) >= 4x transformers static (best dtype)", f"{x:.2f}x",
-                     _peer_verdict(x >= 4, r, hf)])
-    lat = (r.get("latency") or {}).get("systems", {}).get("astrai_continuous_bfloat16")
-    ceiling = ((r.get("roofline") or {}).get("ceilings", {}).get("bfloat16") or {}).get("batch1_decode_tok_s")
-    if _ok(lat) and ceiling:
-        first = lat["prompts"][min(lat["prompts"], key=int)]["decode_tok_s"]
-        x = first / ceiling
-        rows.append(["Batch-1 decode >= 90% of bf16 bandwidth ceiling", f"{100 * x:.0f}%", "yes" if x >= 0.9 else "no"])
-    sv = r.get("serving") or {}
-    modes = sv.get("modes", {}) if _ok(sv) else {}
-    if _ok(modes.get("continuous")) and _ok(modes.get("static")):
-        best_row = None
-        for rate, c in modes["continuous"]["rates"].items():
-            s = modes["static"]["rates"].get(rate, {})
-            if "output_token_throughput" in c and "output_token_throughput" in s:
-                x = c["output_token_throughput"] / s["output_token_throughput"]
-                p99_ok = c["e2e_p99_ms"] <= s["e2e_p99_ms"]
-                if best_row is None or x > best_row[0]:
-                    best_row = (x, rate, p99_ok)
-        if best_row:
-            x, rate, p99_ok = best_row
-            rows.append(["Continuous >= 3.4x static under Poisson load, p99 no worse",
-                         f"{x:.2f}x at {rate} req/s (E2E p99 {'no worse' if p99_ok else 'worse'})",
-                         "yes" if x >= 3.4 and p99_ok else "no"])
-    px = (r.get("prefix") or {}).get("astrai", {})
-    if "hit_over_miss" in px:
-        x = px["hit_over_miss"]
-        rows.append(["Prefix-cache TTFT hit <= 1/10 of a miss", f"{x:.3f}", "yes" if x <= 0.1 else "no"])
-    return rows
-
-
 def render(r: dict, json_name: str) -> str:
+    busy = [name for name in (r.get("loads") or {}) if overloaded(r, name)]
     head = ["# AstrAI benchmarks", "",
             f"Generated by `python -m bench{' --quick' if r['mode'] == 'quick' else ''}` "
             f"on {r['started']} (commit {r['machine'].get('git_commit')}), every figure from "
             f"[`bench/results/{json_name}`](bench/results/{json_name}); the run took "
-            f"{r['elapsed_s'] / 60:.1f} min. Regenerate with `hatch run bench` (peers: `bench/setup_peers.sh`).",
-            "", "The machine is a 2-core VM shared with other jobs while this ran; the load average "
-            "below shows how busy it was. Treat small differences as noise.", ""]
-    rows = targets(r)
+            f"{r['elapsed_s'] / 60:.1f} min. Peers: `bench/setup_peers.sh`. Regenerate with `hatch run bench`.", ""]
+    if r["mode"] == "quick":
+        head += ["**A `--quick` run: shortened workloads and one round each, for checking the suite, not for "
+                 "comparing systems.**", ""]
+    if busy:
+        head += [f"**The machine was busy during {', '.join(busy)} (1-minute load average above its "
+                 f"{r['machine']['cores']} cores): those numbers are not a fair comparison and no target is called "
+                 "met from them.**", ""]
+    rows = headline(r)
     if rows:
-        head += ["## Targets (from the issue; reported, not asserted)", "",
-                 table(["Target", "Measured", "Met"], rows), ""]
-    sections = [machine_section(r), offline_section(r), latency_section(r), serving_section(r),
-                prefix_section(r), gpu_section(r), profile_section(r)]
+        head += ["## Headline: AstrAI vs llama.cpp on the same GGUF (targets reported, never asserted)", "",
+                 table(["Workload", "AstrAI", "llama.cpp", "Ratio", "Target", "Met", "Load avg (1 min)"], rows), ""]
+    sections = [machine_section(r), roofline_section(r), decode_section(r), serving_section(r), offline_section(r),
+                memory_section(r), prefix_section(r), gpu_section(r), profile_section(r)]
     return "\n".join(head) + "\n" + "\n\n".join(s for s in sections if s) + "\n"
+
+
+FORMAT_VERSION = 2  # results of the llama-cpp-python suite (version 1) are in git history only
 
 
 def write(result_path: Path, out_path: Path) -> None:
     r = json.loads(result_path.read_text())
+    if r.get("format") != "astrai-bench" or r.get("version") != FORMAT_VERSION:
+        raise SystemExit(f"{result_path} is not an astrai-bench result of format version {FORMAT_VERSION} "
+                         f"(found {r.get('format')!r} version {r.get('version')!r}); re-run the suite")
     out_path.write_text(render(r, result_path.name))

@@ -1,182 +1,141 @@
-"""Serving: Poisson arrivals against a real `astrai serve`, streamed over HTTP.
+"""Serving over HTTP: `astrai serve` against `llama-server -np N`, one client for both.
 
-For each rate, continuous and static scheduling each get their own fresh server and the
-same arrival schedule. A rate is bounded in requests and in time: arrivals stop after the
-window and stragglers are cancelled after a grace period (counted as incomplete).
+guidellm (bench/guidellm_client.py) sends the same synthetic workload to both servers:
+fixed-size prompts (128 tokens by the bundled tokenizer), exactly 128 output tokens
+(max_tokens + ignore_eos), greedy, streamed, at concurrency 1, 16 and 64. `astrai serve` runs
+once with its defaults (plus --astrai-args); llama-server is started per level with -np N
+slots (continuous batching is its default) and the same thread count. Within a level the
+servers alternate (A, B, A, B) and the best round is reported; every run has its own seed,
+so no prompt is ever sent to a server twice and no prefix cache helps. The long-prompt TTFT
+(1024 tokens) runs on the -np 1 server. Both servers' resident memory is recorded.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import random
-import time
+import contextlib
 import traceback
-from itertools import pairwise
 
 import httpx
 
+from bench import guidellm_client
 from bench.context import Context
-from bench.model_info import gguf_path
-from bench.progress import bar, log
-from bench.server_process import AstraiServer
-from bench.systems.astrai import pages_for
-from bench.timing import percentile
+from bench.peers import guidellm_cli
+from bench.progress import log
+from bench.server_process import AstraiServer, LlamaServer
 
-WORDS = ("time person year way day thing man world life hand part child eye woman place work "
-         "week case point government company number group problem fact water room mother area "
-         "money story month lot right study book job word business issue side kind head house "
-         "service friend father power hour game line end member law car city community name "
-         "president team minute idea kid body information back parent face others level office "
-         "door health art war history party result change morning reason research girl guy "
-         "moment air teacher force education garden river mountain music market ocean").split()
+LOWER_IS_BETTER = ("ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "tpot_p50_ms", "latency_p50_s")
+HIGHER_IS_BETTER = ("output_tok_s", "output_tok_s_total_over_duration", "request_s")
 
 
-def make_schedule(ctx: Context, rate: float, seed: int) -> list[dict]:
-    """Arrival offsets (seconds) with exponential gaps, plus each request's prompt and length."""
-    rng = random.Random(seed)
-    s, t, out = ctx.scale, 0.0, []
-    for _ in range(s.serving_requests):
-        t += rng.expovariate(rate)
-        if t > s.serving_window_s:
-            break
-        words = [rng.choice(WORDS) for _ in range(rng.randint(*s.serving_prompt_words))]
-        out.append({"at": t, "prompt": " ".join(words), "max_tokens": rng.randint(*s.serving_output_len)})
-    return out
+def _warm(base_url: str, model: str) -> None:
+    """One short request, so one-time costs (allocation, kernel selection) stay out of the runs."""
+    body = {"model": model, "prompt": "Hello, how are you today?", "max_tokens": 8, "temperature": 0.0}
+    httpx.post(f"{base_url}/v1/completions", json=body, timeout=300.0).raise_for_status()
 
 
-async def _one(client: httpx.AsyncClient, model: str, item: dict, t0: float, extra: dict) -> dict:
-    await asyncio.sleep(max(0.0, t0 + item["at"] - time.perf_counter()))
-    body = {"model": model, "prompt": item["prompt"], "max_tokens": item["max_tokens"],
-            "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}, **extra}
-    sent = time.perf_counter()
-    stamps: list[float] = []
-    usage = None
-    async with client.stream("POST", "/v1/completions", json=body) as resp:
-        if resp.status_code != 200:
-            return {"ok": False, "error": f"HTTP {resp.status_code}: {(await resp.aread())[:200]!r}"}
-        async for line in resp.aiter_lines():
-            if not line.startswith("data:"):
-                continue
-            data = line[5:].strip()
-            if data == "[DONE]":
-                break
-            chunk = json.loads(data)
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-            if any(c.get("text") for c in chunk.get("choices", [])):
-                stamps.append(time.perf_counter())
-    if not stamps:
-        return {"ok": False, "error": "no tokens streamed"}
-    n_out = (usage or {}).get("completion_tokens") or len(stamps)
-    e2e = stamps[-1] - sent
-    return {"ok": True, "sent": sent, "done": stamps[-1], "ttft": stamps[0] - sent, "e2e": e2e,
-            "tpot": (e2e - (stamps[0] - sent)) / (n_out - 1) if n_out > 1 else None,
-            "itl": [b - a for a, b in pairwise(stamps)], "output_tokens": n_out,
-            "prompt_tokens": (usage or {}).get("prompt_tokens")}
-
-
-def _summary(results: list[dict], scheduled: int, rate: float) -> dict:
-    ok = [r for r in results if r.get("ok")]
-    out = {"rate": rate, "scheduled": scheduled, "completed": len(ok),
-           "failed": [r["error"] for r in results if not r.get("ok")][:5]}
+def best_of(runs: list[dict]) -> dict:
+    ok = [r for r in runs if r.get("status") == "ok"]
     if not ok:
-        return out
-    duration = max(r["done"] for r in ok) - min(r["sent"] for r in ok)
-    itl = [x for r in ok for x in r["itl"]]
-    tpot = [r["tpot"] for r in ok if r["tpot"] is not None]
-    out.update(
-        duration_s=duration,
-        request_throughput=len(ok) / duration,
-        output_token_throughput=sum(r["output_tokens"] for r in ok) / duration,
-        output_tokens=sum(r["output_tokens"] for r in ok),
-        prompt_tokens=sum(r["prompt_tokens"] or 0 for r in ok),
-    )
-    for name, values in (("ttft", [r["ttft"] for r in ok]), ("tpot", tpot), ("itl", itl),
-                         ("e2e", [r["e2e"] for r in ok])):
-        out[f"{name}_p50_ms"] = _ms(percentile(values, 50))
-        out[f"{name}_p99_ms"] = _ms(percentile(values, 99))
-    return out
+        return {}
+    best = {}
+    for key in LOWER_IS_BETTER + HIGHER_IS_BETTER:
+        values = [r[key] for r in ok if r.get(key) is not None]
+        if values:
+            best[key] = min(values) if key in LOWER_IS_BETTER else max(values)
+    best["completed"] = min(r.get("completed") or 0 for r in ok)
+    best["errored"] = max(r.get("errored") or 0 for r in ok)
+    return best
 
 
-def _ms(v: float | None) -> float | None:
-    return None if v is None else v * 1e3
+def _one(server, model: str, *, concurrency: int, requests: int, prompt: int, output: int, seed: int) -> dict:
+    try:
+        res = guidellm_client.run(server.base_url, model, concurrency=concurrency, requests=requests,
+                                  prompt_tokens=prompt, output_tokens=output, seed=seed)
+        res["status"] = "ok" if res.get("completed") else "error"
+        if not res.get("completed"):
+            res["reason"] = "no request completed"
+    except Exception as error:
+        res = {"status": "error", "reason": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc(limit=4)}
+    return res
 
 
-async def _drive(base_url: str, schedule: list[dict], rate: float, grace_s: float, desc: str) -> dict:
-    limits = httpx.Limits(max_connections=len(schedule) + 4)
-    async with httpx.AsyncClient(base_url=base_url, timeout=None, limits=limits) as client:
-        model = (await client.get("/v1/models")).json()["data"][0]["id"]
-        extra = await _probe_extras(client, model)
-        t0 = time.perf_counter()
-        tasks = [asyncio.create_task(_one(client, model, item, t0, extra)) for item in schedule]
-        deadline = (schedule[-1]["at"] if schedule else 0) + grace_s
-        results = []
-        with bar(total=len(tasks), desc=desc, unit="req") as pbar:
-            for fut in asyncio.as_completed(tasks, timeout=deadline):
-                try:
-                    results.append(await fut)
-                except asyncio.TimeoutError:
-                    break
-                except Exception as error:  # a dropped stream is a failed request, not a crash
-                    results.append({"ok": False, "error": f"{type(error).__name__}: {error}"})
-                pbar.update(1)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        missing = len(schedule) - len(results)
-        results += [{"ok": False, "error": "not finished within the time bound"}] * missing
-        summary = _summary(results, len(schedule), rate)
-        summary["extra_body"] = extra
-        return summary
+def _brief(res: dict) -> str:
+    if res.get("status") != "ok":
+        return res.get("reason", "?")[:200]
+    return (f"{res['completed']} done, {res['output_tok_s']:.1f} out tok/s, TTFT p50 {res['ttft_p50_ms']:.0f} ms, "
+            f"ITL p50 {res['itl_p50_ms']:.1f} ms")
 
 
-async def _probe_extras(client: httpx.AsyncClient, model: str) -> dict:
-    """Use vLLM's ignore_eos extension when the server accepts it, so lengths are as scheduled."""
-    body = {"model": model, "prompt": "hello", "max_tokens": 2, "ignore_eos": True}
-    resp = await client.post("/v1/completions", json=body)
-    return {"ignore_eos": True} if resp.status_code == 200 else {}
+def _compare(ctx: Context, servers: dict, models: dict, *, concurrency: int, requests: int, prompt: int,
+             output: int, rounds: int, seed0: int, label: str) -> dict:
+    """Alternate the servers for `rounds` rounds of the same workload; each run its own seed."""
+    runs: dict[str, list[dict]] = {name: [] for name in servers}
+    for rnd in range(rounds):
+        if rnd and ctx.out_of_time():
+            break
+        for name, server in servers.items():
+            res = _one(server, models[name], concurrency=concurrency, requests=requests, prompt=prompt,
+                       output=output, seed=seed0 + 97 * rnd)
+            runs[name].append(res)
+            log(f"[serving] {label} {name} round {rnd + 1}: {_brief(res)}")
+    return {"concurrency": concurrency, "requests": requests, "prompt_tokens": prompt, "output_tokens": output,
+            "systems": {name: {"runs": rs, "best": best_of(rs)} for name, rs in runs.items()}}
 
 
-def _server_args(scheduling: str, ctx: Context) -> list[str]:
-    """`astrai serve` options, the same for both modes; the KV pool is sized for a full batch so
-    neither mode is limited by the shared machine's memory."""
-    s = ctx.scale
-    max_len = s.serving_prompt_words[1] * 3 + s.serving_output_len[1] + 16
-    return ["--dtype", "bfloat16", "--max-num-seqs", str(s.batch_size), "--max-model-len", str(max_len),
-            "--num-pages", str(pages_for(s.batch_size, max_len)), "--max-queue", "1024",
-            "--log-level", "warning", "--scheduling", scheduling]
+def _start_llama(ctx: Context, stack: contextlib.ExitStack, model: str, level: int, slot: int,
+                 out: dict) -> tuple[LlamaServer, str] | None:
+    """llama-server -np level for this level, or None (skipped or failed: AstrAI still runs)."""
+    key = f"llamacpp_np{level}"
+    if not ctx.wants_peers():
+        return None
+    try:
+        llama = stack.enter_context(LlamaServer(model, level, slot, ctx.threads, []))
+        llama_model = llama.model_id()
+        _warm(llama.base_url, llama_model)
+    except Exception as error:
+        out["servers"][key] = {"status": "error", "reason": f"{type(error).__name__}: {error}"}
+        log(f"[serving] llama-server -np {level}: {error}")
+        return None
+    out["servers"][key] = {"command": " ".join(llama.args), "load_seconds": llama.load_seconds,
+                           "rss_after_load_bytes": llama.rss()}
+    stack.callback(lambda: out["servers"][key].__setitem__("rss_after_runs_bytes", llama.rss()))
+    return llama, llama_model
 
 
 def run(ctx: Context) -> dict:
-    out = {"status": "ok", "batch_size": ctx.scale.batch_size, "window_s": ctx.scale.serving_window_s,
-           "requests_per_rate": ctx.scale.serving_requests, "modes": {}}
-    grace = ctx.scale.serving_window_s * 2
-    for mode in ("continuous", "static"):
-        args = _server_args(mode, ctx)
-        rates = {}
-        for i, rate in enumerate(ctx.scale.serving_rates):
-            schedule = make_schedule(ctx, rate, seed=100 + i)
+    s = ctx.scale
+    model = ctx.model_path()
+    guidellm_cli()  # a missing client is a clear error before any server starts
+    out: dict = {"status": "ok", "client": "guidellm", "threads": ctx.threads,
+                 "astrai_args": ctx.astrai.serve_args, "levels": {}, "servers": {}}
+    base_slot = s.serving_prompt_tokens + s.serving_output_tokens + 128  # slack: tokenizers may differ by a BOS
+    long_slot = max(base_slot, s.ttft_prompt_tokens + s.ttft_output_tokens + 128)
+    levels = list(s.serving_concurrency)
+    if 1 not in levels:
+        levels.insert(0, 1)  # the long-prompt TTFT runs on the -np 1 server
+    with AstraiServer(model, ctx.astrai.serve_args) as astrai:
+        astrai_model = astrai.model_id()
+        out["servers"]["astrai"] = {"command": " ".join(astrai.args), "load_seconds": astrai.load_seconds,
+                                    "rss_after_load_bytes": astrai.rss()}
+        _warm(astrai.base_url, astrai_model)
+        for level in levels:
             if ctx.out_of_time():
-                rates[str(rate)] = {"status": "skipped", "reason": ctx.out_of_time()}
+                out["levels"][str(level)] = {"status": "skipped", "reason": ctx.out_of_time()}
                 continue
-            try:
-                with AstraiServer(str(gguf_path()), args) as server:
-                    log(f"[serving] {mode} @ {rate} req/s: {len(schedule)} requests")
-                    summary = asyncio.run(_drive(server.base_url, schedule, rate, grace,
-                                                 f"serve {mode} {rate}/s"))
-                    summary["status"] = "ok"
-            except Exception as error:
-                summary = {"status": "error", "reason": f"{type(error).__name__}: {error}",
-                           "traceback": traceback.format_exc(limit=4)}
-            log(f"[serving] {mode} @ {rate}: {_brief(summary)}")
-            rates[str(rate)] = summary
-        out["modes"][mode] = {"status": "ok", "launcher": "astrai serve", "server_args": args, "rates": rates}
+            with contextlib.ExitStack() as stack:
+                servers, models = {"astrai": astrai}, {"astrai": astrai_model}
+                llama = _start_llama(ctx, stack, model, level, long_slot if level == 1 else base_slot, out)
+                if llama is not None:
+                    servers["llamacpp"], models["llamacpp"] = llama
+                if level in s.serving_concurrency:
+                    out["levels"][str(level)] = _compare(
+                        ctx, servers, models, concurrency=level, requests=s.serving_requests(level),
+                        prompt=s.serving_prompt_tokens, output=s.serving_output_tokens, rounds=s.serving_rounds,
+                        seed0=1000 * level, label=f"c={level}")
+                if level == 1 and not ctx.out_of_time():
+                    out["ttft_long"] = _compare(
+                        ctx, servers, models, concurrency=1, requests=s.ttft_requests, prompt=s.ttft_prompt_tokens,
+                        output=s.ttft_output_tokens, rounds=s.serving_rounds, seed0=555,
+                        label=f"TTFT@{s.ttft_prompt_tokens}")
+        out["servers"]["astrai"]["rss_after_runs_bytes"] = astrai.rss()
     return out
-
-
-def _brief(s: dict) -> str:
-    if s.get("status") != "ok" or "ttft_p50_ms" not in s:
-        return s.get("reason") or f"{s.get('completed', 0)} completed; {s.get('failed')}"
-    return (f"{s['completed']}/{s['scheduled']} done, {s['output_token_throughput']:.1f} tok/s, "
-            f"TTFT p50 {s['ttft_p50_ms']:.0f} ms p99 {s['ttft_p99_ms']:.0f} ms")

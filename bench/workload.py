@@ -31,6 +31,12 @@ def offline_workload(
     return [Request(p, o) for p, o in zip(prompts, outputs, strict=True)]
 
 
+def fixed_workload(num_requests: int, prompt_len: int, output_len: int, seed: int = 0) -> list[Request]:
+    """Every request the same size (the issue's 64 x (128 -> 128)), like llama-batched-bench."""
+    rng = random.Random(seed)
+    return [Request(random_ids(rng, prompt_len), output_len) for _ in range(num_requests)]
+
+
 def describe(requests: list[Request]) -> dict:
     return {
         "num_requests": len(requests),

@@ -1,19 +1,16 @@
-"""AstrAI's Engine, continuous or static scheduling, in bf16 or fp32, on the bundled GGUF."""
+"""AstrAI's Engine on the bundled GGUF, with the engine's defaults plus the bench's --astrai-args."""
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import threading
 import time
+from typing import Any
 
-import torch
-
-from bench.model_info import gguf_path
+from bench.astrai_options import AstraiOptions
 from bench.progress import bar
 from bench.systems.base import LatencyResult, OfflineResult, System
 from bench.workload import Request
-
-PAGE_SIZE = 16
 
 
 def available() -> str | None:
@@ -24,12 +21,6 @@ def available() -> str | None:
     return None
 
 
-def pages_for(num_seqs: int, max_len: int, page_size: int = PAGE_SIZE) -> int:
-    """A KV pool that fits num_seqs sequences of max_len tokens, so nothing is preempted
-    and the pool is not sized from the (shared) machine's free memory."""
-    return num_seqs * math.ceil(max_len / page_size) + 8
-
-
 def _event_field(event, name):
     value = getattr(event, name, None)
     if value is None and hasattr(event, "to_dict"):
@@ -38,29 +29,36 @@ def _event_field(event, name):
 
 
 class AstraiSystem(System):
-    def __init__(self, dtype: torch.dtype, scheduling: str, batch_size: int, max_model_len: int,
-                 enable_prefix_cache: bool = False, max_num_batched_tokens: int = 2048):
+    """`overrides` are the bench's own needs (e.g. prefix cache on for the prefix section);
+    everything else is what `astrai serve` would use with the same flags."""
+
+    def __init__(self, model: str, options: AstraiOptions | None = None, **overrides: Any):
         from astrai.scheduler import Engine
 
-        self.dtype_name = str(dtype).removeprefix("torch.")
-        self.name = f"AstrAI {scheduling} {self.dtype_name}"
-        self.engine = Engine.from_pretrained(
-            str(gguf_path()), dtype=dtype, max_num_seqs=batch_size,
-            max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
-            page_size=PAGE_SIZE, num_pages=pages_for(batch_size, max_model_len),
-            enable_prefix_cache=enable_prefix_cache, scheduling=scheduling,
-        )
+        options = options or AstraiOptions()
+        self.kwargs = {**options.engine_kwargs(), **overrides}
+        self.name = "AstrAI" + (f" ({options.describe()})" if options.serve_args else "")
+        start = time.perf_counter()
+        self.engine = Engine.from_pretrained(model, **self.kwargs)
+        self.load_seconds = time.perf_counter() - start
 
     @staticmethod
-    def params(max_tokens: int, temperature: float):
+    def params(max_tokens: int, temperature: float = 0.0):
         from astrai.scheduler import SamplingParams
 
         return SamplingParams(max_tokens=max_tokens, temperature=temperature, ignore_eos=True)
 
-    def warmup(self) -> None:
-        self.engine.generate([list(range(100, 116))] * 2, self.params(4, 0.0))
+    def describe(self) -> dict:
+        """What the engine actually runs with (its own EngineInfo), for the record."""
+        info = self.engine.describe()
+        return {"engine_kwargs": {k: str(v) for k, v in self.kwargs.items()},
+                **(dataclasses.asdict(info) if dataclasses.is_dataclass(info) else dict(info)),
+                "stats": self.stats()}
 
-    def offline(self, requests: list[Request], temperature: float) -> OfflineResult:
+    def warmup(self) -> None:
+        self.engine.generate([list(range(100, 116))] * 2, self.params(4))
+
+    def offline(self, requests: list[Request], temperature: float = 0.0) -> OfflineResult:
         params = [self.params(r.max_tokens, temperature) for r in requests]
         prompts = [r.prompt_token_ids for r in requests]
         lock = threading.Lock()
@@ -81,21 +79,15 @@ class AstraiSystem(System):
         produced = sum(len(o.token_ids) for o in outputs)
         expected = sum(r.max_tokens for r in requests)
         notes = [] if produced == expected else [f"engine produced {produced} of {expected} tokens"]
-        return OfflineResult(
-            num_requests=len(requests),
-            prompt_tokens=sum(len(p) for p in prompts),
-            output_tokens=produced,
-            seconds=seconds,
-            computed_tokens=sum(len(p) for p in prompts) + produced,
-            notes=notes,
-        )
+        return OfflineResult(num_requests=len(requests), prompt_tokens=sum(len(p) for p in prompts),
+                             output_tokens=produced, seconds=seconds, notes=notes)
 
     def stream_times(self, prompt_ids: list[int], max_tokens: int) -> tuple[float, list[float], object]:
         """Send one request alone; returns (start, arrival time of each token, final output)."""
         start = time.perf_counter()
         stamps: list[float] = []
         final = None
-        for delta in self.engine.stream(prompt_ids, self.params(max_tokens, 0.0)):
+        for delta in self.engine.stream(prompt_ids, self.params(max_tokens)):
             now = time.perf_counter()
             stamps.extend([now] * len(delta.token_ids))
             if delta.finished:
@@ -104,8 +96,7 @@ class AstraiSystem(System):
 
     def latency(self, prompt_ids: list[int], decode_tokens: int) -> LatencyResult:
         start, stamps, _ = self.stream_times(prompt_ids, decode_tokens + 1)
-        return LatencyResult(len(prompt_ids), stamps[0] - start, len(stamps) - 1,
-                             stamps[-1] - stamps[0])
+        return LatencyResult(len(prompt_ids), stamps[0] - start, len(stamps) - 1, stamps[-1] - stamps[0])
 
     def stats(self) -> dict:
         return dict(self.engine.stats())

@@ -11,7 +11,6 @@ import time
 
 import torch
 
-from bench.model_info import gguf_path
 from bench.progress import bar
 from bench.systems.base import LatencyResult, OfflineResult, System
 from bench.workload import Request
@@ -52,15 +51,19 @@ class _Stamps:
 
 
 class TransformersSystem(System):
-    def __init__(self, dtype: torch.dtype, batch_size: int):
+    def __init__(self, model: str, dtype: torch.dtype, batch_size: int):
+        from pathlib import Path
+
         from transformers import AutoModelForCausalLM
 
-        path = gguf_path()
+        path = Path(model)
         self.dtype, self.batch_size = dtype, batch_size
-        self.name = f"transformers static {str(dtype).removeprefix('torch.')}"
+        self.name = f"transformers {str(dtype).removeprefix('torch.')}"
+        start = time.perf_counter()
         self.model = AutoModelForCausalLM.from_pretrained(
             str(path.parent), gguf_file=path.name, dtype=dtype, **_dense_gguf_kwargs()
         ).eval()
+        self.load_seconds = time.perf_counter() - start
 
     def _generate(self, prompts: list[list[int]], new_tokens: int, temperature: float,
                   stopping=None) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
+import transformers
+from astrai.model import bundled_gguf_path
 from astrai.scheduler import Engine
 
 MODEL = "smollm2-135m-instruct"
@@ -75,3 +78,12 @@ def greedy_alone(engine, prompts):
     refs = [engine.generate([p], params)[0].token_ids for p in prompts]
     settle(engine)
     return refs
+
+
+@pytest.fixture(scope="session")
+def hf_model():
+    """transformers reading the same GGUF (float32): the outside reference for tokens and logprobs."""
+    path = bundled_gguf_path()
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    ).eval()

@@ -1,22 +1,11 @@
 """The engine's greedy output equals transformers reading the same GGUF (float32), in a busy batch."""
 
-import pytest
 import torch
-import transformers
-from astrai.model import bundled_gguf_path
 from astrai.scheduler import SamplingParams
 
 from .conftest import settle
 
 NEW_TOKENS = 32
-
-
-@pytest.fixture(scope="module")
-def hf_model():
-    path = bundled_gguf_path()
-    return transformers.AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=torch.float32
-    ).eval()
 
 
 def hf_greedy(hf_model, prompt: list[int]) -> list[int]:

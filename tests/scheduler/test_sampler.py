@@ -17,6 +17,8 @@ class Row:
     output_token_ids: list[int] = field(default_factory=list)
     banned: list[int] = field(default_factory=list)
     generator: torch.Generator | None = None
+    constraint: None = None  # structured outputs: tests/scheduler/test_structured_outputs.py
+    tokens_left: int = 16
 
     def __post_init__(self):
         if self.params.seed is not None:
@@ -107,14 +109,14 @@ def test_penalties_follow_vllm_semantics():
     logits[0, 3] = 1.9
     # repetition penalty divides positive and multiplies negative logits of seen tokens
     row = Row(SamplingParams(temperature=0, repetition_penalty=2.0), prompt_token_ids=[1])
-    assert Sampler().sample(logits, [row]).token_ids == [3]
+    assert Sampler().sample(logits.clone(), [row]).token_ids == [3]
     # frequency penalty grows with the count; presence only with whether it appeared
     row = Row(SamplingParams(temperature=0, frequency_penalty=0.05), output_token_ids=[1, 1, 1])
-    assert Sampler().sample(logits, [row]).token_ids == [3]
+    assert Sampler().sample(logits.clone(), [row]).token_ids == [3]
     row = Row(SamplingParams(temperature=0, presence_penalty=0.05), output_token_ids=[1, 1, 1])
-    assert Sampler().sample(logits, [row]).token_ids == [1]
+    assert Sampler().sample(logits.clone(), [row]).token_ids == [1]
     row = Row(SamplingParams(temperature=0, presence_penalty=0.2), output_token_ids=[1])
-    assert Sampler().sample(logits, [row]).token_ids == [3]
+    assert Sampler().sample(logits.clone(), [row]).token_ids == [3]
 
 
 def test_logprobs_are_model_log_softmax():

@@ -76,7 +76,19 @@ CASES = [
     ("model-missing", "POST", CHAT, {"json": {"messages": USER}}, 400, "model"),
     ("model-unknown", "POST", CHAT, chat(model="gpt-4o"), 404, "model"),
     ("model-unknown-completions", "POST", COMPLETIONS, completion(model="nope"), 404, "model"),
-    ("n-three", "POST", CHAT, chat(n=3), 400, "n"),
+    ("n-too-many", "POST", CHAT, chat(n=100), 400, "n"),
+    ("n-zero", "POST", CHAT, chat(n=0), 400, "n"),
+    ("best-of-below-n", "POST", COMPLETIONS, completion(n=3, best_of=2), 400, "best_of"),
+    ("best-of-stream", "POST", COMPLETIONS, completion(best_of=2, stream=True), 400, "best_of"),
+    ("max-tokens-zero-without-echo", "POST", COMPLETIONS, completion(max_tokens=0), 400, "max_tokens"),
+    ("logit-bias-not-object", "POST", CHAT, chat(logit_bias=[1, 2]), 400, "logit_bias"),
+    ("logit-bias-out-of-range", "POST", COMPLETIONS, completion(logit_bias={"5": -101}), 400, "logit_bias"),
+    ("response-format-unknown", "POST", CHAT, chat(response_format={"type": "xml"}), 400, "response_format.type"),
+    ("structured-outputs-unknown-key", "POST", CHAT, chat(structured_outputs={"yaml": "x"}), 400,
+     "structured_outputs"),
+    ("tool-message-without-id", "POST", CHAT, chat(messages=[{"role": "tool", "content": "x"}]), 400,
+     "messages.0.tool_call_id"),
+    ("tool-choice-unknown", "POST", CHAT, chat(tool_choice="sometimes"), 400, "tool_choice"),
     ("stream-not-bool", "POST", CHAT, chat(stream="yes"), 400, "stream"),
     ("stream-options-without-stream", "POST", CHAT, chat(stream_options={"include_usage": True}), 400,
      "stream_options"),
@@ -85,9 +97,12 @@ CASES = [
     ("unknown-field", "POST", CHAT, chat(frobnicate=True), 400, "frobnicate"),
     ("top-logprobs-too-many", "POST", CHAT, chat(logprobs=True, top_logprobs=50), 400, "top_logprobs"),
     ("top-logprobs-without-logprobs", "POST", CHAT, chat(top_logprobs=2), 400, "top_logprobs"),
-    ("tools-unsupported", "POST", CHAT, chat(tools=[{"type": "function"}]), 400, "tools"),
+    ("tools-without-function", "POST", CHAT, chat(tools=[{"type": "function"}]), 400, "tools.0.function"),
+    ("tools-builtin", "POST", CHAT, chat(tools=[{"type": "web_search"}]), 400, "tools.0.type"),
     ("min-tokens-over-max", "POST", COMPLETIONS, completion(min_tokens=5), 400, "min_tokens"),
-    ("echo-with-logprobs", "POST", COMPLETIONS, completion(echo=True, logprobs=1), 400, "echo"),
+    ("responses-store", "POST", "/v1/responses", {"json": {"model": MODEL, "input": "Hi", "store": True}}, 400,
+     "store"),
+    ("responses-input-number", "POST", "/v1/responses", {"json": {"model": MODEL, "input": 5}}, 400, "input"),
     ("prompt-object", "POST", COMPLETIONS, completion(prompt={"text": "hi"}), 400, "prompt"),
     ("prompt-mixed-list", "POST", COMPLETIONS, completion(prompt=[1, "a"]), 400, "prompt"),
     ("prompt-empty-list", "POST", COMPLETIONS, completion(prompt=[]), 400, "prompt"),
@@ -169,7 +184,8 @@ JSON_VALUES = st.recursive(
 )
 FIELDS = ["model", "messages", "prompt", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
           "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty", "stop", "seed", "stream",
-          "stream_options", "logprobs", "top_logprobs", "n", "user", "echo", "min_tokens", "ignore_eos"]
+          "stream_options", "logprobs", "top_logprobs", "n", "user", "echo", "min_tokens", "ignore_eos",
+          "logit_bias", "response_format", "tools", "tool_choice", "structured_outputs", "best_of"]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -3,8 +3,10 @@
 from .client import EngineClient, EngineInfo, EngineStats
 from .engine import Engine
 from .errors import EngineError, PromptTooLongError
+from .grammar import GrammarError
 from .outputs import RequestMetrics, RequestOutput
 from .params import SamplingParams
+from .structured import StructuredOutputsParams
 from .trace import (
     PHASES,
     TRACE_EVENT_VERSION,
@@ -26,12 +28,14 @@ __all__ = [
     "EngineInfo",
     "EngineStats",
     "FinishedRecord",
+    "GrammarError",
     "JsonlTraceWriter",
     "PrefillRecord",
     "PromptTooLongError",
     "RequestMetrics",
     "RequestOutput",
     "SamplingParams",
+    "StructuredOutputsParams",
     "TraceEvent",
     "TraceSchemaError",
 ]

@@ -9,6 +9,7 @@ through a per-request sink: a queue.Queue, or an asyncio.Queue fed with `call_so
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import queue
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -21,6 +22,7 @@ from astrai.model import ForwardModel, ModelConfig, Tokenizer, load_model
 from .client import EngineInfo, EngineStats, Prompt, TraceCallback
 from .core import EngineCore
 from .errors import PromptTooLongError
+from .grammar import GrammarCompiler
 from .memory import default_num_pages, engine_dtype, resolve_device
 from .outputs import RequestOutput
 from .params import SamplingParams
@@ -90,6 +92,8 @@ class Engine:
             self.kv, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
             enable_prefix_cache=enable_prefix_cache, static=scheduling == "static",
         )
+        self._grammars = GrammarCompiler(tokenizer, cfg.vocab_size)
+        self._groups: dict[str, tuple[str, ...]] = {}  # first id of an n > 1 request -> its siblings' ids
         self._core = EngineCore(self.scheduler, ModelRunner(model, self.kv, Sampler(seed)), self.kv, tokenizer,
                                 enable_prefix_cache=enable_prefix_cache)
 
@@ -134,22 +138,30 @@ class Engine:
         sink: Sink | None = None,
         stream: bool = False,
     ) -> str:
-        """Queue a request; outputs go to `sink` (deltas if `stream`, else one final output)."""
-        req = self._make_request(prompt, params, request_id, priority, stream)
-        req.sink = sink
-        self._core.submit([req])
-        return req.request_id
+        """Queue a request; outputs go to `sink` (deltas if `stream`, else one final output).
+
+        With `params.n > 1` the sink sees the outputs of all n samples (`RequestOutput.index`);
+        the returned id names them all for `abort`.
+        """
+        reqs = self._make_requests(prompt, params, request_id, priority, stream)
+        if len(reqs) > 1:
+            sink = self._group_sink(reqs, sink)
+        for req in reqs:
+            req.sink = sink
+        self._core.submit(reqs)
+        return reqs[0].request_id
 
     def abort(self, request_id: str) -> None:
-        """Stop a request; it finishes with finish_reason "abort" and frees its pages next step."""
-        self._core.abort(request_id)
+        """Stop a request (all n samples of it); each finishes with "abort" and frees its pages next step."""
+        for rid in self._groups.get(request_id, (request_id,)):
+            self._core.abort(rid)
 
     def generate(
         self,
         prompts: Prompt | Sequence[Prompt],
         params: SamplingParams | Sequence[SamplingParams] | None = None,
     ) -> list[RequestOutput]:
-        """Run prompts to completion; outputs come back in input order."""
+        """Run prompts to completion; outputs come back in input order (n > 1: the n samples in a row)."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]  # type: ignore[list-item]
         prompts = list(prompts)  # type: ignore[arg-type]
@@ -159,7 +171,7 @@ class Engine:
             plist = list(params)
         else:
             plist = [params] * len(prompts)
-        reqs = [self._make_request(p, sp, None, 0, False) for p, sp in zip(prompts, plist, strict=True)]
+        reqs = [r for p, sp in zip(prompts, plist, strict=True) for r in self._make_requests(p, sp, None, 0, False)]
         results: queue.Queue[RequestOutput] = queue.Queue()
         for r in reqs:
             r.sink = results.put
@@ -183,23 +195,27 @@ class Engine:
         request_id: str | None = None,
         priority: int = 0,
     ) -> Iterator[RequestOutput]:
-        """Yield RequestOutput deltas; leaving the loop early aborts the request."""
-        req = self._make_request(prompt, params, request_id, priority, True)
+        """Yield RequestOutput deltas (n > 1: of every sample, by `index`); leaving early aborts."""
+        reqs = self._make_requests(prompt, params, request_id, priority, True)
         outputs: queue.Queue[RequestOutput] = queue.Queue()
-        req.sink = outputs.put
-        self._core.submit([req])
-        return self._iterate(req.request_id, outputs)
+        for req in reqs:
+            req.sink = outputs.put
+        self._core.submit(reqs)
+        return self._iterate(reqs, outputs)
 
-    def _iterate(self, request_id: str, outputs: queue.Queue[RequestOutput]) -> Iterator[RequestOutput]:
-        finished = False
+    def _iterate(self, reqs: list[Request], outputs: queue.Queue[RequestOutput]) -> Iterator[RequestOutput]:
+        group = self._hold_group(reqs)
+        left = len(reqs)
         try:
-            while not finished:
+            while left:
                 out = outputs.get()
-                finished = out.finished
+                left -= out.finished
                 yield out
         finally:
-            if not finished:
-                self.abort(request_id)
+            if left:
+                for req in reqs:
+                    self._core.abort(req.request_id)
+            self._groups.pop(group, None)
 
     def generate_async(
         self,
@@ -212,27 +228,31 @@ class Engine:
 
         Bad input raises here, synchronously; the request is submitted on first iteration.
         """
-        req = self._make_request(prompt, params, request_id, priority, True)
-        return self._aiterate(req)
+        reqs = self._make_requests(prompt, params, request_id, priority, True)
+        return self._aiterate(reqs)
 
-    async def _aiterate(self, req: Request) -> AsyncIterator[RequestOutput]:
+    async def _aiterate(self, reqs: list[Request]) -> AsyncIterator[RequestOutput]:
         loop = asyncio.get_running_loop()
         outputs: asyncio.Queue[RequestOutput] = asyncio.Queue()
 
         def sink(out: RequestOutput) -> None:
             loop.call_soon_threadsafe(outputs.put_nowait, out)
 
-        req.sink = sink
-        self._core.submit([req])
-        finished = False
+        for req in reqs:
+            req.sink = sink
+        group = self._hold_group(reqs)
+        self._core.submit(reqs)
+        left = len(reqs)
         try:
-            while not finished:
+            while left:
                 out = await outputs.get()
-                finished = out.finished
+                left -= out.finished
                 yield out
         finally:
-            if not finished:
-                self.abort(req.request_id)
+            if left:
+                for req in reqs:
+                    self._core.abort(req.request_id)
+            self._groups.pop(group, None)
 
     def chat(self, messages: list[dict[str, Any]], params: SamplingParams | None = None) -> RequestOutput:
         """Apply the model's chat template and generate one reply."""
@@ -302,8 +322,47 @@ class Engine:
 
     # --- request intake (caller threads) -------------------------------------------------
 
-    def _make_request(
+    def _make_requests(
         self, prompt: Prompt, params: SamplingParams | None, request_id: str | None, priority: int, stream: bool
+    ) -> list[Request]:
+        """One request, or `params.n` siblings: each its own seed (seed + i), all after the first
+        waiting for its prefill so they attach the prompt's pages from the prefix cache."""
+        first = self._make_request(prompt, params, request_id, priority, stream)
+        n = first.params.n
+        if n == 1:
+            return [first]
+        reqs = [first]
+        for i in range(1, n):
+            seed = None if first.params.seed is None else (first.params.seed + i) % (1 << 63)
+            sibling = dataclasses.replace(first.params, n=1, seed=seed)
+            reqs.append(self._make_request(first.prompt_token_ids, sibling, f"{first.request_id}#{i}", priority,
+                                           stream, index=i, follows=first))
+        return reqs
+
+    def _hold_group(self, reqs: list[Request]) -> str:
+        """Name n > 1 siblings under the first id (so `abort(id)` stops them all) while they run."""
+        if len(reqs) > 1:
+            self._groups[reqs[0].request_id] = tuple(r.request_id for r in reqs)
+        return reqs[0].request_id
+
+    def _group_sink(self, reqs: list[Request], sink: Sink | None) -> Sink | None:
+        """Remember the siblings under the first id (for abort) until all have finished."""
+        group = self._groups[reqs[0].request_id] = tuple(r.request_id for r in reqs)
+        left = [len(group)]
+
+        def grouped(out: RequestOutput) -> None:
+            if out.finished:
+                left[0] -= 1
+                if not left[0]:
+                    self._groups.pop(group[0], None)
+            if sink is not None:
+                sink(out)
+
+        return grouped
+
+    def _make_request(
+        self, prompt: Prompt, params: SamplingParams | None, request_id: str | None, priority: int, stream: bool,
+        *, index: int = 0, follows: Request | None = None,
     ) -> Request:
         if params is None:
             params = SamplingParams()
@@ -314,6 +373,13 @@ class Engine:
         ids = self._tokenize(prompt)
         if len(ids) >= self.max_model_len:
             raise PromptTooLongError(len(ids), self.max_model_len)
+        if params.logit_bias:
+            bad = next((t for t in params.logit_bias if t >= self._vocab_size), None)
+            if bad is not None:
+                raise ValueError(f"logit_bias: token id {bad} is outside the vocabulary [0, {self._vocab_size})")
+        constraint = None
+        if params.structured_outputs is not None:
+            constraint = self._grammars.compile(params.structured_outputs)  # GrammarError names the problem
         room = self.max_model_len - len(ids)
         max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
         detok = None
@@ -325,7 +391,8 @@ class Engine:
             raise ValueError(f"request_id must be a non-empty string, got {request_id!r}")
         return Request(
             request_id, ids, params, max_tokens=max_tokens, eos_token_ids=self._eos, priority=priority,
-            stream=stream, detokenizer=detok, device=self.model.device,
+            stream=stream, detokenizer=detok, device=self.model.device, constraint=constraint, index=index,
+            follows=follows,
         )
 
     def _tokenize(self, prompt: Prompt) -> list[int]:

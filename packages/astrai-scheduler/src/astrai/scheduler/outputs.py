@@ -62,6 +62,7 @@ class RequestOutput:
     """
 
     request_id: str
+    index: int = 0  # which of the prompt's n samples (SamplingParams.n) this output belongs to
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
     finished: bool = False
@@ -72,3 +73,6 @@ class RequestOutput:
     error: str | None = None
     metrics: RequestMetrics | None = None
     stop_reason: str | int | None = None  # the stop string or stop token that ended the request
+    # SamplingParams.prompt_logprobs: per prompt token {token_id, logprob, top}, the first None;
+    # set on the final output (streaming: on the first delta after the prompt).
+    prompt_logprobs: list[dict[str, Any] | None] | None = None

@@ -5,6 +5,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from .structured import StructuredOutputsParams
+
+MAX_LOGIT_BIAS_ENTRIES = 300  # OpenAI's limit
+MAX_PROMPT_LOGPROBS = 20
+
 
 @dataclass
 class SamplingParams:
@@ -29,7 +34,11 @@ class SamplingParams:
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
+    n: int = 1
+    logit_bias: dict[int, float] | None = None
+    structured_outputs: StructuredOutputsParams | None = None
     _stop_list: list[str] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -48,6 +57,13 @@ class SamplingParams:
         _check_float("frequency_penalty", self.frequency_penalty, low=-2.0, high=2.0)
         _check_int("seed", self.seed, minimum=None, optional=True)
         _check_int("logprobs", self.logprobs, minimum=0, optional=True)
+        _check_int("prompt_logprobs", self.prompt_logprobs, minimum=0, optional=True)
+        if self.prompt_logprobs is not None and self.prompt_logprobs > MAX_PROMPT_LOGPROBS:
+            raise ValueError(f"prompt_logprobs must be <= {MAX_PROMPT_LOGPROBS}, got {self.prompt_logprobs}")
+        _check_int("n", self.n, minimum=1)
+        self.logit_bias = _normalise_bias(self.logit_bias)
+        if self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputsParams):
+            raise ValueError("structured_outputs must be a StructuredOutputsParams")
         if not isinstance(self.ignore_eos, bool):
             raise ValueError(f"ignore_eos must be a bool, got {self.ignore_eos!r}")
         self._stop_list = _normalise_stop(self.stop)
@@ -76,6 +92,24 @@ class SamplingParams:
             or self.presence_penalty != 0.0
             or self.frequency_penalty != 0.0
         )
+
+
+def _normalise_bias(bias: object) -> dict[int, float] | None:
+    """OpenAI's logit_bias: token id -> a bias in [-100, 100] added to that token's logit."""
+    if bias is None:
+        return None
+    if not isinstance(bias, dict):
+        raise ValueError(f"logit_bias must map token ids to numbers, got {type(bias).__name__}")
+    if len(bias) > MAX_LOGIT_BIAS_ENTRIES:
+        raise ValueError(f"logit_bias may hold at most {MAX_LOGIT_BIAS_ENTRIES} entries, got {len(bias)}")
+    out: dict[int, float] = {}
+    for token, value in bias.items():
+        if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+            raise ValueError(f"logit_bias keys must be non-negative token ids, got {token!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100.0 <= float(value) <= 100.0:
+            raise ValueError(f"logit_bias values must be numbers in [-100, 100], got {value!r} for token {token}")
+        out[token] = float(value)
+    return out or None
 
 
 def _check_int(name: str, value: object, *, minimum: int | None, optional: bool = False) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from astrai.model import IncrementalDetokenizer
 
+from .grammar import TokenConstraint
 from .outputs import RequestMetrics, RequestOutput
 from .params import SamplingParams
 from .stop import StopMatcher
@@ -45,8 +46,14 @@ class Request:
         stream: bool = False,
         detokenizer: IncrementalDetokenizer | None = None,
         device: torch.device | str = "cpu",
+        constraint: TokenConstraint | None = None,
+        index: int = 0,
+        follows: Request | None = None,
     ) -> None:
         self.request_id = request_id
+        self.index = index  # which of the n samples of one prompt this is
+        self.follows = follows  # a sibling whose prompt prefill this one waits for (to share its pages)
+        self.constraint = constraint  # the structured-output grammar state, if any
         self.prompt_token_ids = prompt_token_ids
         self.output_token_ids: list[int] = []
         self.params = params
@@ -78,6 +85,10 @@ class Request:
         self._delta_logprobs: list[dict[str, Any]] | None = [] if params.logprobs is not None else None
         self._all_logprobs: list[dict[str, Any]] | None = [] if params.logprobs is not None else None
         self._last_token_time: float | None = None
+        # Prompt logprobs: entry t scores prompt token t (the first has no context: None).
+        self.prompt_logprobs: list[dict[str, Any] | None] | None = (
+            [None] if params.prompt_logprobs is not None else None)
+        self._prompt_logprobs_sent = False
 
     # --- token bookkeeping -------------------------------------------------------------
 
@@ -100,6 +111,16 @@ class Request:
         if start >= p:
             return self.output_token_ids[start - p : end - p]
         return self.prompt_token_ids[start:] + self.output_token_ids[: end - p]
+
+    @property
+    def tokens_left(self) -> int:
+        """Tokens this request may still generate (including the one being sampled now)."""
+        return self.max_tokens - len(self.output_token_ids)
+
+    @property
+    def prompt_done(self) -> bool:
+        """The whole prompt's K/V are computed (siblings waiting on this one may start)."""
+        return self.finished or self.num_computed >= len(self.prompt_token_ids)
 
     def banned_token_ids(self) -> list[int]:
         """Stop tokens are masked until min_tokens have been generated."""
@@ -126,6 +147,7 @@ class Request:
             self._finish_text()
             self.finish("stop")
             return
+        grammar_done = self.constraint is not None and self._advance_constraint(token_id)
         if self._detok is not None:
             piece = self._detok.push(token_id)
             if past_min:
@@ -137,9 +159,18 @@ class Request:
                     return
             else:
                 self._release(piece)
-        if n_out >= self.max_tokens:
+        if grammar_done:  # the structured output is complete: nothing else may follow
+            self._finish_text()
+            self.finish("stop")
+        elif n_out >= self.max_tokens:
             self._finish_text()
             self.finish("length")
+
+    def _advance_constraint(self, token_id: int) -> bool:
+        """Feed the grammar; True once the output is complete."""
+        assert self.constraint is not None
+        self.constraint.accept(token_id)
+        return self.constraint.is_finished
 
     def _release(self, text: str) -> None:
         if text:
@@ -180,16 +211,23 @@ class Request:
         lps = None
         if self._delta_logprobs is not None:
             lps, self._delta_logprobs = self._delta_logprobs, []
-        return self._output(text, ids, lps)
+        out = self._output(text, ids, lps)
+        if self.prompt_logprobs is not None and not self._prompt_logprobs_sent and (ids or self.finished):
+            out.prompt_logprobs = self.prompt_logprobs  # once, with the first delta after the prompt
+            self._prompt_logprobs_sent = True
+        return out
 
     def final_output(self) -> RequestOutput:
         """The whole result in one output (non-streaming)."""
-        return self._output(self.text, list(self.output_token_ids), self._all_logprobs)
+        out = self._output(self.text, list(self.output_token_ids), self._all_logprobs)
+        out.prompt_logprobs = self.prompt_logprobs
+        return out
 
     def _output(self, text: str, ids: list[int], lps: list[dict[str, Any]] | None) -> RequestOutput:
         done = self.finished
         return RequestOutput(
             request_id=self.request_id,
+            index=self.index,
             text=text,
             token_ids=ids,
             finished=done,

@@ -6,6 +6,8 @@ import torch
 from astrai.cache import KVCacheManager
 from astrai.model import ForwardBatch, ForwardModel
 
+from .prompt_logprobs import prompt_logprob_positions, record_prompt_logprobs
+from .request import Request
 from .sampler import Sampler, SampleResult
 from .scheduler import Chunk
 
@@ -18,6 +20,7 @@ class ModelRunner:
         self.kv = kv
         self.sampler = sampler
         self.device = model.device
+        self._prompt_rows: list[tuple[Request, int, int]] = []  # (request, first position, count) this step
 
     def build_batch(self, chunks: list[Chunk]) -> ForwardBatch:
         """All chunks' new tokens, flattened here (runs every step) and made into tensors by
@@ -30,8 +33,16 @@ class ModelRunner:
         context_lens: list[int] = []
         starts = [0]
         logits_rows: list[int] = []
+        prompt_rows: list[int] = []
+        self._prompt_rows = []
         for c in chunks:
             rid = c.request.request_id
+            if c.request.prompt_logprobs is not None:  # scoring: rows of prompt positions too
+                first, count = prompt_logprob_positions(c.request, c.start, c.end)
+                if count:
+                    row = len(token_ids) + first - c.start
+                    prompt_rows += range(row, row + count)
+                    self._prompt_rows.append((c.request, first, count))
             token_ids += c.request.token_slice(c.start, c.end)
             positions += range(c.start, c.end)
             slots += kv.slot_mapping(rid, c.start, c.end)
@@ -40,12 +51,15 @@ class ModelRunner:
             starts.append(len(token_ids))
             if c.sample:
                 logits_rows.append(len(token_ids) - 1)
-        return ForwardBatch.from_flat(token_ids, positions, slots, tables, context_lens, starts, logits_rows,
-                                      device=self.device)
+        return ForwardBatch.from_flat(token_ids, positions, slots, tables, context_lens, starts,
+                                      logits_rows + prompt_rows, device=self.device)
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         return self.model.forward(batch, self.kv.kv_caches, self.kv.page_size)
 
     def sample(self, logits: torch.Tensor, chunks: list[Chunk]) -> SampleResult:
         rows = [c.request for c in chunks if c.sample]
+        if self._prompt_rows:
+            record_prompt_logprobs(logits[len(rows):], self._prompt_rows)
+            logits = logits[: len(rows)]
         return self.sampler.sample(logits, rows)

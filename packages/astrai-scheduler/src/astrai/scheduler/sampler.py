@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import torch
 
+from .grammar import TokenConstraint, fill_bitmasks, unpack_bitmask
 from .params import SamplingParams
 
 
@@ -25,6 +26,8 @@ class SamplingRow(Protocol):
     generator: torch.Generator | None
     prompt_token_ids: list[int]
     output_token_ids: list[int]
+    constraint: TokenConstraint | None
+    tokens_left: int
 
     def banned_token_ids(self) -> list[int]:
         """Tokens that must not be sampled now (EOS/stop ids before min_tokens)."""
@@ -38,7 +41,11 @@ class SampleResult:
 
 
 class Sampler:
-    """Turns a [R, vocab] float32 logits tensor into one token per row."""
+    """Turns a [R, vocab] float32 logits tensor into one token per row.
+
+    The logits are the step's scratch: rows with bias, bans, penalties or a grammar are changed
+    in place (no copy of the whole batch), so pass a copy if you need them afterwards.
+    """
 
     def __init__(self, seed: int | None = None) -> None:
         self._generators: dict[torch.device, torch.Generator] = {}
@@ -63,15 +70,21 @@ class Sampler:
         params = [r.params for r in rows]
         want_logprobs = [p.logprobs is not None for p in params]
         banned = [r.banned_token_ids() for r in rows]
-        plain = not any(banned) and not any(p.needs_penalties for p in params)
+        constrained = [i for i, r in enumerate(rows) if r.constraint is not None]
+        biased = [i for i, p in enumerate(params) if p.logit_bias]
+        plain = not any(banned) and not any(p.needs_penalties for p in params) and not constrained and not biased
         if plain and all(p.greedy for p in params) and not any(want_logprobs):
             return SampleResult(logits.argmax(dim=-1).tolist(), None)  # greedy fast path
 
-        raw = logits
-        logits = logits.clone()
-        if not plain:
+        # The rows that want logprobs keep a copy of their raw logits; the others are changed in
+        # place, and only the rows that asked for bias, bans, penalties or a grammar are touched.
+        which = [i for i, w in enumerate(want_logprobs) if w]
+        raw = logits[torch.tensor(which, device=logits.device)].float() if which else None
+        if not plain:  # per-row work only for the rows that asked for it
+            _apply_bias(logits, [(i, params[i].logit_bias) for i in biased])
             _apply_bans(logits, banned)
             _apply_penalties(logits, rows)
+            _apply_constraints(logits, [(i, rows[i].constraint, rows[i].tokens_left) for i in constrained])
 
         greedy_rows = [i for i, p in enumerate(params) if p.greedy]
         random_rows = [i for i, p in enumerate(params) if not p.greedy]
@@ -89,7 +102,7 @@ class Sampler:
                 idx = torch.tensor(random_rows, device=logits.device)
                 out[idx] = self._sample_random(logits[idx], [rows[i] for i in random_rows])
         token_ids = out.tolist()
-        lps = _logprobs(raw, token_ids, params) if any(want_logprobs) else None
+        lps = _logprobs(raw, which, token_ids, params) if raw is not None else None
         return SampleResult(token_ids, lps)
 
     def _sample_random(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
@@ -117,6 +130,36 @@ class Sampler:
         # zero width and can never be picked.
         picked = torch.searchsorted(cdf, uniform * cdf[:, -1:], right=True)
         return picked.squeeze(1).clamp_(max=probs.shape[-1] - 1)
+
+
+def _apply_bias(logits: torch.Tensor, biases: list[tuple[int, dict[int, float] | None]]) -> None:
+    """OpenAI logit_bias: add each row's bias to its tokens' logits (before any other step)."""
+    if not biases:
+        return
+    r_idx = [i for i, bias in biases for _ in (bias or {})]
+    c_idx = [t for _, bias in biases for t in (bias or {})]
+    values = [v for _, bias in biases for v in (bias or {}).values()]
+    dev = logits.device
+    logits.index_put_((torch.tensor(r_idx, device=dev), torch.tensor(c_idx, device=dev)),
+                      torch.tensor(values, dtype=logits.dtype, device=dev), accumulate=True)
+
+
+def _apply_constraints(logits: torch.Tensor, rows: list[tuple[int, TokenConstraint | None, int]]) -> None:
+    """Structured outputs: mask every token the row's grammar does not allow now."""
+    if not rows:
+        return
+    constraints = [c for _, c, _ in rows if c is not None]
+    for (_, c, left) in rows:
+        assert c is not None
+        c.prepare(left)
+    vocab = logits.shape[-1]
+    allowed = unpack_bitmask(fill_bitmasks(constraints, vocab), vocab).to(logits.device)
+    idx = torch.tensor([i for i, _, _ in rows], device=logits.device)
+    sub = logits[idx].masked_fill(~allowed, float("-inf"))
+    dead = ~allowed.any(dim=-1)
+    if bool(dead.any()):  # the grammar allows nothing (it failed): let the row end on its own token
+        sub[dead] = logits[idx][dead]
+    logits[idx] = sub
 
 
 def _apply_bans(logits: torch.Tensor, banned: list[list[int]]) -> None:
@@ -189,12 +232,13 @@ def _apply_top_p(logits: torch.Tensor, top_p: list[float]) -> None:
 
 
 def _logprobs(
-    raw: torch.Tensor, token_ids: list[int], params: list[SamplingParams]
+    raw: torch.Tensor, which: list[int], token_ids: list[int], params: list[SamplingParams]
 ) -> list[dict[str, Any] | None]:
-    """Model log-probabilities (before penalties and temperature) of the chosen and top tokens."""
-    which = [i for i, p in enumerate(params) if p.logprobs is not None]
-    idx = torch.tensor(which, device=raw.device)
-    lp = torch.log_softmax(raw[idx].float(), dim=-1)
+    """Model log-probabilities (before bias, penalties and temperature) of the chosen and top tokens.
+
+    `raw` holds the untouched logits of the rows in `which`, in that order.
+    """
+    lp = torch.log_softmax(raw, dim=-1)
     chosen = lp.gather(1, torch.tensor([[token_ids[i]] for i in which], device=raw.device)).squeeze(1)
     kmax = max(params[i].logprobs or 0 for i in which)
     top_v = top_i = None

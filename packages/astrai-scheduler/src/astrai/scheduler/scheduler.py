@@ -192,8 +192,15 @@ class Scheduler:
         return self.kv.num_free_pages() + self.kv.num_evictable_pages()
 
     def _open(self, req: Request) -> None:
-        """Register the request with the cache; its cached prefix counts as computed."""
-        req.num_computed = self.kv.open(req.request_id, req.all_token_ids())
+        """Register the request with the cache; its cached prefix counts as computed.
+
+        A request scoring its prompt (prompt_logprobs) needs logits at every prompt position,
+        so it matches nothing: opening it with its first token alone finds no cached prefix.
+        """
+        tokens = req.all_token_ids()
+        if req.prompt_logprobs is not None:
+            tokens = tokens[:1]
+        req.num_computed = self.kv.open(req.request_id, tokens)
 
     def _start(self, req: Request, plan: StepPlan) -> None:
         self.waiting.remove(req.request_id)
@@ -214,6 +221,8 @@ class Scheduler:
         """
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting.peek()
+            if self.enable_prefix_cache and req.follows is not None and not req.follows.prompt_done:
+                break  # an n > 1 sibling: wait one prefill, then share the prompt's pages from the cache
             fits_plainly = self._available_pages() - self._pages(req.num_tokens) >= self._watermark
             if not fits_plainly and not self.kv.lookup(req.all_token_ids(), req.num_tokens).fits:
                 if not self.running and not plan.chunks:  # nothing will ever free more pages

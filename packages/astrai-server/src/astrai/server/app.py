@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from astrai.scheduler import EngineClient
-from astrai.server import handlers
+from astrai.server import handlers, responses_handler
 from astrai.server.body import read_model
 from astrai.server.config import ServerConfig
 from astrai.server.errors import APIError, bad_request, install_error_handlers
@@ -129,6 +129,8 @@ def create_app(config: ServerConfig | None = None, *, engine: EngineClient | Non
 
     app.add_api_route("/v1/chat/completions", handlers.chat_completions, methods=["POST"])
     app.add_api_route("/v1/completions", handlers.completions, methods=["POST"])
+    app.add_api_route("/v1/responses", responses_handler.create_response, methods=["POST"])
+    app.add_api_route("/v1/responses/{response_id}", responses_handler.stored_response, methods=["GET", "DELETE"])
     return app
 
 

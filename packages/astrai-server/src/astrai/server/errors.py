@@ -73,11 +73,15 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
         return f"Unrecognized request argument supplied: {param}", param
     if kind == "missing":
         return f"Missing required parameter: '{param}'.", param
-    if param is None:
+    if param is None:  # a model-level check names its field at the start of the message
         named = re.match(r"^([A-Za-z_][\w.]*): ", msg)
-        if named:
-            param = named.group(1)
-    return (f"{param}: {msg}" if param else msg), param
+        return msg, (named.group(1) if named else None)
+    named = re.match(r"^([A-Za-z_][\w.]*): ", msg)
+    if named:  # a nested model's check: its field is relative to this location
+        sub = named.group(1)
+        param = sub if sub.startswith(param + ".") else f"{param}.{sub}"
+        return f"{param}: {msg[named.end():]}", param
+    return f"{param}: {msg}", param
 
 
 def install_error_handlers(app: FastAPI) -> None:

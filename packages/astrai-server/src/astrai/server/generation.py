@@ -8,11 +8,19 @@ cancels the consumer tasks and aborts unfinished engine requests, so a client th
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from astrai.scheduler import EngineClient, EngineError, RequestMetrics, RequestOutput, SamplingParams
+from astrai.scheduler import (
+    EngineClient,
+    EngineError,
+    GrammarError,
+    RequestMetrics,
+    RequestOutput,
+    SamplingParams,
+)
 from astrai.server.errors import APIError, bad_request
 from starlette.requests import Request
 
@@ -36,14 +44,22 @@ class ChoiceState:
     num_cached_tokens: int = 0
     metrics: RequestMetrics | None = None
     error: str | None = None
+    prompt_logprobs: list[dict | None] | None = None
 
 
-def engine_error(exc: BaseException) -> APIError:
-    """Errors the engine raises for a request: ValueError is the client's fault (400)."""
+def engine_error(exc: BaseException, constraint_param: str | None = None) -> APIError:
+    """Errors the engine raises for a request: ValueError is the client's fault (400).
+
+    A grammar that cannot be compiled is blamed on the field it came from (`constraint_param`).
+    """
     if isinstance(exc, APIError):
         return exc
+    if isinstance(exc, GrammarError):
+        param = constraint_param or "structured_outputs"
+        return bad_request(f"{param}: {exc.detail}", param, code="invalid_schema")
     if isinstance(exc, ValueError):
-        return bad_request(str(exc))
+        named = re.match(r"^([A-Za-z_][\w.]*): ", str(exc))  # "logit_bias: token id ... is outside ..."
+        return bad_request(str(exc), named.group(1) if named else None)
     if isinstance(exc, EngineError):
         return APIError(503, f"The engine is not accepting requests: {exc}", code="engine_unavailable")
     return APIError(500, f"generation failed: {type(exc).__name__}: {exc}", code="engine_error")
@@ -53,12 +69,14 @@ class Generation:
     """The engine requests behind one HTTP request, consumed as `(choice_index, delta)` events."""
 
     def __init__(self, engine: EngineClient, request_id: str, prompts: list[list[int]], params: SamplingParams,
-                 on_finish: OnFinish | None = None) -> None:
+                 on_finish: OnFinish | None = None, constraint_param: str | None = None) -> None:
         self.engine = engine
         self.request_id = request_id
         self.engine_ids = [request_id if len(prompts) == 1 else f"{request_id}-{i}" for i in range(len(prompts))]
-        self.choices = [ChoiceState(prompt_ids=list(p)) for p in prompts]
+        self.n = int(getattr(params, "n", 1) or 1)  # the engine runs n samples per prompt, sharing its pages
+        self.choices = [ChoiceState(prompt_ids=list(p)) for p in prompts for _ in range(self.n)]
         self._params = params
+        self._constraint_param = constraint_param
         self._queue: asyncio.Queue[tuple[int, RequestOutput | Exception]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._buffer: list[tuple[int, RequestOutput]] = []
@@ -67,27 +85,29 @@ class Generation:
         self._on_finish = on_finish
 
     def start(self) -> None:
-        for i, (engine_id, choice) in enumerate(zip(self.engine_ids, self.choices, strict=True)):
-            self._tasks.append(asyncio.ensure_future(self._feed(i, engine_id, choice.prompt_ids)))
+        for i, engine_id in enumerate(self.engine_ids):
+            prompt_ids = self.choices[i * self.n].prompt_ids
+            self._tasks.append(asyncio.ensure_future(self._feed(i, engine_id, prompt_ids)))
 
-    async def _feed(self, index: int, engine_id: str, prompt_ids: list[int]) -> None:
+    async def _feed(self, prompt_index: int, engine_id: str, prompt_ids: list[int]) -> None:
+        base = prompt_index * self.n  # OpenAI numbers choices prompt-major: prompt i, sample j -> i * n + j
         try:
             async for out in self.engine.generate_async(prompt_ids, self._params, request_id=engine_id):
-                self._queue.put_nowait((index, out))
+                self._queue.put_nowait((base + out.index, out))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # surfaced to the consumer, mapped to an HTTP status there
-            self._queue.put_nowait((index, exc))
+            self._queue.put_nowait((base, exc))
 
     async def prime(self) -> None:
         """Wait until every choice has produced something, so errors still become an HTTP status."""
         seen: set[int] = set()
-        while len(seen) < len(self.choices):
+        while len(seen) < len(self.engine_ids):
             index, item = await self._queue.get()
             if isinstance(item, Exception):
-                raise engine_error(item)
+                raise engine_error(item, self._constraint_param)
             self._buffer.append((index, item))
-            seen.add(index)
+            seen.add(index // self.n)
 
     async def events(self) -> AsyncIterator[tuple[int, RequestOutput]]:
         """Yield deltas until every choice has finished; raises APIError on an engine error."""
@@ -98,7 +118,7 @@ class Generation:
             else:
                 index, item = await self._queue.get()
             if isinstance(item, Exception):
-                raise engine_error(item)
+                raise engine_error(item, self._constraint_param)
             self._apply(index, item)
             yield index, item
 
@@ -110,6 +130,8 @@ class Generation:
             choice.logprobs.extend(out.logprobs)
         if out.num_cached_tokens:
             choice.num_cached_tokens = out.num_cached_tokens
+        if out.prompt_logprobs is not None:
+            choice.prompt_logprobs = out.prompt_logprobs
         if out.finished:
             self._finished.add(index)
             choice.finish_reason = out.finish_reason
@@ -129,7 +151,8 @@ class Generation:
 
     def abort_unfinished(self) -> int:
         """Ask the engine to abort unfinished requests; their final outputs still arrive. Returns how many."""
-        pending = [engine_id for i, engine_id in enumerate(self.engine_ids) if i not in self._finished]
+        pending = [engine_id for i, engine_id in enumerate(self.engine_ids)
+                   if any(i * self.n + j not in self._finished for j in range(self.n))]
         for engine_id in pending:
             try:
                 self.engine.abort(engine_id)
@@ -144,7 +167,7 @@ class Generation:
         self._closed = True
         for task in self._tasks:
             task.cancel()
-        if self.abort_unfinished() and self._on_finish is not None:
+        if self.abort_unfinished() and self._on_finish is not None:  # one abort per unfinished choice
             for i in range(len(self.choices)):
                 if i not in self._finished:
                     self._on_finish(None, "abort")  # counted here: their final outputs are not awaited

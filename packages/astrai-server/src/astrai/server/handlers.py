@@ -7,19 +7,24 @@ engine ready (503) -> prompt and limits (400) -> capacity (429) -> generation.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from astrai.scheduler import EngineClient
+from astrai.server import constraints
 from astrai.server import responses as R
 from astrai.server.body import read_model
+from astrai.server.constraints import Constraint
 from astrai.server.errors import APIError, bad_request
-from astrai.server.generation import ClientDisconnected, Generation, until_disconnect
-from astrai.server.protocol import ChatCompletionRequest, CompletionRequest
+from astrai.server.generation import ChoiceState, ClientDisconnected, Generation, until_disconnect
+from astrai.server.protocol import ChatCompletionRequest, CompletionRequest, named_tool
 from astrai.server.sampling import build_sampling_params
 from astrai.server.service import Service
+from astrai.server.tools import ToolCallParser
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -39,15 +44,51 @@ class _CleanupStreamingResponse(StreamingResponse):
             self._cleanup()
 
 
+@dataclass
+class Plan:
+    """How one HTTP request maps onto the engine beyond plain sampling."""
+
+    constraint: Constraint | None = None
+    tool_names: set[str] = field(default_factory=set)  # non-empty: parse tool calls out of the text
+    forced_tools: bool = False  # required / named: a grammar guarantees the calls' shape
+    n: int = 1  # samples per prompt given to the engine
+    returned: int = 1  # of which the client gets back (best_of keeps the most likely)
+    prompt_logprobs: int | None = None
+    score_only: bool = False  # completions max_tokens=0 with echo: one token is generated, none returned
+
+    def parser(self) -> ToolCallParser | None:
+        return ToolCallParser(self.tool_names, incremental=self.forced_tools) if self.tool_names else None
+
+
+def chat_plan(req: ChatCompletionRequest) -> Plan:
+    plan = Plan(n=req.num_choices, returned=req.num_choices)
+    functions = req.functions
+    if functions and req.tool_choice != "none":
+        plan.tool_names = {f["name"] for f in functions}
+        named = named_tool(req.tool_choice)
+        if req.tool_choice == "required" or named is not None:
+            plan.forced_tools = True
+            plan.constraint = constraints.for_tools(functions, named=named, parallel=req.parallel_tool_calls is not False)
+    if plan.constraint is None and req.response_format is not None:
+        rf = req.response_format
+        plan.constraint = constraints.from_format(rf.type, rf.json_schema.schema_ if rf.json_schema else None,
+                                                  "response_format")
+    if plan.constraint is None and req.structured_outputs:
+        plan.constraint = constraints.from_extra(req.structured_outputs)
+    return plan
+
+
 async def chat_completions(request: Request) -> Response:
     service: Service = request.app.state.service
     req = await read_model(request, ChatCompletionRequest)
     service.check_model(req.model)
     engine = service.engine()
+    plan = chat_plan(req)
     messages = req.message_dicts()
-    prompt_ids = await asyncio.to_thread(service.render_chat, engine, messages)
+    functions = req.functions if plan.tool_names else []
+    prompt_ids = await asyncio.to_thread(service.render_chat, engine, messages, functions)
     service.log_prompt(request, messages)
-    return await _run(request, service, engine, "chatcmpl", [prompt_ids], req, chat=True)
+    return await _run(request, service, engine, "chatcmpl", [prompt_ids], req, plan, chat=True)
 
 
 async def completions(request: Request) -> Response:
@@ -61,20 +102,32 @@ async def completions(request: Request) -> Response:
                           f"{service.admission.limit} requests at once", "prompt")
     prompts = await asyncio.to_thread(service.encode_prompts, engine, raw_prompts)
     service.log_prompt(request, req.prompt)
-    return await _run(request, service, engine, "cmpl", prompts, req, chat=False)
+    plan = Plan(n=req.num_candidates, returned=req.num_choices, score_only=req.max_tokens == 0)
+    if req.echo and req.logprobs is not None:
+        plan.prompt_logprobs = req.logprobs
+    if req.structured_outputs:
+        plan.constraint = constraints.from_extra(req.structured_outputs)
+    return await _run(request, service, engine, "cmpl", prompts, req, plan, chat=False)
 
 
 async def _run(request: Request, service: Service, engine: EngineClient, prefix: str, prompts: list[list[int]],
-               req: ChatCompletionRequest | CompletionRequest, *, chat: bool) -> Response:
+               req: ChatCompletionRequest | CompletionRequest, plan: Plan, *, chat: bool) -> Response:
     param = "messages" if chat else "prompt"
-    max_tokens = service.fit_context(engine, prompts, req.output_limit, param)
-    params = build_sampling_params(req, max_tokens)
+    limit = 1 if plan.score_only else req.output_limit
+    max_tokens = service.fit_context(engine, prompts, limit, param)
+    ranked = plan.n > plan.returned  # best_of: rank samples by their log-probability
+    params = build_sampling_params(
+        req, max_tokens, structured=plan.constraint.params if plan.constraint else None, n=plan.n,
+        prompt_logprobs=plan.prompt_logprobs,
+        logprobs=(req.num_logprobs or 0) if ranked else None)
     request_id = f"{prefix}-{uuid.uuid4().hex}"
     log = service.log_info(request)
     log["id"] = request_id
-    service.admission.acquire(len(prompts))
+    slots = len(prompts) * plan.n
+    service.admission.acquire(slots)
     released = False
-    gen = Generation(engine, request_id, prompts, params, on_finish=service.metrics.observe)
+    gen = Generation(engine, request_id, prompts, params, on_finish=service.metrics.observe,
+                     constraint_param=plan.constraint.param if plan.constraint else None)
 
     def cleanup() -> None:
         nonlocal released
@@ -82,7 +135,7 @@ async def _run(request: Request, service: Service, engine: EngineClient, prefix:
         service.active.discard(gen)
         if not released:
             released = True
-            service.admission.release(len(prompts))
+            service.admission.release(slots)
             service.summarize(log, gen)
 
     gen.start()
@@ -101,8 +154,10 @@ async def _run(request: Request, service: Service, engine: EngineClient, prefix:
     model = service.config.model_name
     token_text = R.TokenText(engine) if req.num_logprobs is not None else None
     if req.stream:
-        events = (_chat_events if chat else _completion_events)(gen, req, request_id, created, model, token_text,
-                                                                 service, engine)
+        if chat:
+            events = _chat_events(gen, req, request_id, created, model, token_text, plan)
+        else:
+            events = _completion_events(gen, req, request_id, created, model, token_text, service, engine, plan)
         return _CleanupStreamingResponse(events, cleanup)
 
     try:
@@ -115,11 +170,37 @@ async def _run(request: Request, service: Service, engine: EngineClient, prefix:
     for choice in choices:
         _raise_if_failed(choice.finish_reason, choice.error)
     if chat:
-        body = R.chat_completion(request_id, created, model, choices, token_text)
+        messages = None
+        if plan.tool_names:
+            messages = []
+            for c in choices:
+                parser = plan.parser()
+                assert parser is not None
+                parser.feed(c.text)
+                parser.finish()
+                messages.append(R.tool_message(parser.content, parser.calls))
+        body = R.chat_completion(request_id, created, model, choices, token_text, messages)
     else:
-        echo = [service.decode(engine, c.prompt_ids) for c in choices] if req.echo else None
-        body = R.text_completion(request_id, created, model, choices, token_text, echo)
+        counted = list(choices)
+        if plan.score_only:
+            for c in choices:  # the one token generated to run the prefill is not part of the answer
+                c.text, c.token_ids, c.logprobs = "", [], []
+        kept = best_of(choices, plan.n, plan.returned) if ranked else choices
+        if ranked and req.num_logprobs is None:
+            token_text = None
+        echo = [service.decode(engine, c.prompt_ids) for c in kept] if req.echo else None
+        body = R.text_completion(request_id, created, model, kept, token_text, echo, counted)
     return JSONResponse(body)
+
+
+def best_of(choices: list[ChoiceState], n: int, keep: int) -> list[ChoiceState]:
+    """Per prompt, the `keep` samples of the highest total log-probability (OpenAI's best_of)."""
+    out: list[ChoiceState] = []
+    for start in range(0, len(choices), n):
+        group = choices[start:start + n]
+        group.sort(key=lambda c: sum(e["logprob"] for e in c.logprobs), reverse=True)
+        out += group[:keep]
+    return out
 
 
 def _raise_if_failed(finish_reason: str | None, error: str | None) -> None:
@@ -129,21 +210,45 @@ def _raise_if_failed(finish_reason: str | None, error: str | None) -> None:
         raise APIError(500, f"generation failed: {error or 'unknown engine error'}", code="engine_error")
 
 
+def _tool_deltas(events: list[Any]) -> list[dict]:
+    """Parser events -> chat deltas: content, a call's id and name first, then argument fragments."""
+    deltas = []
+    for e in events:
+        if e.kind == "content":
+            deltas.append({"content": e.text})
+        elif e.kind == "call":
+            deltas.append({"tool_calls": [{"index": e.call.index, "id": e.call.id, "type": "function",
+                                           "function": {"name": e.call.name, "arguments": ""}}]})
+        else:
+            deltas.append({"tool_calls": [{"index": e.call.index, "function": {"arguments": e.text}}]})
+    return deltas
+
+
 async def _chat_events(gen: Generation, req: ChatCompletionRequest, request_id: str, created: int, model: str,
-                       token_text: R.TokenText | None, service: Service, engine: EngineClient) -> AsyncIterator[str]:
+                       token_text: R.TokenText | None, plan: Plan) -> AsyncIterator[str]:
     with_usage = req.include_usage
+    parsers = [plan.parser() for _ in gen.choices]
     try:
         for index in range(len(gen.choices)):
-            yield R.sse(R.chat_chunk(request_id, created, model, index, {"role": "assistant", "content": ""},
-                                     with_usage=with_usage))
+            first: dict = {"role": "assistant", "content": None if plan.forced_tools else ""}
+            yield R.sse(R.chat_chunk(request_id, created, model, index, first, with_usage=with_usage))
         async for index, out in gen.events():
             logprobs = R.chat_logprobs(out.logprobs, token_text) if token_text and out.logprobs else None
-            if out.text or logprobs:
-                yield R.sse(R.chat_chunk(request_id, created, model, index, {"content": out.text or ""},
-                                         logprobs=logprobs, with_usage=with_usage))
+            parser = parsers[index]
+            if parser is None:
+                if out.text or logprobs:
+                    yield R.sse(R.chat_chunk(request_id, created, model, index, {"content": out.text or ""},
+                                             logprobs=logprobs, with_usage=with_usage))
+            else:
+                events = parser.feed(out.text or "") + (parser.finish() if out.finished else [])
+                for delta in _tool_deltas(events):
+                    yield R.sse(R.chat_chunk(request_id, created, model, index, delta, with_usage=with_usage))
             if out.finished:
                 _raise_if_failed(out.finish_reason, out.error)
-                yield R.sse(R.chat_chunk(request_id, created, model, index, {}, finish_reason=out.finish_reason,
+                finish = out.finish_reason
+                if parser is not None and parser.calls and finish == "stop":
+                    finish = "tool_calls"
+                yield R.sse(R.chat_chunk(request_id, created, model, index, {}, finish_reason=finish,
                                          with_usage=with_usage))
         if with_usage:
             yield R.sse(R.usage_chunk(request_id, created, model, "chat.completion.chunk", gen.choices))
@@ -154,16 +259,24 @@ async def _chat_events(gen: Generation, req: ChatCompletionRequest, request_id: 
 
 
 async def _completion_events(gen: Generation, req: CompletionRequest, request_id: str, created: int, model: str,
-                             token_text: R.TokenText | None, service: Service, engine: EngineClient) -> AsyncIterator[str]:
+                             token_text: R.TokenText | None, service: Service, engine: EngineClient,
+                             plan: Plan) -> AsyncIterator[str]:
     with_usage = req.include_usage
     offsets = [0] * len(gen.choices)
+    echoed = [not req.echo] * len(gen.choices)
     try:
-        if req.echo:
-            for index, choice in enumerate(gen.choices):
+        async for index, out in gen.events():
+            if not echoed[index]:  # the prompt first, with its logprobs once the engine has scored it
+                echoed[index] = True
+                choice = gen.choices[index]
                 prompt_text = service.decode(engine, choice.prompt_ids)
                 offsets[index] = len(prompt_text)
-                yield R.sse(R.completion_chunk(request_id, created, model, index, prompt_text, with_usage=with_usage))
-        async for index, out in gen.events():
+                scored = R.prompt_logprobs(choice, token_text) if token_text and choice.prompt_logprobs else None
+                yield R.sse(R.completion_chunk(request_id, created, model, index, prompt_text, logprobs=scored,
+                                               with_usage=with_usage))
+            if plan.score_only:
+                out = dataclasses.replace(out, text="", token_ids=[], logprobs=None)
+                gen.choices[index].text, gen.choices[index].token_ids = "", []
             logprobs = None
             if token_text and out.logprobs:
                 logprobs = R.completion_logprobs(out.logprobs, token_text, offsets[index])

@@ -7,6 +7,7 @@ and ignored, and features this server does not implement are refused with a mess
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -14,6 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 MAX_STOP_SEQUENCES = 16
 MAX_TOP_LOGPROBS = 20
 SEED_MAX = 2**63 - 1
+MAX_N = 16  # choices per prompt (OpenAI allows 128; each one is a sequence in the batch)
+MAX_TOOLS = 128  # OpenAI's limit on tools per request
+MAX_LOGIT_BIAS = 300  # OpenAI's limit on logit_bias entries
+_FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class _Strict(BaseModel):
@@ -43,14 +48,46 @@ class _SamplingFields(_Strict):
     seed: int | None = Field(None, ge=0, le=SEED_MAX)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    n: int | None = None
+    n: int | None = Field(None, ge=1, le=MAX_N)
     user: str | None = None
     # Accepted and ignored: they do not change what is generated.
     store: bool | None = None
     metadata: dict[str, Any] | None = None
     service_tier: str | None = None
-    # Refused unless empty: this server cannot honour them.
     logit_bias: dict[str, Any] | None = None
+    # vLLM's extra parameter for constraints OpenAI has no field for: choice, regex, grammar, json...
+    structured_outputs: dict[str, Any] | None = None
+
+    @field_validator("logit_bias", mode="before")
+    @classmethod
+    def _logit_bias(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise ValueError("must be an object mapping token ids (as strings) to a bias in [-100, 100]")
+        if len(value) > MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS} entries are allowed, got {len(value)}")
+        out: dict[str, Any] = {}
+        for key, bias in value.items():
+            if not re.fullmatch(r"-?[0-9]{1,12}", key) or int(key) < 0:
+                raise ValueError(f"key {key!r} is not a token id (a non-negative integer)")
+            if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not -100 <= bias <= 100:
+                raise ValueError(f"bias {bias!r} for token {key} must be a number in [-100, 100]")
+            out[key] = bias
+        return out
+
+    @field_validator("structured_outputs", mode="before")
+    @classmethod
+    def _structured_outputs(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise ValueError("must be an object such as {\"choice\": [...]}, {\"regex\": ...} or {\"json\": {...}}")
+        known = {"json", "json_object", "regex", "choice", "grammar", "whitespace_pattern"}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"unsupported key {unknown[0]!r}; use one of {', '.join(sorted(known))}")
+        return value
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -69,13 +106,17 @@ class _SamplingFields(_Strict):
 
     @model_validator(mode="after")
     def _common_checks(self) -> _SamplingFields:
-        if self.n is not None and self.n != 1:
-            raise ValueError("n: only n=1 is supported by this server")
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options: only allowed when stream is true")
-        if self.logit_bias:
-            raise ValueError("logit_bias: not supported by this server")
         return self
+
+    @property
+    def num_choices(self) -> int:
+        return self.n or 1
+
+    @property
+    def token_bias(self) -> dict[int, float] | None:
+        return {int(k): float(v) for k, v in self.logit_bias.items()} if self.logit_bias else None
 
     @property
     def stop_list(self) -> list[str] | None:
@@ -91,17 +132,39 @@ class TextPart(_Strict):
     text: str
 
 
+class FunctionCall(_Strict):
+    name: str
+    arguments: str
+
+
+class ToolCallMessage(_Strict):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Strict):
     role: str
     content: Any = None
     name: str | None = None
+    tool_calls: list[ToolCallMessage] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool result answers this call
+    refusal: str | None = None
 
     @field_validator("role")
     @classmethod
     def _role(cls, value: str) -> str:
-        if value not in ("system", "developer", "user", "assistant"):
-            raise ValueError(f"unsupported role {value!r}; use system, developer, user or assistant")
+        if value not in ("system", "developer", "user", "assistant", "tool"):
+            raise ValueError(f"unsupported role {value!r}; use system, developer, user, assistant or tool")
         return value
+
+    @model_validator(mode="after")
+    def _tool_fields(self) -> ChatMessage:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("tool_calls: only assistant messages carry tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("tool_call_id: a tool message needs the tool_call_id it answers")
+        return self
 
     @field_validator("content", mode="before")
     @classmethod
@@ -124,13 +187,93 @@ class ChatMessage(_Strict):
             return self.content
         return "".join(part.text for part in self.content)
 
-    def as_dict(self) -> dict[str, str]:
+    def as_dict(self) -> dict[str, Any]:
         """The message as a chat template sees it; OpenAI's "developer" role is the system role."""
-        return {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+        d: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+        if self.tool_calls:
+            d["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.function.name,
+                                "arguments": c.function.arguments}} for c in self.tool_calls]
+        if self.tool_call_id:
+            d["tool_call_id"] = self.tool_call_id
+        return d
 
 
-def message_dicts(messages: list[ChatMessage]) -> list[dict[str, str]]:
+def message_dicts(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     return [m.as_dict() for m in messages]
+
+
+class FunctionDefinition(_Strict):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _FUNCTION_NAME.match(value):
+            raise ValueError(f"name {value[:80]!r} must be 1-64 letters, digits, underscores or dashes")
+        return value
+
+
+class ToolDefinition(_Strict):
+    type: str
+    function: FunctionDefinition | None = None
+
+    @model_validator(mode="after")
+    def _function_only(self) -> ToolDefinition:
+        if self.type != "function":
+            raise ValueError(f"type: only function tools are supported, got {self.type!r}")
+        if self.function is None:
+            raise ValueError("function: a function tool needs its definition")
+        return self
+
+
+class JsonSchemaFormat(_Strict):
+    name: str
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Strict):
+    type: str
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _known(self) -> ResponseFormat:
+        if self.type not in ("text", "json_object", "json_schema"):
+            raise ValueError(f"type: unsupported response_format type {self.type!r}; use text, json_object or "
+                             "json_schema")
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("json_schema: required when type is json_schema")
+        return self
+
+
+def check_tool_choice(tool_choice: Any, tools: list[ToolDefinition] | None) -> None:
+    """Validate tool_choice against the tools (raises ValueError starting with the field name)."""
+    if tool_choice is None or tool_choice == "none":
+        return
+    names = {t.function.name for t in tools or () if t.function is not None}
+    if tool_choice in ("auto", "required"):
+        if tool_choice == "required" and not names:
+            raise ValueError("tool_choice: 'required' needs at least one entry in tools")
+        return
+    if isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
+        fn = tool_choice.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else tool_choice.get("name")
+        if not isinstance(name, str) or name not in names:
+            raise ValueError(f"tool_choice: function {name!r} is not among the tools")
+        return
+    raise ValueError("tool_choice: must be 'none', 'auto', 'required' or {'type': 'function', 'function': "
+                     "{'name': ...}}")
+
+
+def named_tool(tool_choice: Any) -> str | None:
+    if isinstance(tool_choice, dict):
+        fn = tool_choice.get("function")
+        return fn.get("name") if isinstance(fn, dict) else tool_choice.get("name")
+    return None
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -139,21 +282,22 @@ class ChatCompletionRequest(_SamplingFields):
     logprobs: bool | None = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     parallel_tool_calls: bool | None = None
-    tools: list[Any] | None = None
+    tools: list[ToolDefinition] | None = Field(None, max_length=MAX_TOOLS)
     tool_choice: Any = None
-    response_format: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
 
     @model_validator(mode="after")
     def _chat_checks(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs: requires logprobs to be true")
-        if self.tools:
-            raise ValueError("tools: tool calling is not supported by this server")
-        if self.tool_choice not in (None, "none"):
-            raise ValueError("tool_choice: tool calling is not supported by this server")
-        if self.response_format and self.response_format.get("type") != "text":
-            raise ValueError("response_format: only {'type': 'text'} is supported by this server")
+        check_tool_choice(self.tool_choice, self.tools)
+        if self.structured_outputs and self.response_format and self.response_format.type != "text":
+            raise ValueError("structured_outputs: give either response_format or structured_outputs, not both")
         return self
+
+    @property
+    def functions(self) -> list[dict[str, Any]]:
+        return [t.function.model_dump(exclude_none=True) for t in self.tools or () if t.function is not None]
 
     @property
     def output_limit(self) -> int | None:
@@ -163,15 +307,16 @@ class ChatCompletionRequest(_SamplingFields):
     def num_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
 
-    def message_dicts(self) -> list[dict[str, str]]:
+    def message_dicts(self) -> list[dict[str, Any]]:
         return message_dicts(self.messages)
 
 
 class CompletionRequest(_SamplingFields):
     prompt: Any
+    max_tokens: int | None = Field(None, ge=0)  # 0 only with echo: score the prompt
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     echo: bool | None = False
-    best_of: int | None = None
+    best_of: int | None = Field(None, ge=1, le=MAX_N)
     suffix: str | None = None
 
     @field_validator("prompt", mode="before")
@@ -192,13 +337,20 @@ class CompletionRequest(_SamplingFields):
 
     @model_validator(mode="after")
     def _completion_checks(self) -> CompletionRequest:
-        if self.best_of not in (None, 1):
-            raise ValueError("best_of: only best_of=1 is supported by this server")
+        if self.best_of is not None and self.best_of < self.num_choices:
+            raise ValueError(f"best_of: must be >= n ({self.num_choices}), got {self.best_of}")
+        if self.best_of is not None and self.best_of > 1 and self.stream:
+            raise ValueError("best_of: cannot be used with stream")
         if self.suffix:
             raise ValueError("suffix: not supported by this server")
-        if self.echo and self.logprobs is not None:
-            raise ValueError("echo: cannot be combined with logprobs (prompt logprobs are not supported)")
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens: 0 is only allowed together with echo (to score the prompt)")
         return self
+
+    @property
+    def num_candidates(self) -> int:
+        """Samples to generate per prompt: best_of, of which the n most likely are returned."""
+        return max(self.best_of or 1, self.num_choices)
 
     @property
     def output_limit(self) -> int | None:

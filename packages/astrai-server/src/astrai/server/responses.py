@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from astrai.scheduler import EngineClient
 from astrai.server.generation import ChoiceState
+from astrai.server.tools import ToolCall
 
 DONE = "data: [DONE]\n\n"
 
@@ -72,26 +74,67 @@ def _finite(value: float) -> float:
 
 
 def chat_completion(request_id: str, created: int, model: str, choices: list[ChoiceState],
-                    token_text: TokenText | None) -> dict:
-    return {
-        "id": request_id, "object": "chat.completion", "created": created, "model": model,
-        "system_fingerprint": None,
-        "choices": [{"index": i, "message": {"role": "assistant", "content": c.text, "refusal": None},
-                     "logprobs": chat_logprobs(c.logprobs, token_text) if token_text else None,
-                     "finish_reason": c.finish_reason} for i, c in enumerate(choices)],
-        "usage": usage(choices),
-    }
+                    token_text: TokenText | None, messages: list[dict] | None = None) -> dict:
+    """`messages`: per choice, the message when tools split the text into content and calls."""
+    out = []
+    for i, c in enumerate(choices):
+        message = messages[i] if messages else {"role": "assistant", "content": c.text, "refusal": None}
+        finish = "tool_calls" if message.get("tool_calls") and c.finish_reason == "stop" else c.finish_reason
+        out.append({"index": i, "message": message,
+                    "logprobs": chat_logprobs(c.logprobs, token_text) if token_text else None,
+                    "finish_reason": finish})
+    return {"id": request_id, "object": "chat.completion", "created": created, "model": model,
+            "system_fingerprint": None, "choices": out, "usage": usage(choices)}
+
+
+def tool_message(content: str, calls: list[ToolCall]) -> dict:
+    """An assistant message with OpenAI's tool_calls (content null when only calls were made)."""
+    message: dict[str, Any] = {"role": "assistant", "content": content if content.strip() else None, "refusal": None}
+    if calls:
+        message["tool_calls"] = [{"id": c.id, "type": "function",
+                                  "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
+    elif message["content"] is None:
+        message["content"] = content
+    return message
+
+
+def prompt_logprobs(choice: ChoiceState, token_text: TokenText) -> dict:
+    """Echoed prompt in the legacy format: the first token has no logprob (null), as OpenAI sends."""
+    tokens, token_logprobs, tops, offsets = [], [], [], []
+    offset = 0
+    for tid, entry in zip(choice.prompt_ids, choice.prompt_logprobs or [], strict=False):
+        text = token_text(tid)
+        tokens.append(text)
+        offsets.append(offset)
+        offset += len(text)
+        if entry is None:
+            token_logprobs.append(None)
+            tops.append(None)
+        else:
+            token_logprobs.append(_finite(entry["logprob"]))
+            tops.append({token_text(t): _finite(lp) for t, lp in entry.get("top") or ()})
+    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": tops, "text_offset": offsets}
+
+
+def join_logprobs(first: dict | None, second: dict | None) -> dict | None:
+    if first is None or second is None:
+        return first or second
+    return {key: first[key] + second[key] for key in first}
 
 
 def text_completion(request_id: str, created: int, model: str, choices: list[ChoiceState],
-                    token_text: TokenText | None, echo_texts: list[str] | None) -> dict:
+                    token_text: TokenText | None, echo_texts: list[str] | None,
+                    counted: list[ChoiceState] | None = None) -> dict:
+    """`counted`: every sample generated (best_of), for usage; `choices`: the ones returned."""
     out = []
     for i, c in enumerate(choices):
         prefix = echo_texts[i] if echo_texts else ""
         logprobs = completion_logprobs(c.logprobs, token_text, len(prefix)) if token_text else None
+        if token_text and echo_texts and c.prompt_logprobs is not None:
+            logprobs = join_logprobs(prompt_logprobs(c, token_text), logprobs)
         out.append({"index": i, "text": prefix + c.text, "logprobs": logprobs, "finish_reason": c.finish_reason})
     return {"id": request_id, "object": "text_completion", "created": created, "model": model,
-            "system_fingerprint": None, "choices": out, "usage": usage(choices)}
+            "system_fingerprint": None, "choices": out, "usage": usage(counted or choices)}
 
 
 def chat_chunk(request_id: str, created: int, model: str, index: int, delta: dict, *,

@@ -2,16 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
-from astrai.scheduler import SamplingParams
+from astrai.scheduler import SamplingParams, StructuredOutputsParams
 from astrai.server.errors import bad_request
 from astrai.server.protocol import ChatCompletionRequest, CompletionRequest
 
 
-def build_sampling_params(req: ChatCompletionRequest | CompletionRequest, max_tokens: int) -> SamplingParams:
+class SamplingFieldsView(Protocol):
+    """The request fields read here (the Responses API's request supplies them too)."""
+
+    temperature: float | None
+    top_p: float | None
+    top_k: int | None
+    min_p: float | None
+    presence_penalty: float | None
+    frequency_penalty: float | None
+    repetition_penalty: float | None
+    seed: int | None
+    min_tokens: int | None
+    ignore_eos: bool | None
+    stop_list: list[str] | None
+    num_logprobs: int | None
+    token_bias: dict[int, float] | None
+
+
+def build_sampling_params(req: ChatCompletionRequest | CompletionRequest | SamplingFieldsView, max_tokens: int, *,
+                          structured: StructuredOutputsParams | None = None, n: int = 1,
+                          prompt_logprobs: int | None = None, logprobs: int | None = None) -> SamplingParams:
     """Only fields the client set are passed, so the engine's defaults apply to the rest."""
-    kwargs: dict[str, Any] = {"max_tokens": max_tokens}
+    kwargs: dict[str, Any] = {"max_tokens": max_tokens, "n": n}
+    if structured is not None:
+        kwargs["structured_outputs"] = structured
+    if req.token_bias:
+        kwargs["logit_bias"] = req.token_bias
+    if prompt_logprobs is not None:
+        kwargs["prompt_logprobs"] = prompt_logprobs
     for name in ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty",
                  "repetition_penalty", "seed", "min_tokens", "ignore_eos"):
         value = getattr(req, name)
@@ -24,7 +50,9 @@ def build_sampling_params(req: ChatCompletionRequest | CompletionRequest, max_to
         kwargs["temperature"] = 0.0
     if req.stop_list:
         kwargs["stop"] = list(req.stop_list)
-    if req.num_logprobs is not None:
+    if logprobs is not None:
+        kwargs["logprobs"] = logprobs
+    elif req.num_logprobs is not None:
         kwargs["logprobs"] = req.num_logprobs
     if req.min_tokens is not None and req.min_tokens > max_tokens:
         raise bad_request(f"min_tokens ({req.min_tokens}) must not exceed max_tokens ({max_tokens})", "min_tokens")

@@ -12,6 +12,7 @@ from astrai.server.generation import Generation
 from astrai.server.metrics import ServerMetrics
 from astrai.server.responses import usage
 from astrai.server.state import Admission, EngineHolder
+from astrai.server.tools import prepare_messages
 from starlette.requests import Request
 
 logger = logging.getLogger("astrai.server")
@@ -65,11 +66,15 @@ class Service:
         return requested if requested is not None else limit - longest
 
     @staticmethod
-    def render_chat(engine: EngineClient, messages: list[dict[str, str]]) -> list[int]:
+    def render_chat(engine: EngineClient, messages: list[dict[str, Any]], functions: list[dict[str, Any]] | None = None,
+                    param: str = "messages") -> list[int]:
+        """Apply the chat template; tools (and earlier calls and results) as `tools.prepare_messages` says."""
+        tokenizer = engine.tokenizer
+        messages, extra = prepare_messages(messages, functions or [], tokenizer.chat_template)
         try:
-            ids = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **extra)
         except Exception as exc:  # a template may reject a conversation shape (jinja raises)
-            raise bad_request(f"messages: the chat template rejected these messages: {exc}", "messages") from None
+            raise bad_request(f"{param}: the chat template rejected these messages: {exc}", param) from None
         return list(ids)
 
     @staticmethod

@@ -1,0 +1,90 @@
+"""Idle resident memory of `astrai serve` (defaults + --astrai-args) after loading, against its
+budget: the weights it holds + its KV pool + 500 MB. llama-server's idle RSS for reference.
+
+RSS is read from /proc/PID/status (VmRSS) a few seconds after /health turns 200, with no
+request sent. The budget's parts come from the same engine built in-process with the same
+options: bytes of every tensor the model holds (parameters, buffers and packed copies,
+shared storage counted once) and the KV pool's capacity in bytes.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+
+import torch
+
+from bench.context import Context
+from bench.progress import log
+from bench.server_process import AstraiServer, LlamaServer
+
+OVERHEAD_BYTES = 500 * 10**6
+IDLE_WAIT_S = 3.0
+
+
+def _idle_rss(server) -> dict:
+    time.sleep(IDLE_WAIT_S)
+    samples = []
+    for _ in range(5):
+        samples.append(server.rss())
+        time.sleep(0.4)
+    return {"rss_bytes": max(x for x in samples if x is not None), "load_seconds": server.load_seconds,
+            "command": " ".join(server.args)}
+
+
+def model_tensor_bytes(model: torch.nn.Module) -> int:
+    """Every tensor a model holds (parameters, buffers, tensors kept as plain attributes such as
+    pre-packed weights), each storage once."""
+    seen: dict[int, int] = {}
+
+    def add(t: torch.Tensor) -> None:
+        try:
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = max(seen.get(storage.data_ptr(), 0), storage.nbytes())
+        except (RuntimeError, NotImplementedError):  # opaque (e.g. mkldnn) tensors have no storage
+            seen[id(t)] = t.numel() * t.element_size()
+
+    for module in model.modules():
+        for value in list(module._parameters.values()) + list(module._buffers.values()) + list(vars(module).values()):
+            items = value if isinstance(value, (list, tuple)) else [value]
+            for item in items:
+                if isinstance(item, torch.Tensor):
+                    add(item)
+    return sum(seen.values())
+
+
+def _budget(ctx: Context, model: str) -> dict:
+    from bench.systems.astrai import AstraiSystem
+
+    system = AstraiSystem(model, ctx.astrai)
+    try:
+        engine = system.engine
+        weights = model_tensor_bytes(engine.model)
+        kv = getattr(getattr(engine, "kv", None), "capacity_bytes", None)
+        stats = system.stats()
+        return {"weight_bytes": weights, "kv_pool_bytes": kv, "num_pages": stats.get("num_pages"),
+                "page_size": stats.get("page_size"), "dtype": str(getattr(engine.model, "dtype", None)),
+                "overhead_bytes": OVERHEAD_BYTES,
+                "budget_bytes": weights + (kv or 0) + OVERHEAD_BYTES if kv is not None else None}
+    finally:
+        system.close()
+        gc.collect()
+
+
+def run(ctx: Context) -> dict:
+    model = ctx.model_path()
+    out: dict = {"status": "ok", "astrai_args": ctx.astrai.serve_args}
+    with AstraiServer(model, ctx.astrai.serve_args) as server:
+        out["astrai_serve"] = _idle_rss(server)
+    log(f"[memory] astrai serve idle RSS {out['astrai_serve']['rss_bytes'] / 2**20:,.0f} MiB")
+    out["budget"] = _budget(ctx, model)
+    if ctx.wants_peers():
+        s = ctx.scale
+        slot = s.serving_prompt_tokens + s.serving_output_tokens + 128
+        for parallel in (1, 16):
+            try:
+                with LlamaServer(model, parallel, slot, ctx.threads, []) as llama:
+                    out[f"llama_server_np{parallel}"] = _idle_rss(llama)
+            except Exception as error:
+                out[f"llama_server_np{parallel}"] = {"status": "error", "reason": f"{type(error).__name__}: {error}"}
+    return out
