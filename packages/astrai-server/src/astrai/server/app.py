@@ -20,6 +20,7 @@ from astrai.server.errors import APIError, bad_request, install_error_handlers
 from astrai.server.metrics import CONTENT_TYPE
 from astrai.server.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestLogMiddleware
 from astrai.server.protocol import DetokenizeRequest, TokenizeRequest, message_dicts
+from astrai.server.replicated import ReplicatedEngine
 from astrai.server.service import Service
 from astrai.server.state import EngineHolder
 from fastapi import FastAPI, Request
@@ -66,10 +67,20 @@ def create_app(config: ServerConfig | None = None, *, engine: EngineClient | Non
 
     @app.get("/health")
     async def health() -> Response:
-        if holder.ready:
+        engine_now = holder.peek()
+        if engine_now is None:
+            holder.get()  # raises the 503 that says loading or failed
+            raise AssertionError("unreachable")
+        if not isinstance(engine_now, ReplicatedEngine):
             return JSONResponse({"status": "ok", "model": config.model_name})
-        holder.get()  # raises the 503 that says loading or failed
-        raise AssertionError("unreachable")
+        report = await engine_now.health()
+        body = {"status": "ok" if report.serving else "unavailable", "model": config.model_name,
+                "replicas": report.replicas, "deployment": report.deployment}
+        if report.serving:
+            return JSONResponse(body)
+        error = APIError(503, "No engine replica is running; they are being restarted", code="no_replica_alive",
+                         headers={"Retry-After": "2"})
+        return JSONResponse({**body, **error.body()}, status_code=503, headers=error.headers)
 
     def model_card() -> dict:
         card = {"id": config.model_name, "object": "model", "created": started, "owned_by": "astrai"}
@@ -89,6 +100,9 @@ def create_app(config: ServerConfig | None = None, *, engine: EngineClient | Non
 
     @app.get("/metrics")
     async def metrics() -> Response:
+        engine_now = holder.peek()
+        if isinstance(engine_now, ReplicatedEngine):
+            await engine_now.refresh()  # the replicas' numbers as of now, not the last health probe
         return Response(service.metrics.render(), media_type=CONTENT_TYPE)
 
     @app.post("/tokenize")

@@ -3,6 +3,8 @@
 `serve` opens the socket first and loads the model in the background, printing the URL at
 once and a line while the model loads. SIGINT/SIGTERM stop accepting connections, let
 in-flight requests finish (up to --shutdown-timeout, then abort them) and exit 0.
+`serve --replicas N` serves the same app over N engine replicas on Ray Serve
+(`astrai.server.replicas`, imported only then).
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from astrai.server.config import DEFAULT_MAX_BODY_BYTES, DEFAULT_MODEL, ServerConfig
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 logger = logging.getLogger("astrai.server")
 
@@ -54,6 +59,16 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
 
 
@@ -95,6 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds in-flight requests get to finish on shutdown (default: %(default)s)")
     serve.add_argument("--log-prompts", action="store_true", help="include prompt text in the request log")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    replicas = serve.add_argument_group("replicas (Ray Serve; needs astrai-server[ray])")
+    replicas.add_argument("--replicas", type=_positive, default=1,
+                          help="engine replicas behind this endpoint; 1 (default) is this one process, no Ray")
+    replicas.add_argument("--ray-address", default=None,
+                          help="join this Ray cluster (ray start --head ...) instead of starting a local instance")
+    replicas.add_argument("--cpus-per-replica", type=_positive_float, default=None,
+                          help="CPUs (and torch threads) per replica (default: an equal share of the cluster's)")
+    replicas.add_argument("--routing", choices=("prefix", "round-robin"), default=None,
+                          help="prefix-aware (default) or round-robin, the baseline it is measured against")
+    replicas.add_argument("--ray-app-name", default=None,
+                          help="name of this server's Ray Serve application in the cluster (default: astrai)")
     serve.set_defaults(func=serve_command)
 
     gen = sub.add_parser("generate", help="generate text for one prompt, streamed to stdout")
@@ -111,7 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve" and args.replicas == 1:
+        given = [flag for flag, value in (("--ray-address", args.ray_address), ("--routing", args.routing),
+                                          ("--cpus-per-replica", args.cpus_per_replica),
+                                          ("--ray-app-name", args.ray_app_name)) if value is not None]
+        if given:
+            parser.error(f"{given[0]} needs --replicas 2 or more (one replica is a plain process, without Ray)")
     return int(args.func(args) or 0)
 
 
@@ -120,21 +153,54 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def serve_command(args: argparse.Namespace) -> int:
     from astrai.scheduler import Engine
-    from astrai.server.app import create_app
 
-    try:  # a missing bundled-model package or path: one line now, before any socket opens
-        Engine.locate_model(args.model)
-    except ValueError as exc:  # ModelLoadError; `problem` is its message without the model name
-        print(f"error: could not load model {args.model!r}: {getattr(exc, 'problem', exc)}", file=sys.stderr,
-              flush=True)
-        return 1
+    # A missing bundled-model package or path: one line now, before any socket opens. (On a Ray
+    # cluster the model is read where the replicas run, so there it is their load that reports.)
+    if args.ray_address is None:
+        try:
+            Engine.locate_model(args.model)
+        except ValueError as exc:  # ModelLoadError; `problem` is its message without the model name
+            print(f"error: could not load model {args.model!r}: {getattr(exc, 'problem', exc)}", file=sys.stderr,
+                  flush=True)
+            return 1
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServerConfig(
         model=args.model, served_model_name=args.served_model_name, host=args.host, port=args.port,
         api_key=args.api_key or ServerConfig.api_key_from_env(), max_queue=args.max_queue,
-        max_num_seqs=args.max_num_seqs, max_body_bytes=args.max_body_bytes, log_prompts=args.log_prompts,
-        shutdown_timeout=args.shutdown_timeout, engine_kwargs=engine_kwargs(args),
+        # With replicas --max-num-seqs is each replica's batch; the engine (the set) then counts them all.
+        max_num_seqs=args.max_num_seqs if args.replicas == 1 else None, max_body_bytes=args.max_body_bytes,
+        log_prompts=args.log_prompts, shutdown_timeout=args.shutdown_timeout, engine_kwargs=engine_kwargs(args),
     )
+    if args.replicas == 1:
+        from astrai.server.app import create_app
+
+        def one_process(on_failure: Callable[[str], None]) -> contextlib.AbstractContextManager[FastAPI]:
+            return contextlib.nullcontext(create_app(config, on_load_failure=on_failure))
+
+        return _serve(args, config, one_process)
+    try:
+        from astrai.server.replicas.command import replica_app
+        from astrai.server.replicas.launch import ReplicaOptions
+    except ImportError as exc:  # Ray is an extra
+        print(f"error: --replicas needs Ray Serve: pip install 'astrai-server[ray]' ({exc})", file=sys.stderr)
+        return 2
+    try:
+        options = ReplicaOptions(replicas=args.replicas, ray_address=args.ray_address,
+                                 cpus_per_replica=args.cpus_per_replica, routing=args.routing or "prefix",
+                                 app_name=args.ray_app_name or "astrai", log_level=args.log_level)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _serve(args, config, lambda on_failure: replica_app(config, options, on_failure))
+    except ConnectionError as exc:  # a --ray-address that does not answer
+        print(f"error: could not join the Ray cluster at {args.ray_address}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _serve(args: argparse.Namespace, config: ServerConfig,
+           make_app: Callable[[Callable[[str], None]], contextlib.AbstractContextManager[FastAPI]]) -> int:
+    """Run the app `make_app(on_load_failure)` gives until SIGINT/SIGTERM (or a failed load)."""
     failed = threading.Event()
     server_box: list[_Server] = []
 
@@ -144,15 +210,15 @@ def serve_command(args: argparse.Namespace) -> int:
         if server_box:
             server_box[0].should_exit = True
 
-    app = create_app(config, on_load_failure=on_load_failure)
-    # uvicorn's own grace period is only a backstop: at shutdown_timeout we abort the generations
-    # still running, so their responses end cleanly (an error event, then [DONE]).
-    uv_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=args.log_level,
-                               access_log=False, timeout_graceful_shutdown=config.shutdown_timeout + 10,
-                               lifespan="on")
-    server = _Server(uv_config, config, app.state.service.abort_all)
-    server_box.append(server)
-    server.run()
+    with make_app(on_load_failure) as app:
+        # uvicorn's own grace period is only a backstop: at shutdown_timeout we abort the generations
+        # still running, so their responses end cleanly (an error event, then [DONE]).
+        uv_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=args.log_level,
+                                   access_log=False, timeout_graceful_shutdown=config.shutdown_timeout + 10,
+                                   lifespan="on")
+        server = _Server(uv_config, config, app.state.service.abort_all)
+        server_box.append(server)
+        server.run()
     if failed.is_set():
         return 1
     return 0 if server.started else 1

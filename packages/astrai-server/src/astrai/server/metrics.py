@@ -2,6 +2,8 @@
 
 Engine-wide numbers (running, waiting, KV usage, token and cache counters) are read from
 `engine.stats()` at scrape time; per-request latencies are histograms fed when a request ends.
+An engine made of replicas (`ReplicatedEngine`, e.g. `astrai serve --replicas N`) exports the
+same families with one sample per replica (label `replica`), as Prometheus users sum them.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from astrai.scheduler import EngineClient, EngineStats, RequestMetrics
+from astrai.server.replicated import ReplicatedEngine
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -40,12 +43,35 @@ class _EngineCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         engine = self._get_engine()
-        stats: EngineStats | None = engine.stats() if engine is not None else None
+        labels = ["model_name"]
+        rows: list[tuple[list[str], EngineStats | None]] = [([self._model_name], None)]
+        if isinstance(engine, ReplicatedEngine):
+            labels.append("replica")
+            rows = [([self._model_name, name], stats) for name, stats in engine.replica_stats().items()]
+        elif engine is not None:
+            rows = [([self._model_name], engine.stats())]
         for key, name, help_text, kind in _ENGINE_STATS:
             family_type = GaugeMetricFamily if kind == "gauge" else CounterMetricFamily
-            family = family_type(PREFIX + name, help_text, labels=["model_name"])
-            family.add_metric([self._model_name], float(stats[key]) if stats is not None else 0.0)  # type: ignore[literal-required]
+            family = family_type(PREFIX + name, help_text, labels=labels)
+            for values, stats in rows:
+                family.add_metric(values, float(stats[key]) if stats is not None else 0.0)  # type: ignore[literal-required]
             yield family
+        finished = CounterMetricFamily(PREFIX + "engine_requests_finished", "Requests the engine finished, by "
+                                       "finish reason.", labels=[*labels, "finished_reason"])
+        for values, stats in rows:
+            for reason, count in sorted((stats or {}).get("requests_finished_total", {}).items()):
+                finished.add_metric([*values, reason], float(count))
+        yield finished
+        if isinstance(engine, ReplicatedEngine):
+            counts = engine.replica_counts()
+            running = GaugeMetricFamily(PREFIX + "replicas_running", "Engine replicas serving now.",
+                                        labels=["model_name"])
+            running.add_metric([self._model_name], float(counts.running))
+            yield running
+            retries = CounterMetricFamily(PREFIX + "replica_retries", "Requests sent to another replica "
+                                          "because theirs died before they started.", labels=["model_name"])
+            retries.add_metric([self._model_name], float(counts.retries_total))
+            yield retries
 
 
 class ServerMetrics:
