@@ -1,5 +1,8 @@
 """astrai.scheduler — the Engine: continuous batching over paged KV, prefix reuse, sampling."""
 
+# the model types EngineClient exposes, re-exported for front ends to name
+from astrai.model import ModelConfig, Tokenizer
+
 from .client import EngineClient, EngineInfo, EngineStats
 from .engine import Engine
 from .errors import EngineError, PromptTooLongError
@@ -30,12 +33,14 @@ __all__ = [
     "FinishedRecord",
     "GrammarError",
     "JsonlTraceWriter",
+    "ModelConfig",
     "PrefillRecord",
     "PromptTooLongError",
     "RequestMetrics",
     "RequestOutput",
     "SamplingParams",
     "StructuredOutputsParams",
+    "Tokenizer",
     "TraceEvent",
     "TraceSchemaError",
 ]

@@ -3,13 +3,16 @@
 The C++ sources in `csrc/` are built on first use with torch's own extension builder
 (`torch.utils.cpp_extension.load`, ninja), into a cache folder keyed by a hash of the sources,
 the compiler flags and the torch version, so a changed source or a new torch rebuilds and an
-unchanged one loads in milliseconds. Where the build cannot happen (no compiler, no AVX2) the
+unchanged one loads in milliseconds. A built library in that folder is imported directly, not
+through the builder: every install of the same sources (an editable checkout, a wheel in another
+virtualenv) shares one build instead of recompiling because its source paths differ. Where the build cannot happen (no compiler, no AVX2) the
 caller falls back to the pure-torch path; `load_native` says why in one log line.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -83,9 +86,13 @@ def load_native() -> ModuleType:
     paths = sources()
     folder = cache_root() / f"{MODULE_NAME}-{_fingerprint(paths)}"
     folder.mkdir(parents=True, exist_ok=True)
-    fresh = not any(folder.glob(f"{MODULE_NAME}*.so"))
-    if fresh:
-        log.info("compiling AstrAI's native CPU kernels (first use on this machine, about a minute) into %s", folder)
+    built = sorted(folder.glob(f"{MODULE_NAME}*.so"))
+    if built:
+        try:
+            return _import_built(built[0])
+        except ImportError as exc:  # a partial or foreign file: rebuild below
+            log.info("rebuilding the native CPU kernels (%s)", exc)
+    log.info("compiling AstrAI's native CPU kernels (first use on this machine, about a minute) into %s", folder)
     start = time.perf_counter()
     try:
         module = cpp_extension.load(
@@ -94,6 +101,15 @@ def load_native() -> ModuleType:
         )
     except (RuntimeError, OSError, ImportError, Exception) as exc:  # compiler errors surface as RuntimeError
         raise NativeUnavailable(f"building the native kernels failed: {str(exc).strip().splitlines()[-1:]}") from exc
-    if fresh:
-        log.info("native CPU kernels compiled in %.0f s", time.perf_counter() - start)
+    log.info("native CPU kernels compiled in %.0f s", time.perf_counter() - start)
+    return module
+
+
+def _import_built(path: Path) -> ModuleType:
+    """Import an already built extension library (what cpp_extension.load does after a build)."""
+    spec = importlib.util.spec_from_file_location(MODULE_NAME, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     return module

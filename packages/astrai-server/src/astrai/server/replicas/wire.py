@@ -8,12 +8,9 @@ hints ride along as keyword arguments the replica ignores and the router reads.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from astrai.scheduler import EngineInfo, EngineStats
-
-if TYPE_CHECKING:  # the engine's own types, only named here (the server imports the scheduler only)
-    from astrai.model import ModelConfig, Tokenizer
+from astrai.scheduler import EngineInfo, EngineStats, ModelConfig, Tokenizer
 
 # Keyword arguments of replica calls that only the router reads.
 PIN = "astrai_replica"  # run on exactly this replica (health, stats): no other
