@@ -2,11 +2,13 @@
 
 The reference is the same file dequantized to float32 (quantization="none") with a float32 KV
 cache: the path whose logits match transformers (test_smollm2.py). The quantized path keeps the
-Q4_1/Q8_0 weights packed, quantizes activations to int8 per block of 32 (as llama.cpp does) and
-stores K/V in float16, so it differs by design; these tests bound by how much:
-- logits of a chat prompt: relative error (Frobenius) below 6%, and the same argmax at >= 90%
+Q4_1/Q8_0 weights packed, quantizes activations per block of 32 in two int8 parts (~15 bits)
+and stores K/V in float16, so it differs by design; these tests bound by how much (measured:
+relative error 0.0005, argmax 100%, all six prompts equal for 32 tokens, perplexity ratio
+1.0002; with one int8 part, as llama.cpp's Q8_1, it was 0.038, 97%, and 4 of 6 prompts diverged):
+- logits of a chat prompt: relative error (Frobenius) below 0.5%, and the same argmax at >= 98%
   of positions;
-- greedy continuations of chat prompts: equal for 32 tokens on most prompts (printed);
+- greedy continuations of chat prompts: equal for 32 tokens on all prompts but at most one (printed);
 - perplexity of a shipped text (tests/data/perplexity.txt, written for these tests) within 1%.
 """
 
@@ -80,8 +82,8 @@ def test_logits_close_to_dequantized_reference(models):
     relative = float((got - expected).norm() / expected.norm())
     agree = float((got.argmax(-1) == expected.argmax(-1)).float().mean())
     print(f"\nquantized vs dequantized float32: relative logits error {relative:.4f}, argmax agreement {agree:.3f}")
-    assert relative < 0.06
-    assert agree >= 0.9
+    assert relative < 0.005
+    assert agree >= 0.98
 
 
 def test_greedy_continuations_agree_on_most_prompts(models):
@@ -94,7 +96,7 @@ def test_greedy_continuations_agree_on_most_prompts(models):
         same = next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), 32)
         agreed.append(same)
     print(f"\ngreedy tokens equal before the first difference, per prompt (of 32): {agreed}")
-    assert sum(n == 32 for n in agreed) > len(PROMPTS) / 2
+    assert sum(n == 32 for n in agreed) >= len(PROMPTS) - 1
     assert min(agreed) >= 4
 
 
