@@ -5,7 +5,7 @@ cache: the path whose logits match transformers (test_smollm2.py). The quantized
 Q4_1/Q8_0 weights packed, quantizes activations per block of 32 in two int8 parts (~15 bits)
 and stores K/V in float16, so it differs by design; these tests bound by how much (measured:
 relative error 0.0005, argmax 100%, all six prompts equal for 32 tokens, perplexity ratio
-1.0002; with one int8 part, as llama.cpp's Q8_1, it was 0.038, 97%, and 4 of 6 prompts diverged):
+1.0002; with one int8 part, as llama.cpp's Q8_1, it was 0.038, 97%, and 5 of 6 prompts diverged early):
 - logits of a chat prompt: relative error (Frobenius) below 0.5%, and the same argmax at >= 98%
   of positions;
 - greedy continuations of chat prompts: equal for 32 tokens on all prompts but at most one (printed);
