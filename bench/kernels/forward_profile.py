@@ -1,0 +1,62 @@
+"""Where a native decode step's time goes: per-kernel time of the fused C++ forward.
+
+    python -m bench.kernels.forward_profile --batch 1 --context 192
+    python -m bench.kernels.forward_profile --batch 64 --context 192
+
+Loads the bundled GGUF as the engine serves it (packed Q4_1/Q8_0 linears, float32 activations,
+float16 KV), builds decode steps of `--batch` sequences at `--context` tokens over a paged cache,
+and prints the step's wall time with the native decoder's own per-kernel profile (linears,
+attention, norms, ...). Not part of `python -m bench`; run on an idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+from astrai.model import ForwardBatch, load_model
+
+PAGE = 16
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--context", type=int, default=192, help="tokens already in each sequence's cache")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model, _ = load_model("smollm2-135m-instruct")
+    if not model.enable_native_forward():
+        raise SystemExit("the native kernels are unavailable here (see the log line above)")
+    cfg, decoder = model.config, model.native_forward.decoder
+    pages = -(-(args.context + args.steps + 8) // PAGE)
+    shape = (args.batch * pages, PAGE, cfg.num_kv_heads, cfg.head_dim)
+    kv = [(torch.zeros(shape, dtype=torch.float16), torch.zeros(shape, dtype=torch.float16)) for _ in range(cfg.num_layers)]
+    tables = [list(range(b * pages, (b + 1) * pages)) for b in range(args.batch)]
+
+    def step(position: int) -> ForwardBatch:
+        return ForwardBatch.build([[5]] * args.batch, [position] * args.batch, tables, PAGE)
+
+    for i in range(3):
+        model(step(args.context + i), kv, PAGE)
+    decoder.set_profiling(True)
+    start = time.perf_counter()
+    for i in range(args.steps):
+        model(step(args.context + 3 + i), kv, PAGE)
+    wall = (time.perf_counter() - start) / args.steps
+    profile = dict(decoder.profile())
+    steps = profile.pop("steps")
+    total = sum(profile.values())
+    print(f"load average {os.getloadavg()}, {args.threads} threads")
+    print(f"batch {args.batch}, context {args.context}: {wall * 1e3:.2f} ms/step wall "
+          f"({args.batch / wall:.0f} tok/s), kernels {total / steps * 1e3:.2f} ms/step")
+    for name, seconds in sorted(profile.items(), key=lambda item: -item[1]):
+        print(f"  {name:16s} {seconds / steps * 1e3:8.3f} ms  {seconds / total * 100:5.1f}%")
+
+
+if __name__ == "__main__":
+    main()
