@@ -48,8 +48,11 @@ def model_tensor_bytes(model: torch.nn.Module) -> int:
         for value in list(module._parameters.values()) + list(module._buffers.values()) + list(vars(module).values()):
             items = value if isinstance(value, (list, tuple)) else [value]
             for item in items:
+                packed = getattr(item, "data", None)  # a packed low-bit weight holds its blocks in .data
                 if isinstance(item, torch.Tensor):
                     add(item)
+                elif isinstance(packed, torch.Tensor):
+                    add(packed)
     return sum(seen.values())
 
 
@@ -63,7 +66,7 @@ def _budget(ctx: Context, model: str) -> dict:
         kv = getattr(getattr(engine, "kv", None), "capacity_bytes", None)
         stats = system.stats()
         return {"weight_bytes": weights, "kv_pool_bytes": kv, "num_pages": stats.get("num_pages"),
-                "page_size": stats.get("page_size"), "dtype": str(getattr(engine.model, "dtype", None)),
+                "page_size": stats.get("page_size"), "dtype": engine.describe().kv_cache_dtype or str(getattr(engine.model, "dtype", None)),
                 "overhead_bytes": OVERHEAD_BYTES,
                 "budget_bytes": weights + (kv or 0) + OVERHEAD_BYTES if kv is not None else None}
     finally:

@@ -2,6 +2,7 @@
 
     python -m bench.kernels.forward_profile --batch 1 --context 192
     python -m bench.kernels.forward_profile --batch 64 --context 192
+    python -m bench.kernels.forward_profile --prefill 1024      # one fresh prompt of 1024 tokens
 
 Loads the bundled GGUF as the engine serves it (packed Q4_1/Q8_0 linears, float32 activations,
 float16 KV), builds decode steps of `--batch` sequences at `--context` tokens over a paged cache,
@@ -25,6 +26,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--context", type=int, default=192, help="tokens already in each sequence's cache")
+    parser.add_argument("--prefill", type=int, default=0, help="profile prefills of this many tokens instead")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()
@@ -33,15 +35,22 @@ def main() -> None:
     if not model.enable_native_forward():
         raise SystemExit("the native kernels are unavailable here (see the log line above)")
     cfg, decoder = model.config, model.native_forward.decoder
-    pages = -(-(args.context + args.steps + 8) // PAGE)
+    if args.prefill:
+        args.context, args.batch = 0, 1
+        prompt = [(7 * i) % cfg.vocab_size for i in range(args.prefill)]
+        args.steps = max(1, min(args.steps, 3))
+
+    pages = -(-(max(args.prefill, args.context + args.steps + 8)) // PAGE)
     shape = (args.batch * pages, PAGE, cfg.num_kv_heads, cfg.head_dim)
     kv = [(torch.zeros(shape, dtype=torch.float16), torch.zeros(shape, dtype=torch.float16)) for _ in range(cfg.num_layers)]
     tables = [list(range(b * pages, (b + 1) * pages)) for b in range(args.batch)]
 
     def step(position: int) -> ForwardBatch:
+        if args.prefill:
+            return ForwardBatch.build([prompt], [0], tables, PAGE)
         return ForwardBatch.build([[5]] * args.batch, [position] * args.batch, tables, PAGE)
 
-    for i in range(3):
+    for i in range(1 if args.prefill else 3):
         model(step(args.context + i), kv, PAGE)
     decoder.set_profiling(True)
     start = time.perf_counter()
@@ -52,8 +61,9 @@ def main() -> None:
     steps = profile.pop("steps")
     total = sum(profile.values())
     print(f"load average {os.getloadavg()}, {args.threads} threads")
-    print(f"batch {args.batch}, context {args.context}: {wall * 1e3:.2f} ms/step wall "
-          f"({args.batch / wall:.0f} tok/s), kernels {total / steps * 1e3:.2f} ms/step")
+    tokens = args.prefill or args.batch
+    what = f"prefill of {args.prefill} tokens" if args.prefill else f"batch {args.batch}, context {args.context}"
+    print(f"{what}: {wall * 1e3:.2f} ms/step wall ({tokens / wall:.0f} tok/s), kernels {total / steps * 1e3:.2f} ms/step")
     for name, seconds in sorted(profile.items(), key=lambda item: -item[1]):
         print(f"  {name:16s} {seconds / steps * 1e3:8.3f} ms  {seconds / total * 100:5.1f}%")
 
