@@ -44,6 +44,37 @@ class _CleanupStreamingResponse(StreamingResponse):
             self._cleanup()
 
 
+async def start_generation(request: Request, service: Service, gen: Generation, slots: int,
+                           log: dict[str, Any]) -> tuple[Callable[[], None], Response | None]:
+    """Take `slots` of admission, start `gen` and wait for its first output (so engine errors
+    still become an HTTP status). Returns its cleanup, which closes the generation and, once,
+    releases the slots and fills the request log; and the 499 to send if the client left first."""
+    service.admission.acquire(slots)
+    released = False
+
+    def cleanup() -> None:
+        nonlocal released
+        gen.close()
+        service.active.discard(gen)
+        if not released:
+            released = True
+            service.admission.release(slots)
+            service.summarize(log, gen)
+
+    gen.start()
+    service.active.add(gen)
+    try:
+        await until_disconnect(request, gen.prime())
+    except ClientDisconnected:
+        cleanup()
+        log["disconnected"] = True
+        return cleanup, Response(status_code=499)
+    except BaseException:
+        cleanup()
+        raise
+    return cleanup, None
+
+
 @dataclass
 class Plan:
     """How one HTTP request maps onto the engine beyond plain sampling."""
@@ -123,32 +154,11 @@ async def _run(request: Request, service: Service, engine: EngineClient, prefix:
     request_id = f"{prefix}-{uuid.uuid4().hex}"
     log = service.log_info(request)
     log["id"] = request_id
-    slots = len(prompts) * plan.n
-    service.admission.acquire(slots)
-    released = False
     gen = Generation(engine, request_id, prompts, params, on_finish=service.metrics.observe,
                      constraint_param=plan.constraint.param if plan.constraint else None)
-
-    def cleanup() -> None:
-        nonlocal released
-        gen.close()
-        service.active.discard(gen)
-        if not released:
-            released = True
-            service.admission.release(slots)
-            service.summarize(log, gen)
-
-    gen.start()
-    service.active.add(gen)
-    try:
-        await until_disconnect(request, gen.prime())
-    except ClientDisconnected:
-        cleanup()
-        log["disconnected"] = True
-        return Response(status_code=499)
-    except BaseException:
-        cleanup()
-        raise
+    cleanup, gone = await start_generation(request, service, gen, len(prompts) * plan.n, log)
+    if gone is not None:
+        return gone
 
     created = int(time.time())
     model = service.config.model_name

@@ -11,7 +11,7 @@ from astrai.server import constraints
 from astrai.server.body import read_model
 from astrai.server.errors import APIError, bad_request
 from astrai.server.generation import ClientDisconnected, Generation, until_disconnect
-from astrai.server.handlers import _CleanupStreamingResponse, _raise_if_failed
+from astrai.server.handlers import _CleanupStreamingResponse, _raise_if_failed, start_generation
 from astrai.server.protocol import MAX_TOOLS, FunctionDefinition, StreamOptions, _Strict
 from astrai.server.responses_api import (
     EventWriter,
@@ -197,30 +197,11 @@ async def create_response(request: Request) -> Response:
         metadata=req.metadata or {}, user=req.user)
     log = service.log_info(request)
     log["id"] = shell.id
-    service.admission.acquire(1)
-    released = False
     gen = Generation(engine, shell.id, [prompt_ids], params, on_finish=service.metrics.observe,
                      constraint_param=constraint.param if constraint else None)
-
-    def cleanup() -> None:
-        nonlocal released
-        gen.close()
-        service.active.discard(gen)
-        if not released:
-            released = True
-            service.admission.release(1)
-            service.summarize(log, gen)
-
-    gen.start()
-    service.active.add(gen)
-    try:
-        await until_disconnect(request, gen.prime())
-    except ClientDisconnected:
-        cleanup()
-        return Response(status_code=499)
-    except BaseException:
-        cleanup()
-        raise
+    cleanup, gone = await start_generation(request, service, gen, 1, log)
+    if gone is not None:
+        return gone
     names = {f["name"] for f in functions} if use_tools else set()
     if req.stream:
         return _CleanupStreamingResponse(_events(gen, shell, names, constraint is not None and bool(names)), cleanup)

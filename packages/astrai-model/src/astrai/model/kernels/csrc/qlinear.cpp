@@ -12,8 +12,10 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <vector>
 #include <cstring>
+#include <vector>
+
+#include "avx2_math.h"
 
 #ifndef ASTRAI_OPS  // the torch op namespace; a development build of variants side by side renames it
 #define ASTRAI_OPS astrai
@@ -57,13 +59,6 @@ inline __m256i broadcast4(const int8_t* p) {
   return _mm256_set1_epi32(v);
 }
 
-inline float hmax8(__m256 v) {
-  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-  m = _mm_max_ss(m, _mm_movehdup_ps(m));
-  return _mm_cvtss_f32(m);
-}
-
 inline int32_t hsum8(__m256i v) {
   __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
   s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
@@ -97,7 +92,7 @@ void quantize_row(const float* x, int64_t nb, int8_t* q_hi, int8_t* q_lo, float*
     for (int j = 0; j < 4; ++j) v[j] = _mm256_loadu_ps(xb + 8 * j);
     const __m256 amax8 = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], abs_mask), _mm256_and_ps(v[1], abs_mask)),
                                        _mm256_max_ps(_mm256_and_ps(v[2], abs_mask), _mm256_and_ps(v[3], abs_mask)));
-    const float amax = hmax8(amax8);
+    const float amax = simd::hmax(amax8);
     if (!(amax >= kTinyBlock)) {
       std::memset(q_hi + b * kQBlock, 0, kQBlock);
       std::memset(q_lo + b * kQBlock, 0, kQBlock);
