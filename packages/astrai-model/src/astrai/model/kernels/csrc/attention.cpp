@@ -13,7 +13,6 @@
 // largest first from a shared counter, so uneven (causal) items still balance.
 #include "attention.h"
 
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -25,6 +24,7 @@
 #include <vector>
 
 #include "avx2_math.h"
+#include "parallel.h"
 
 namespace astrai {
 namespace {
@@ -667,7 +667,7 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
     }
   }
 
-  const int threads = total_cost < kSerialCost ? 1 : at::get_num_threads();
+  const int threads = total_cost < kSerialCost ? 1 : num_threads();
   // Long items are cut into key pieces of a fixed width whose partial softmaxes are merged in
   // piece order. The cut depends only on the item's own keys, never on the batch or the thread
   // count, so a sequence's result is the same alone, batched, or on one thread (batch
@@ -732,7 +732,7 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
   if (threads <= 1 || count <= 1) {
     worker();
   } else {
-    at::parallel_for(0, threads, 1, [&](int64_t, int64_t) { worker(); });
+    parallel_for(0, threads, 1, [&](int64_t, int64_t) { worker(); });
   }
 }
 
@@ -783,7 +783,7 @@ void kv_write(const at::Tensor& k, const at::Tensor& v, const at::Tensor& k_cach
     }
   };
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, KVH * D));  // a decode batch stays on one thread
-  at::parallel_for(0, T, grain, [&](int64_t begin, int64_t end) {
+  parallel_for(0, T, grain, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       if (slots[t] < 0) continue;
       for (int64_t h = 0; h < KVH; ++h) {

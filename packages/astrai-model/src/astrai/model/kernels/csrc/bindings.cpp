@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 
 #include "forward.h"
+#include "parallel.h"
 
 namespace py = pybind11;
 using astrai::DecoderLayerWeights;
@@ -13,7 +14,7 @@ using astrai::NativeDecoder;
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "AstrAI native CPU kernels";
-  m.def("num_threads", []() { return at::get_num_threads(); }, "threads the kernels parallelise over");
+  m.def("num_threads", []() { return astrai::num_threads(); }, "threads the kernels parallelise over");
 
   py::class_<LinearWeight>(m, "LinearWeight")
       .def(py::init([](int64_t qtype, int64_t out_features, int64_t in_features, std::optional<at::Tensor> packed,

@@ -1,7 +1,6 @@
 // The fused decoder step: sequences the tested kernels over one reused activation workspace.
 #include "forward.h"
 
-#include <ATen/Parallel.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
@@ -11,6 +10,7 @@
 #include "attention.h"
 #include "ops.h"
 #include "qlinear.h"
+#include "parallel.h"
 
 namespace astrai {
 namespace {
@@ -96,20 +96,54 @@ void LinearWeight::run(const at::Tensor& x, const at::Tensor& out) const {
   }
 }
 
-at::Tensor embedding_rows(const LinearWeight& table, const at::Tensor& ids) {
+void embedding_rows_into(const LinearWeight& table, const at::Tensor& ids, const at::Tensor& out) {
   TORCH_CHECK(ids.scalar_type() == at::kLong && ids.dim() == 1, "embedding_rows: ids must be int64 [T]");
   const int64_t T = ids.size(0), K = table.in_features, N = table.out_features;
+  TORCH_CHECK(out.scalar_type() == at::kFloat && out.dim() == 2 && out.size(0) == T && out.size(1) == K &&
+                  out.stride(1) == 1,
+              "embedding_rows: out must be float32 [", T, ", ", K, "] with unit column stride");
   const int64_t* id = ids.data_ptr<int64_t>();
   for (int64_t t = 0; t < T; ++t)
     TORCH_CHECK(id[t] >= 0 && id[t] < N, "embedding_rows: token id ", id[t], " outside [0, ", N, ")");
-  if (table.qtype == 0) return table.dense.index_select(0, ids);
-  at::Tensor out = at::empty({T, K}, at::kFloat);
   float* dst = out.data_ptr<float>();
-  at::parallel_for(0, T, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) packed_row(table, id[t], dst + t * K);
+  const int64_t ld = out.stride(0);
+  const float* dense = table.qtype == 0 ? table.dense.data_ptr<float>() : nullptr;
+  parallel_for(0, T, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      if (dense != nullptr) std::memcpy(dst + t * ld, dense + id[t] * K, K * sizeof(float));
+      else packed_row(table, id[t], dst + t * ld);
+    }
   });
+}
+
+at::Tensor embedding_rows(const LinearWeight& table, const at::Tensor& ids) {
+  at::Tensor out = at::empty({ids.size(0), table.in_features}, at::kFloat);
+  embedding_rows_into(table, ids, out);
   return out;
 }
+
+namespace {
+
+// out[r] = a[rows[r]] + b[rows[r]]: the final residual add, for the logits rows only. Plain
+// loops, not torch ops: a torch op here would wake torch's OpenMP pool, whose spinning workers
+// then compete with this team for the cores through the LM head (measured: +20% at batch 64).
+at::Tensor sum_rows(const at::Tensor& a, const at::Tensor& b, const at::Tensor& rows) {
+  TORCH_CHECK(rows.scalar_type() == at::kLong && rows.dim() == 1, "forward: logits_indices must be int64 [R]");
+  const int64_t R = rows.size(0), T = a.size(0), C = a.size(1);
+  const int64_t* idx = rows.data_ptr<int64_t>();
+  for (int64_t r = 0; r < R; ++r)
+    TORCH_CHECK(idx[r] >= 0 && idx[r] < T, "forward: logits index ", idx[r], " outside the batch's ", T, " rows");
+  at::Tensor out = at::empty({R, C}, at::kFloat);
+  float* o = out.data_ptr<float>();
+  const float* ap = a.data_ptr<float>();
+  const float* bp = b.data_ptr<float>();
+  const int64_t as = a.stride(0), bs = b.stride(0);
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t c = 0; c < C; ++c) o[r * C + c] = ap[idx[r] * as + c] + bp[idx[r] * bs + c];
+  return out;
+}
+
+}  // namespace
 
 NativeDecoder::NativeDecoder(DecoderShape shape, LinearWeight embedding, std::vector<DecoderLayerWeights> layers,
                              at::Tensor final_norm, LinearWeight head)
@@ -162,7 +196,7 @@ at::Tensor NativeDecoder::forward(const at::Tensor& token_ids, const at::Tensor&
   at::Tensor act = slice2d(workspace_, offset, T, I);
 
   if (profiling_) mark_ = std::chrono::steady_clock::now();
-  residual.copy_(embedding_rows(embedding_, token_ids));
+  embedding_rows_into(embedding_, token_ids, residual);
   lap(kEmbed);
   at::Tensor q = qkv.narrow(1, 0, H * D).view({T, H, D});
   at::Tensor k = qkv.narrow(1, H * D, KVH * D).view({T, KVH, D});
@@ -201,7 +235,7 @@ at::Tensor NativeDecoder::forward(const at::Tensor& token_ids, const at::Tensor&
     lap(kDown);
   }
   // Only the rows whose logits are wanted get the final norm and the LM head.
-  at::Tensor last = (residual + hidden).index_select(0, logits_indices);
+  at::Tensor last = sum_rows(residual, hidden, logits_indices);
   rms_norm(last, final_norm_, eps, last);
   lap(kNorm);
   at::Tensor logits = at::empty({last.size(0), s.vocab}, at::kFloat);

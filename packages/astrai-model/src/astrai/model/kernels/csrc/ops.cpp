@@ -3,12 +3,12 @@
 // of them to pay for the fork.
 #include "ops.h"
 
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <cmath>
 
 #include "avx2_math.h"
+#include "parallel.h"
 
 namespace astrai {
 namespace {
@@ -75,7 +75,7 @@ void rms_norm(const at::Tensor& x, const at::Tensor& w, double eps, const at::Te
   float* op = out.data_ptr<float>();
   const int64_t xs = x.stride(0), os = out.stride(0);
   const float e = static_cast<float>(eps);
-  at::parallel_for(0, T, grain_for(C), [&](int64_t begin, int64_t end) {
+  parallel_for(0, T, grain_for(C), [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) normalise_row(xp + t * xs, wp, op + t * os, C, e);
   });
 }
@@ -91,7 +91,7 @@ void add_rms_norm(const at::Tensor& x, const at::Tensor& residual, const at::Ten
   const float* wp = w.data_ptr<float>();
   const int64_t xs = x.stride(0), rs = residual.stride(0);
   const float e = static_cast<float>(eps);
-  at::parallel_for(0, T, grain_for(C), [&](int64_t begin, int64_t end) {
+  parallel_for(0, T, grain_for(C), [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       float* xr = xp + t * xs;
       float* rr = rp + t * rs;
@@ -111,7 +111,7 @@ void head_rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
   const float* wp = w.data_ptr<float>();
   const int64_t s0 = x.stride(0), s1 = x.stride(1);
   const float e = static_cast<float>(eps);
-  at::parallel_for(0, T * heads, grain_for(D), [&](int64_t begin, int64_t end) {
+  parallel_for(0, T * heads, grain_for(D), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       float* row = xp + (r / heads) * s0 + (r % heads) * s1;
       normalise_row(row, wp, row, D, e);
@@ -142,7 +142,7 @@ void rotary(const at::Tensor& qk, const at::Tensor& positions, const at::Tensor&
   const float* sp = sin.data_ptr<float>();
   const int64_t s0 = qk.stride(0), s1 = qk.stride(1), half = D / 2;
   using simd::opaque;
-  at::parallel_for(0, T * heads, grain_for(D), [&](int64_t begin, int64_t end) {
+  parallel_for(0, T * heads, grain_for(D), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t t = r / heads;
       float* x = xp + t * s0 + (r % heads) * s1;
@@ -179,7 +179,7 @@ void silu_mul(const at::Tensor& gate_up, const at::Tensor& out) {
   const float* gp = gate_up.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const int64_t gs = gate_up.stride(0), os = out.stride(0);
-  at::parallel_for(0, T, grain_for(2 * I), [&](int64_t begin, int64_t end) {
+  parallel_for(0, T, grain_for(2 * I), [&](int64_t begin, int64_t end) {
     const __m256 one = _mm256_set1_ps(1.0f);
     const __m256 sign = _mm256_set1_ps(-0.0f);
     for (int64_t t = begin; t < end; ++t) {

@@ -5,7 +5,6 @@
 // products (maddubs + madd) need no horizontal sums and the scales of 8 rows apply in one FMA.
 #include "qlinear.h"
 
-#include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <torch/library.h>
 
@@ -16,6 +15,7 @@
 #include <vector>
 
 #include "avx2_math.h"
+#include "parallel.h"
 
 #ifndef ASTRAI_OPS  // the torch op namespace; a development build of variants side by side renames it
 #define ASTRAI_OPS astrai
@@ -246,7 +246,7 @@ void gemm(const QuantizedActivations& a, const uint8_t* packed, int64_t N, float
   // Activation rows per pass over a thread's groups: 64 rows of K int8 stay in L1/L2 while the
   // groups' weights stream past them.
   constexpr int64_t kRowChunk = ASTRAI_QLINEAR_ROW_CHUNK;
-  at::parallel_for(0, groups, grain, [&](int64_t g0, int64_t g1) {
+  parallel_for(0, groups, grain, [&](int64_t g0, int64_t g1) {
     for (int64_t mc = 0; mc < M; mc += kRowChunk) {
       const int64_t mend = std::min(M, mc + kRowChunk);
       for (int64_t g = g0; g < g1; ++g) {
@@ -318,7 +318,7 @@ QuantizedActivations quantize_activations(const at::Tensor& x, const at::Tensor&
   const int64_t K = a.K;
   // Quantizing a row costs ~K/4 ns: only rows worth ~16k elements per task go to the pool.
   const int64_t grain = std::max<int64_t>(1, 16384 / K);
-  at::parallel_for(0, a.M, grain, [&](int64_t r0, int64_t r1) {
+  parallel_for(0, a.M, grain, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r)
       quantize_row(src + r * K, nb, q_hi + r * K, q_lo + r * K, d + r * nb, ds + r * nb, sum + r * nb);
   });
@@ -406,7 +406,7 @@ int64_t read_bandwidth_probe(const at::Tensor& data, int64_t repeats) {
   const int64_t lines = data.numel() / 128;
   std::atomic<int64_t> total{0};
   for (int64_t rep = 0; rep < repeats; ++rep) {
-    at::parallel_for(0, lines, 4096, [&](int64_t l0, int64_t l1) {
+    parallel_for(0, lines, 4096, [&](int64_t l0, int64_t l1) {
       __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
       for (int64_t l = l0; l < l1; ++l) {
         const __m256i* v = reinterpret_cast<const __m256i*>(p + l * 128);

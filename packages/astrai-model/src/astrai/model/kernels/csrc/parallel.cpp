@@ -1,0 +1,228 @@
+// The worker team behind astrai::parallel_for (why: parallel.h).
+//
+// One process-wide team of num_threads() - 1 workers; the submitting thread runs chunk 0. A job
+// is published by bumping `generation_`; workers spin on it with pause, and after kSpinMicros
+// without a job they sleep on a condition variable. (Spinning with sched_yield was measured
+// worse: a yielding worker stayed on the submitter's core, so the two chunks of a job ran one
+// after the other instead of side by side.) Only one thread submits at a time (the others run their loop inline), so
+// two engines in one process stay correct, just not parallel at once.
+#include "parallel.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <torch/library.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace astrai {
+namespace {
+
+// Long enough to bridge the gaps between one step's regions (tens of microseconds at batch 1),
+// short enough that an engine waiting for its next step gives the cores back almost at once.
+constexpr auto kSpinMicros = std::chrono::microseconds(200);
+
+thread_local bool t_inside_job = false;
+
+class Team {
+ public:
+  explicit Team(int size) : size_(size) {
+    for (int tid = 1; tid < size; ++tid) workers_.emplace_back([this, tid] { loop(tid); });
+  }
+
+  ~Team() {
+    stop_.store(true);
+    generation_.fetch_add(1);
+    {
+      std::lock_guard<std::mutex> lock(sleep_mutex_);
+    }
+    wake_.notify_all();
+    for (std::thread& t : workers_) t.join();
+  }
+
+  int size() const { return size_; }
+
+  // Runs f over `parts` chunks of `chunk` items from `begin` (parts <= size()).
+  void run(int parts, int64_t begin, int64_t end, int64_t chunk, const std::function<void(int64_t, int64_t)>& f) {
+    fn_ = &f;
+    begin_ = begin;
+    end_ = end;
+    chunk_ = chunk;
+    parts_ = parts;
+    error_ = nullptr;
+    pending_.store(size_ - 1, std::memory_order_relaxed);  // every worker acknowledges every job
+    generation_.fetch_add(1);  // seq_cst: pairs with the sleepers_ check in wait_for_job
+    if (sleepers_.load() > 0) {
+      { std::lock_guard<std::mutex> lock(sleep_mutex_); }
+      wake_.notify_all();
+    }
+    run_chunk(0);
+    while (pending_.load(std::memory_order_acquire) != 0) _mm_pause();
+    fn_ = nullptr;
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  void run_chunk(int tid) {
+    const int64_t lo = begin_ + tid * chunk_;
+    if (lo >= end_) return;
+    const bool outer = t_inside_job;
+    t_inside_job = true;
+    try {
+      (*fn_)(lo, std::min(end_, lo + chunk_));
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mutex_);
+      if (!error_) error_ = std::current_exception();
+    }
+    t_inside_job = outer;
+  }
+
+  uint64_t wait_for_job(uint64_t seen) {
+    const auto start = std::chrono::steady_clock::now();
+    for (int spins = 0;; ++spins) {
+      const uint64_t g = generation_.load(std::memory_order_acquire);
+      if (g != seen) return g;
+      if ((spins & 15) != 0 || std::chrono::steady_clock::now() - start < kSpinMicros) {
+        _mm_pause();
+        continue;
+      }
+      std::unique_lock<std::mutex> lock(sleep_mutex_);
+      sleepers_.fetch_add(1);  // seq_cst, then re-check under the lock: no lost wake-up
+      wake_.wait(lock, [&] { return generation_.load() != seen; });
+      sleepers_.fetch_sub(1);
+      return generation_.load(std::memory_order_acquire);
+    }
+  }
+
+  void loop(int tid) {
+    uint64_t seen = 0;  // the generation at construction: a job may be published before this thread starts
+    for (;;) {
+      seen = wait_for_job(seen);
+      if (stop_.load()) return;
+      // A worker reads the job only between seeing its generation and acknowledging it; the
+      // submitter writes the next job only after every acknowledgement.
+      if (tid < parts_) run_chunk(tid);
+      pending_.fetch_sub(1, std::memory_order_acq_rel);
+    }
+  }
+
+  const int size_;
+  std::vector<std::thread> workers_;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};
+  std::atomic<int> sleepers_{0};
+  std::atomic<bool> stop_{false};
+  std::mutex sleep_mutex_;
+  std::condition_variable wake_;
+  std::mutex error_mutex_;
+  std::exception_ptr error_;
+  // the current job: written by the submitter before generation_ is bumped
+  const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
+  int64_t begin_ = 0, end_ = 0, chunk_ = 0;
+  int parts_ = 0;
+};
+
+std::mutex g_submit;          // one submitter at a time
+std::unique_ptr<Team> g_team;  // sized to num_threads(), rebuilt when that changes
+pid_t g_team_pid = 0;          // a forked child has none of the parent's workers
+
+Team& team_of_size(int size) {
+  if (g_team && g_team_pid != getpid()) (void)g_team.release();  // the parent's threads do not exist here
+  if (!g_team || g_team->size() != size) {
+    g_team.reset();
+    g_team = std::make_unique<Team>(size);
+    g_team_pid = getpid();
+  }
+  return *g_team;
+}
+
+}  // namespace
+
+int num_threads() { return std::max(1, at::get_num_threads()); }
+
+void parallel_for(int64_t begin, int64_t end, int64_t grain, const std::function<void(int64_t, int64_t)>& f) {
+  if (begin >= end) return;
+  const int64_t n = end - begin;
+  const int64_t threads = num_threads();
+  const int64_t parts = grain > 0 ? std::min<int64_t>(threads, (n + grain - 1) / grain) : std::min<int64_t>(threads, n);
+  if (parts <= 1 || t_inside_job || at::in_parallel_region()) {
+    f(begin, end);
+    return;
+  }
+  std::unique_lock<std::mutex> lock(g_submit, std::try_to_lock);
+  if (!lock.owns_lock()) {  // another thread's job holds the team
+    f(begin, end);
+    return;
+  }
+  const int64_t chunk = (n + parts - 1) / parts;
+  team_of_size(static_cast<int>(threads)).run(static_cast<int>(parts), begin, end, chunk, f);
+}
+
+}  // namespace astrai
+
+// ---- test support: torch ops that exercise the team from C++ (tests/model/test_parallel.py) ----
+
+namespace astrai {
+namespace {
+
+// Visits of each index of [0, n) by one parallel_for with `grain`: all ones when the chunks tile
+// the range exactly once.
+at::Tensor parallel_for_visits(int64_t n, int64_t grain) {
+  TORCH_CHECK(n >= 0, "parallel_for_visits: n must be >= 0");
+  std::unique_ptr<std::atomic<int32_t>[]> visits(new std::atomic<int32_t>[std::max<int64_t>(n, 1)]);
+  for (int64_t i = 0; i < n; ++i) visits[i].store(0);
+  parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) visits[i].fetch_add(1);
+    parallel_for(b, e, 1, [](int64_t, int64_t) {});  // nested: runs inline, must not deadlock
+  });
+  at::Tensor out = at::empty({n}, at::kInt);
+  for (int64_t i = 0; i < n; ++i) out.data_ptr<int32_t>()[i] = visits[i].load();
+  return out;
+}
+
+// `submitters` std::threads each run `rounds` parallel_fors over [0, n) at once (one holds the
+// team, the others run inline); returns how many index visits were wrong (0 when correct).
+int64_t parallel_for_concurrent_errors(int64_t submitters, int64_t rounds, int64_t n) {
+  std::atomic<int64_t> errors{0};
+  std::vector<std::thread> threads;
+  for (int64_t s = 0; s < submitters; ++s) {
+    threads.emplace_back([&] {
+      std::vector<std::atomic<int32_t>> visits(n);
+      for (int64_t r = 0; r < rounds; ++r) {
+        for (auto& v : visits) v.store(0);
+        parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
+          for (int64_t i = b; i < e; ++i) visits[i].fetch_add(1);
+        });
+        for (auto& v : visits) errors += v.load() != 1;
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  return errors.load();
+}
+
+// Throws from the chunk holding the last index: the caller must see the message.
+void parallel_for_raise(int64_t n) {
+  parallel_for(0, n, 1, [&](int64_t, int64_t e) {
+    TORCH_CHECK(e != n, "parallel_for_raise: raised in the chunk ending at ", e);
+  });
+}
+
+}  // namespace
+}  // namespace astrai
+
+TORCH_LIBRARY_FRAGMENT(astrai, m) {
+  m.def("parallel_for_visits(int n, int grain) -> Tensor", &astrai::parallel_for_visits);
+  m.def("parallel_for_concurrent_errors(int submitters, int rounds, int n) -> int",
+        &astrai::parallel_for_concurrent_errors);
+  m.def("parallel_for_raise(int n) -> ()", &astrai::parallel_for_raise);
+}
