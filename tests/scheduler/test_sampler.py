@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 from astrai.scheduler import SamplingParams
-from astrai.scheduler.sampler import Sampler
+from astrai.scheduler.sampler import Sampler, greedy_tokens
 
 VOCAB = 50
 
@@ -130,3 +130,14 @@ def test_logprobs_are_model_log_softmax():
     top_ids = [t for t, _ in entry["top"]]
     assert top_ids == lp.topk(3).indices.tolist()
     assert res.logprobs[1] is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_greedy_tokens_match_torch_argmax_on_ties_nan_and_strided_rows(dtype):
+    logits = torch.randn(6, 4099, generator=torch.Generator().manual_seed(3)).to(dtype)
+    logits[1, 7] = float("nan")  # NaN counts as the largest
+    logits[2, 100] = logits[2, 3000] = logits[2].max() + 1  # a tie: the first wins
+    logits[3] = 0.0  # all equal
+    for view in (logits, logits[:, ::3], logits[::2]):
+        assert greedy_tokens(view) == view.argmax(dim=-1).tolist()
+    assert greedy_tokens(logits)[1:4] == [7, 100, 0]

@@ -19,6 +19,17 @@ from .grammar import TokenConstraint, fill_bitmasks, unpack_bitmask
 from .params import SamplingParams
 
 
+def greedy_tokens(logits: torch.Tensor) -> list[int]:
+    """Each row's argmax (the first on ties, NaN counting as the largest, as torch.argmax).
+
+    Float32 CPU logits go through numpy: torch's CPU argmax took 112 us for one row of the
+    49,152-token vocabulary and 3.8 ms for 64 rows, numpy's 7 us and 1.05 ms (2-core dev VM).
+    """
+    if logits.device.type == "cpu" and logits.dtype == torch.float32:
+        return logits.detach().numpy().argmax(axis=-1).tolist()
+    return logits.argmax(dim=-1).tolist()
+
+
 class SamplingRow(Protocol):
     """What the sampler needs to know about one row's request."""
 
@@ -74,7 +85,7 @@ class Sampler:
         biased = [i for i, p in enumerate(params) if p.logit_bias]
         plain = not any(banned) and not any(p.needs_penalties for p in params) and not constrained and not biased
         if plain and all(p.greedy for p in params) and not any(want_logprobs):
-            return SampleResult(logits.argmax(dim=-1).tolist(), None)  # greedy fast path
+            return SampleResult(greedy_tokens(logits), None)  # greedy fast path
 
         # The rows that want logprobs keep a copy of their raw logits; the others are changed in
         # place, and only the rows that asked for bias, bans, penalties or a grammar are touched.
@@ -91,7 +102,7 @@ class Sampler:
         out = torch.empty(n, dtype=torch.long, device=logits.device)
         if greedy_rows:
             if len(greedy_rows) == n:
-                out = logits.argmax(dim=-1)
+                out = torch.tensor(greedy_tokens(logits), dtype=torch.long, device=logits.device)
             else:
                 idx = torch.tensor(greedy_rows, device=logits.device)
                 out[idx] = logits[idx].argmax(dim=-1)
