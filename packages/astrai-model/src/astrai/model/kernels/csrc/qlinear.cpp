@@ -3,6 +3,8 @@
 // unpacked once per block into 8 registers (32-bit lane r = row r, 4 consecutive k) and reused
 // for up to 4 activation rows, whose 4-byte slices are broadcast to all lanes, so the int8 dot
 // products (maddubs + madd) need no horizontal sums and the scales of 8 rows apply in one FMA.
+// Q8_0 instead widens its int8 weights to int16 and multiplies the exact int16 activations
+// (a = 254*q_hi + q_lo) with one madd per chunk: 2 multiplies per 32 products instead of 4.
 #include "qlinear.h"
 
 #include <immintrin.h>
@@ -83,7 +85,8 @@ inline void store_int8(const __m256i (&i)[4], int8_t* out) {
 
 // One row, per block of 32 (qlinear.h): q_hi at d_hi = amax/127, the residual's q_lo at
 // d = d_hi/254, both round-half-even (cvtps with the default MXCSR mode, as torch.round).
-void quantize_row(const float* x, int64_t nb, int8_t* q_hi, int8_t* q_lo, float* d, float* ds, int32_t* sum) {
+void quantize_row(const float* x, int64_t nb, int8_t* q_hi, int8_t* q_lo, int16_t* a16, float* d, float* ds,
+                  int32_t* sum) {
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   const __m256i k254 = _mm256_set1_epi32(254);
   for (int64_t b = 0; b < nb; ++b) {
@@ -96,6 +99,7 @@ void quantize_row(const float* x, int64_t nb, int8_t* q_hi, int8_t* q_lo, float*
     if (!(amax >= kTinyBlock)) {
       std::memset(q_hi + b * kQBlock, 0, kQBlock);
       std::memset(q_lo + b * kQBlock, 0, kQBlock);
+      std::memset(a16 + b * kQBlock, 0, kQBlock * sizeof(int16_t));
       d[b] = 0.0f;
       ds[b] = 0.0f;
       sum[b] = 0;
@@ -106,14 +110,19 @@ void quantize_row(const float* x, int64_t nb, int8_t* q_hi, int8_t* q_lo, float*
     const __m256 vd_hi = _mm256_set1_ps(d_hi);
     const __m256 inv_hi = _mm256_set1_ps(1.0f / d_hi);
     const __m256 inv_lo = _mm256_set1_ps(1.0f / d_lo);
-    __m256i hi[4], lo[4];
+    __m256i hi[4], lo[4], whole[4];
     __m256i total = _mm256_setzero_si256();
     for (int j = 0; j < 4; ++j) {
       hi[j] = clamp127(_mm256_cvtps_epi32(_mm256_mul_ps(v[j], inv_hi)));
       // fma: x - q_hi*d_hi rounded once; |r| <= d_hi/2, so r/d is within [-127, 127] but for rounding.
       const __m256 r = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(hi[j]), vd_hi, v[j]);
       lo[j] = clamp127(_mm256_cvtps_epi32(_mm256_mul_ps(r, inv_lo)));
-      total = _mm256_add_epi32(total, _mm256_add_epi32(_mm256_mullo_epi32(hi[j], k254), lo[j]));
+      whole[j] = _mm256_add_epi32(_mm256_mullo_epi32(hi[j], k254), lo[j]);  // |a| <= 32385
+      total = _mm256_add_epi32(total, whole[j]);
+    }
+    for (int j = 0; j < 2; ++j) {  // int32 -> int16 in element order (packs interleave 128-bit lanes)
+      const __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(whole[2 * j], whole[2 * j + 1]), 0xD8);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(a16 + b * kQBlock + 16 * j), packed);
     }
     store_int8(hi, q_hi + b * kQBlock);
     store_int8(lo, q_lo + b * kQBlock);
@@ -154,25 +163,31 @@ inline void group_tile(const QuantizedActivations& a, int64_t m0, const uint8_t*
     }
     const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sb)));
     if constexpr (QT == QType::Q8_0) {
-      const __m256i* wq = reinterpret_cast<const __m256i*>(qb);
-      __m256i magnitude[8];  // |w| as unsigned bytes (-128 -> 128); the signs are re-read from L1
-      for (int j = 0; j < 8; ++j) {
-        const __m256i w = _mm256_loadu_si256(wq + j);
-        magnitude[j] = _mm256_sign_epi8(w, w);
+      // int8 weights times the exact int16 activations a = 254*q_hi + q_lo with madd: half the
+      // multiplies of two maddubs passes (and no sign tricks). Each 32-byte chunk c widens to
+      // rows 0-3 and rows 4-7 (lane pairs (r, k 4c..4c+1), (r, k 4c+2..4c+3)) against a[4c..4c+3]
+      // broadcast as one quadword; per lane |sum| <= 16*128*32385 < 2^31. The block's hadd leaves
+      // rows in the order 0,1,4,5,2,3,6,7, so the scales are permuted to match and the result is
+      // permuted back at the end: the same integers and float operations per row as ever.
+      const __m256 dwp = _mm256_permutevar8x32_ps(dw, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7));
+      const int16_t* xa = a.a + m0 * K + b * kQBlock;
+      __m256i lo[MT], hi[MT];
+      for (int t = 0; t < MT; ++t) lo[t] = hi[t] = _mm256_setzero_si256();
+      for (int c = 0; c < 8; ++c) {
+        const __m128i* src = reinterpret_cast<const __m128i*>(qb + 32 * c);
+        const __m256i w_lo = _mm256_cvtepi8_epi16(_mm_loadu_si128(src));
+        const __m256i w_hi = _mm256_cvtepi8_epi16(_mm_loadu_si128(src + 1));
+        for (int t = 0; t < MT; ++t) {
+          int64_t quad;
+          std::memcpy(&quad, xa + t * K + 4 * c, 8);
+          const __m256i x = _mm256_set1_epi64x(quad);
+          lo[t] = _mm256_add_epi32(lo[t], _mm256_madd_epi16(w_lo, x));
+          hi[t] = _mm256_add_epi32(hi[t], _mm256_madd_epi16(w_hi, x));
+        }
       }
       for (int t = 0; t < MT; ++t) {
-        const int8_t* bh = xh + t * K + b * kQBlock;
-        const int8_t* bl = xl + t * K + b * kQBlock;
-        // |w| * (x * sign(w)) == w * x; pairs of products fit int16 (2*128*127 < 32768), so each
-        // chunk widens to int32 at once (254 * 32512 * 2 + 32512 * 2 < 2^31 per lane and chunk).
-        __m256i sum = _mm256_setzero_si256();
-        for (int j = 0; j < 8; ++j) {
-          const __m256i w = _mm256_loadu_si256(wq + j);
-          const __m256i h = _mm256_maddubs_epi16(magnitude[j], _mm256_sign_epi8(broadcast4(bh + 4 * j), w));
-          const __m256i l = _mm256_maddubs_epi16(magnitude[j], _mm256_sign_epi8(broadcast4(bl + 4 * j), w));
-          sum = _mm256_add_epi32(sum, _mm256_add_epi32(_mm256_madd_epi16(h, k254), _mm256_madd_epi16(l, ones)));
-        }
-        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(dw, _mm256_set1_ps(xd[t * nb + b])), acc[t]);
+        const __m256i sum = _mm256_hadd_epi32(lo[t], hi[t]);
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(dwp, _mm256_set1_ps(xd[t * nb + b])), acc[t]);
       }
     } else {
       __m256i w[8];
@@ -208,6 +223,9 @@ inline void group_tile(const QuantizedActivations& a, int64_t m0, const uint8_t*
     }
     for (int t = 0; t < MT; ++t) acc[t] = _mm256_add_ps(acc[t], low[t]);
   }
+  if constexpr (QT == QType::Q8_0) {  // back to row order (the permutation is its own inverse)
+    for (int t = 0; t < MT; ++t) acc[t] = _mm256_permutevar8x32_ps(acc[t], _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7));
+  }
   for (int t = 0; t < MT; ++t) {
     __m256 y = acc[t];
     float* row = out + (m0 + t) * ldo;
@@ -235,7 +253,8 @@ void gemm(const QuantizedActivations& a, const uint8_t* packed, int64_t N, float
   // One int8 path serves every M. Measured on the 2-core Zen 3 dev VM (bench/kernels/qlinear.py):
   // at one row it streams the weights near the read bandwidth (the GGUF bytes are 4-7x fewer
   // than fp32's); from 4 rows up it runs at ~120-140 GFLOP/s per core for Q4, above fp32 FMA's
-  // own peak (~96 GFLOP/s per core at 3 GHz), and ~90 for Q8_0, about that peak, which MKL's
+  // own peak (~96 GFLOP/s per core at 3 GHz), and ~90 for Q8_0 with two maddubs passes (the
+  // int16 madd path since: LM head at 16 rows 13.9 -> 9.6 ms, at 64 rows 39-55 -> 33-36 ms), which MKL's
   // sgemm approaches but does not pass. So neither dequantizing tiles for an FMA microkernel
   // nor dequantizing for sgemm (plus the dequantization itself) can win at any M; and one path
   // keeps every row's result independent of the batch. Expanding a group's weights once for
@@ -281,7 +300,7 @@ void check_activations_input(const at::Tensor& x, const char* what) {
 }  // namespace
 
 int64_t activation_storage_bytes(int64_t M, int64_t K) {
-  return 2 * M * K + 12 * M * (K / kQBlock);
+  return 4 * M * K + 12 * M * (K / kQBlock);
 }
 
 QuantizedActivations quantize_activations(const at::Tensor& x) {
@@ -300,17 +319,19 @@ QuantizedActivations quantize_activations(const at::Tensor& x, const at::Tensor&
   a.M = x.size(0);
   a.K = x.size(1);
   const int64_t nb = a.K / kQBlock;
-  // planar: q_hi [M*K] | q_lo [M*K] | d [M*nb] | ds [M*nb] | sum [M*nb]; M*K is a multiple of 32,
-  // so all aligned.
+  // planar: q_hi [M*K] | q_lo [M*K] | a [M*K] int16 | d [M*nb] | ds [M*nb] | sum [M*nb]; M*K is a
+  // multiple of 32, so all aligned.
   a.storage = storage;
   uint8_t* base = a.storage.data_ptr<uint8_t>();
   int8_t* q_hi = reinterpret_cast<int8_t*>(base);
   int8_t* q_lo = q_hi + a.M * a.K;
-  float* d = reinterpret_cast<float*>(base + 2 * a.M * a.K);
+  int16_t* a16 = reinterpret_cast<int16_t*>(base + 2 * a.M * a.K);
+  float* d = reinterpret_cast<float*>(base + 4 * a.M * a.K);
   float* ds = d + a.M * nb;
   int32_t* sum = reinterpret_cast<int32_t*>(ds + a.M * nb);
   a.q_hi = q_hi;
   a.q_lo = q_lo;
+  a.a = a16;
   a.d = d;
   a.ds = ds;
   a.sum = sum;
@@ -320,7 +341,7 @@ QuantizedActivations quantize_activations(const at::Tensor& x, const at::Tensor&
   const int64_t grain = std::max<int64_t>(1, 16384 / K);
   parallel_for(0, a.M, grain, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r)
-      quantize_row(src + r * K, nb, q_hi + r * K, q_lo + r * K, d + r * nb, ds + r * nb, sum + r * nb);
+      quantize_row(src + r * K, nb, q_hi + r * K, q_lo + r * K, a16 + r * K, d + r * nb, ds + r * nb, sum + r * nb);
   });
   return a;
 }
@@ -386,9 +407,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_
   const at::Tensor& s = a.storage;
   at::Tensor q_hi = s.narrow(0, 0, M * K).view(at::kChar).view({M, K});
   at::Tensor q_lo = s.narrow(0, M * K, M * K).view(at::kChar).view({M, K});
-  at::Tensor d = s.narrow(0, 2 * M * K, 4 * M * nb).view(at::kFloat).view({M, nb});
-  at::Tensor ds = s.narrow(0, 2 * M * K + 4 * M * nb, 4 * M * nb).view(at::kFloat).view({M, nb});
-  at::Tensor sum = s.narrow(0, 2 * M * K + 8 * M * nb, 4 * M * nb).view(at::kInt).view({M, nb});
+  at::Tensor d = s.narrow(0, 4 * M * K, 4 * M * nb).view(at::kFloat).view({M, nb});
+  at::Tensor ds = s.narrow(0, 4 * M * K + 4 * M * nb, 4 * M * nb).view(at::kFloat).view({M, nb});
+  at::Tensor sum = s.narrow(0, 4 * M * K + 8 * M * nb, 4 * M * nb).view(at::kInt).view({M, nb});
   return {q_hi, q_lo, d, ds, sum};
 }
 

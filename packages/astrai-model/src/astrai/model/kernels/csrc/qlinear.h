@@ -41,18 +41,19 @@ int64_t quant_bytes_per_group_block(QType qtype);   // QB
 int64_t scale_bytes_per_group_block(QType qtype);   // SB
 int64_t packed_nbytes(QType qtype, int64_t N, int64_t K);
 
-// x quantized per block of 32, all in one owning byte buffer (planar: q_hi, q_lo, d, ds, sum).
+// x quantized per block of 32, all in one owning byte buffer (planar: q_hi, q_lo, a, d, ds, sum).
 struct QuantizedActivations {
   at::Tensor storage;
   int64_t M = 0, K = 0;
   const int8_t* q_hi = nullptr;  // [M, K]
   const int8_t* q_lo = nullptr;  // [M, K]
+  const int16_t* a = nullptr;    // [M, K]  254*q_hi + q_lo, exact (Q8_0 multiplies it as int16)
   const float* d = nullptr;      // [M, K/32]  scale of a = 254*q_hi + q_lo (d_hi / 254)
   const float* ds = nullptr;     // [M, K/32]  d * float(sum)
   const int32_t* sum = nullptr;  // [M, K/32]  sum of a over the block
 };
 
-// Bytes of the buffer quantize_activations fills for M rows of K: 2*M*K + 12*M*(K/32).
+// Bytes of the buffer quantize_activations fills for M rows of K: 4*M*K + 12*M*(K/32).
 int64_t activation_storage_bytes(int64_t M, int64_t K);
 
 // x: float32 [M, K], contiguous, K % 32 == 0. Thread-safe; parallel over rows when large.
