@@ -67,10 +67,30 @@ def has_bf16_hardware() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
 
 
+def machine_busy_seconds() -> float | None:
+    """CPU seconds every process on the machine has used since boot (/proc/stat: all but idle
+    and iowait; steal counts, it is other guests' work)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process and of the children it has reaped (servers, llama.cpp tools,
+    guidellm and, through them, their own children)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def load_snapshot() -> dict:
-    """Taken at the start and end of every section: how busy the shared machine was."""
+    """Taken at the start and end of every section: how busy the shared machine was. The load
+    average counts the section's own processes too; the CPU-second counters let the report
+    subtract them and see what everything else used."""
     return {"time": time.strftime("%H:%M:%S"), "load_average": list(os.getloadavg()), "cpu_model": cpu_model(),
-            "cores": os.cpu_count()}
+            "cores": os.cpu_count(), "monotonic": time.monotonic(), "machine_busy_s": machine_busy_seconds(),
+            "own_cpu_s": own_cpu_seconds()}
 
 
 def machine_info() -> dict:

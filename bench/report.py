@@ -48,10 +48,37 @@ def load_text(r: dict, section: str) -> str:
     return " → ".join(f"{x[0]:.1f}" for x in _loads(r, section)) or "–"
 
 
+# Other processes may use this share of the machine's CPU during a section before its verdicts
+# are called unreliable (spin-waiting peers collapse when the cores are shared).
+OUTSIDE_CPU_LIMIT = 0.10
+
+
+def outside_cpu_share(r: dict, section: str) -> float | None:
+    """The share of the machine's CPU time during a section used by processes that were not the
+    bench or its children: machine busy seconds minus the bench's own (None for runs before
+    these counters were recorded)."""
+    snap = (r.get("loads") or {}).get(section) or {}
+    start, end = snap.get("start") or {}, snap.get("end") or {}
+    keys = ("monotonic", "machine_busy_s", "own_cpu_s")
+    if any(start.get(k) is None or end.get(k) is None for k in keys):
+        return None
+    wall = end["monotonic"] - start["monotonic"]
+    cores = end.get("cores") or (r.get("machine") or {}).get("cores") or 1
+    if wall <= 0:
+        return None
+    outside = (end["machine_busy_s"] - start["machine_busy_s"]) - (end["own_cpu_s"] - start["own_cpu_s"])
+    return max(0.0, outside) / (wall * cores)
+
+
 def overloaded(r: dict, section: str) -> str | None:
-    """Why a section's numbers cannot carry a verdict: a 1-minute load average above the core
-    count at its start or end (spin-waiting peers collapse when the cores are shared)."""
+    """Why a section's numbers cannot carry a verdict: other processes took more than
+    OUTSIDE_CPU_LIMIT of the CPU while it ran; for older runs without CPU counters, a 1-minute
+    load average above the core count at its start or end (which also counts the section's own
+    servers and client, so it flags busy sections of an idle machine too)."""
     cores = (r.get("machine") or {}).get("cores")
+    share = outside_cpu_share(r, section)
+    if share is not None:
+        return f"other processes used {share:.0%} of the CPU" if share > OUTSIDE_CPU_LIMIT else None
     peaks = [x[0] for x in _loads(r, section)]
     if not peaks and (r.get("machine") or {}).get("load_average"):
         peaks = [r["machine"]["load_average"][0]]
@@ -177,10 +204,16 @@ def machine_section(r: dict) -> str:
             ["AstrAI options", " ".join(r.get("astrai_args") or []) or "defaults"], ["Python", m["python"]],
             ["Load average at start / end", f"{', '.join(f'{x:.1f}' for x in m['load_average'] or [])} / "
                                             f"{', '.join(f'{x:.1f}' for x in r.get('load_average_end') or [])}"]]
+    def outside(name: str) -> str:
+        share = outside_cpu_share(r, name)
+        return "–" if share is None else f"{share:.1%}"
+
     loads = [[name, *[", ".join(f"{x:.1f}" for x in la) for la in _loads(r, name)],
-              fmt((r.get("section_seconds") or {}).get(name), 0, " s")] for name in (r.get("loads") or {})]
+              fmt((r.get("section_seconds") or {}).get(name), 0, " s"), outside(name)] for name in (r.get("loads") or {})]
     out = ["## Machine", "", table(["", ""], rows), "", "Load average (1, 5, 15 min) at the start and end of each "
-           "section, CPU " + m["cpu_model"] + ":", "", table(["Section", "Start", "End", "Took"], loads)]
+           "section, CPU " + m["cpu_model"] + "; 'Other CPU': the share of the machine's CPU time that processes "
+           "other than the bench and its servers/clients used during the section (verdicts are called unreliable "
+           f"above {OUTSIDE_CPU_LIMIT:.0%}):", "", table(["Section", "Start", "End", "Took", "Other CPU"], loads)]
     return "\n".join(out)
 
 
