@@ -133,6 +133,10 @@ void quantize_row(const float* x, int64_t nb, int8_t* q_hi, int8_t* q_lo, int16_
   }
 }
 
+// Lane order of _mm256_hadd_epi32(rows 0-3 pairs, rows 4-7 pairs): rows 0,1,4,5,2,3,6,7. As a
+// permutation it is its own inverse, so it both orders the scales and restores row order.
+inline __m256i hadd_row_order() { return _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7); }
+
 // Activation rows m0..m0+MT-1 against one group of 8 output rows over all nb blocks. Per row and
 // block the two activation parts take two exact dot products that share the unpacked weights:
 // i = 254 * (w . q_hi) + (w . q_lo), the 254 applied by the madd that widens q_hi's int16 sums.
@@ -169,7 +173,7 @@ inline void group_tile(const QuantizedActivations& a, int64_t m0, const uint8_t*
       // broadcast as one quadword; per lane |sum| <= 16*128*32385 < 2^31. The block's hadd leaves
       // rows in the order 0,1,4,5,2,3,6,7, so the scales are permuted to match and the result is
       // permuted back at the end: the same integers and float operations per row as ever.
-      const __m256 dwp = _mm256_permutevar8x32_ps(dw, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7));
+      const __m256 dwp = _mm256_permutevar8x32_ps(dw, hadd_row_order());
       const int16_t* xa = a.a + m0 * K + b * kQBlock;
       __m256i lo[MT], hi[MT];
       for (int t = 0; t < MT; ++t) lo[t] = hi[t] = _mm256_setzero_si256();
@@ -224,7 +228,7 @@ inline void group_tile(const QuantizedActivations& a, int64_t m0, const uint8_t*
     for (int t = 0; t < MT; ++t) acc[t] = _mm256_add_ps(acc[t], low[t]);
   }
   if constexpr (QT == QType::Q8_0) {  // back to row order (the permutation is its own inverse)
-    for (int t = 0; t < MT; ++t) acc[t] = _mm256_permutevar8x32_ps(acc[t], _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7));
+    for (int t = 0; t < MT; ++t) acc[t] = _mm256_permutevar8x32_ps(acc[t], hadd_row_order());
   }
   for (int t = 0; t < MT; ++t) {
     __m256 y = acc[t];
@@ -253,9 +257,9 @@ void gemm(const QuantizedActivations& a, const uint8_t* packed, int64_t N, float
   // One int8 path serves every M. Measured on the 2-core Zen 3 dev VM (bench/kernels/qlinear.py):
   // at one row it streams the weights near the read bandwidth (the GGUF bytes are 4-7x fewer
   // than fp32's); from 4 rows up it runs at ~120-140 GFLOP/s per core for Q4, above fp32 FMA's
-  // own peak (~96 GFLOP/s per core at 3 GHz), and ~90 for Q8_0 with two maddubs passes (the
-  // int16 madd path since: LM head at 16 rows 13.9 -> 9.6 ms, at 64 rows 39-55 -> 33-36 ms), which MKL's
-  // sgemm approaches but does not pass. So neither dequantizing tiles for an FMA microkernel
+  // own peak (~96 GFLOP/s per core at 3 GHz), and ~90 for Q8_0 with two maddubs passes, about
+  // that peak, which MKL's sgemm approaches but does not pass (Q8_0's int16 madd path since: LM
+  // head at 16 rows 13.9 -> 9.6 ms, at 64 rows 39-55 -> 33-36 ms). So neither dequantizing tiles for an FMA microkernel
   // nor dequantizing for sgemm (plus the dequantization itself) can win at any M; and one path
   // keeps every row's result independent of the batch. Expanding a group's weights once for
   // all its row tiles was measured too: no gain (the maddubs/add pipes, not unpacking, bound it);
