@@ -125,11 +125,14 @@ class TraceLog:
         self._lock = threading.Lock()
         self._arrived: list[str] = []
         self._finished: dict[str, str] = {}
+        self._decode_steps: dict[str, int] = {}
 
     def on_step(self, event: Any) -> None:
         step = event.to_dict()
         with self._lock:
             self._arrived.extend(step["arrived"])
+            for request_id in step["decode"]:
+                self._decode_steps[request_id] = self._decode_steps.get(request_id, 0) + 1
             for f in step["finished"]:
                 self._finished[f["request_id"]] = f["finish_reason"]
 
@@ -140,6 +143,21 @@ class TraceLog:
     def finish_reason(self, request_id: str) -> str | None:
         with self._lock:
             return self._finished.get(request_id)
+
+    def decode_steps(self, request_id: str) -> int:
+        """How many decode steps the request has run (0 while queued or prefilling)."""
+        with self._lock:
+            return self._decode_steps.get(request_id, 0)
+
+    def wait_decoding(self, prefix: str, timeout: float = 60.0) -> str:
+        """The id of the first arrived request starting with `prefix`, once it has decoded a token."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for request_id in self.arrived():
+                if request_id.startswith(prefix) and self.decode_steps(request_id) > 0:
+                    return request_id
+            time.sleep(0.002)
+        raise AssertionError(f"no request {prefix}* was seen decoding within {timeout} s")
 
 
 @pytest.fixture
