@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the benchmark's peers into bench/.peers/ (gitignored). Bench set-up only, never CI.
 #
-#   bench/.peers/llama.cpp-bin/   llama-bench, llama-batched-bench, llama-server, built from the
+#   bench/.peers/llama.cpp-bin/   llama-bench, llama-batched-bench, llama-server, llama-tokenize,
+#                                 llama-perplexity, llama-quantize, llama-lookup, llama-simple, built from the
 #                                 llama.cpp source that the llama-cpp-python sdist vendors
 #   bench/.peers/guidellm-venv/   the guidellm client in its own venv (heavy dependencies)
 #   .venv: py-spy and tqdm for the profile section and progress bars
@@ -19,7 +20,9 @@ PEERS=bench/.peers
 SDIST_VERSION=0.3.36            # llama-cpp-python; its vendor/llama.cpp is what we build
 GUIDELLM_VERSION=0.8.1
 TORCH_VERSION=2.13.0            # the local CPU wheel; an open range pulls CUDA wheels
-TARGETS=(llama-bench llama-batched-bench llama-server)
+# tokenize / perplexity / quantize / lookup: the model-coverage and speculation references
+TARGETS=(llama-bench llama-batched-bench llama-server llama-tokenize llama-perplexity llama-quantize llama-lookup
+         llama-simple)
 mkdir -p "$PEERS"
 
 cpu_has() { grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -qx "$1"; }

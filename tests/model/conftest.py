@@ -79,13 +79,39 @@ def tiny_llama_dir(tmp_path, randomize):
 
 @pytest.fixture(scope="session")
 def native_kernels():
-    """The native kernel module. Built here even under ASTRAI_KERNELS=torch; a machine that can
-    build it (compiler, ninja, AVX2) but fails to makes the test fail, never skip."""
-    from astrai.model.kernels import NativeUnavailable, native
-    from astrai.model.kernels.build import check_machine, load_native
+    """The kernels this machine would run (a `Kernels`). Built here even under
+    ASTRAI_KERNELS=torch; a machine that can build them (compiler, ninja, a supported CPU) but
+    fails to makes the test fail, never skip."""
+    from astrai.model.kernels import NativeUnavailable, kernels, kernels_for
+    from astrai.model.kernels.build import check_machine
+    from astrai.model.kernels.isa import choose_variant, describe_support
 
     try:
         check_machine()
     except NativeUnavailable as exc:
         pytest.skip(f"this machine cannot build the native kernels: {exc}")
-    return native() or load_native()
+    chosen = kernels()
+    if chosen is not None:
+        return chosen
+    variant = choose_variant()
+    if variant is None:
+        pytest.skip(f"no kernel variant runs on this CPU: {describe_support()}")
+    return kernels_for(variant)
+
+
+@pytest.fixture(scope="session", params=["avx2", "avx512", "amx"])
+def variant_kernels(request):
+    """Each instruction-set variant in turn; those this CPU cannot run skip, saying why (so a
+    machine of each kind checks its own). One that the CPU runs but that fails to build fails."""
+    from astrai.model.kernels import NativeUnavailable, kernels_for
+    from astrai.model.kernels.build import check_machine
+    from astrai.model.kernels.isa import probe
+
+    try:
+        check_machine()
+    except NativeUnavailable as exc:
+        pytest.skip(f"this machine cannot build the native kernels: {exc}")
+    support = next(s for s in probe() if s.variant == request.param)
+    if not support.supported:
+        pytest.skip(f"{request.param} kernels do not run on this CPU: {support.reason}")
+    return kernels_for(request.param)

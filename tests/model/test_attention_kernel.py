@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from astrai.model import ForwardBatch, ModelConfig
 from astrai.model.batch import AttentionPlan
-from astrai.model.kernels import native, native_unavailable_reason
+from astrai.model.kernels import native, native_unavailable_reason, ops
 from astrai.model.kernels.attention import kv_write, kv_write_torch, paged_attention, paged_attention_torch
 from astrai.model.kernels.build import NativeUnavailable, check_machine
 from astrai.model.layers import Attention
@@ -116,7 +116,7 @@ def check(actual: torch.Tensor, expected: torch.Tensor) -> None:
 
 def run_native(case: Case, out: torch.Tensor | None = None) -> torch.Tensor:
     out = torch.full(case.q.shape, float("nan")) if out is None else out
-    torch.ops.astrai.paged_attention(*case.args(), out)
+    ops().paged_attention(*case.args(), out)
     return out
 
 
@@ -262,7 +262,7 @@ def test_kv_write_converts_and_skips(native_kernels, kv_dtype):
     native_k = torch.full((10, 8, kv_heads, dim), 9.0, dtype=kv_dtype)
     native_v = native_k.clone()
     torch_k, torch_v = native_k.clone(), native_v.clone()
-    torch.ops.astrai.kv_write(k, v, native_k, native_v, slots)
+    ops().kv_write(k, v, native_k, native_v, slots)
     kv_write_torch(k, v, torch_k, torch_v, slots)
     assert torch.equal(native_k, torch_k) and torch.equal(native_v, torch_v)  # same rounding, bit for bit
     flat_k = native_k.view(-1, kv_heads, dim)
@@ -301,7 +301,7 @@ def test_bad_inputs_raise_clear_errors(native_kernels, mutate, message):
     case = make_case([(30, 1), (0, 12)], 9, 3, 64, 16, torch.float32)
     mutate(case)
     with pytest.raises(RuntimeError, match=message):
-        torch.ops.astrai.paged_attention(*case.args(), torch.empty(case.q.shape))
+        ops().paged_attention(*case.args(), torch.empty(case.q.shape))
 
 
 def test_native_kernels_load_wherever_they_can_build():

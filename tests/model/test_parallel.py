@@ -11,35 +11,36 @@ from __future__ import annotations
 import multiprocessing
 
 import pytest
-import torch
 
 
 @pytest.mark.parametrize("n, grain", [(0, 1), (1, 1), (2, 1), (7, 1), (100, 3), (1000, 256), (5, 100), (4097, 1)])
 def test_chunks_cover_the_range_once(native_kernels, n, grain):
-    visits = torch.ops.astrai.parallel_for_visits(n, grain)
+    visits = native_kernels.testing_ops().parallel_for_visits(n, grain)
     assert visits.tolist() == [1] * n
 
 
 def test_concurrent_submitters_all_get_exact_results(native_kernels):
-    assert torch.ops.astrai.parallel_for_concurrent_errors(4, 200, 257) == 0
+    assert native_kernels.testing_ops().parallel_for_concurrent_errors(4, 200, 257) == 0
 
 
 def test_an_exception_in_a_chunk_reaches_the_caller(native_kernels):
     with pytest.raises(RuntimeError, match="raised in the chunk ending at 64"):
-        torch.ops.astrai.parallel_for_raise(64)
+        native_kernels.testing_ops().parallel_for_raise(64)
     # and the team still works afterwards
-    assert torch.ops.astrai.parallel_for_visits(64, 1).tolist() == [1] * 64
+    assert native_kernels.testing_ops().parallel_for_visits(64, 1).tolist() == [1] * 64
 
 
-def _child_visits(queue) -> None:
-    queue.put(torch.ops.astrai.parallel_for_visits(1000, 1).sum().item())
+def _child_visits(queue, variant: str) -> None:
+    from astrai.model.kernels import kernels_for
+
+    queue.put(kernels_for(variant).testing_ops().parallel_for_visits(1000, 1).sum().item())
 
 
 def test_a_forked_child_builds_its_own_team(native_kernels):
-    assert torch.ops.astrai.parallel_for_visits(1000, 1).sum().item() == 1000  # the parent's team exists
+    assert native_kernels.testing_ops().parallel_for_visits(1000, 1).sum().item() == 1000  # the parent's team exists
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    child = ctx.Process(target=_child_visits, args=(queue,))
+    child = ctx.Process(target=_child_visits, args=(queue, native_kernels.variant))
     child.start()
     child.join(timeout=60)
     assert child.exitcode == 0, "the forked child hung or crashed in parallel_for"

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from astrai.model import bundled_gguf_path
 from astrai.model.gguf_loader import GGUFFile, unpermute_rows
+from astrai.model.kernels import kernels as native_kernels_in_use
 from astrai.model.kernels import native, native_unavailable_reason, quant
 from astrai.model.kernels.quant import (
     PackedWeight,
@@ -46,14 +47,14 @@ def machine_can_build() -> bool:
 
 @pytest.fixture(scope="session")
 def kernels():
-    """The native module: a machine that can build it must (a failure here, never a skip)."""
-    module = native()
-    if module is None:
+    """The native kernels in use: a machine that can build them must (a failure here, never a skip)."""
+    chosen = native_kernels_in_use()
+    if chosen is None:
         if machine_can_build() and native_unavailable_reason() != "disabled by ASTRAI_KERNELS=torch":
             pytest.fail(f"native kernels did not build on a machine with a C++ compiler and AVX2: "
                         f"{native_unavailable_reason()}")
         pytest.skip(f"native kernels unavailable here: {native_unavailable_reason()}")
-    return module
+    return chosen
 
 
 def test_native_kernels_build_where_a_compiler_and_avx2_exist():
@@ -124,8 +125,8 @@ def test_kernel_matches_emulation_and_fp32(kernels, qtype, k, n):
     bias = torch.randn(n, generator=torch.Generator().manual_seed(k))
     batches = [m for m in MS if m == 1 or m * n * k <= REFERENCE_BUDGET]
     xs = [activations(m, k, seed=m) for m in batches]
-    plain = torch.cat([torch.ops.astrai.qlinear(x, w.data, int(qtype), n, k, None) for x in xs])
-    with_bias = torch.cat([torch.ops.astrai.qlinear(x, w.data, int(qtype), n, k, bias) for x in xs])
+    plain = torch.cat([kernels.ops.qlinear(x, w.data, int(qtype), n, k, None) for x in xs])
+    with_bias = torch.cat([kernels.ops.qlinear(x, w.data, int(qtype), n, k, bias) for x in xs])
     # Rows are independent (tested below): one emulation over all batches' rows checks them all.
     x = torch.cat(xs)
     expected = linear_reference_exact(x, w)
@@ -150,7 +151,7 @@ def test_activation_quantization_is_bit_identical(kernels):
     x[2, :32] = torch.arange(32) - 15.5  # ties at .5 after scaling? (d = 15.5/127)
     x[3, :32] = torch.linspace(-1.0, 1.0, 32) * 127.0  # d == 1: exact halves round to even
     x[3, 0], x[3, 1] = 2.5, -3.5
-    got = torch.ops.astrai.quantize_activations(x)
+    got = kernels.testing_ops().quantize_activations(x)
     want = quantize_activations_reference(x)
     for name, a, b in zip(("q_hi", "q_lo", "d", "ds", "sum"), got, want, strict=True):
         assert a.dtype == b.dtype and torch.equal(a, b), f"activation {name} differs"
@@ -160,10 +161,10 @@ def test_activation_quantization_is_bit_identical(kernels):
     assert bool((error <= got[2][..., None] * 0.5 * 1.001 + 1e-6 * x.reshape(9, 18, 32).abs()).all())
     # a reusable buffer, larger than needed: q_hi, q_lo, the int16 a = 254*q_hi + q_lo, then d, ds, sum
     storage = torch.empty(4 * 9 * 576 + 12 * 9 * 18 + 100, dtype=torch.uint8)
-    into = torch.ops.astrai.quantize_activations(x, storage)
+    into = kernels.testing_ops().quantize_activations(x, storage)
     assert all(torch.equal(a, b) for a, b in zip(into, got, strict=True)) and into[0].data_ptr() == storage.data_ptr()
     with pytest.raises(RuntimeError, match="at least 22680 bytes"):
-        torch.ops.astrai.quantize_activations(x, storage[:22679])
+        kernels.testing_ops().quantize_activations(x, storage[:22679])
 
 
 def test_batch_rows_and_thread_count_do_not_change_results(kernels):
@@ -187,7 +188,7 @@ def test_out_variant_writes_into_a_strided_slice(kernels):
     w = pack_gguf(random_raw(qtype, n, k, seed=2), qtype, k)
     x = activations(5, k, seed=1)
     buffer = torch.full((5, n + 40), -7.0)
-    result = torch.ops.astrai.qlinear_out(x, w.data, int(qtype), n, k, None, buffer[:, 20 : 20 + n])
+    result = kernels.ops.qlinear_out(x, w.data, int(qtype), n, k, None, buffer[:, 20 : 20 + n])
     assert torch.equal(buffer[:, 20 : 20 + n], linear(x, w)) and result.data_ptr() == buffer[:, 20:].data_ptr()
     assert bool((buffer[:, :20] == -7.0).all()) and bool((buffer[:, 20 + n :] == -7.0).all())
 
@@ -302,7 +303,7 @@ def test_bad_inputs_get_clear_errors(monkeypatch, request, use_native):
 
 def test_native_op_checks_its_inputs(kernels):
     w = pack_gguf(random_raw(QuantType.Q8_0, 16, 64, seed=0), QuantType.Q8_0, 64)
-    op = torch.ops.astrai.qlinear
+    op = kernels.ops.qlinear
     with pytest.raises(RuntimeError, match="contiguous"):
         op(torch.randn(64, 3).T, w.data, 8, 16, 64, None)
     with pytest.raises(RuntimeError, match="float32"):

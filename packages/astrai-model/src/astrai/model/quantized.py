@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .kernels import native
+from .kernels import native, ops
 from .kernels.quant import PackedWeight, dequantize, linear
 
 
@@ -53,7 +53,7 @@ def embedding_rows(weight: PackedWeight, token_ids: torch.Tensor) -> torch.Tenso
     ids = token_ids.reshape(-1).long()
     module = native()
     if module is not None:
-        rows = torch.ops.astrai.embedding_rows_packed(
+        rows = ops().embedding_rows_packed(
             weight.data, int(weight.qtype), weight.out_features, weight.in_features, ids)
     else:  # pure torch: dequantize the table (slow; this path is for tests and odd machines)
         rows = dequantize(weight)[ids]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import native
+from . import native, ops
 
 KV_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -25,6 +25,7 @@ def paged_attention(
     query_start_loc: torch.Tensor,
     scale: float,
     out: torch.Tensor | None = None,
+    window: int = 0,
 ) -> torch.Tensor:
     """Causal GQA attention of q [T, H, D] over paged K/V; returns (and fills) out [T, H, D].
 
@@ -36,7 +37,7 @@ def paged_attention(
     if out is None:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if _native_fits(q, k_cache, out):
-        torch.ops.astrai.paged_attention(q, k_cache, v_cache, block_tables, context_lens, query_start_loc, scale, out)
+        ops().paged_attention(q, k_cache, v_cache, block_tables, context_lens, query_start_loc, scale, window, out)
         return out
     return paged_attention_torch(q, k_cache, v_cache, block_tables, context_lens, query_start_loc, scale, out)
 
@@ -46,7 +47,7 @@ def kv_write(
 ) -> None:
     """Write rows k, v [T, kv_heads, D] to cache slots `slot_mapping` [T] (-1: skip), in the cache's dtype."""
     if _native_fits(k, k_cache, v) and v.stride(-1) == 1 and slot_mapping.dtype == torch.long:
-        torch.ops.astrai.kv_write(k, v, k_cache, v_cache, slot_mapping.contiguous())
+        ops().kv_write(k, v, k_cache, v_cache, slot_mapping.contiguous())
         return
     kv_write_torch(k, v, k_cache, v_cache, slot_mapping)
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..rope import apply_rotary
-from . import native
+from . import native, ops
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -20,7 +20,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tenso
     if out is None:
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if _native_fits(x, out, weight) and x.dim() == 2:
-        torch.ops.astrai.rms_norm(x, weight, eps, out)
+        ops().rms_norm(x, weight, eps, out)
         return out
     return rms_norm_torch(x, weight, eps, out)
 
@@ -28,7 +28,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tenso
 def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float) -> None:
     """Pre-norm step between sublayers, in place: residual += x, then x = rms_norm(residual)."""
     if _native_fits(x, residual, weight) and x.dim() == 2:
-        torch.ops.astrai.add_rms_norm(x, residual, weight, eps)
+        ops().add_rms_norm(x, residual, weight, eps)
         return
     add_rms_norm_torch(x, residual, weight, eps)
 
@@ -36,7 +36,7 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, 
 def head_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> None:
     """Per-head RMSNorm in place over x [T, heads, D] (qwen3's q/k norm)."""
     if _native_fits(x, x, weight) and x.dim() == 3:
-        torch.ops.astrai.head_rms_norm(x, weight, eps)
+        ops().head_rms_norm(x, weight, eps)
         return
     head_rms_norm_torch(x, weight, eps)
 
@@ -51,7 +51,7 @@ def rotary(qk: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: to
         and cos.is_contiguous()
         and sin.is_contiguous()
     ):
-        torch.ops.astrai.rotary(qk, positions.contiguous(), cos, sin)
+        ops().rotary(qk, positions.contiguous(), cos, sin)
         return
     rotary_torch(qk, positions, cos, sin)
 
@@ -61,7 +61,7 @@ def silu_mul(gate_up: torch.Tensor, out: torch.Tensor | None = None) -> torch.Te
     if out is None:
         out = torch.empty(gate_up.shape[0], gate_up.shape[1] // 2, dtype=gate_up.dtype, device=gate_up.device)
     if _native_fits(gate_up, out, gate_up) and gate_up.dim() == 2:
-        torch.ops.astrai.silu_mul(gate_up, out)
+        ops().silu_mul(gate_up, out)
         return out
     return silu_mul_torch(gate_up, out)
 

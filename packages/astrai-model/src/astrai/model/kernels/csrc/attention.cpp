@@ -1,19 +1,19 @@
-// Paged attention that reads K/V pages in place (AVX2 + FMA + F16C), and the cache write.
+// Paged attention that reads K/V pages in place, and the cache write. The per-vector arithmetic
+// is attention.h's canonical algorithm; this file only decides which vectors share the work.
 //
-// One call covers every sequence of a ragged batch. The work is cut into items; all query heads
-// of a GQA group ride in the same item, so each K/V row is read once for the whole group.
-// Decode-sized sequences (few query vectors) make one item over all their KV heads, streaming
-// each cache slot once with dot products; prefill chunks make items of (KV head, block of query
-// rows) for a register-blocked path that computes a K-tile x Q-block score matrix and reuses
-// each tile for the whole block. Both
-// keep an online (flash-style) softmax in float32 over key tiles.
-// Long items' key ranges are cut into fixed-width pieces (a function of the item alone, so
-// results are batch-invariant) whose partial softmaxes are merged, in piece order, by whichever
-// thread finishes the item's last piece. Items are handed out
-// largest first from a shared counter, so uneven (causal) items still balance.
+// One call covers every sequence of a ragged batch, cut into items; all query heads of a GQA
+// group ride in the same item, so each K/V row is read once for the whole group. A decode-sized
+// sequence (few query vectors per KV head) is one item over all its KV heads; a chunk makes items
+// of (KV head, block of query rows). An item whose keys span several 128-key pieces is split into
+// one work unit per piece; the pieces' partial softmaxes are merged, in piece order, by whichever
+// thread finishes the last one. Units are handed out largest first from a shared counter.
+// Per tile of 32 keys an item computes its vectors' scores (the score layout S[key][vector] lets
+// the softmax run across 8 vectors per instruction while each vector's sums stay in key order),
+// then P V in register blocks: a vector whose tile is only partly visible (the causal diagonal,
+// a window's edge) takes its own exact key range.
 #include "attention.h"
 
-#include <torch/library.h>
+#include <c10/util/Half.h>
 
 #include <algorithm>
 #include <atomic>
@@ -23,133 +23,23 @@
 #include <memory>
 #include <vector>
 
-#include "avx2_math.h"
 #include "parallel.h"
+#include "simd.h"
 
 namespace astrai {
 namespace {
 
 using simd::exp2_nonpositive;
 
-// Scores are kept in base 2 (q pre-scaled by log2 e), so softmax weights are plain powers of two.
-constexpr float kLog2e = 1.4426950408889634f;
-
+constexpr float kLog2e = 1.4426950408889634f;  // scores in base 2: softmax weights are powers of two
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-constexpr int kDirectMaxVectors = 8;  // items with at most this many query vectors take the dot-product path
-constexpr int kDirectTile = 32;       // keys per tile on the dot-product path
-constexpr int kBlockTile = 64;        // keys per tile on the blocked path
-constexpr int kBlockVectors = 96;     // query vectors (rows x heads of a group) per blocked item
-constexpr int kPieceKeys = 128;       // keys per piece of a long item (a multiple of both tiles)
-constexpr int64_t kSerialCost = 6 * 1024;  // below this (a ~190-token SmolLM2 decode), forking costs more than it saves
+constexpr int kTile = 32;             // keys per tile, at absolute multiples of 32
+constexpr int kPieceKeys = 128;       // keys per piece, at absolute multiples of 128
+constexpr int kDirectMaxVectors = 8;  // at most this many vectors per KV head: one item over all heads
+constexpr int kBlockVectors = 96;     // query vectors (rows x heads of a group) per chunk item
+constexpr int64_t kSerialCost = 6 * 1024;  // below this much work, forking costs more than it saves
 
 enum class KvType { F32, F16, BF16 };
-
-// Everything an item needs to find its queries, keys and outputs.
-struct Problem {
-  const float* q;
-  int64_t q_row, q_head;  // strides (elements)
-  float* out;
-  int64_t out_row, out_head;
-  const uint8_t* k_base;
-  const uint8_t* v_base;
-  KvType kv_type;
-  int64_t elem_bytes;
-  int64_t kv_heads, group, head_dim, page_size;
-  const int32_t* block_tables;
-  int64_t max_pages;
-  float scale;
-};
-
-struct Item {
-  int32_t seq, kv_head;  // the first KV head
-  int32_t heads;         // KV heads covered: all of them on the dot-product path, one when blocked
-  int32_t row0, rows;    // query rows [row0, row0 + rows) of the flat batch
-  int32_t first_pos;     // last key index row0 may attend (its position); row i attends <= first_pos + i
-  int32_t key0, key1;    // the keys of this piece: [key0, key1)
-  int32_t group_id;      // -1: the item is whole; else the split item it belongs to
-  int32_t piece;
-  int64_t cost;
-};
-
-struct SplitGroup {
-  int64_t offset;        // into the partials buffer
-  int32_t pieces;
-};
-
-// Per-thread buffers, kept across calls (torch's pool threads are long-lived).
-struct Scratch {
-  std::vector<float> q, o, s, mx, l, alpha, kconv, vconv;
-  std::vector<int32_t> limit;
-  std::vector<const float*> krow, vrow;
-};
-
-// Not inlined: keeps the compiler from re-resolving the thread-local address inside hot loops.
-__attribute__((noinline)) Scratch& thread_scratch() {
-  static thread_local Scratch scratch;
-  return scratch;
-}
-
-template <typename T>
-void grow(std::vector<T>& v, size_t n) {
-  if (v.size() < n) v.resize(n);
-}
-
-int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
-// ---- key/value tiles ----
-
-// Calls f(i, byte offset of key `key + i`'s row for the item's KV head) for i < n, walking the
-// block table page by page (one division per page, not per key).
-template <typename F>
-inline void for_each_row(const Problem& p, const Item& it, int key, int n, F&& f) {
-  const int64_t ps = p.page_size, row_bytes = p.head_dim * p.elem_bytes;
-  const int64_t slot_bytes = p.kv_heads * row_bytes;
-  const int32_t* table = p.block_tables + it.seq * p.max_pages;
-  int64_t page = key / ps, within = key - page * ps;
-  for (int i = 0; i < n;) {
-    const int run = static_cast<int>(std::min<int64_t>(ps - within, n - i));
-    int64_t offset = (static_cast<int64_t>(table[page]) * ps + within) * slot_bytes + it.kv_head * row_bytes;
-    for (int r = 0; r < run; ++r, offset += slot_bytes) f(i + r, offset);
-    i += run;
-    ++page;
-    within = 0;
-  }
-}
-
-// float32 row pointers for keys [key, key + n) of one KV head: straight into the cache for
-// float32, else converted into the thread's scratch.
-void load_tile(const Problem& p, const Item& it, int key, int n, Scratch& s) {
-  const int64_t D = p.head_dim;
-  if (p.kv_type == KvType::F32) {
-    for_each_row(p, it, key, n, [&](int i, int64_t offset) {
-      s.krow[i] = reinterpret_cast<const float*>(p.k_base + offset);
-      s.vrow[i] = reinterpret_cast<const float*>(p.v_base + offset);
-    });
-    return;
-  }
-  const bool half = p.kv_type == KvType::F16;
-  for_each_row(p, it, key, n, [&](int i, int64_t offset) {
-    const uint16_t* k16 = reinterpret_cast<const uint16_t*>(p.k_base + offset);
-    const uint16_t* v16 = reinterpret_cast<const uint16_t*>(p.v_base + offset);
-    float* kd = s.kconv.data() + i * D;
-    float* vd = s.vconv.data() + i * D;
-    if (half) {
-      for (int64_t d = 0; d < D; d += 8) {
-        _mm256_storeu_ps(kd + d, simd::load_f16(k16 + d));
-        _mm256_storeu_ps(vd + d, simd::load_f16(v16 + d));
-      }
-    } else {
-      for (int64_t d = 0; d < D; d += 8) {
-        _mm256_storeu_ps(kd + d, simd::load_bf16(k16 + d));
-        _mm256_storeu_ps(vd + d, simd::load_bf16(v16 + d));
-      }
-    }
-    s.krow[i] = kd;
-    s.vrow[i] = vd;
-  });
-}
-
-// ---- micro-kernels ----
 
 // How a row of the cache loads as float32, eight elements at a time.
 struct F32Rows {
@@ -165,10 +55,151 @@ struct BF16Rows {
   static __m256 load(const uint16_t* p) { return simd::load_bf16(p); }
 };
 
-// o[r][d0 .. d0+W) += sum_n P(n, r) * v[n][d0 .. d0+W) for r < MR, P(n, r) = p[n * sn + r * sr].
+// Everything an item needs to find its queries, keys and outputs.
+struct Problem {
+  const float* q;
+  int64_t q_row, q_head;  // strides (elements)
+  float* out;
+  int64_t out_row, out_head;
+  const uint8_t* k_base;
+  const uint8_t* v_base;
+  KvType kv_type;
+  int64_t elem_bytes;
+  int64_t kv_heads, group, head_dim, page_size;
+  const int32_t* block_tables;
+  int64_t max_pages;
+  float c;         // float(scale) * log2(e)
+  int32_t window;  // 0: none
+};
+
+struct Item {
+  int32_t seq, kv_head;  // the first KV head
+  int32_t heads;         // KV heads covered: all of them for decode-sized work, else one
+  int32_t row0, rows;    // query rows [row0, row0 + rows) of the flat batch
+  int32_t first_pos;     // position of row0; row i has position first_pos + i
+  int32_t key0, key1;    // the keys of this unit: [key0, key1)
+  int32_t group_id;      // -1: the item is whole; else the split item it belongs to
+  int32_t piece;
+  int64_t cost;
+};
+
+struct SplitGroup {
+  int64_t offset;  // into the partials buffer
+  int32_t pieces;
+};
+
+// Accumulators of one unit: unnormalised output o [M, D], running max mx and sum l [Mp].
+struct Accum {
+  float* o;
+  float* mx;
+  float* l;
+};
+
+// Per-thread buffers, kept across calls (the worker team's threads are long-lived).
+struct Scratch {
+  std::vector<float> q, s, alpha, kconv, vconv;
+  std::vector<int32_t> begin, end;
+  std::vector<const float*> kf, vf;
+};
+
+// Not inlined: keeps the compiler from re-resolving the thread-local address inside hot loops.
+__attribute__((noinline)) Scratch& thread_scratch() {
+  static thread_local Scratch scratch;
+  return scratch;
+}
+
+template <typename T>
+void grow(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+int32_t lowest_key(const Problem& p, int32_t pos) { return p.window > 0 ? std::max(0, pos - p.window + 1) : 0; }
+
+// Query vectors of an item: rows x query heads of each covered KV head; vector m belongs to KV
+// head kv_head + m / (rows * group), row (m % (rows * group)) / group.
+int64_t item_vectors(const Problem& p, const Item& it) { return static_cast<int64_t>(it.rows) * p.group * it.heads; }
+
+float* out_vector(const Problem& p, const Item& it, int64_t m) {
+  const int64_t per_head = static_cast<int64_t>(it.rows) * p.group;
+  const int64_t h = it.kv_head + m / per_head, mm = m % per_head;
+  return p.out + (it.row0 + mm / p.group) * p.out_row + (h * p.group + mm % p.group) * p.out_head;
+}
+
+// Rows of keys [key, key + n) of KV head `head` in the K and V caches, walking the block table
+// page by page.
+template <typename T>
+void tile_rows(const Problem& p, int32_t seq, int64_t head, int key, int n, const T** k, const T** v) {
+  const int64_t ps = p.page_size, row_bytes = p.head_dim * p.elem_bytes;
+  const int64_t slot_bytes = p.kv_heads * row_bytes;
+  const int32_t* table = p.block_tables + seq * p.max_pages;
+  int64_t page = key / ps, within = key - page * ps;
+  for (int i = 0; i < n;) {
+    const int run = static_cast<int>(std::min<int64_t>(ps - within, n - i));
+    int64_t offset = (static_cast<int64_t>(table[page]) * ps + within) * slot_bytes + head * row_bytes;
+    for (int r = 0; r < run; ++r, offset += slot_bytes) {
+      k[i + r] = reinterpret_cast<const T*>(p.k_base + offset);
+      v[i + r] = reinterpret_cast<const T*>(p.v_base + offset);
+    }
+    i += run;
+    ++page;
+    within = 0;
+  }
+}
+
+// ---- micro-kernels ----
+
+// s[i * ld + m] = dot(q[m], k[i]) for m < MG, i < 4, with the canonical lane sums and tree.
+template <int MG, typename L>
+inline void score_block(const float* q, int64_t D, const typename L::T* const* k, float* s, int64_t ld) {
+  __m256 acc[MG][4];
+  #pragma GCC unroll 16
+  for (int m = 0; m < MG; ++m)
+    #pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) acc[m][i] = _mm256_setzero_ps();
+  for (int64_t d = 0; d < D; d += 8) {
+    __m256 qv[MG];
+    #pragma GCC unroll 16
+    for (int m = 0; m < MG; ++m) qv[m] = _mm256_loadu_ps(q + m * D + d);
+    #pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {
+      const __m256 kv = L::load(k[i] + d);
+      #pragma GCC unroll 16
+      for (int m = 0; m < MG; ++m) acc[m][i] = _mm256_fmadd_ps(kv, qv[m], acc[m][i]);
+    }
+  }
+  #pragma GCC unroll 16
+  for (int m = 0; m < MG; ++m) {
+    // hadd(hadd(a0, a1), hadd(a2, a3)), then the two 128-bit halves: key i gets
+    // ((ai0 + ai1) + (ai2 + ai3)) + ((ai4 + ai5) + (ai6 + ai7)).
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[m][0], acc[m][1]), _mm256_hadd_ps(acc[m][2], acc[m][3]));
+    alignas(16) float r[4];
+    _mm_store_ps(r, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+    for (int i = 0; i < 4; ++i) s[i * ld + m] = r[i];
+  }
+}
+
+// Scores of M query vectors (q, stride D) against n <= kTile keys: s[i * ld + m]. Rows are
+// written in fours (a short tail repeats the last key into rows n .. round_up(n, 4) - 1, which
+// the caller's kTile-row buffer holds and never reads).
+template <typename L>
+void scores(const float* q, int M, int64_t D, const typename L::T* const* k, int n, float* s, int64_t ld) {
+  for (int i = 0; i < n; i += 4) {
+    const typename L::T* k4[4];
+    for (int j = 0; j < 4; ++j) k4[j] = k[std::min(i + j, n - 1)];
+    float* si = s + static_cast<int64_t>(i) * ld;
+    int m = 0;
+    for (; m + 3 <= M; m += 3) score_block<3, L>(q + m * D, D, k4, si + m, ld);
+    if (M - m == 2) score_block<2, L>(q + m * D, D, k4, si + m, ld);
+    if (M - m == 1) score_block<1, L>(q + m * D, D, k4, si + m, ld);
+  }
+}
+
+// o[r][d0 .. d0+W) = fma(P(n, r), v[n][d], o) for n in order, r < MR; P(n, r) = p[n * sn + r].
 template <int MR, int W, typename L>
-inline void pv_kernel(const float* p, int64_t sn, int64_t sr, const typename L::T* const* vrow, int n_keys,
-                      int64_t d0, float* o, int64_t ldo) {
+inline void pv_kernel(const float* p, int64_t sn, const typename L::T* const* vrow, int n_keys, int64_t d0, float* o,
+                      int64_t ldo) {
   constexpr int C = W / 8;
   __m256 acc[MR][C];
   #pragma GCC unroll 16
@@ -182,7 +213,7 @@ inline void pv_kernel(const float* p, int64_t sn, int64_t sr, const typename L::
     const float* pn = p + n * sn;
     #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
-      const __m256 w = _mm256_broadcast_ss(pn + r * sr);
+      const __m256 w = _mm256_broadcast_ss(pn + r);
       #pragma GCC unroll 16
       for (int c = 0; c < C; ++c) acc[r][c] = _mm256_fmadd_ps(w, v[c], acc[r][c]);
     }
@@ -194,318 +225,176 @@ inline void pv_kernel(const float* p, int64_t sn, int64_t sr, const typename L::
 }
 
 template <int MR, typename L>
-void pv_rows_fixed(const float* p, int64_t sn, int64_t sr, const typename L::T* const* vrow, int n_keys, float* o,
-                   int64_t D) {
+void pv_fixed(const float* p, int64_t sn, const typename L::T* const* vrow, int n_keys, float* o, int64_t D) {
   int64_t d = 0;
   if (MR <= 2)  // 4 accumulators per row still fit the 16 registers
-    for (; d + 32 <= D; d += 32) pv_kernel<MR, 32, L>(p, sn, sr, vrow, n_keys, d, o, D);
-  for (; d + 16 <= D; d += 16) pv_kernel<MR, 16, L>(p, sn, sr, vrow, n_keys, d, o, D);
-  for (; d < D; d += 8) pv_kernel<MR, 8, L>(p, sn, sr, vrow, n_keys, d, o, D);
+    for (; d + 32 <= D; d += 32) pv_kernel<MR, 32, L>(p, sn, vrow, n_keys, d, o, D);
+  for (; d + 16 <= D; d += 16) pv_kernel<MR, 16, L>(p, sn, vrow, n_keys, d, o, D);
+  for (; d < D; d += 8) pv_kernel<MR, 8, L>(p, sn, vrow, n_keys, d, o, D);
 }
 
-// O[m][:] += sum_n P(n, m) V[n][:] for m < M, in register tiles of up to six rows.
+// O[m][:] = fma(P(n, m), V[n][:], O[m][:]) over n in order, for M consecutive vectors.
 template <typename L>
-void pv_rows(const float* p, int64_t sn, int64_t sr, const typename L::T* const* vrow, int n_keys, float* o, int M,
-             int64_t D) {
+void pv(const float* p, int64_t sn, const typename L::T* const* vrow, int n_keys, float* o, int M, int64_t D) {
+  if (n_keys <= 0) return;
   int m = 0;
-  for (; m + 6 <= M; m += 6) pv_rows_fixed<6, L>(p + m * sr, sn, sr, vrow, n_keys, o + m * D, D);
-  const float* pm = p + m * sr;
+  for (; m + 6 <= M; m += 6) pv_fixed<6, L>(p + m, sn, vrow, n_keys, o + m * D, D);
+  const float* pm = p + m;
   float* om = o + m * D;
   switch (M - m) {
-    case 5: pv_rows_fixed<5, L>(pm, sn, sr, vrow, n_keys, om, D); break;
-    case 4: pv_rows_fixed<4, L>(pm, sn, sr, vrow, n_keys, om, D); break;
-    case 3: pv_rows_fixed<3, L>(pm, sn, sr, vrow, n_keys, om, D); break;
-    case 2: pv_rows_fixed<2, L>(pm, sn, sr, vrow, n_keys, om, D); break;
-    case 1: pv_rows_fixed<1, L>(pm, sn, sr, vrow, n_keys, om, D); break;
+    case 5: pv_fixed<5, L>(pm, sn, vrow, n_keys, om, D); break;
+    case 4: pv_fixed<4, L>(pm, sn, vrow, n_keys, om, D); break;
+    case 3: pv_fixed<3, L>(pm, sn, vrow, n_keys, om, D); break;
+    case 2: pv_fixed<2, L>(pm, sn, vrow, n_keys, om, D); break;
+    case 1: pv_fixed<1, L>(pm, sn, vrow, n_keys, om, D); break;
     default: break;
   }
 }
 
-// s[r * lds + 0..16) = sum_d k[r][d] * qp[d][0..16) for r < NR: a key tile against one panel
-// of 16 packed query vectors.
-template <int NR>
-inline void qk_kernel(const float* const* krow, const float* qp, int64_t D, float* s, int64_t lds) {
-  __m256 acc[NR][2];
-  #pragma GCC unroll 16
-  for (int r = 0; r < NR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-  for (int64_t d = 0; d < D; ++d) {
-    const __m256 q0 = _mm256_loadu_ps(qp + d * 16);
-    const __m256 q1 = _mm256_loadu_ps(qp + d * 16 + 8);
-    #pragma GCC unroll 16
-    for (int r = 0; r < NR; ++r) {
-      const __m256 k = _mm256_broadcast_ss(krow[r] + d);
-      acc[r][0] = _mm256_fmadd_ps(k, q0, acc[r][0]);
-      acc[r][1] = _mm256_fmadd_ps(k, q1, acc[r][1]);
+// The online-softmax step of one tile for vectors [0, Mp) (scores S[n * Mp + m], n < nk): each
+// vector sees keys [begin[m], end[m]) of the tile (empty: its state is left exactly as it was).
+// S becomes the weights p (0 where not visible); alpha[m] is what o[m] must be scaled by.
+void softmax_tile(float* S, int nk, int Mp, const int32_t* begin, const int32_t* end, Accum acc, float* alpha) {
+  const __m256 neg_inf = _mm256_set1_ps(kNegInf);
+  for (int m = 0; m < Mp; m += 8) {
+    const __m256i vb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(begin + m));
+    const __m256i ve = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(end + m));
+    __m256 top = neg_inf;
+    for (int n = 0; n < nk; ++n) {
+      const __m256i idx = _mm256_set1_epi32(n);
+      const __m256 hidden = _mm256_castsi256_ps(
+          _mm256_or_si256(_mm256_cmpgt_epi32(vb, idx), _mm256_cmpgt_epi32(_mm256_add_epi32(idx, _mm256_set1_epi32(1)), ve)));
+      const __m256 s = _mm256_blendv_ps(_mm256_loadu_ps(S + n * Mp + m), neg_inf, hidden);
+      _mm256_storeu_ps(S + n * Mp + m, s);
+      top = _mm256_max_ps(top, s);
     }
-  }
-  #pragma GCC unroll 16
-  for (int r = 0; r < NR; ++r) {
-    _mm256_storeu_ps(s + r * lds, acc[r][0]);
-    _mm256_storeu_ps(s + r * lds + 8, acc[r][1]);
-  }
-}
-
-void qk_panel(const float* const* krow, int n_keys, const float* qp, int64_t D, float* s, int64_t lds) {
-  int n = 0;
-  for (; n + 6 <= n_keys; n += 6) qk_kernel<6>(krow + n, qp, D, s + n * lds, lds);
-  switch (n_keys - n) {
-    case 5: qk_kernel<5>(krow + n, qp, D, s + n * lds, lds); break;
-    case 4: qk_kernel<4>(krow + n, qp, D, s + n * lds, lds); break;
-    case 3: qk_kernel<3>(krow + n, qp, D, s + n * lds, lds); break;
-    case 2: qk_kernel<2>(krow + n, qp, D, s + n * lds, lds); break;
-    case 1: qk_kernel<1>(krow + n, qp, D, s + n * lds, lds); break;
-    default: break;
-  }
-}
-
-// s[m * kDirectTile + i] = q[m] . k[i] for m < MG, i < 4: each key chunk loaded (and converted)
-// once for MG query vectors.
-template <int MG, typename L>
-inline void qk4_kernel(const float* q, int64_t D, const typename L::T* const* k, float* s) {
-  __m256 acc[MG][4];
-  #pragma GCC unroll 16
-  for (int m = 0; m < MG; ++m)
-    #pragma GCC unroll 16
-    for (int i = 0; i < 4; ++i) acc[m][i] = _mm256_setzero_ps();
-  for (int64_t d = 0; d < D; d += 8) {
-    __m256 qv[MG];  // this chunk of every query vector, reused for the four keys
-    #pragma GCC unroll 16
-    for (int m = 0; m < MG; ++m) qv[m] = _mm256_loadu_ps(q + m * D + d);
-    #pragma GCC unroll 16
-    for (int i = 0; i < 4; ++i) {
-      const __m256 kv = L::load(k[i] + d);
-      #pragma GCC unroll 16
-      for (int m = 0; m < MG; ++m) acc[m][i] = _mm256_fmadd_ps(kv, qv[m], acc[m][i]);
+    const __m256 old = _mm256_loadu_ps(acc.mx + m);
+    const __m256 any = _mm256_cmp_ps(top, neg_inf, _CMP_NEQ_OQ);  // the vector sees a key in this tile
+    const __m256 mnew = _mm256_max_ps(old, top);
+    const __m256 safe = _mm256_blendv_ps(_mm256_setzero_ps(), mnew, any);  // -inf - 0: weights 0, never NaN
+    __m256 sum = _mm256_setzero_ps();
+    for (int n = 0; n < nk; ++n) {
+      const __m256 e = exp2_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(S + n * Mp + m), safe));
+      _mm256_storeu_ps(S + n * Mp + m, e);
+      sum = _mm256_add_ps(sum, e);
     }
-  }
-  #pragma GCC unroll 16
-  for (int m = 0; m < MG; ++m) {
-    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[m][0], acc[m][1]), _mm256_hadd_ps(acc[m][2], acc[m][3]));
-    _mm_storeu_ps(s + m * kDirectTile, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
-  }
-}
-
-// Prefetch the lines of one cache slot (every covered KV head of one key) into L1 or L2.
-inline void prefetch_slot_l1(const uint8_t* slot, int64_t bytes) {
-  for (int64_t b = 0; b < bytes; b += 64) simd::prefetch_l1(slot + b);
-}
-inline void prefetch_slot_l2(const uint8_t* slot, int64_t bytes) {
-  for (int64_t b = 0; b < bytes; b += 64) simd::prefetch_l2(slot + b);
-}
-
-// Scores of every covered KV head for one tile, s[(h * M + m) * kDirectTile + n] = q[h][m] . k[n]
-// (a short tail repeats the tile's last key; the caller masks those scores). Keys are the outer
-// loop, so each K slot (all heads, contiguous) is read front to back, once; along the way it
-// prefetches the same keys' V slots and the next tile's K slots, two sequential streams that
-// the memory system serves far better than per-head passes over strided rows.
-template <typename L>
-void direct_scores(const float* q, int M, int heads, int64_t D, const uint8_t* const* kslot, int n_keys,
-                   const uint8_t* const* vslot, const uint8_t* const* knext, int n_next, int64_t slot_bytes,
-                   float* s) {
-  using T = typename L::T;
-  for (int n = 0; n < n_keys; n += 4) {
-    for (int i = n; i < std::min(n + 4, n_keys); ++i) prefetch_slot_l1(vslot[i], slot_bytes);
-    for (int i = n; i < std::min(n + 4, n_next); ++i) prefetch_slot_l2(knext[i], slot_bytes);
-    const T* base[4];
-    for (int i = 0; i < 4; ++i) base[i] = reinterpret_cast<const T*>(kslot[std::min(n + i, n_keys - 1)]);
-    for (int h = 0; h < heads; ++h) {
-      const T* k[4] = {base[0] + h * D, base[1] + h * D, base[2] + h * D, base[3] + h * D};
-      const float* qh = q + static_cast<int64_t>(h) * M * D;
-      float* sh = s + static_cast<int64_t>(h) * M * kDirectTile + n;
-      int m = 0;
-      for (; m + 3 <= M; m += 3) qk4_kernel<3, L>(qh + m * D, D, k, sh + m * kDirectTile);
-      if (M - m == 2) qk4_kernel<2, L>(qh + m * D, D, k, sh + m * kDirectTile);
-      if (M - m == 1) qk4_kernel<1, L>(qh + m * D, D, k, sh + m * kDirectTile);
-    }
+    const __m256 a = _mm256_blendv_ps(_mm256_set1_ps(1.0f), exp2_nonpositive(_mm256_sub_ps(old, safe)), any);
+    _mm256_storeu_ps(acc.l + m, _mm256_fmadd_ps(_mm256_loadu_ps(acc.l + m), a, sum));
+    _mm256_storeu_ps(acc.mx + m, mnew);
+    _mm256_storeu_ps(alpha + m, a);
   }
 }
-
-// ---- the two item paths ----
-
-// Accumulators of one item: unnormalised output o [M, D], running max mx and sum l [M].
-struct Accum {
-  float* o;
-  float* mx;
-  float* l;
-};
 
 void scale_rows(float* o, const float* alpha, int M, int64_t D) {
   for (int m = 0; m < M; ++m) {
-    if (alpha[m] == 1.0f) continue;
+    if (alpha[m] == 1.0f) continue;  // o * 1 == o
     const __m256 a = _mm256_set1_ps(alpha[m]);
     float* om = o + m * D;
     for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(om + d, _mm256_mul_ps(a, _mm256_loadu_ps(om + d)));
   }
 }
 
-// Few query vectors (decode): one item covers every KV head of its rows, so each key's cache
-// slot streams in once. Per tile: scores for all heads (keys outer), a softmax along the tile,
-// then P V per head; K/V read (and converted) straight from the cache.
-template <typename L>
-void direct_item(const Problem& p, const Item& it, Scratch& s, Accum acc) {
-  using T = typename L::T;
-  const uint8_t* kslot[kDirectTile];  // the item's first head's row of each key of the tile
-  const uint8_t* vslot[kDirectTile];
-  const uint8_t* knext[kDirectTile];
-  const T* vhead[kDirectTile];
-  const int64_t D = p.head_dim, G = p.group;
-  const int M = static_cast<int>(it.rows * G);  // query vectors per KV head
-  const int total = M * it.heads;
-  grow(s.q, static_cast<size_t>(total) * D);
-  grow(s.s, static_cast<size_t>(total) * kDirectTile);
-  grow(s.alpha, total);
-  const __m256 sc = _mm256_set1_ps(p.scale * kLog2e);
-  for (int m = 0; m < total; ++m) {
-    const int h = m / M, mm = m % M;
-    const float* src = p.q + (it.row0 + mm / G) * p.q_row + ((it.kv_head + h) * G + mm % G) * p.q_head;
-    for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(s.q.data() + m * D + d, _mm256_mul_ps(sc, _mm256_loadu_ps(src + d)));
-    acc.mx[m] = kNegInf;
-    acc.l[m] = 0.0f;
-  }
-  std::fill(acc.o, acc.o + static_cast<int64_t>(total) * D, 0.0f);
-  const int64_t slot_bytes = it.heads * D * static_cast<int64_t>(sizeof(T));
-  auto rows_of = [&](int key, int n, const uint8_t** k, const uint8_t** v) {
-    for_each_row(p, it, key, n, [&](int i, int64_t offset) {
-      k[i] = p.k_base + offset;
-      if (v) v[i] = p.v_base + offset;
-    });
-  };
-  int n = std::min(kDirectTile, it.key1 - it.key0);
-  rows_of(it.key0, n, kslot, vslot);
-  for (int key = it.key0; key < it.key1;) {
-    const int next_key = key + n;
-    const int n_next = std::min(kDirectTile, it.key1 - next_key);
-    rows_of(next_key, std::max(0, n_next), knext, nullptr);
-    direct_scores<L>(s.q.data(), M, it.heads, D, kslot, n, vslot, knext, std::max(0, n_next), slot_bytes, s.s.data());
-    const int padded = static_cast<int>(round_up(n, 8));
-    for (int m = 0; m < total; ++m) {
-      float* sm = s.s.data() + m * kDirectTile;
-      const int last = it.first_pos + (m % M) / static_cast<int>(G);  // causal: keys <= last
-      const int valid = std::clamp(last - key + 1, 0, n);
-      std::fill(sm + valid, sm + padded, kNegInf);
-      __m256 vmax = _mm256_set1_ps(kNegInf);
-      for (int i = 0; i < padded; i += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(sm + i));
-      const float mnew = std::max(acc.mx[m], simd::hmax(vmax));
-      if (mnew == kNegInf) {  // nothing to attend in this tile yet
-        std::fill(sm, sm + padded, 0.0f);
-        s.alpha[m] = 1.0f;
-        continue;
-      }
-      const __m256 mv = _mm256_set1_ps(mnew);
-      __m256 sum = _mm256_setzero_ps();
-      for (int i = 0; i < padded; i += 8) {
-        const __m256 e = exp2_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(sm + i), mv));
-        _mm256_storeu_ps(sm + i, e);
-        sum = _mm256_add_ps(sum, e);
-      }
-      const float a = std::exp2(acc.mx[m] - mnew);
-      acc.l[m] = acc.l[m] * a + simd::hsum(sum);
-      acc.mx[m] = mnew;
-      s.alpha[m] = a;
-    }
-    scale_rows(acc.o, s.alpha.data(), total, D);
-    for (int h = 0; h < it.heads; ++h) {
-      for (int i = 0; i < n; ++i) vhead[i] = reinterpret_cast<const T*>(vslot[i]) + h * D;
-      pv_rows<L>(s.s.data() + static_cast<int64_t>(h) * M * kDirectTile, 1, kDirectTile, vhead, n,
-                 acc.o + static_cast<int64_t>(h) * M * D, M, D);
-    }
-    key = next_key;
-    n = std::max(0, n_next);
-    rows_of(key, n, kslot, vslot);
-  }
-}
+// ---- one work unit ----
 
-// Many query vectors (prefill): Q packed once into 16-wide panels; per key tile, scores
-// S[n][m] = K Q^T by register blocks, a softmax vectorised over query vectors, then O += P^T V.
-void blocked_item(const Problem& p, const Item& it, Scratch& s, Accum acc) {
+template <typename L>
+void run_unit(const Problem& p, const Item& it, Scratch& s, Accum acc) {
+  using T = typename L::T;
   const int64_t D = p.head_dim, G = p.group;
-  const int M = static_cast<int>(it.rows * G);
-  const int Mp = static_cast<int>(round_up(M, 16));
-  grow(s.q, static_cast<size_t>(Mp) * D);
-  grow(s.s, static_cast<size_t>(kBlockTile) * Mp);
+  const int per_head = it.rows * static_cast<int>(G);
+  const int M = per_head * it.heads;
+  const int Mp = static_cast<int>(round_up(M, 8));
+  grow(s.q, static_cast<size_t>(M) * D);
+  grow(s.s, static_cast<size_t>(kTile) * Mp);
   grow(s.alpha, Mp);
-  grow(s.limit, Mp);
-  float* qp = s.q.data();  // panel-major: qp[(m / 16) * D * 16 + d * 16 + m % 16]
-  for (int m = 0; m < Mp; ++m) {
-    float* dst = qp + (m / 16) * D * 16 + m % 16;
-    if (m < M) {
-      const float* src = p.q + (it.row0 + m / G) * p.q_row + (it.kv_head * G + m % G) * p.q_head;
-      for (int64_t d = 0; d < D; ++d) dst[d * 16] = src[d] * (p.scale * kLog2e);
-      s.limit[m] = it.first_pos + m / static_cast<int>(G);
-    } else {
-      for (int64_t d = 0; d < D; ++d) dst[d * 16] = 0.0f;
-      s.limit[m] = std::numeric_limits<int32_t>::max();  // padding vectors: no mask, never written out
-    }
+  grow(s.begin, Mp);
+  grow(s.end, Mp);
+  grow(s.kf, kTile);
+  grow(s.vf, kTile);
+  const __m256 c = _mm256_set1_ps(p.c);
+  for (int m = 0; m < M; ++m) {
+    const int h = m / per_head, mm = m % per_head;
+    const float* src = p.q + (it.row0 + mm / G) * p.q_row + ((it.kv_head + h) * G + mm % G) * p.q_head;
+    for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(s.q.data() + m * D + d, _mm256_mul_ps(c, _mm256_loadu_ps(src + d)));
   }
   std::fill(acc.o, acc.o + static_cast<int64_t>(M) * D, 0.0f);
   std::fill(acc.mx, acc.mx + Mp, kNegInf);
   std::fill(acc.l, acc.l + Mp, 0.0f);
+  // Convert f16 / bf16 tiles once when many vectors read them; a decode's few read them in place.
+  const bool convert = p.kv_type != KvType::F32 && per_head > kDirectMaxVectors;
+  if (convert) {
+    grow(s.kconv, kTile * D);
+    grow(s.vconv, kTile * D);
+  }
   float* S = s.s.data();
-  const int first_limit = it.first_pos;  // the smallest limit: keys up to here are visible to all
-  for (int key = it.key0; key < it.key1; key += kBlockTile) {
-    const int n = std::min(kBlockTile, it.key1 - key);
-    load_tile(p, it, key, n, s);
-    for (int panel = 0; panel < Mp / 16; ++panel)
-      qk_panel(s.krow.data(), n, qp + panel * D * 16, D, S + panel * 16, Mp);
-    for (int i = std::max(0, first_limit + 1 - key); i < n; ++i) {  // causal mask on the tile's tail
-      const __m256i j = _mm256_set1_epi32(key + i);
-      float* row = S + i * Mp;
-      for (int m = 0; m < Mp; m += 8) {
-        const __m256i lim = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s.limit.data() + m));
-        const __m256 hidden = _mm256_castsi256_ps(_mm256_cmpgt_epi32(j, lim));
-        _mm256_storeu_ps(row + m, _mm256_blendv_ps(_mm256_loadu_ps(row + m), _mm256_set1_ps(kNegInf), hidden));
+  const T* krow[kTile];
+  const T* vrow[kTile];
+  for (int tile = it.key0 / kTile * kTile; tile < it.key1; tile += kTile) {
+    const int k0 = std::max(tile, it.key0), k1 = std::min(tile + kTile, it.key1), nk = k1 - k0;
+    // each vector's visible keys in the tile, relative to k0
+    for (int m = 0; m < Mp; ++m) {
+      if (m >= M) {
+        s.begin[m] = s.end[m] = 0;
+        continue;
+      }
+      const int32_t pos = it.first_pos + (m % per_head) / static_cast<int32_t>(G);
+      s.begin[m] = std::clamp(lowest_key(p, pos) - k0, 0, nk);
+      s.end[m] = std::clamp(pos + 1 - k0, 0, nk);
+    }
+    for (int h = 0; h < it.heads; ++h) {
+      tile_rows(p, it.seq, it.kv_head + h, k0, nk, krow, vrow);
+      const float* qh = s.q.data() + static_cast<int64_t>(h) * per_head * D;
+      if (convert) {
+        for (int i = 0; i < nk; ++i) {
+          float* kd = s.kconv.data() + i * D;
+          for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(kd + d, L::load(krow[i] + d));
+          s.kf[i] = kd;
+        }
+        scores<F32Rows>(qh, per_head, D, s.kf.data(), nk, S + h * per_head, Mp);
+      } else {
+        scores<L>(qh, per_head, D, krow, nk, S + h * per_head, Mp);
       }
     }
-    for (int m = 0; m < Mp; m += 8) {
-      __m256 vmax = _mm256_set1_ps(kNegInf);
-      for (int i = 0; i < n; ++i) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(S + i * Mp + m));
-      const __m256 old = _mm256_loadu_ps(acc.mx + m);
-      const __m256 mnew = _mm256_max_ps(old, vmax);
-      // a vector with nothing visible yet keeps max -inf; subtract 0 there so exp gives 0, not NaN
-      const __m256 safe = _mm256_blendv_ps(mnew, _mm256_setzero_ps(), _mm256_cmp_ps(mnew, _mm256_set1_ps(kNegInf), _CMP_EQ_OQ));
-      __m256 sum = _mm256_setzero_ps();
-      for (int i = 0; i < n; ++i) {
-        const __m256 e = exp2_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(S + i * Mp + m), safe));
-        _mm256_storeu_ps(S + i * Mp + m, e);
-        sum = _mm256_add_ps(sum, e);
+    softmax_tile(S, nk, Mp, s.begin.data(), s.end.data(), acc, s.alpha.data());
+    scale_rows(acc.o, s.alpha.data(), M, D);
+    for (int h = 0; h < it.heads; ++h) {
+      const int m0 = h * per_head;
+      tile_rows(p, it.seq, it.kv_head + h, k0, nk, krow, vrow);
+      const T* const* vt = vrow;
+      if (convert) {
+        for (int i = 0; i < nk; ++i) {
+          float* vd = s.vconv.data() + i * D;
+          for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(vd + d, L::load(vt[i] + d));
+          s.vf[i] = vd;
+        }
       }
-      const __m256 alpha = exp2_nonpositive(_mm256_sub_ps(old, safe));
-      _mm256_storeu_ps(acc.l + m, _mm256_fmadd_ps(_mm256_loadu_ps(acc.l + m), alpha, sum));
-      _mm256_storeu_ps(acc.mx + m, mnew);
-      _mm256_storeu_ps(s.alpha.data() + m, alpha);
+      // vectors that see the whole tile in one blocked pass, the rest each over its own keys
+      int m = m0;
+      while (m < m0 + per_head) {
+        if (s.begin[m] == 0 && s.end[m] == nk) {
+          int run = m;
+          while (run < m0 + per_head && s.begin[run] == 0 && s.end[run] == nk) ++run;
+          if (convert) pv<F32Rows>(S + m, Mp, s.vf.data(), nk, acc.o + m * D, run - m, D);
+          else pv<L>(S + m, Mp, vt, nk, acc.o + m * D, run - m, D);
+          m = run;
+          continue;
+        }
+        const int b = s.begin[m], e = s.end[m];
+        if (e > b) {
+          if (convert) pv<F32Rows>(S + b * Mp + m, Mp, s.vf.data() + b, e - b, acc.o + m * D, 1, D);
+          else pv<L>(S + b * Mp + m, Mp, vt + b, e - b, acc.o + m * D, 1, D);
+        }
+        ++m;
+      }
     }
-    if (key != it.key0) scale_rows(acc.o, s.alpha.data(), M, D);  // first tile: o is zero
-    pv_rows<F32Rows>(S, Mp, 1, s.vrow.data(), n, acc.o, M, D);
   }
 }
 
-// Query vectors of an item: rows x query heads of each covered KV head.
-int64_t item_vectors(const Problem& p, const Item& it) { return static_cast<int64_t>(it.rows) * p.group * it.heads; }
-
-void run_item(const Problem& p, const Item& it, Scratch& s, Accum acc) {
-  const int64_t M = it.rows * p.group;  // per KV head
-  grow(s.krow, kBlockTile);
-  grow(s.vrow, kBlockTile);
-  if (p.kv_type != KvType::F32) {
-    grow(s.kconv, kBlockTile * p.head_dim);
-    grow(s.vconv, kBlockTile * p.head_dim);
+void run_unit_any(const Problem& p, const Item& it, Scratch& s, Accum acc) {
+  switch (p.kv_type) {
+    case KvType::F32: run_unit<F32Rows>(p, it, s, acc); break;
+    case KvType::F16: run_unit<F16Rows>(p, it, s, acc); break;
+    case KvType::BF16: run_unit<BF16Rows>(p, it, s, acc); break;
   }
-  if (M <= kDirectMaxVectors) {
-    switch (p.kv_type) {
-      case KvType::F32: direct_item<F32Rows>(p, it, s, acc); break;
-      case KvType::F16: direct_item<F16Rows>(p, it, s, acc); break;
-      case KvType::BF16: direct_item<BF16Rows>(p, it, s, acc); break;
-    }
-  } else
-    blocked_item(p, it, s, acc);
-}
-
-// Output vector m of an item: KV head kv_head + m / M (M vectors per head), then within it row
-// row0 + (m % M) / G and query head (KV head) * G + m % G.
-float* out_vector(const Problem& p, const Item& it, int64_t m) {
-  const int64_t per_head = static_cast<int64_t>(it.rows) * p.group;
-  const int64_t h = it.kv_head + m / per_head, mm = m % per_head;
-  return p.out + (it.row0 + mm / p.group) * p.out_row + (h * p.group + mm % p.group) * p.out_head;
 }
 
 void write_normalised(const Problem& p, const Item& it, const Accum& acc) {
@@ -518,36 +407,34 @@ void write_normalised(const Problem& p, const Item& it, const Accum& acc) {
 }
 
 // Partial results of piece k of a split item: o [M, D], then mx [Mp], then l [Mp].
-int64_t piece_floats(int64_t M, int64_t D) { return M * D + 2 * round_up(M, 16); }
+int64_t piece_floats(int64_t M, int64_t D) { return M * D + 2 * round_up(M, 8); }
 
 Accum piece_accum(float* base, int64_t M, int64_t D) {
-  return Accum{base, base + M * D, base + M * D + round_up(M, 16)};
+  return Accum{base, base + M * D, base + M * D + round_up(M, 8)};
 }
+
+float exp2_scalar(float x) { return _mm256_cvtss_f32(exp2_nonpositive(_mm256_set1_ps(x))); }
 
 void merge_pieces(const Problem& p, const Item& it, float* base, int pieces) {
   const int64_t D = p.head_dim, M = item_vectors(p, it), stride = piece_floats(M, D);
+  std::vector<float> sum(D);
   for (int64_t m = 0; m < M; ++m) {
     float top = kNegInf;
     for (int k = 0; k < pieces; ++k) top = std::max(top, piece_accum(base + k * stride, M, D).mx[m]);
     float total = 0.0f;
-    __m256 sum[16];  // D <= 128 handled in registers; larger D loops below
-    float* dst = out_vector(p, it, m);
-    for (int64_t d0 = 0; d0 < D; d0 += 128) {
-      const int64_t width = std::min<int64_t>(128, D - d0);
-      for (int64_t c = 0; c < width / 8; ++c) sum[c] = _mm256_setzero_ps();
-      total = 0.0f;
-      for (int k = 0; k < pieces; ++k) {
-        const Accum a = piece_accum(base + k * stride, M, D);
-        if (a.mx[m] == kNegInf) continue;  // this piece saw no visible key for the vector
-        const float w = std::exp2(a.mx[m] - top);
-        total += w * a.l[m];
-        const __m256 wv = _mm256_set1_ps(w);
-        for (int64_t c = 0; c < width / 8; ++c)
-          sum[c] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(a.o + m * D + d0 + 8 * c), sum[c]);
-      }
-      const __m256 inv = _mm256_set1_ps(1.0f / total);
-      for (int64_t c = 0; c < width / 8; ++c) _mm256_storeu_ps(dst + d0 + 8 * c, _mm256_mul_ps(inv, sum[c]));
+    std::fill(sum.begin(), sum.end(), 0.0f);
+    for (int k = 0; k < pieces; ++k) {
+      const Accum a = piece_accum(base + k * stride, M, D);
+      if (a.mx[m] == kNegInf) continue;  // this piece saw no visible key for the vector
+      const float w = exp2_scalar(a.mx[m] - top);
+      total = std::fma(w, a.l[m], total);
+      const __m256 wv = _mm256_set1_ps(w);
+      for (int64_t d = 0; d < D; d += 8)
+        _mm256_storeu_ps(sum.data() + d, _mm256_fmadd_ps(wv, _mm256_loadu_ps(a.o + m * D + d), _mm256_loadu_ps(sum.data() + d)));
     }
+    const __m256 inv = _mm256_set1_ps(1.0f / total);
+    float* dst = out_vector(p, it, m);
+    for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(dst + d, _mm256_mul_ps(inv, _mm256_loadu_ps(sum.data() + d)));
   }
 }
 
@@ -571,7 +458,7 @@ void check_index_tensor(const at::Tensor& t, const char* name, at::ScalarType dt
 
 void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                      const at::Tensor& block_tables, const at::Tensor& context_lens,
-                     const at::Tensor& query_start_loc, double scale, const at::Tensor& out) {
+                     const at::Tensor& query_start_loc, double scale, int64_t window, const at::Tensor& out) {
   TORCH_CHECK(q.device().is_cpu() && out.device().is_cpu(), "paged_attention: q and out must be CPU tensors");
   TORCH_CHECK(q.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat,
               "paged_attention: q and out must be float32, got ", q.scalar_type(), " and ", out.scalar_type());
@@ -584,6 +471,8 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
   TORCH_CHECK(k_cache.scalar_type() == v_cache.scalar_type(), "paged_attention: k_cache and v_cache dtypes differ");
   TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "paged_attention: the KV caches must be contiguous");
   TORCH_CHECK(k_cache.device().is_cpu() && v_cache.device().is_cpu(), "paged_attention: the KV caches must be CPU tensors");
+  TORCH_CHECK(window >= 0 && window <= std::numeric_limits<int32_t>::max(),
+              "paged_attention: window must be >= 0 (0: no sliding window), got ", window);
   check_index_tensor(block_tables, "block_tables", at::kInt, 2);
   check_index_tensor(context_lens, "context_lens", at::kInt, 1);
   check_index_tensor(query_start_loc, "query_start_loc", at::kInt, 1);
@@ -636,10 +525,11 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
   p.page_size = page_size;
   p.block_tables = tables;
   p.max_pages = max_pages;
-  p.scale = static_cast<float>(scale);
+  p.c = static_cast<float>(scale) * kLog2e;
+  p.window = static_cast<int32_t>(window);
 
-  // Items: a decode-sized sequence whole, or (KV head, block of query rows) of a longer chunk;
-  // key range [0, last visible key].
+  // Items: a decode-sized sequence whole, or (KV head, block of query rows) of a longer chunk,
+  // over the keys its rows can see.
   const int64_t G = p.group;
   const int64_t block_rows = std::max<int64_t>(1, kBlockVectors / G);
   const int64_t per_key = 4 + 2 * D * p.elem_bytes / 64;  // rough cost of one key besides its math
@@ -648,53 +538,48 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
   for (int64_t b = 0; b < B; ++b) {
     const int32_t q_len = qsl[b + 1] - qsl[b];
     if (q_len == 0) continue;
-    const int32_t prefix = ctx[b] - q_len;
-    if (q_len * G <= kDirectMaxVectors) {  // decode-sized: one item streams every KV head
-      Item it{static_cast<int32_t>(b), 0, static_cast<int32_t>(KVH), qsl[b], q_len, prefix, 0, ctx[b], -1, 0, 0};
-      it.cost = static_cast<int64_t>(it.key1) * KVH * (q_len * G + per_key);
+    const int32_t first = ctx[b] - q_len;
+    auto add = [&](int32_t kv_head, int32_t heads, int32_t r, int32_t rows) {
+      Item it{static_cast<int32_t>(b), kv_head, heads, qsl[b] + r, rows, first + r, lowest_key(p, first + r),
+              first + r + rows, -1, 0, 0};
+      it.cost = static_cast<int64_t>(it.key1 - it.key0) * heads * (rows * G + per_key);
       total_cost += it.cost;
       items.push_back(it);
+    };
+    if (q_len * G <= kDirectMaxVectors) {  // decode-sized: one item streams every KV head
+      add(0, static_cast<int32_t>(KVH), 0, q_len);
       continue;
     }
-    for (int32_t r = 0; r < q_len; r += static_cast<int32_t>(block_rows)) {
-      const int32_t rows = static_cast<int32_t>(std::min<int64_t>(block_rows, q_len - r));
-      for (int32_t h = 0; h < KVH; ++h) {
-        Item it{static_cast<int32_t>(b), h, 1, qsl[b] + r, rows, prefix + r, 0, prefix + r + rows, -1, 0, 0};
-        it.cost = static_cast<int64_t>(it.key1) * (rows * G + per_key);
-        total_cost += it.cost;
-        items.push_back(it);
-      }
-    }
+    for (int32_t r = 0; r < q_len; r += static_cast<int32_t>(block_rows))
+      for (int32_t h = 0; h < KVH; ++h) add(h, 1, r, static_cast<int32_t>(std::min<int64_t>(block_rows, q_len - r)));
   }
 
   const int threads = total_cost < kSerialCost ? 1 : num_threads();
-  // Long items are cut into key pieces of a fixed width whose partial softmaxes are merged in
-  // piece order. The cut depends only on the item's own keys, never on the batch or the thread
-  // count, so a sequence's result is the same alone, batched, or on one thread (batch
-  // invariance); on several threads the pieces also keep a short batch's threads busy.
+  // Items spanning several pieces become one unit per piece (piece boundaries at absolute
+  // multiples of 128 keys: a function of the keys alone, never of the batch or the threads).
   std::vector<SplitGroup> groups;
   int64_t partial_floats = 0;
   {
     std::vector<Item> split;
     split.reserve(items.size());
     for (const Item& it : items) {
-      const int64_t keys = it.key1;
-      const int64_t pieces = (keys + kPieceKeys - 1) / kPieceKeys;
-      if (pieces <= 1) {
+      const int32_t first_piece = it.key0 / kPieceKeys, last_piece = (it.key1 - 1) / kPieceKeys;
+      if (first_piece == last_piece) {
         split.push_back(it);
         continue;
       }
       const int32_t id = static_cast<int32_t>(groups.size());
-      groups.push_back(SplitGroup{partial_floats, static_cast<int32_t>(pieces)});
+      const int32_t pieces = last_piece - first_piece + 1;
+      groups.push_back(SplitGroup{partial_floats, pieces});
       partial_floats += pieces * piece_floats(item_vectors(p, it), D);
-      for (int64_t k = 0; k < pieces; ++k) {
-        Item piece = it;
-        piece.key0 = static_cast<int32_t>(k * kPieceKeys);
-        piece.key1 = static_cast<int32_t>(std::min<int64_t>(keys, (k + 1) * kPieceKeys));
-        piece.group_id = id;
-        piece.piece = static_cast<int32_t>(k);
-        piece.cost = it.cost * (piece.key1 - piece.key0) / keys;
-        split.push_back(piece);
+      for (int32_t k = 0; k < pieces; ++k) {
+        Item unit = it;
+        unit.key0 = std::max(it.key0, (first_piece + k) * kPieceKeys);
+        unit.key1 = std::min(it.key1, (first_piece + k + 1) * kPieceKeys);
+        unit.group_id = id;
+        unit.piece = k;
+        unit.cost = it.cost * (unit.key1 - unit.key0) / (it.key1 - it.key0);
+        split.push_back(unit);
       }
     }
     items.swap(split);
@@ -709,23 +594,22 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
   const int64_t count = static_cast<int64_t>(items.size());
   auto worker = [&]() {
     Scratch& s = thread_scratch();
+    std::vector<float> whole;
     for (;;) {
       const int64_t i = next.fetch_add(1, std::memory_order_relaxed);
       if (i >= count) break;
       const Item& it = items[i];
       const int64_t M = item_vectors(p, it);
       if (it.group_id < 0) {
-        grow(s.o, M * D);
-        grow(s.mx, round_up(M, 16));
-        grow(s.l, round_up(M, 16));
-        Accum acc{s.o.data(), s.mx.data(), s.l.data()};
-        run_item(p, it, s, acc);
+        whole.resize(piece_floats(M, D));
+        const Accum acc = piece_accum(whole.data(), M, D);
+        run_unit_any(p, it, s, acc);
         write_normalised(p, it, acc);
         continue;
       }
       const SplitGroup& g = groups[it.group_id];
       float* base = partials.get() + g.offset;
-      run_item(p, it, s, piece_accum(base + it.piece * piece_floats(M, D), M, D));
+      run_unit_any(p, it, s, piece_accum(base + it.piece * piece_floats(M, D), M, D));
       if (remaining[it.group_id].fetch_sub(1, std::memory_order_acq_rel) == 1) merge_pieces(p, it, base, g.pieces);
     }
   };
@@ -793,18 +677,6 @@ void kv_write(const at::Tensor& k, const at::Tensor& v, const at::Tensor& k_cach
       }
     }
   });
-}
-
-TORCH_LIBRARY_FRAGMENT(astrai, m) {
-  m.def(
-      "paged_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, Tensor context_lens, "
-      "Tensor query_start_loc, float scale, Tensor(a!) out) -> ()");
-  m.def("kv_write(Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slot_mapping) -> ()");
-}
-
-TORCH_LIBRARY_IMPL(astrai, CPU, m) {
-  m.impl("paged_attention", &paged_attention);
-  m.impl("kv_write", &kv_write);
 }
 
 }  // namespace astrai

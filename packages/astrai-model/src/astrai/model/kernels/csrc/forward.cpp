@@ -1,8 +1,6 @@
 // The fused decoder step: sequences the tested kernels over one reused activation workspace.
 #include "forward.h"
 
-#include <c10/util/Half.h>
-#include <torch/library.h>
 
 #include <cmath>
 #include <cstring>
@@ -10,52 +8,11 @@
 #include "attention.h"
 #include "ops.h"
 #include "qlinear.h"
+#include "quant_pack.h"
 #include "parallel.h"
 
 namespace astrai {
 namespace {
-
-constexpr int64_t kBlock = 32;
-constexpr int64_t kGroupRows = 8;
-
-float half_to_float(const uint8_t* p) {
-  uint16_t bits;
-  std::memcpy(&bits, p, sizeof(bits));
-  return static_cast<float>(c10::Half(bits, c10::Half::from_bits()));
-}
-
-// One row of a packed weight (qlinear.h's layout), dequantized into `out` [K].
-void packed_row(const LinearWeight& w, int64_t n, float* out) {
-  const QType qtype = static_cast<QType>(w.qtype);
-  const int64_t K = w.in_features, nb = K / kBlock;
-  const int64_t groups = (w.out_features + kGroupRows - 1) / kGroupRows;
-  const int64_t QB = quant_bytes_per_group_block(qtype), SB = scale_bytes_per_group_block(qtype);
-  const uint8_t* data = w.packed.data_ptr<uint8_t>();
-  const int64_t g = n / kGroupRows, r = n % kGroupRows;
-  for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* quants = data + (g * nb + b) * QB;
-    const uint8_t* scales = data + groups * nb * QB + (g * nb + b) * SB;
-    const float d = half_to_float(scales + 2 * r);
-    float* dst = out + b * kBlock;
-    if (qtype == QType::Q8_0) {
-      for (int64_t k = 0; k < kBlock; ++k)
-        dst[k] = d * static_cast<float>(static_cast<int8_t>(quants[(k / 4) * 32 + 4 * r + k % 4]));
-      continue;
-    }
-    const float m = qtype == QType::Q4_1 ? half_to_float(scales + 16 + 2 * r) : 0.0f;
-    for (int64_t j = 0; j < 16; ++j) {
-      const uint8_t byte = quants[(j / 4) * 32 + 4 * r + j % 4];
-      const float lo = static_cast<float>(byte & 0x0F), hi = static_cast<float>(byte >> 4);
-      if (qtype == QType::Q4_1) {
-        dst[j] = d * lo + m;
-        dst[j + 16] = d * hi + m;
-      } else {
-        dst[j] = d * (lo - 8.0f);
-        dst[j + 16] = d * (hi - 8.0f);
-      }
-    }
-  }
-}
 
 at::Tensor slice2d(const at::Tensor& flat, int64_t& offset, int64_t rows, int64_t cols) {
   at::Tensor view = flat.narrow(0, offset, rows * cols).view({rows, cols});
@@ -68,11 +25,8 @@ at::Tensor slice2d(const at::Tensor& flat, int64_t& offset, int64_t rows, int64_
 void LinearWeight::validate(const char* name) const {
   TORCH_CHECK(out_features > 0 && in_features > 0, name, ": empty weight");
   if (qtype != 0) {
-    TORCH_CHECK(packed.defined() && packed.scalar_type() == at::kByte && packed.is_contiguous(), name,
-                ": packed weight must be a contiguous uint8 tensor");
-    TORCH_CHECK(packed.numel() == packed_nbytes(static_cast<QType>(qtype), out_features, in_features), name,
-                ": packed weight has ", packed.numel(), " bytes, expected ",
-                packed_nbytes(static_cast<QType>(qtype), out_features, in_features));
+    TORCH_CHECK(packed.defined(), name, ": packed weight missing");
+    check_packed(packed, checked_qtype(qtype), out_features, in_features, name);
   } else {
     TORCH_CHECK(dense.defined() && dense.scalar_type() == at::kFloat && dense.is_contiguous() &&
                     dense.dim() == 2 && dense.size(0) == out_features && dense.size(1) == in_features,
@@ -108,10 +62,11 @@ void embedding_rows_into(const LinearWeight& table, const at::Tensor& ids, const
   float* dst = out.data_ptr<float>();
   const int64_t ld = out.stride(0);
   const float* dense = table.qtype == 0 ? table.dense.data_ptr<float>() : nullptr;
+  const uint8_t* packed = table.qtype == 0 ? nullptr : table.packed.data_ptr<uint8_t>();
   parallel_for(0, T, 16, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       if (dense != nullptr) std::memcpy(dst + t * ld, dense + id[t] * K, K * sizeof(float));
-      else packed_row(table, id[t], dst + t * ld);
+      else dequantize_row(packed, static_cast<QType>(table.qtype), N, K, id[t], dst + t * ld);
     }
   });
 }
@@ -221,7 +176,7 @@ at::Tensor NativeDecoder::forward(const at::Tensor& token_ids, const at::Tensor&
     lap(kRope);
     kv_write(k, v, k_caches[l], v_caches[l], slot_mapping);
     lap(kKvWrite);
-    paged_attention(q, k_caches[l], v_caches[l], block_tables, context_lens, query_start_loc, scale, attn_heads);
+    paged_attention(q, k_caches[l], v_caches[l], block_tables, context_lens, query_start_loc, scale, 0, attn_heads);
     lap(kAttention);
     layer.o.run(attn, hidden);
     lap(kO);
@@ -266,19 +221,6 @@ std::vector<std::pair<std::string, double>> NativeDecoder::profile() const {
   out.emplace_back("steps", static_cast<double>(steps_));
   for (int p = 0; p < kPhases; ++p) out.emplace_back(names[p], seconds_[p]);
   return out;
-}
-
-TORCH_LIBRARY_FRAGMENT(astrai, m) {
-  m.def("embedding_rows_packed(Tensor packed, int qtype, int out_features, int in_features, Tensor ids) -> Tensor",
-        [](const at::Tensor& packed, int64_t qtype, int64_t n, int64_t k, const at::Tensor& ids) {
-          LinearWeight table;
-          table.qtype = qtype;
-          table.out_features = n;
-          table.in_features = k;
-          table.packed = packed;
-          table.validate("embedding_rows_packed");
-          return embedding_rows(table, ids);
-        });
 }
 
 }  // namespace astrai

@@ -3,11 +3,10 @@
 // of them to pay for the fork.
 #include "ops.h"
 
-#include <torch/library.h>
 
 #include <cmath>
 
-#include "avx2_math.h"
+#include "simd.h"
 #include "parallel.h"
 
 namespace astrai {
@@ -195,22 +194,6 @@ void silu_mul(const at::Tensor& gate_up, const at::Tensor& out) {
       for (; i < I; ++i) o[i] = silu_scalar(g[i]) * u[i];
     }
   });
-}
-
-TORCH_LIBRARY_FRAGMENT(astrai, m) {
-  m.def("rms_norm(Tensor x, Tensor w, float eps, Tensor(a!) out) -> ()");
-  m.def("add_rms_norm(Tensor(a!) x, Tensor(b!) residual, Tensor w, float eps) -> ()");
-  m.def("head_rms_norm(Tensor(a!) x, Tensor w, float eps) -> ()");
-  m.def("rotary(Tensor(a!) qk, Tensor positions, Tensor cos, Tensor sin) -> ()");
-  m.def("silu_mul(Tensor gate_up, Tensor(a!) out) -> ()");
-}
-
-TORCH_LIBRARY_IMPL(astrai, CPU, m) {
-  m.impl("rms_norm", &rms_norm);
-  m.impl("add_rms_norm", &add_rms_norm);
-  m.impl("head_rms_norm", &head_rms_norm);
-  m.impl("rotary", &rotary);
-  m.impl("silu_mul", &silu_mul);
 }
 
 }  // namespace astrai

@@ -11,7 +11,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
-#include <torch/library.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -169,60 +168,3 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, const std::function
 
 }  // namespace astrai
 
-// ---- test support: torch ops that exercise the team from C++ (tests/model/test_parallel.py) ----
-
-namespace astrai {
-namespace {
-
-// Visits of each index of [0, n) by one parallel_for with `grain`: all ones when the chunks tile
-// the range exactly once.
-at::Tensor parallel_for_visits(int64_t n, int64_t grain) {
-  TORCH_CHECK(n >= 0, "parallel_for_visits: n must be >= 0");
-  std::unique_ptr<std::atomic<int32_t>[]> visits(new std::atomic<int32_t>[std::max<int64_t>(n, 1)]);
-  for (int64_t i = 0; i < n; ++i) visits[i].store(0);
-  parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) visits[i].fetch_add(1);
-    parallel_for(b, e, 1, [](int64_t, int64_t) {});  // nested: runs inline, must not deadlock
-  });
-  at::Tensor out = at::empty({n}, at::kInt);
-  for (int64_t i = 0; i < n; ++i) out.data_ptr<int32_t>()[i] = visits[i].load();
-  return out;
-}
-
-// `submitters` std::threads each run `rounds` parallel_fors over [0, n) at once (one holds the
-// team, the others run inline); returns how many index visits were wrong (0 when correct).
-int64_t parallel_for_concurrent_errors(int64_t submitters, int64_t rounds, int64_t n) {
-  std::atomic<int64_t> errors{0};
-  std::vector<std::thread> threads;
-  for (int64_t s = 0; s < submitters; ++s) {
-    threads.emplace_back([&] {
-      std::vector<std::atomic<int32_t>> visits(n);
-      for (int64_t r = 0; r < rounds; ++r) {
-        for (auto& v : visits) v.store(0);
-        parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
-          for (int64_t i = b; i < e; ++i) visits[i].fetch_add(1);
-        });
-        for (auto& v : visits) errors += v.load() != 1;
-      }
-    });
-  }
-  for (std::thread& t : threads) t.join();
-  return errors.load();
-}
-
-// Throws from the chunk holding the last index: the caller must see the message.
-void parallel_for_raise(int64_t n) {
-  parallel_for(0, n, 1, [&](int64_t, int64_t e) {
-    TORCH_CHECK(e != n, "parallel_for_raise: raised in the chunk ending at ", e);
-  });
-}
-
-}  // namespace
-}  // namespace astrai
-
-TORCH_LIBRARY_FRAGMENT(astrai, m) {
-  m.def("parallel_for_visits(int n, int grain) -> Tensor", &astrai::parallel_for_visits);
-  m.def("parallel_for_concurrent_errors(int submitters, int rounds, int n) -> int",
-        &astrai::parallel_for_concurrent_errors);
-  m.def("parallel_for_raise(int n) -> ()", &astrai::parallel_for_raise);
-}

@@ -1,28 +1,22 @@
-// Native low-bit linear layers: y = x W^T (+ b) with W kept in its GGUF quantization
-// (Q4_0, Q4_1, Q8_0), repacked once by astrai.model.kernels.quant.pack_gguf.
+// Native low-bit linear layers: y = x W^T (+ b) with W kept in its GGUF quantization, repacked
+// once by pack_gguf into packed_layout.h's layout.
 //
-// Arithmetic (identical on every path and every M, so a row's result never depends on the
-// batch it is in; astrai.model.kernels.quant.linear_reference_exact emulates it in torch):
+// Arithmetic (identical for every M, every thread count and every instruction-set variant, so a
+// row's result never depends on the batch it is in; astrai.model.kernels.quant's
+// linear_reference_exact emulates it in torch):
 //   activations, per row and block b of 32, in two int8 parts (~15 bits together):
 //     amax < 2^-110: the block is zero (q_hi = q_lo = 0, d = 0); else
 //     d_hi = amax/127, q_hi = clamp(round_half_even(x * (1/d_hi)), -127, 127),
 //     r = fma(-q_hi, d_hi, x) (|r| <= d_hi/2), d = d_hi/254,
 //     q_lo = clamp(round_half_even(r * (1/d)), -127, 127);
-//     so x ~ d * a with a = 254*q_hi + q_lo in [-32385, 32385];  sum = sum(a), ds = d * float(sum);
-//   per output (m, n), fp32:  main = 0, low = 0; for b in blocks:
-//     i    = sum_k qw[n,k] * a[m,k] = 254 * (qw . q_hi) + (qw . q_lo)   (exact int32: |i| <=
-//            32*15*32385 < 2^24 for Q4, 32*128*32385 < 2^31 for Q8_0; Q4 weights: raw nibbles)
-//     Q4_0: i -= 8 * sum[m,b]
-//     main = fma(float(i), dw[n,b] * d[m,b], main)      (float(i): round-half-even)
-//     Q4_1: low = fma(mw[n,b], ds[m,b], low)
-//   y = main (+ low for Q4_1) (+ bias[n]).
-//
-// Packed layout (one uint8 tensor, G = ceil(N/8) groups of 8 output rows, nb = K/32 blocks):
-//   [quants: G x nb x QB bytes][scales: G x nb x SB bytes]
-//   QB = 128 (Q4) or 256 (Q8_0): 32-byte chunks c; byte 4r+i of chunk c holds row r's weights
-//     k = 4c+i (Q8_0: one int8) or, for Q4, k = 4c+i in the low nibble and k = 16+4c+i in the
-//     high nibble: chunk c is row r's GGUF qs[4c..4c+3] placed in 32-bit lane r;
-//   SB = 16 (8 fp16 d) or 32 for Q4_1 (8 fp16 d, then 8 fp16 m). Rows >= N are zero.
+//     so x ~ d * a with a = 254*q_hi + q_lo in [-32385, 32385]; sum16 = sums of a over each 16,
+//     sum = sum16[0] + sum16[1], ds = d * float(sum);
+//   weights: w = s * (q - o) + m (packed_layout.h), s per span of 32 (or 16 for Q6_K / Q3_K);
+//   per output (m, n), fp32:  main = 0, low = 0; for b in blocks, for each span of b in order:
+//     i    = sum_{k in span} q[n,k] * a[m,k] - o * sum_span(a)       (exact int32)
+//     main = fma(float(i), s[n,span] * d[m,b], main)                  (float(i): round-half-even)
+//   for the types with a min, then: for b in blocks: low = fma(m[n,b], ds[m,b], low)
+//   y = main (+ low) (+ bias[n]).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -30,30 +24,25 @@
 #include <cstdint>
 #include <optional>
 
+#include "packed_layout.h"
+
 namespace astrai {
 
-enum class QType : int64_t { Q4_0 = 2, Q4_1 = 3, Q8_0 = 8 };  // GGML type ids
-
-constexpr int64_t kQBlock = 32;         // weights per quantization block
-constexpr int64_t kRowsPerGroup = 8;    // output rows interleaved in one group
-
-int64_t quant_bytes_per_group_block(QType qtype);   // QB
-int64_t scale_bytes_per_group_block(QType qtype);   // SB
-int64_t packed_nbytes(QType qtype, int64_t N, int64_t K);
-
-// x quantized per block of 32, all in one owning byte buffer (planar: q_hi, q_lo, a, d, ds, sum).
+// x quantized per block of 32, all in one owning byte buffer
+// (planar: q_hi, q_lo, a, d, ds, sum, sum16).
 struct QuantizedActivations {
   at::Tensor storage;
   int64_t M = 0, K = 0;
-  const int8_t* q_hi = nullptr;  // [M, K]
-  const int8_t* q_lo = nullptr;  // [M, K]
-  const int16_t* a = nullptr;    // [M, K]  254*q_hi + q_lo, exact (Q8_0 multiplies it as int16)
-  const float* d = nullptr;      // [M, K/32]  scale of a = 254*q_hi + q_lo (d_hi / 254)
-  const float* ds = nullptr;     // [M, K/32]  d * float(sum)
-  const int32_t* sum = nullptr;  // [M, K/32]  sum of a over the block
+  const int8_t* q_hi = nullptr;   // [M, K]
+  const int8_t* q_lo = nullptr;   // [M, K]
+  const int16_t* a = nullptr;     // [M, K]  254*q_hi + q_lo, exact (Q8_0 multiplies it as int16)
+  const float* d = nullptr;       // [M, K/32]  scale of a = 254*q_hi + q_lo (d_hi / 254)
+  const float* ds = nullptr;      // [M, K/32]  d * float(sum)
+  const int32_t* sum = nullptr;   // [M, K/32]  sum of a over the block
+  const int32_t* sum16 = nullptr; // [M, K/16]  sums of a over each half block
 };
 
-// Bytes of the buffer quantize_activations fills for M rows of K: 4*M*K + 12*M*(K/32).
+// Bytes of the buffer quantize_activations fills for M rows of K: 4*M*K + 20*M*(K/32).
 int64_t activation_storage_bytes(int64_t M, int64_t K);
 
 // x: float32 [M, K], contiguous, K % 32 == 0. Thread-safe; parallel over rows when large.

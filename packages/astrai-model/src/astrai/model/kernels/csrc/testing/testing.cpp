@@ -1,0 +1,157 @@
+// Test- and bench-only operators of one kernel variant (torch.ops.astrai_<variant>_testing):
+// they reach inside the production library (linked, not recompiled) to check its pieces one by
+// one (the worker team, the activation quantization) and to measure the machine's ceilings.
+// Never loaded by a serving process.
+#include <immintrin.h>
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+#include <vector>
+
+#include "parallel.h"
+#include "qlinear.h"
+#include "quant_pack.h"
+
+#ifndef ASTRAI_OPS
+#error "ASTRAI_OPS (the testing operator namespace) is set by astrai.model.kernels.build"
+#endif
+
+namespace astrai {
+namespace {
+
+// ---- the worker team (tests/model/test_parallel.py) ----
+
+// Visits of each index of [0, n) by one parallel_for with `grain`: all ones when the chunks tile
+// the range exactly once.
+at::Tensor parallel_for_visits(int64_t n, int64_t grain) {
+  TORCH_CHECK(n >= 0, "parallel_for_visits: n must be >= 0");
+  std::unique_ptr<std::atomic<int32_t>[]> visits(new std::atomic<int32_t>[std::max<int64_t>(n, 1)]);
+  for (int64_t i = 0; i < n; ++i) visits[i].store(0);
+  parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) visits[i].fetch_add(1);
+    parallel_for(b, e, 1, [](int64_t, int64_t) {});  // nested: runs inline, must not deadlock
+  });
+  at::Tensor out = at::empty({n}, at::kInt);
+  for (int64_t i = 0; i < n; ++i) out.data_ptr<int32_t>()[i] = visits[i].load();
+  return out;
+}
+
+// `submitters` std::threads each run `rounds` parallel_fors over [0, n) at once (one holds the
+// team, the others run inline); returns how many index visits were wrong (0 when correct).
+int64_t parallel_for_concurrent_errors(int64_t submitters, int64_t rounds, int64_t n) {
+  std::atomic<int64_t> errors{0};
+  std::vector<std::thread> threads;
+  for (int64_t s = 0; s < submitters; ++s) {
+    threads.emplace_back([&] {
+      std::vector<std::atomic<int32_t>> visits(n);
+      for (int64_t r = 0; r < rounds; ++r) {
+        for (auto& v : visits) v.store(0);
+        parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
+          for (int64_t i = b; i < e; ++i) visits[i].fetch_add(1);
+        });
+        for (auto& v : visits) errors += v.load() != 1;
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  return errors.load();
+}
+
+// Throws from the chunk holding the last index: the caller must see the message.
+void parallel_for_raise(int64_t n) {
+  parallel_for(0, n, 1, [&](int64_t, int64_t e) {
+    TORCH_CHECK(e != n, "parallel_for_raise: raised in the chunk ending at ", e);
+  });
+}
+
+// ---- the activation quantization (tests/model/test_qlinear.py) ----
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_activations_op(
+    const at::Tensor& x, const std::optional<at::Tensor>& storage) {
+  const QuantizedActivations a = storage.has_value() ? quantize_activations(x, *storage) : quantize_activations(x);
+  const int64_t M = a.M, K = a.K;
+  auto view = [&](const void* p, at::ScalarType type, std::vector<int64_t> shape) {
+    const int64_t offset = static_cast<const uint8_t*>(p) - a.storage.data_ptr<uint8_t>();
+    int64_t bytes = at::elementSize(type);
+    for (int64_t s : shape) bytes *= s;
+    return a.storage.narrow(0, offset, bytes).view(type).view(shape);
+  };
+  return {view(a.q_hi, at::kChar, {M, K}), view(a.q_lo, at::kChar, {M, K}), view(a.d, at::kFloat, {M, K / kQBlock}),
+          view(a.ds, at::kFloat, {M, K / kQBlock}), view(a.sum, at::kInt, {M, K / kQBlock}),
+          view(a.sum16, at::kInt, {M, K / 16})};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> packed_components_op(const at::Tensor& packed, int64_t qtype, int64_t N,
+                                                                    int64_t K) {
+  return packed_components(packed, checked_qtype(qtype), N, K);
+}
+
+// ---- machine ceilings and timing without Python dispatch (bench/) ----
+
+// Read every byte of `data` (all threads, 256-bit loads) `repeats` times; returns a checksum so
+// the reads cannot be elided. The streaming-read ceiling the one-row linear aims at.
+int64_t read_bandwidth_probe(const at::Tensor& data, int64_t repeats) {
+  TORCH_CHECK(data.is_contiguous() && data.scalar_type() == at::kByte && data.numel() % 128 == 0,
+              "read_bandwidth_probe: need a contiguous uint8 tensor whose size is a multiple of 128");
+  const uint8_t* p = data.data_ptr<uint8_t>();
+  const int64_t lines = data.numel() / 128;
+  std::atomic<int64_t> total{0};
+  for (int64_t rep = 0; rep < repeats; ++rep) {
+    parallel_for(0, lines, 4096, [&](int64_t l0, int64_t l1) {
+      __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+      for (int64_t l = l0; l < l1; ++l) {
+        const __m256i* v = reinterpret_cast<const __m256i*>(p + l * 128);
+        a0 = _mm256_xor_si256(a0, _mm256_loadu_si256(v));
+        a1 = _mm256_xor_si256(a1, _mm256_loadu_si256(v + 1));
+        a2 = _mm256_xor_si256(a2, _mm256_loadu_si256(v + 2));
+        a3 = _mm256_xor_si256(a3, _mm256_loadu_si256(v + 3));
+      }
+      const __m256i x = _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3));
+      total += _mm256_extract_epi64(x, 0) ^ _mm256_extract_epi64(x, 3);
+    });
+  }
+  return total.load();
+}
+
+// Run qlinear_out(xs[i], packed[i]) for i in order, `repeats` times, timed in C++ so the seconds
+// of each pass exclude Python's per-call dispatch (which the fused C++ forward does not pay).
+std::vector<double> qlinear_chain_seconds(const std::vector<at::Tensor>& xs, const std::vector<at::Tensor>& packed,
+                                          const std::vector<int64_t>& qtypes, const std::vector<int64_t>& ns,
+                                          int64_t repeats) {
+  TORCH_CHECK(xs.size() == packed.size() && xs.size() == qtypes.size() && xs.size() == ns.size() && !xs.empty(),
+              "qlinear_chain_seconds: xs, packed, qtypes and ns must have the same, positive length");
+  std::vector<at::Tensor> outs;
+  for (size_t i = 0; i < xs.size(); ++i) outs.push_back(at::empty({xs[i].size(0), ns[i]}, xs[i].options()));
+  std::vector<double> seconds;
+  for (int64_t rep = 0; rep < repeats; ++rep) {
+    const auto start = std::chrono::steady_clock::now();
+    for (size_t i = 0; i < xs.size(); ++i)
+      qlinear(xs[i], packed[i], checked_qtype(qtypes[i]), ns[i], xs[i].size(1), std::nullopt, outs[i]);
+    seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  return seconds;
+}
+
+}  // namespace
+}  // namespace astrai
+
+TORCH_LIBRARY(ASTRAI_OPS, m) {
+  m.def("parallel_for_visits(int n, int grain) -> Tensor", &astrai::parallel_for_visits);
+  m.def("parallel_for_concurrent_errors(int submitters, int rounds, int n) -> int",
+        &astrai::parallel_for_concurrent_errors);
+  m.def("parallel_for_raise(int n) -> ()", &astrai::parallel_for_raise);
+  m.def("quantize_activations(Tensor x, Tensor? storage=None) -> (Tensor q_hi, Tensor q_lo, Tensor d, Tensor ds, "
+        "Tensor sum, Tensor sum16)",
+        &astrai::quantize_activations_op);
+  m.def("packed_components(Tensor packed, int qtype, int out_features, int in_features) -> (Tensor q, Tensor scale, "
+        "Tensor min)",
+        &astrai::packed_components_op);
+  m.def("read_bandwidth_probe(Tensor data, int repeats) -> int", &astrai::read_bandwidth_probe);
+  m.def("qlinear_chain_seconds(Tensor[] xs, Tensor[] packed, int[] qtypes, int[] out_features, int repeats) -> float[]",
+        &astrai::qlinear_chain_seconds);
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.doc() = "AstrAI kernels: test- and bench-only operators"; }
