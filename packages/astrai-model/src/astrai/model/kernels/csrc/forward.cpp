@@ -38,16 +38,23 @@ void LinearWeight::validate(const char* name) const {
 }
 
 void LinearWeight::run(const at::Tensor& x, const at::Tensor& out) const {
+  at::Tensor target = out;
   if (qtype != 0) {
-    at::Tensor target = out;
     qlinear_out(quantize_activations(x), packed, static_cast<QType>(qtype), out_features, in_features, bias, target);
-  } else if (bias.has_value()) {
-    at::Tensor target = out;
-    at::addmm_out(target, *bias, x, dense.t());
-  } else {
-    at::Tensor target = out;
-    at::mm_out(target, x, dense.t());
+    return;
   }
+  // Dense float32 through BLAS with the rows padded to a multiple of 8: sgemm gives a row the same
+  // result at any such M (a few-row call takes a different, gemv-like path), so a row's output
+  // does not depend on its batch (tests/model check this on the machine that runs them).
+  const int64_t M = x.size(0), padded = (M + 7) / 8 * 8;
+  if (padded == M) {
+    at::mm_out(target, x, dense.t());
+  } else {
+    at::Tensor rows = at::zeros({padded, in_features}, x.options());
+    rows.narrow(0, 0, M).copy_(x);
+    target.copy_(at::mm(rows, dense.t()).narrow(0, 0, M));
+  }
+  if (bias.has_value()) target.add_(*bias);
 }
 
 void embedding_rows_into(const LinearWeight& table, const at::Tensor& ids, const at::Tensor& out) {
