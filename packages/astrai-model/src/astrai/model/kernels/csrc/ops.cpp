@@ -208,7 +208,7 @@ void gelu_tanh_mul(const at::Tensor& gate_up, const at::Tensor& out) {
   constexpr float kBeta = 0.7978845608028654f;  // sqrt(2 / pi)
   constexpr float kKappa = 0.044715f;
   parallel_for(0, T, grain_for(2 * I), [&](int64_t begin, int64_t end) {
-    const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f), two = _mm256_set1_ps(2.0f);
+    const __m256 one = _mm256_set1_ps(1.0f), minus_two = _mm256_set1_ps(-2.0f);
     const __m256 beta = _mm256_set1_ps(kBeta), kappa = _mm256_set1_ps(kKappa);
     for (int64_t t = begin; t < end; ++t) {
       const float* g = gp + t * gs;
@@ -218,14 +218,13 @@ void gelu_tanh_mul(const at::Tensor& gate_up, const at::Tensor& out) {
       for (; i + 8 <= I; i += 8) {
         const __m256 x = _mm256_loadu_ps(g + i);
         const __m256 inner = _mm256_mul_ps(beta, _mm256_add_ps(x, _mm256_mul_ps(kappa, _mm256_mul_ps(_mm256_mul_ps(x, x), x))));
-        // tanh(y) = 1 - 2 / (exp(2y) + 1): exp's overflow to inf gives 1, its underflow to 0 gives -1
-        const __m256 th = _mm256_sub_ps(one, _mm256_div_ps(two, _mm256_add_ps(simd::exp_ps(_mm256_mul_ps(two, inner)), one)));
-        const __m256 gelu = _mm256_mul_ps(_mm256_mul_ps(half, x), _mm256_add_ps(one, th));
+        // 0.5 x (1 + tanh(y)) = x / (1 + exp(-2y)): no cancellation where tanh(y) nears -1
+        const __m256 gelu = _mm256_div_ps(x, _mm256_add_ps(one, simd::exp_ps(_mm256_mul_ps(minus_two, inner))));
         _mm256_storeu_ps(o + i, _mm256_mul_ps(gelu, _mm256_loadu_ps(u + i)));
       }
       for (; i < I; ++i) {
         const float x = g[i];
-        o[i] = 0.5f * x * (1.0f + std::tanh(kBeta * (x + kKappa * x * x * x))) * u[i];
+        o[i] = x / (1.0f + std::exp(-2.0f * (kBeta * (x + kKappa * x * x * x)))) * u[i];
       }
     }
   });
