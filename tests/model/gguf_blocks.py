@@ -157,6 +157,20 @@ def random_rows(qtype: T, n: int, k: int, seed: int) -> np.ndarray:
     return blocks.reshape(n, -1)
 
 
+def saturated_rows(qtype: T, n: int, k: int, seed: int) -> np.ndarray:
+    """`random_rows` with every byte but the fp16 fields 0xFF: every code at its maximum (the
+    integer dot products' worst case), every 6-bit block scale and min at 63; Q8_0's codes all
+    -128 (its largest magnitude)."""
+    raw = random_rows(qtype, n, k, seed)
+    weights, size = block_shape(T(qtype))
+    blocks = raw.reshape(n, k // weights, size)
+    keep = np.zeros(size, dtype=bool)
+    for offset, _ in FP16_FIELDS[T(qtype)]:
+        keep[offset : offset + 2] = True
+    blocks[..., ~keep] = 0x80 if T(qtype) is T.Q8_0 else 0xFF
+    return raw
+
+
 def quantizer_rows(qtype: T, n: int, k: int, seed: int) -> np.ndarray:
     """Rows as real files have them: gguf's quantizer on a normal weight with a few outlier
     columns where gguf can quantize the type, `random_rows` for the K types."""

@@ -51,6 +51,7 @@ from gguf_blocks import (
     quantizer_rows,
     random_rows,
     reconstruct,
+    saturated_rows,
 )
 
 QTYPES = list(QuantType)
@@ -78,9 +79,12 @@ def ggml(qtype: QuantType) -> gguf.GGMLQuantizationType:
 
 
 def weight_rows(qtype: QuantType, n: int, k: int, seed: int) -> np.ndarray:
-    """n rows: the first half arbitrary blocks, the rest as gguf's quantizer makes them."""
+    """n rows: one with every code at its maximum, then half arbitrary blocks, the rest as gguf's
+    quantizer makes them."""
     half = (n + 1) // 2
-    return np.concatenate([random_rows(ggml(qtype), half, k, seed), quantizer_rows(ggml(qtype), n - half, k, seed + 1)])
+    rows = np.concatenate([random_rows(ggml(qtype), half, k, seed), quantizer_rows(ggml(qtype), n - half, k, seed + 1)])
+    rows[:1] = saturated_rows(ggml(qtype), 1, k, seed + 2)
+    return rows
 
 
 def gguf_dequantize(raw: np.ndarray, qtype: QuantType) -> torch.Tensor:
@@ -114,6 +118,8 @@ def activations(m: int, k: int, seed: int) -> torch.Tensor:
     if m > 2:
         x[1] *= 1e4
         x[2] *= 1e-4
+    if m > 3:  # every element at its block's amax: every q_hi is +-127
+        x[3] = torch.where(x[3] >= 0, 3.0, -3.0)
     return x
 
 
@@ -167,6 +173,8 @@ def test_block_decoder_reconstructs_gguf_dequantize(qtype):
         assert same_bits(torch.from_numpy(reconstruct(codes, scales, mins, ggml(qtype))), gguf_dequantize(raw, qtype))
     every_code = decode(random_rows(ggml(qtype), 64, 512, seed=5), ggml(qtype), 512)[0]
     assert len(np.unique(every_code)) == (256 if qtype is QuantType.Q8_0 else MAX_CODE[ggml(qtype)] + 1)
+    saturated = decode(saturated_rows(ggml(qtype), 2, 512, seed=6), ggml(qtype), 512)[0]
+    assert (saturated == (-128 if qtype is QuantType.Q8_0 else MAX_CODE[ggml(qtype)])).all()
 
 
 def test_random_rows_have_finite_fp16_fields_of_both_signs():
