@@ -17,8 +17,6 @@ Batch invariance: a row's output is the same bits alone, inside any batch and on
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import gguf
@@ -53,6 +51,7 @@ from gguf_blocks import (
     reconstruct,
     saturated_rows,
 )
+from torch_threads import torch_threads
 
 QTYPES = list(QuantType)
 # M: a single row, row tiles of 4 and their 1-3 row tails, a row chunk of 64 and one past it.
@@ -60,18 +59,6 @@ MS = (1, 3, 4, 5, 17, 64, 65)
 # (N, K): N never a multiple of 8 (a partial group of rows) or 16 (a partial AVX-512 tile of two
 # groups); 37 leaves one narrow group at the end, 45 a wide tile with half its second group.
 SHAPES = ((37, 256), (45, 512), (13, 768), (3, 256))
-
-
-@contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Run a block on `count` torch (and native kernel) threads. The references' many small torch
-    ops run on one: on a busy shared machine two threads' barriers cost far more than the math."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def ggml(qtype: QuantType) -> gguf.GGMLQuantizationType:
