@@ -154,7 +154,7 @@ def random_rows(qtype: T, n: int, k: int, seed: int) -> np.ndarray:
     for offset, what in FP16_FIELDS[qtype]:
         magnitude = _MAGNITUDE[qtype] * (8.0 if what == "m" else 1.0)  # a block's min ~ 8 steps
         blocks[..., offset : offset + 2] = _fp16_fields(rng, (n, k // weights), magnitude)
-    return blocks.reshape(n, -1)
+    return blocks.reshape(n, row_bytes(qtype, k))
 
 
 def saturated_rows(qtype: T, n: int, k: int, seed: int) -> np.ndarray:

@@ -51,6 +51,8 @@ from gguf_blocks import (
     reconstruct,
     saturated_rows,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch_threads import torch_threads
 
 QTYPES = list(QuantType)
@@ -221,6 +223,21 @@ def test_packing_concatenated_and_row_permuted_raws(native_kernels, qtype):
     assert same_bits(dequantize(pack_gguf(fused_raw, qtype, k)), expected)
 
 
+def test_embedding_rows_are_the_dequantized_rows(variant_kernels):
+    """The embedding lookup reads single rows out of the packed layout, any type."""
+    n, k = 45, 512
+    ids = torch.tensor([0, 44, 7, 8, 7, 40, 15, 16, 0])  # ends of groups and tiles, repeats
+    for qtype in QTYPES:
+        raw = random_rows(ggml(qtype), n, k, seed=int(qtype))
+        w = pack_with(variant_kernels, raw, qtype, k)
+        rows = variant_kernels.ops.embedding_rows_packed(w.data, int(qtype), n, k, ids)
+        assert same_bits(rows, gguf_dequantize(raw, qtype)[ids]), qtype.name
+    with pytest.raises(RuntimeError, match=r"token id 45 outside \[0, 45\)"):
+        variant_kernels.ops.embedding_rows_packed(w.data, int(qtype), n, k, torch.tensor([3, 45]))
+    with pytest.raises(RuntimeError, match="expected"):
+        variant_kernels.ops.embedding_rows_packed(w.data[:-1], int(qtype), n, k, ids)
+
+
 # ---- the kernel: exact emulation, fp32 bound, variants, batch invariance ----
 
 
@@ -239,6 +256,27 @@ def test_kernel_matches_emulation_and_fp32(variant_kernels, qtype, n, k):
         assert_matches_reference(plain, expected)
         assert_matches_reference(with_bias, expected + bias)
         assert_within_activation_quantization(with_bias, x, dequantize(w), bias)
+
+
+@settings(max_examples=80, deadline=None, derandomize=True)
+@given(data=st.data(), qtype=st.sampled_from(QTYPES), n=st.integers(1, 80), m=st.integers(1, 70),
+       threads=st.sampled_from([1, 2, 3]))
+def test_any_shape_matches_the_emulation_on_every_variant(native_kernels, data, qtype, n, m, threads):
+    """Shapes drawn at random (fixed examples: derandomized), every variant this CPU runs."""
+    units = data.draw(st.integers(1, 3) if qtype.block_weights == 256 else st.integers(1, 24), label="K blocks")
+    k = units * qtype.block_weights
+    seed = data.draw(st.integers(0, 2**16), label="seed")
+    raw = weight_rows(qtype, n, k, seed) if n > 1 else random_rows(ggml(qtype), n, k, seed)
+    x = activations(m, k, seed)
+    outputs = []
+    for variant in supported_variants():
+        kernels = kernels_for(variant)
+        with torch_threads(threads):
+            outputs.append((variant, qlinear(kernels, x, pack_with(kernels, raw, qtype, k))))
+    with torch_threads(1):
+        assert_matches_reference(outputs[0][1], linear_reference_exact(x, pack_gguf(raw, qtype, k)))
+    for variant, out in outputs[1:]:
+        assert same_bits(out, outputs[0][1]), f"{variant} vs {outputs[0][0]}"
 
 
 @pytest.mark.parametrize("qtype", QTYPES, ids=lambda q: q.name)
