@@ -149,6 +149,26 @@ def matmul_tflops(dtype: torch.dtype, n: int, repeats: int) -> float:
     return 2 * n**3 / seconds / 1e12
 
 
+def kernel_peaks(quick: bool) -> dict:
+    """Compute peaks of the instructions AstrAI's chosen kernel variant uses, every thread busy:
+    int8 multiply-accumulates (AVX2 maddubs+madd, or one AVX-512 VNNI vpdpbusd per 4), 8-lane fp32
+    FMA (attention, norms), and bf16 dot products where the variant has AVX512-BF16."""
+    from astrai.model.kernels import kernels
+
+    chosen = kernels()
+    if chosen is None:
+        return {"variant": "torch", "status": "skipped", "reason": "native kernels unavailable"}
+    testing = chosen.testing_ops()
+    iterations = 2_000_000 if quick else 20_000_000
+    peaks = {"variant": chosen.variant,
+             "int8_macs_per_s": max(testing.int8_mac_peak(iterations) for _ in range(3)),
+             "fp32_flops_per_s": max(testing.fp32_fma_flops_peak(iterations) for _ in range(3))}
+    bf16 = max(testing.bf16_dot_flops_peak(iterations) for _ in range(3))
+    if bf16 > 0:
+        peaks["bf16_dot_flops_per_s"] = bf16
+    return peaks
+
+
 def gguf_tensor_bytes(path: str) -> dict[str, int]:
     """Bytes of tensor data per ggml type in the GGUF (Q4_1 linears, Q8_0 embedding, F32 norms)."""
     from gguf import GGUFReader
@@ -173,6 +193,7 @@ def roofline(quick: bool, model_path: str) -> dict:
     tflops = {"float32": matmul_tflops(torch.float32, n, repeats)}
     if has_bf16_hardware():
         tflops["bfloat16"] = matmul_tflops(torch.bfloat16, n, repeats)
+    peaks = kernel_peaks(quick)
     params, params_source = model_parameters()
     by_type = gguf_tensor_bytes(model_path)
     gguf_bytes = sum(by_type.values())
@@ -186,7 +207,13 @@ def roofline(quick: bool, model_path: str) -> dict:
         dense = "bfloat16" if label.startswith("bfloat16") else "float32"
         entry["batched_tok_s"] = tflops[dense] * 1e12 / (2 * params) if dense in tflops else None
         ceilings[label] = entry
+    if "int8_macs_per_s" in peaks:
+        # packed weights multiply both 8-bit parts of each activation: 2 int8 MACs per weight per token
+        ceilings[f"int8 kernels ({peaks['variant']})"] = {
+            "weight_bytes": gguf_bytes, "batch1_decode_tok_s": read_gbs * 1e9 / gguf_bytes,
+            "batched_tok_s": peaks["int8_macs_per_s"] / (2 * params)}
     return {
+        "kernel_peaks": peaks,
         "copy_bandwidth_gbs": copy_gbs,
         "read_bandwidth_gbs": read_gbs,
         "bandwidth_test_bytes": big,
@@ -199,5 +226,7 @@ def roofline(quick: bool, model_path: str) -> dict:
         "ceilings": ceilings,
         "note": "batch-1 ceiling = streaming read bandwidth / weight bytes per token (KV reads ignored); "
                 "batched ceiling = dense matmul rate / (2 x parameters) FLOP per token (fp32, or bf16 where the "
-                "CPU has bf16 hardware). A large L3 can hold part of the weights, so batch-1 can beat it.",
+                "CPU has bf16 hardware); for the packed weights, the chosen kernel variant's int8 MAC rate / "
+                "(2 x parameters) (two 8-bit activation parts per weight). A large L3 can hold part of the "
+                "weights, so batch-1 can beat it.",
     }

@@ -224,6 +224,12 @@ def roofline_section(r: dict) -> str:
     if "ceilings" not in rf:
         return f"## Roofline\n\n{_status(rf)}"
     tf = ", ".join(f"{k} {v:.3f} TFLOP/s" for k, v in rf["matmul_tflops"].items())
+    peaks = rf.get("kernel_peaks") or {}
+    if "int8_macs_per_s" in peaks:
+        tf += (f". AstrAI's {peaks['variant']} kernels: int8 {peaks['int8_macs_per_s'] / 1e12:.3f} TMAC/s, fp32 FMA "
+               f"{peaks['fp32_flops_per_s'] / 1e12:.3f} TFLOP/s")
+        if "bf16_dot_flops_per_s" in peaks:
+            tf += f", bf16 dot {peaks['bf16_dot_flops_per_s'] / 1e12:.3f} TFLOP/s"
     by_type = ", ".join(f"{k} {v / MB:,.1f} MB" for k, v in rf["gguf_tensor_bytes"].items())
     return "\n".join(["## Roofline (measured on this machine, this run)", "",
                       f"Streaming read {fmt(rf['read_bandwidth_gbs'])} GB/s, copy {fmt(rf['copy_bandwidth_gbs'])} GB/s "
@@ -241,6 +247,13 @@ def _gguf_ceiling(r: dict) -> float | None:
     for k, v in (_dig(r, "roofline", "ceilings") or {}).items():
         if k.startswith("gguf"):
             return v["batch1_decode_tok_s"]
+    return None
+
+
+def _batched_int8_ceiling(r: dict) -> float | None:
+    for k, v in (_dig(r, "roofline", "ceilings") or {}).items():
+        if k.startswith("int8 kernels"):
+            return v["batched_tok_s"]
     return None
 
 
@@ -328,28 +341,34 @@ def offline_section(r: dict) -> str:
     if "systems" not in off:
         return f"## Offline batch\n\n{_status(off)}"
     w = off["workload"]
+    ceiling = _batched_int8_ceiling(r)
+
+    def share(tok_s: float | None) -> str:
+        return fmt(100 * tok_s / ceiling, 0, "%") if ceiling and tok_s else "–"
+
     rows = []
     for key, s in off["systems"].items():
         if not _ok(s):
-            rows.append([key, _status(s), "", "", ""])
+            rows.append([key, _status(s), "", "", "", ""])
             continue
         if key == "llamacpp":
             runs = s["rounds"]
-            rows.append([s["name"], fmt(s["best_output_tok_s"]), fmt(s["best_decode_tok_s"]),
-                         ", ".join(fmt(x["t"], 1) for x in runs), len(runs)])
+            rows.append([s["name"], fmt(s["best_output_tok_s"]), share(s["best_output_tok_s"]),
+                         fmt(s["best_decode_tok_s"]), ", ".join(fmt(x["t"], 1) for x in runs), len(runs)])
         elif key == "astrai":
             runs = s["rounds"]
-            rows.append([s["name"], fmt(s["best_output_tok_s"]), "–", ", ".join(fmt(x["seconds"], 1) for x in runs),
-                         len(runs)])
+            rows.append([s["name"], fmt(s["best_output_tok_s"]), share(s["best_output_tok_s"]), "–",
+                         ", ".join(fmt(x["seconds"], 1) for x in runs), len(runs)])
         else:
-            rows.append([s["name"], fmt(s["output_tok_s"]), "–", fmt(s["seconds"], 1), 1])
+            rows.append([s["name"], fmt(s["output_tok_s"]), "–", "–", fmt(s["seconds"], 1), 1])
     cmd = _dig(off, "systems", "llamacpp", "rounds")
     return "\n".join(["## Offline batch", "",
                       f"{w['batch']} requests x ({w['prompt_tokens']} random-id prompt tokens -> {w['output_tokens']} "
                       "tokens), all submitted at once, greedy, ignore_eos. Output tok/s = requests x output tokens / "
                       "wall time including prefill. AstrAI: `Engine.generate`; llama.cpp: `llama-batched-bench` "
                       "(its decode-only rate S_TG shown too); transformers: one static batch, run once.", "",
-                      table(["System", "Output tok/s", "Decode-only tok/s", "Seconds per round", "Rounds"], rows), "",
+                      table(["System", "Output tok/s", "% of int8 batched ceiling", "Decode-only tok/s",
+                             "Seconds per round", "Rounds"], rows), "",
                       f"`llama-batched-bench {short_command(cmd[0]['command'])}`" if cmd else ""])
 
 

@@ -81,7 +81,7 @@ class NativeForward:
                              "k_norm": attn.k_norm.weight.detach().float().contiguous()}
                 layers.append(module.DecoderLayerWeights(
                     layer.input_layernorm.weight.detach().float().contiguous(),
-                    layer.post_attention_layernorm.weight.detach().float().contiguous(),
+                    layer.post_attention_layernorm.weight.detach().float().contiguous(),  # the pre-MLP norm
                     _linear_weight(attn.qkv_proj, module, f"layer {i} qkv_proj"),
                     _linear_weight(attn.o_proj, module, f"layer {i} o_proj"),
                     _linear_weight(mlp.gate_up_proj, module, f"layer {i} gate_up_proj"),

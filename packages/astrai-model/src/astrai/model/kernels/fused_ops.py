@@ -66,6 +66,16 @@ def silu_mul(gate_up: torch.Tensor, out: torch.Tensor | None = None) -> torch.Te
     return silu_mul_torch(gate_up, out)
 
 
+def gelu_tanh_mul(gate_up: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """gelu_tanh(gate) * up for gate_up [T, 2I] = [gate | up] (gemma's GeGLU); returns out [T, I]."""
+    if out is None:
+        out = torch.empty(gate_up.shape[0], gate_up.shape[1] // 2, dtype=gate_up.dtype, device=gate_up.device)
+    if _native_fits(gate_up, out, gate_up) and gate_up.dim() == 2:
+        ops().gelu_tanh_mul(gate_up, out)
+        return out
+    return gelu_tanh_mul_torch(gate_up, out)
+
+
 def _native_fits(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> bool:
     return (
         a.device.type == "cpu"
@@ -113,9 +123,20 @@ def silu_mul_torch(gate_up: torch.Tensor, out: torch.Tensor | None = None) -> to
     return out
 
 
+def gelu_tanh_mul_torch(gate_up: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    result = F.gelu(gate, approximate="tanh") * up
+    if out is None:
+        return result
+    out.copy_(result)
+    return out
+
+
 __all__ = [
     "add_rms_norm",
     "add_rms_norm_torch",
+    "gelu_tanh_mul",
+    "gelu_tanh_mul_torch",
     "head_rms_norm",
     "head_rms_norm_torch",
     "rms_norm",
@@ -125,3 +146,4 @@ __all__ = [
     "silu_mul",
     "silu_mul_torch",
 ]
+

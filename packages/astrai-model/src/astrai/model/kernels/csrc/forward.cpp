@@ -38,16 +38,23 @@ void LinearWeight::validate(const char* name) const {
 }
 
 void LinearWeight::run(const at::Tensor& x, const at::Tensor& out) const {
+  at::Tensor target = out;
   if (qtype != 0) {
-    at::Tensor target = out;
     qlinear_out(quantize_activations(x), packed, static_cast<QType>(qtype), out_features, in_features, bias, target);
-  } else if (bias.has_value()) {
-    at::Tensor target = out;
-    at::addmm_out(target, *bias, x, dense.t());
-  } else {
-    at::Tensor target = out;
-    at::mm_out(target, x, dense.t());
+    return;
   }
+  // Dense float32 through BLAS with the rows padded to a multiple of 8: sgemm gives a row the same
+  // result at any such M (a few-row call takes a different, gemv-like path), so a row's output
+  // does not depend on its batch (tests/model check this on the machine that runs them).
+  const int64_t M = x.size(0), padded = (M + 7) / 8 * 8;
+  if (padded == M) {
+    at::mm_out(target, x, dense.t());
+  } else {
+    at::Tensor rows = at::zeros({padded, in_features}, x.options());
+    rows.narrow(0, 0, M).copy_(x);
+    target.copy_(at::mm(rows, dense.t()).narrow(0, 0, M));
+  }
+  if (bias.has_value()) target.add_(*bias);
 }
 
 void embedding_rows_into(const LinearWeight& table, const at::Tensor& ids, const at::Tensor& out) {
@@ -122,6 +129,7 @@ NativeDecoder::NativeDecoder(DecoderShape shape, LinearWeight embedding, std::ve
                 "gate_up_proj shape");
     TORCH_CHECK(layer.down.out_features == s.hidden && layer.down.in_features == s.intermediate, "down_proj shape");
     TORCH_CHECK(layer.q_norm.has_value() == layer.k_norm.has_value(), "q_norm and k_norm come together");
+    TORCH_CHECK(layer.window >= 0 && (layer.rope == 0 || layer.rope == 1), "layer window must be >= 0, rope 0 or 1");
   }
 }
 
@@ -130,7 +138,8 @@ at::Tensor NativeDecoder::forward(const at::Tensor& token_ids, const at::Tensor&
                                   const at::Tensor& context_lens, const at::Tensor& query_start_loc,
                                   const at::Tensor& logits_indices, const std::vector<at::Tensor>& k_caches,
                                   const std::vector<at::Tensor>& v_caches, const at::Tensor& cos,
-                                  const at::Tensor& sin) {
+                                  const at::Tensor& sin, const std::optional<at::Tensor>& local_cos,
+                                  const std::optional<at::Tensor>& local_sin) {
   std::lock_guard<std::mutex> guard(mutex_);
   const DecoderShape& s = shape_;
   const int64_t L = num_layers();
@@ -138,7 +147,8 @@ at::Tensor NativeDecoder::forward(const at::Tensor& token_ids, const at::Tensor&
               "forward: expected ", L, " K and V caches");
   const int64_t T = token_ids.size(0), C = s.hidden, H = s.num_heads, KVH = s.num_kv_heads, D = s.head_dim;
   const int64_t I = s.intermediate, QKV = (H + 2 * KVH) * D;
-  const double eps = s.rms_norm_eps, scale = 1.0 / std::sqrt(static_cast<double>(D));
+  const double eps = s.rms_norm_eps;
+  const double scale = s.attention_scale > 0.0 ? s.attention_scale : 1.0 / std::sqrt(static_cast<double>(D));
 
   const int64_t need = T * (2 * C + QKV + H * D + 3 * I);
   if (!workspace_.defined() || workspace_.numel() < need) workspace_ = at::empty({need}, at::kFloat);
@@ -152,6 +162,7 @@ at::Tensor NativeDecoder::forward(const at::Tensor& token_ids, const at::Tensor&
 
   if (profiling_) mark_ = std::chrono::steady_clock::now();
   embedding_rows_into(embedding_, token_ids, residual);
+  if (s.embedding_scale != 1.0) residual.mul_(static_cast<float>(s.embedding_scale));  // one fp32 multiply, as torch
   lap(kEmbed);
   at::Tensor q = qkv.narrow(1, 0, H * D).view({T, H, D});
   at::Tensor k = qkv.narrow(1, H * D, KVH * D).view({T, KVH, D});
@@ -172,22 +183,34 @@ at::Tensor NativeDecoder::forward(const at::Tensor& token_ids, const at::Tensor&
       head_rms_norm(q, *layer.q_norm, eps);
       head_rms_norm(k, *layer.k_norm, eps);
     }
-    rotary(qk, positions, cos, sin);
+    if (layer.rope == 1) {
+      TORCH_CHECK(local_cos.has_value() && local_sin.has_value(), "forward: layer ", l, " needs the local RoPE tables");
+      rotary(qk, positions, *local_cos, *local_sin);
+    } else {
+      rotary(qk, positions, cos, sin);
+    }
     lap(kRope);
     kv_write(k, v, k_caches[l], v_caches[l], slot_mapping);
     lap(kKvWrite);
-    paged_attention(q, k_caches[l], v_caches[l], block_tables, context_lens, query_start_loc, scale, 0, attn_heads);
+    paged_attention(q, k_caches[l], v_caches[l], block_tables, context_lens, query_start_loc, scale, layer.window,
+                    attn_heads);
     lap(kAttention);
     layer.o.run(attn, hidden);
     lap(kO);
-    add_rms_norm(hidden, residual, layer.post_attention_norm, eps);
+    if (layer.attn_out_norm.has_value()) rms_norm(hidden, *layer.attn_out_norm, eps, hidden);
+    add_rms_norm(hidden, residual, layer.mlp_norm, eps);
     lap(kNorm);
     layer.gate_up.run(hidden, gate_up);
     lap(kGateUp);
-    silu_mul(gate_up, act);
-    lap(kSiluMul);
+    if (s.activation == Activation::kGeluTanh) gelu_tanh_mul(gate_up, act);
+    else silu_mul(gate_up, act);
+    lap(kActivation);
     layer.down.run(act, hidden);
     lap(kDown);
+    if (layer.mlp_out_norm.has_value()) {
+      rms_norm(hidden, *layer.mlp_out_norm, eps, hidden);
+      lap(kNorm);
+    }
   }
   // Only the rows whose logits are wanted get the final norm and the LM head.
   at::Tensor last = sum_rows(residual, hidden, logits_indices);
@@ -216,7 +239,7 @@ void NativeDecoder::set_profiling(bool on) {
 
 std::vector<std::pair<std::string, double>> NativeDecoder::profile() const {
   static const char* names[kPhases] = {"embedding", "rms_norm", "qkv_proj", "rotary", "kv_write", "attention",
-                                       "o_proj", "gate_up_proj", "silu_mul", "down_proj", "lm_head"};
+                                       "o_proj", "gate_up_proj", "activation", "down_proj", "lm_head"};
   std::vector<std::pair<std::string, double>> out;
   out.emplace_back("steps", static_cast<double>(steps_));
   for (int p = 0; p < kPhases; ++p) out.emplace_back(names[p], seconds_[p]);

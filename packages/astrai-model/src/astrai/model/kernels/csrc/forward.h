@@ -33,16 +33,26 @@ struct LinearWeight {
   void run(const at::Tensor& x, const at::Tensor& out) const;
 };
 
+// One decoder layer. Pre-norm llama-style layers have input_norm and mlp_norm; "sandwich" layers
+// (gemma3) also norm each sublayer's output before its residual add.
 struct DecoderLayerWeights {
-  at::Tensor input_norm;  // [hidden]
-  at::Tensor post_attention_norm;  // [hidden]
-  std::optional<at::Tensor> q_norm, k_norm;  // [head_dim] (qwen3)
+  at::Tensor input_norm;  // [hidden], before attention
+  at::Tensor mlp_norm;    // [hidden], before the MLP (llama's post_attention_layernorm)
+  std::optional<at::Tensor> attn_out_norm, mlp_out_norm;  // [hidden], on the sublayer outputs (gemma3)
+  std::optional<at::Tensor> q_norm, k_norm;  // [head_dim] (qwen3, gemma3)
   LinearWeight qkv, o, gate_up, down;
+  int64_t window = 0;  // > 0: sliding-window attention over that many keys
+  int64_t rope = 0;    // RoPE table: 0 the model's, 1 the local layers' own
 };
+
+enum class Activation : int64_t { kSilu = 0, kGeluTanh = 1 };  // the gated MLP's activation
 
 struct DecoderShape {
   int64_t hidden = 0, intermediate = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0, vocab = 0;
   double rms_norm_eps = 1e-6;
+  double attention_scale = 0.0;  // softmax scale (0: head_dim ** -0.5)
+  double embedding_scale = 1.0;  // the token embeddings are multiplied by it (gemma: sqrt(hidden))
+  Activation activation = Activation::kSilu;
 };
 
 class NativeDecoder {
@@ -53,12 +63,14 @@ class NativeDecoder {
                 at::Tensor final_norm, LinearWeight head);
 
   // The INTERFACES.md forward: ForwardBatch's tensors, the per-layer K/V caches, the RoPE
-  // cos/sin tables covering every position in the batch. Returns float32 logits [R, vocab].
+  // cos/sin tables covering every position in the batch (and the local layers' own tables where
+  // a layer has rope == 1). Returns float32 logits [R, vocab].
   at::Tensor forward(const at::Tensor& token_ids, const at::Tensor& positions, const at::Tensor& slot_mapping,
                      const at::Tensor& block_tables, const at::Tensor& context_lens,
                      const at::Tensor& query_start_loc, const at::Tensor& logits_indices,
                      const std::vector<at::Tensor>& k_caches, const std::vector<at::Tensor>& v_caches,
-                     const at::Tensor& cos, const at::Tensor& sin);
+                     const at::Tensor& cos, const at::Tensor& sin, const std::optional<at::Tensor>& local_cos,
+                     const std::optional<at::Tensor>& local_sin);
 
   int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
 
@@ -67,7 +79,7 @@ class NativeDecoder {
   std::vector<std::pair<std::string, double>> profile() const;
 
  private:
-  enum Phase { kEmbed, kNorm, kQkv, kRope, kKvWrite, kAttention, kO, kGateUp, kSiluMul, kDown, kHead, kPhases };
+  enum Phase { kEmbed, kNorm, kQkv, kRope, kKvWrite, kAttention, kO, kGateUp, kActivation, kDown, kHead, kPhases };
   void lap(Phase phase);
   bool profiling_ = false;
   double seconds_[kPhases] = {};

@@ -79,6 +79,7 @@ TORCH_LIBRARY(ASTRAI_OPS, m) {
   m.def("head_rms_norm(Tensor(a!) x, Tensor w, float eps) -> ()", &astrai::head_rms_norm);
   m.def("rotary(Tensor(a!) qk, Tensor positions, Tensor cos, Tensor sin) -> ()", &astrai::rotary);
   m.def("silu_mul(Tensor gate_up, Tensor(a!) out) -> ()", &astrai::silu_mul);
+  m.def("gelu_tanh_mul(Tensor gate_up, Tensor(a!) out) -> ()", &astrai::gelu_tanh_mul);
 }
 
 namespace py = pybind11;
@@ -108,35 +109,51 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("dense") = py::none(), py::arg("bias") = py::none());
 
   py::class_<DecoderLayerWeights>(m, "DecoderLayerWeights", py::module_local())
-      .def(py::init([](at::Tensor input_norm, at::Tensor post_attention_norm, LinearWeight qkv, LinearWeight o,
+      .def(py::init([](at::Tensor input_norm, at::Tensor mlp_norm, LinearWeight qkv, LinearWeight o,
                        LinearWeight gate_up, LinearWeight down, std::optional<at::Tensor> q_norm,
-                       std::optional<at::Tensor> k_norm) {
+                       std::optional<at::Tensor> k_norm, std::optional<at::Tensor> attn_out_norm,
+                       std::optional<at::Tensor> mlp_out_norm, int64_t window, int64_t rope) {
              DecoderLayerWeights layer;
              layer.input_norm = input_norm;
-             layer.post_attention_norm = post_attention_norm;
+             layer.mlp_norm = mlp_norm;
              layer.qkv = std::move(qkv);
              layer.o = std::move(o);
              layer.gate_up = std::move(gate_up);
              layer.down = std::move(down);
              layer.q_norm = q_norm;
              layer.k_norm = k_norm;
+             layer.attn_out_norm = attn_out_norm;
+             layer.mlp_out_norm = mlp_out_norm;
+             layer.window = window;
+             layer.rope = rope;
              return layer;
            }),
-           py::arg("input_norm"), py::arg("post_attention_norm"), py::arg("qkv"), py::arg("o"), py::arg("gate_up"),
-           py::arg("down"), py::arg("q_norm") = py::none(), py::arg("k_norm") = py::none());
+           py::arg("input_norm"), py::arg("mlp_norm"), py::arg("qkv"), py::arg("o"), py::arg("gate_up"),
+           py::arg("down"), py::arg("q_norm") = py::none(), py::arg("k_norm") = py::none(),
+           py::arg("attn_out_norm") = py::none(), py::arg("mlp_out_norm") = py::none(), py::arg("window") = 0,
+           py::arg("rope") = 0);
 
   py::class_<DecoderShape>(m, "DecoderShape", py::module_local())
       .def(py::init([](int64_t hidden, int64_t intermediate, int64_t num_heads, int64_t num_kv_heads,
-                       int64_t head_dim, int64_t vocab, double rms_norm_eps) {
-             return DecoderShape{hidden, intermediate, num_heads, num_kv_heads, head_dim, vocab, rms_norm_eps};
+                       int64_t head_dim, int64_t vocab, double rms_norm_eps, double attention_scale,
+                       double embedding_scale, const std::string& activation) {
+             TORCH_CHECK(activation == "silu" || activation == "gelu_tanh",
+                         "DecoderShape: activation must be silu or gelu_tanh, got ", activation);
+             return DecoderShape{hidden, intermediate, num_heads, num_kv_heads, head_dim, vocab, rms_norm_eps,
+                                 attention_scale, embedding_scale,
+                                 activation == "silu" ? astrai::Activation::kSilu : astrai::Activation::kGeluTanh};
            }),
            py::arg("hidden"), py::arg("intermediate"), py::arg("num_heads"), py::arg("num_kv_heads"),
-           py::arg("head_dim"), py::arg("vocab"), py::arg("rms_norm_eps"));
+           py::arg("head_dim"), py::arg("vocab"), py::arg("rms_norm_eps"), py::arg("attention_scale") = 0.0,
+           py::arg("embedding_scale") = 1.0, py::arg("activation") = "silu");
 
   py::class_<NativeDecoder>(m, "NativeDecoder", py::module_local())
       .def(py::init<DecoderShape, LinearWeight, std::vector<DecoderLayerWeights>, at::Tensor, LinearWeight>(),
            py::arg("shape"), py::arg("embedding"), py::arg("layers"), py::arg("final_norm"), py::arg("head"))
-      .def("forward", &NativeDecoder::forward, py::call_guard<py::gil_scoped_release>(),
+      .def("forward", &NativeDecoder::forward, py::arg("token_ids"), py::arg("positions"), py::arg("slot_mapping"),
+           py::arg("block_tables"), py::arg("context_lens"), py::arg("query_start_loc"), py::arg("logits_indices"),
+           py::arg("k_caches"), py::arg("v_caches"), py::arg("cos"), py::arg("sin"), py::arg("local_cos") = py::none(),
+           py::arg("local_sin") = py::none(), py::call_guard<py::gil_scoped_release>(),
            "one ragged step (ForwardBatch tensors, K/V caches, RoPE tables) -> float32 logits [R, vocab]")
       .def_property_readonly("num_layers", &NativeDecoder::num_layers)
       .def("set_profiling", &NativeDecoder::set_profiling, "time each kernel kind (resets the sums)")

@@ -196,4 +196,39 @@ void silu_mul(const at::Tensor& gate_up, const at::Tensor& out) {
   });
 }
 
+void gelu_tanh_mul(const at::Tensor& gate_up, const at::Tensor& out) {
+  check_rows(gate_up, "gelu_tanh_mul", "gate_up", 2);
+  check_rows(out, "gelu_tanh_mul", "out", 2);
+  const int64_t T = gate_up.size(0), I = gate_up.size(1) / 2;
+  TORCH_CHECK(gate_up.size(1) % 2 == 0, "gelu_tanh_mul: gate_up's last dimension must be even, got ", gate_up.size(1));
+  TORCH_CHECK(out.size(0) == T && out.size(1) == I, "gelu_tanh_mul: out must be [", T, ", ", I, "], got ", out.sizes());
+  const float* gp = gate_up.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int64_t gs = gate_up.stride(0), os = out.stride(0);
+  constexpr float kBeta = 0.7978845608028654f;  // sqrt(2 / pi)
+  constexpr float kKappa = 0.044715f;
+  parallel_for(0, T, grain_for(2 * I), [&](int64_t begin, int64_t end) {
+    const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f), two = _mm256_set1_ps(2.0f);
+    const __m256 beta = _mm256_set1_ps(kBeta), kappa = _mm256_set1_ps(kKappa);
+    for (int64_t t = begin; t < end; ++t) {
+      const float* g = gp + t * gs;
+      const float* u = g + I;
+      float* o = op + t * os;
+      int64_t i = 0;
+      for (; i + 8 <= I; i += 8) {
+        const __m256 x = _mm256_loadu_ps(g + i);
+        const __m256 inner = _mm256_mul_ps(beta, _mm256_add_ps(x, _mm256_mul_ps(kappa, _mm256_mul_ps(_mm256_mul_ps(x, x), x))));
+        // tanh(y) = 1 - 2 / (exp(2y) + 1): exp's overflow to inf gives 1, its underflow to 0 gives -1
+        const __m256 th = _mm256_sub_ps(one, _mm256_div_ps(two, _mm256_add_ps(simd::exp_ps(_mm256_mul_ps(two, inner)), one)));
+        const __m256 gelu = _mm256_mul_ps(_mm256_mul_ps(half, x), _mm256_add_ps(one, th));
+        _mm256_storeu_ps(o + i, _mm256_mul_ps(gelu, _mm256_loadu_ps(u + i)));
+      }
+      for (; i < I; ++i) {
+        const float x = g[i];
+        o[i] = 0.5f * x * (1.0f + std::tanh(kBeta * (x + kKappa * x * x * x))) * u[i];
+      }
+    }
+  });
+}
+
 }  // namespace astrai

@@ -33,4 +33,8 @@ void rotary(const at::Tensor& qk, const at::Tensor& positions, const at::Tensor&
 //   gate_up [T, 2I], out [T, I].
 void silu_mul(const at::Tensor& gate_up, const at::Tensor& out);
 
+// GeGLU's activation (gemma): out = gelu_tanh(gate_up[:, :I]) * gate_up[:, I:], gelu with the
+// tanh approximation 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))), within a few ulp of torch's.
+void gelu_tanh_mul(const at::Tensor& gate_up, const at::Tensor& out);
+
 }  // namespace astrai

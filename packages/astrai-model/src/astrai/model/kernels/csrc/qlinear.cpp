@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "isa/amx.h"
 #include "isa/lanes.h"
 #include "parallel.h"
 #include "quant_pack.h"
@@ -278,6 +279,97 @@ void tile(const QuantizedActivations& a, int64_t m0, const TileBytes& t, int64_t
   }
 }
 
+
+#if defined(ASTRAI_ISA_AMX)
+// AMX-INT8: 16 activation rows x one tile of 16 output rows. Per block the 8 unpacked weight
+// vectors are, stored in order, exactly the B tile (row j = every output's 4 codes k = 4j..4j+3);
+// the activations' q_hi / q_lo rows load straight into A tiles; TDPBSUD / TDPBSSD give each
+// span's exact int32 sums (the same integers as the vector path), and the epilogue runs the
+// same float operations as tile(), so results are bit-identical to the other variants.
+template <QType QT>
+void amx_tile(const QuantizedActivations& a, int64_t m0, const TileBytes& t, int64_t nb, float* out, int64_t ldo,
+              int valid, const float* bias) {
+  using V = isa::Lanes16;
+  using I = V::I;
+  using F = V::F;
+  constexpr Layout L = layout_of(QT);
+  constexpr int kSpan = L.halves ? 16 : 32;
+  static const isa::TileConfig config = isa::qlinear_tiles(kSpan);
+  isa::request_tile_permission();
+  isa::load_tile_config(config, kSpan);
+  const int64_t K = a.K, QB = L.quant_bytes(), SB = L.scales, XB = L.super;
+  alignas(64) uint8_t weights[8 * 64];
+  alignas(64) int32_t hi[2][16 * 16], lo[2][16 * 16];
+  F acc[16];
+  for (int r = 0; r < 16; ++r) acc[r] = V::fzero();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* qb = t.quants + b * QB;
+    const uint8_t* sb = t.scales + b * SB;
+    const uint8_t* xb = L.k_scales ? t.super + (b / kBlocksPerSuper) * XB : nullptr;
+    I w[8];
+    if constexpr (QT == QType::Q8_0) {
+      for (int j = 0; j < 8; ++j) w[j] = V::load(qb + 32 * j, t.quant_group);
+    } else {
+      unpack<QT, V>(qb, t.quant_group, w);
+    }
+    for (int j = 0; j < 8; ++j) _mm512_store_si512(reinterpret_cast<__m512i*>(weights + 64 * j), w[j]);
+    const int8_t* xh = a.q_hi + m0 * K + b * kQBlock;
+    const int8_t* xl = a.q_lo + m0 * K + b * kQBlock;
+    _tile_loadd(0, xh, K);
+    _tile_loadd(1, xl, K);
+    _tile_loadd(2, weights, 64);
+    _tile_zero(3);
+    _tile_zero(4);
+    if constexpr (QT == QType::Q8_0) {
+      _tile_dpbssd(3, 0, 2);
+      _tile_dpbssd(4, 1, 2);
+    } else {
+      _tile_dpbsud(3, 0, 2);
+      _tile_dpbsud(4, 1, 2);
+    }
+    _tile_stored(3, hi[0], 64);
+    _tile_stored(4, lo[0], 64);
+    if constexpr (kSpan == 16) {  // the second half: k 16..31, weight vectors 4..7
+      _tile_loadd(0, xh + 16, K);
+      _tile_loadd(1, xl + 16, K);
+      _tile_loadd(5, weights + 4 * 64, 64);
+      _tile_zero(6);
+      _tile_zero(7);
+      _tile_dpbsud(6, 0, 5);
+      _tile_dpbsud(7, 1, 5);
+      _tile_stored(6, hi[1], 64);
+      _tile_stored(7, lo[1], 64);
+    }
+    F s0, s1;
+    block_scales<QT, V>(sb, xb, t, s0, s1);
+    for (int r = 0; r < 16; ++r) {
+      const int64_t row = m0 + r;
+      const F d = V::fset1(a.d[row * (K / kQBlock) + b]);
+      for (int h = 0; h < (kSpan == 16 ? 2 : 1); ++h) {
+        const I ch = _mm512_load_si512(hi[h] + 16 * r);
+        I i = _mm512_add_epi32(_mm512_sub_epi32(_mm512_slli_epi32(ch, 8), _mm512_slli_epi32(ch, 1)),
+                               _mm512_load_si512(lo[h] + 16 * r));  // 254 * hi + lo
+        if constexpr (L.offset != 0) {
+          const int32_t sum = kSpan == 16 ? a.sum16[row * (K / 16) + 2 * b + h] : a.sum[row * (K / kQBlock) + b];
+          i = V::sub32(i, V::splat32(L.offset * sum));
+        }
+        acc[r] = V::fma(V::cvt(i), V::mul(h == 0 ? s0 : s1, d), acc[r]);
+      }
+    }
+  }
+  if constexpr (L.has_min) {
+    F low[16];
+    for (int r = 0; r < 16; ++r) low[r] = V::fzero();
+    for (int64_t b = 0; b < nb; ++b) {
+      const F m = block_min<QT, V>(t.scales + b * SB, L.k_scales ? t.super + (b / kBlocksPerSuper) * XB : nullptr, t);
+      for (int r = 0; r < 16; ++r) low[r] = V::fma(m, V::fset1(a.ds[(m0 + r) * (K / kQBlock) + b]), low[r]);
+    }
+    for (int r = 0; r < 16; ++r) acc[r] = V::add(acc[r], low[r]);
+  }
+  for (int r = 0; r < 16; ++r) V::store(out + (m0 + r) * ldo, acc[r], valid, bias);
+}
+#endif
+
 #if defined(ASTRAI_ISA_AVX512)
 using WideLanes = isa::Lanes16;
 constexpr int kTileRows = 4;
@@ -291,6 +383,10 @@ template <QType QT, class V>
 void tile_rows(const QuantizedActivations& a, int64_t mc, int64_t mend, const TileBytes& t, int64_t nb, float* out,
                int64_t ldo, int valid, const float* bias) {
   int64_t m = mc;
+#if defined(ASTRAI_ISA_AMX)
+  if constexpr (V::kGroups == 2)  // whole tiles of 16 activation rows through AMX
+    for (; m + 16 <= mend; m += 16) amx_tile<QT>(a, m, t, nb, out, ldo, valid, bias);
+#endif
   for (; m + kTileRows <= mend; m += kTileRows) tile<QT, V, kTileRows>(a, m, t, nb, out, ldo, valid, bias);
   switch (mend - m) {
     case 3: tile<QT, V, 3>(a, m, t, nb, out, ldo, valid, bias); break;

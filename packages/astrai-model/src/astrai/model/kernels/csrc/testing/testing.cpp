@@ -135,10 +135,100 @@ std::vector<double> qlinear_chain_seconds(const std::vector<at::Tensor>& xs, con
   return seconds;
 }
 
+// ---- compute peaks of this variant's instructions (bench's roofline) ----
+
+// Runs body(iterations) on every thread of the team at once and returns the operations per
+// second, counting `ops_per_iteration` per iteration per thread.
+template <typename Body>
+double peak_rate(int64_t iterations, double ops_per_iteration, Body body) {
+  const int threads = num_threads();
+  body(iterations / 16);  // warm up (clock ramp, page faults)
+  const auto start = std::chrono::steady_clock::now();
+  parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) body(iterations);
+  });
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return ops_per_iteration * static_cast<double>(iterations) * threads / seconds;
+}
+
+// Sink for the accumulators so the loops cannot be removed.
+std::atomic<int64_t> g_sink{0};
+
+// int8 multiply-accumulates per second with this variant's quantized-linear instruction: AVX2
+// maddubs (u8 x s8 pairs -> int16) then madd (-> int32); AVX-512 VNNI one vpdpbusd (4 products
+// per int32 lane). Twelve independent accumulators hide the latency.
+double int8_mac_peak(int64_t iterations) {
+#if defined(ASTRAI_ISA_AVX512)
+  return peak_rate(iterations, 12.0 * 64, [](int64_t n) {
+    __m512i acc[12];
+    for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_epi32(i);
+    const __m512i w = _mm512_set1_epi8(3), x = _mm512_set1_epi8(-2);
+    for (int64_t it = 0; it < n; ++it)
+      for (int i = 0; i < 12; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], w, x);
+    int64_t total = 0;
+    for (int i = 0; i < 12; ++i) total += _mm512_reduce_add_epi32(acc[i]);
+    g_sink += total;
+  });
+#else
+  return peak_rate(iterations, 12.0 * 32, [](int64_t n) {
+    __m256i acc[12];
+    for (int i = 0; i < 12; ++i) acc[i] = _mm256_set1_epi32(i);
+    const __m256i w = _mm256_set1_epi8(3), x = _mm256_set1_epi8(-2), ones = _mm256_set1_epi16(1);
+    for (int64_t it = 0; it < n; ++it)
+      for (int i = 0; i < 12; ++i) acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones));
+    __m256i total = acc[0];
+    for (int i = 1; i < 12; ++i) total = _mm256_add_epi32(total, acc[i]);
+    g_sink += _mm256_extract_epi32(total, 0);
+  });
+#endif
+}
+
+// float32 FMAs per second (multiply + add counted as two operations: FLOP/s), 8-lane vectors:
+// the width every variant's float kernels (attention, norms) use.
+double fp32_fma_flops_peak(int64_t iterations) {
+  return peak_rate(iterations, 12.0 * 8 * 2, [](int64_t n) {
+    __m256 acc[12];
+    for (int i = 0; i < 12; ++i) acc[i] = _mm256_set1_ps(static_cast<float>(i));
+    const __m256 a = _mm256_set1_ps(0.999f), b = _mm256_set1_ps(1e-3f);
+    for (int64_t it = 0; it < n; ++it)
+      for (int i = 0; i < 12; ++i) acc[i] = _mm256_fmadd_ps(acc[i], a, b);
+    float total = 0.0f;
+    alignas(32) float lanes[8];
+    for (int i = 0; i < 12; ++i) {
+      _mm256_store_ps(lanes, acc[i]);
+      total += lanes[0];
+    }
+    g_sink += static_cast<int64_t>(total);
+  });
+}
+
+// bf16 dot-product FLOP/s (vdpbf16ps: 2 products and their sum into each float32 lane), where
+// the variant has AVX512-BF16; 0 elsewhere.
+double bf16_dot_flops_peak(int64_t iterations) {
+#if defined(ASTRAI_ISA_AVX512)
+  return peak_rate(iterations, 12.0 * 32 * 2, [](int64_t n) {
+    __m512 acc[12];
+    for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_ps(static_cast<float>(i));
+    const __m512bh a = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-3f), _mm512_set1_ps(2e-3f));
+    for (int64_t it = 0; it < n; ++it)
+      for (int i = 0; i < 12; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], a, a);
+    float total = 0.0f;
+    for (int i = 0; i < 12; ++i) total += _mm512_reduce_add_ps(acc[i]);
+    g_sink += static_cast<int64_t>(total);
+  });
+#else
+  (void)iterations;
+  return 0.0;
+#endif
+}
+
 }  // namespace
 }  // namespace astrai
 
 TORCH_LIBRARY(ASTRAI_OPS, m) {
+  m.def("int8_mac_peak(int iterations) -> float", &astrai::int8_mac_peak);
+  m.def("fp32_fma_flops_peak(int iterations) -> float", &astrai::fp32_fma_flops_peak);
+  m.def("bf16_dot_flops_peak(int iterations) -> float", &astrai::bf16_dot_flops_peak);
   m.def("parallel_for_visits(int n, int grain) -> Tensor", &astrai::parallel_for_visits);
   m.def("parallel_for_concurrent_errors(int submitters, int rounds, int n) -> int",
         &astrai::parallel_for_concurrent_errors);
