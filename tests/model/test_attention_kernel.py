@@ -10,7 +10,8 @@ convex combinations of O(1) values; observed errors are ~1e-6 at 2048 keys).
 Batch invariance (attention.h's canonical algorithm): a position's output row is the same bits
 whether its sequence runs in one chunk, token by token or in any chunking, alone or batched
 with others, on 1, 2 or 3 threads, with or without a window; and every variant (AVX2, AVX-512)
-gives the same bits as every other.
+gives the same bits as every other. The pure-torch twin is held to the same reference and is
+batch-invariant on its own (it is not bitwise the kernel).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -287,39 +289,68 @@ INVARIANCE = {  # KV dtype, window, (heads, kv_heads, head_dim, page_size)
 }
 
 
-@pytest.mark.parametrize("kv_dtype, window, shape", INVARIANCE.values(), ids=INVARIANCE.keys())
-def test_a_position_gets_the_same_bits_however_its_sequence_is_chunked_and_batched(variant_kernels, kv_dtype, window,
-                                                                                   shape):
-    lengths = [300, 170, 41]
+def assert_invariant(path, kv_dtype: torch.dtype, window: int, shape: tuple, lengths: list[int],
+                     only: tuple[str, ...] | None = None, threads: int | None = None) -> None:
+    """Sequences of `lengths` (the first the one watched) run under many schedules on `path` (a
+    variant, or the torch twin): every position's row keeps the bits of its sequence's one-chunk run.
+    The "random" and "batched" schedules run on 1 and 2 threads, the others on `threads` (default:
+    torch's)."""
+    threads = threads or torch.get_num_threads()
     world = make_case([(0, n) for n in lengths], *shape, kv_dtype, seed=len(lengths) + window, window=window)
     seqs = [Sequence(i, n) for i, n in enumerate(lengths)]
     generator = torch.Generator().manual_seed(window)
     main = seqs[0]
-    whole = attend(variant_kernels, world, [(main, 0, main.length)])
+    with torch_threads(threads):
+        whole = attend(path, world, [(main, 0, main.length)])
+        alone = {s.index: attend(path, world, [(s, 0, s.length)]) for s in seqs[1:]}
     expected = reference(replace(world, q=world.q[: main.length], block_tables=world.block_tables[:1],
                                  context_lens=world.context_lens[:1], query_start_loc=world.query_start_loc[:2]))
     check(torch.stack([whole[0, p] for p in range(main.length)]), expected)
     schedules = {
-        "token by token": chunked(main, [1] * main.length),
-        "100, 1, 199": chunked(main, [100, 1, 199]),
-        "37 x 8, 4": chunked(main, [37] * 8),
-        "299, 1": chunked(main, [299]),
-        "random": chunked(main, random_sizes(main.length, generator, 40)),
-        "batched": interleaved(seqs, generator),
-        "batched, token by token": [[(s, p, 1) for s in seqs if p < s.length] for p in range(main.length)],
+        "token by token": lambda: chunked(main, [1] * main.length),
+        "100, 1, 199": lambda: chunked(main, [100, 1, 199]),
+        "37 x 8, 4": lambda: chunked(main, [37] * 8),
+        "all but 1, 1": lambda: chunked(main, [main.length - 1]),
+        "random": lambda: chunked(main, random_sizes(main.length, generator, 40)),
+        "batched": lambda: interleaved(seqs, generator),
+        "batched, token by token": lambda: [[(s, p, 1) for s in seqs if p < s.length] for p in range(main.length)],
     }
-    alone = {s.index: attend(variant_kernels, world, [(s, 0, s.length)]) for s in seqs[1:]}
-    for name, steps in schedules.items():
-        for threads in (1, 2) if name in ("random", "batched") else (torch.get_num_threads(),):
-            with torch_threads(threads):
+    for name, make_steps in schedules.items():
+        if only is not None and name not in only:
+            continue
+        steps = make_steps()
+        for count in (1, 2) if name in ("random", "batched") else (threads,):
+            with torch_threads(count):
                 found = {}
                 for step in steps:
-                    found.update(attend(variant_kernels, world, step))
+                    found.update(attend(path, world, step))
             differ = [p for p in range(main.length) if not same_bits(found[0, p], whole[0, p])]
-            assert not differ, f"{name}, {threads} thread(s): positions {differ[:8]} differ from the one-chunk run"
+            assert not differ, f"{name}, {count} thread(s): positions {differ[:8]} differ from the one-chunk run"
             for seq in seqs[1:] if name.startswith("batched") else ():  # the others, against their own one chunk
                 differ = [p for p in range(seq.length) if not same_bits(found[seq.index, p], alone[seq.index][seq.index, p])]
-                assert not differ, f"{name}, {threads} thread(s): sequence {seq.index} positions {differ[:8]} differ"
+                assert not differ, f"{name}, {count} thread(s): sequence {seq.index} positions {differ[:8]} differ"
+
+
+@pytest.mark.parametrize("kv_dtype, window, shape", INVARIANCE.values(), ids=INVARIANCE.keys())
+def test_a_position_gets_the_same_bits_however_its_sequence_is_chunked_and_batched(variant_kernels, kv_dtype, window,
+                                                                                   shape):
+    assert_invariant(variant_kernels, kv_dtype, window, shape, [300, 170, 41])
+
+
+def _twin_operator(q, k_cache, v_cache, block_tables, context_lens, query_start_loc, scale, window, out) -> None:
+    paged_attention_torch(q, k_cache, v_cache, block_tables, context_lens, query_start_loc, scale, out, window)
+
+
+# The pure-torch path (where the native kernels cannot run) behind a variant's operator signature.
+TORCH_TWIN = SimpleNamespace(variant="torch", ops=SimpleNamespace(paged_attention=_twin_operator))
+
+
+@pytest.mark.parametrize("kv_dtype, window, shape", [INVARIANCE["f16-window50-gqa3"], INVARIANCE["bf16-nowindow-gemma"]],
+                         ids=["f16-window50-gqa3", "bf16-nowindow-gemma"])
+def test_the_torch_twin_is_batch_invariant_on_its_own(kv_dtype, window, shape):
+    """Shorter sequences, fewer schedules, mostly one thread: the twin costs ~20 torch ops per tile."""
+    assert_invariant(TORCH_TWIN, kv_dtype, window, shape, [140, 70, 20],
+                     only=("token by token", "all but 1, 1", "batched"), threads=1)
 
 
 # ---- the window's edges ----
@@ -400,12 +431,23 @@ def test_strided_q_and_out_views(variant_kernels):
     assert bool((wide[:, :8] == -7.0).all()) and bool((wide[:, -8:] == -7.0).all())
 
 
-def test_native_and_torch_twin_agree_without_a_window(native_kernels):
-    """The pure-torch path (used where the native kernels cannot run) against the kernel."""
-    for kv_dtype in KV_DTYPES:
-        case = make_case(MIXED + [(1984, 64), (700, 1)], 9, 3, 64, 16, kv_dtype, seed=17)
-        twin = paged_attention_torch(*case.args()[:7])
-        torch.testing.assert_close(twin, run(native_kernels, case), rtol=RTOL, atol=2 * ATOL)  # both ~ATOL off
+def test_the_torch_twin_matches_the_reference_and_the_kernel(native_kernels):
+    """The pure-torch path (used where the native kernels cannot run): float64 reference, the
+    kernel to float32 rounding (it is not bitwise the kernel: no fused multiply-adds), windows."""
+    with torch_threads(1):  # ~20 small torch ops per tile: one thread is much cheaper on a busy machine
+        for kv_dtype in KV_DTYPES:
+            for window in WINDOWS:
+                case = make_case(MIXED + [(300, 20), (700, 1)], 9, 3, 64, 16, kv_dtype, seed=17, window=window)
+                twin = run(TORCH_TWIN, case)
+                check(twin, reference(case))
+                torch.testing.assert_close(twin, run(native_kernels, case), rtol=RTOL, atol=2 * ATOL)  # both ~ATOL off
+        own = run(TORCH_TWIN, replace(case, window=1))  # each query sees only its own key: its value row, exactly
+        rows = torch.arange(case.q.shape[0])
+        sequence = torch.searchsorted(case.query_start_loc, rows, right=True) - 1
+        positions = case.context_lens[sequence] - (case.query_start_loc[sequence + 1] - rows)
+        pages = case.block_tables[sequence, positions // 16].long()
+        assert same_bits(own, case.v_cache[pages, positions % 16].float().repeat_interleave(3, dim=1))
+        assert same_bits(run(TORCH_TWIN, replace(case, window=10_000)), run(TORCH_TWIN, replace(case, window=0)))
 
 
 def test_agrees_with_the_model_attention_path(native_kernels):
