@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,11 @@ from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import models, pre_tokenizers
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Test helpers beside this file (gguf_blocks) import by name: --import-mode=importlib does not put
+# test folders on sys.path.
+HELPERS = str(Path(__file__).parent)
+if HELPERS not in sys.path:
+    sys.path.insert(0, HELPERS)
 
 
 def write_word_tokenizer(directory: Path, vocab_size: int) -> None:
