@@ -93,7 +93,8 @@ class PackedWeight:
 
     @property
     def nbytes(self) -> int:
-        """Resident bytes (the GGUF's bytes regrouped, plus the zero rows padding N to a multiple of 8)."""
+        """Resident bytes: the GGUF's bytes regrouped, the zero rows padding N to a multiple of 8, and
+        for Q3_K / Q4_K / Q5_K 4 more bytes per super-block per row (their 6-bit scales held as bytes)."""
         return self.data.numel()
 
     @property

@@ -15,7 +15,7 @@ QType checked_qtype(int64_t id) {
   switch (id) {
     case 2: case 3: case 6: case 7: case 8: case 11: case 12: case 13: case 14: return static_cast<QType>(id);
     default:
-      TORCH_CHECK(false, "qlinear: unsupported quantization type id ", id,
+      TORCH_CHECK(false, "unsupported quantization type id ", id,
                   " (supported GGML types: Q4_0=2, Q4_1=3, Q5_0=6, Q5_1=7, Q8_0=8, Q3_K=11, Q4_K=12, Q5_K=13, Q6_K=14)");
   }
 }
