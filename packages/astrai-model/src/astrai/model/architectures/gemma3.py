@@ -45,17 +45,18 @@ DEFAULT_LOCAL_ROPE_THETA = 10_000.0
 # Gemma's turn format for files without a chat template: a system message is folded into the
 # first user turn, the assistant is "model", and the generation prompt opens a model turn.
 GEMMA_TURNS = (
+    "{%- macro text(content) -%}"
+    "{{ content if content is string else content | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('') }}"
+    "{%- endmacro -%}"
     "{{ bos_token }}"
     "{%- if messages and messages[0]['role'] == 'system' -%}"
-    "{%- set first_prefix = messages[0]['content'] ~ '\n\n' -%}{%- set turns = messages[1:] -%}"
+    "{%- set first_prefix = text(messages[0]['content']) ~ '\\n\\n' -%}{%- set turns = messages[1:] -%}"
     "{%- else -%}{%- set first_prefix = '' -%}{%- set turns = messages -%}{%- endif -%}"
     "{%- for message in turns -%}"
-    "{%- set content = message['content'] if message['content'] is string else "
-    "message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('') -%}"
-    "<start_of_turn>{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
-    "{{ (first_prefix if loop.first else '') ~ content | trim }}<end_of_turn>\n"
+    "{{ '<start_of_turn>' ~ ('model' if message['role'] == 'assistant' else message['role']) ~ '\\n' }}"
+    "{{ ((first_prefix if loop.first else '') ~ text(message['content'])) | trim ~ '<end_of_turn>\\n' }}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<start_of_turn>model\n{%- endif -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}"
 )
 
 
