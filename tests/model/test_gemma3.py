@@ -59,7 +59,8 @@ def continuations(gemma):
 
 
 def agreeing_prefix(ours: list[int], theirs: list[int]) -> int:
-    return next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+    return next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b),
+                min(len(ours), len(theirs)))
 
 
 def test_file_reads_as_gemma3(gemma):
