@@ -5,7 +5,7 @@ from .chat_template import ChatTemplateError
 from .config import PRESETS, ModelConfig, resolve_dtype
 from .cpu_packing import fast_bf16_cpu
 from .errors import ModelLoadError
-from .loader import bundled_gguf_path, is_low_bit_checkpoint, load_model, locate_model
+from .loader import bundled_gguf_path, is_low_bit_checkpoint, load_model, locate_model, model_id
 from .protocol import ForwardModel
 from .tokenizer import IncrementalDetokenizer, Tokenizer
 from .transformer import Transformer
@@ -25,5 +25,6 @@ __all__ = [
     "is_low_bit_checkpoint",
     "load_model",
     "locate_model",
+    "model_id",
     "resolve_dtype",
 ]

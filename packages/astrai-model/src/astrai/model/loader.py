@@ -64,7 +64,7 @@ def load_model(
         check_mode(quantization)
     except ValueError as exc:
         raise ModelLoadError(str(name_or_path), str(exc)) from None
-    path = locate_model(name_or_path)
+    path = _find(name_or_path)
     text = str(name_or_path)
     if path.is_dir():
         return _load_hf_dir(path, text if text in BUNDLED else path.name, dtype, device)
@@ -72,8 +72,18 @@ def load_model(
 
 
 def locate_model(name_or_path: str | Path) -> Path:
-    """Where `load_model` would read from, without reading it: a missing bundled package or a
-    path that is neither a directory nor a file is a ModelLoadError naming the fix, at once."""
+    """Where `load_model` would read from, checked without loading weights: a missing bundled
+    package or a path that is neither a directory nor a file is a ModelLoadError naming the fix;
+    a GGUF's header is read and everything it decides is checked too (magic, truncation, block
+    types, architecture, tensor names), so a file the engine cannot run fails here, at once."""
+    path = _find(name_or_path)
+    if path.is_file():
+        file = GGUFFile(path)
+        check_tensor_names(file.config(file.model_name), set(file.tensors), str(path))
+    return path
+
+
+def _find(name_or_path: str | Path) -> Path:
     text = str(name_or_path)
     if text in BUNDLED:
         return bundled_gguf_path(text)
@@ -99,13 +109,13 @@ def is_low_bit_checkpoint(name_or_path: str | Path) -> bool:
 
 
 def model_id(name_or_path: str | Path) -> str:
-    """The id a model is known by: a built-in's name, a GGUF's `general.name` (else its file
-    name), a directory's name. Reads only a GGUF's header; ModelLoadError as `locate_model`."""
+    """The id a model is known by: a GGUF file's `general.name` (else its file name without
+    `.gguf`), anything else (a built-in name, a directory) as given. Reads only a GGUF's header."""
     text = str(name_or_path)
     if text in BUNDLED:
         return text
-    path = locate_model(name_or_path)
-    return GGUFFile(path).model_name if path.is_file() else path.name
+    path = _find(name_or_path)
+    return GGUFFile(path).model_name if path.is_file() else text
 
 
 def _build(config: ModelConfig, dtype, device) -> Transformer:

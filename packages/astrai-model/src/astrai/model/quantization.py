@@ -1,7 +1,8 @@
 """Serving a GGUF in its own quantization: which projections stay packed, and installing them.
 
-With `quantization="auto"` every projection whose GGUF tensors are Q4_0, Q4_1 or Q8_0 (all
-parts of a fused projection the same type) is repacked once for the native kernels and
+`native_type` is the one decision "packed or dequantized" (extend the packable set there and in
+`kernels.quant.QuantType`). With `quantization="auto"` every projection whose GGUF tensors are
+Q4_0, Q4_1 or Q8_0 (all parts of a fused projection the same type) is repacked once for the native kernels and
 installed as a `QuantizedLinear`; the token table likewise as a `QuantizedEmbedding`, which
 also serves a tied LM head from the same bytes. Everything else (norms, other block types) is
 dequantized as before. Where packed weights cannot be served (no native kernels, a device other

@@ -18,7 +18,15 @@ from typing import Any
 
 import torch
 from astrai.cache import KVCacheManager
-from astrai.model import ForwardModel, ModelConfig, Tokenizer, is_low_bit_checkpoint, load_model, locate_model
+from astrai.model import (
+    ForwardModel,
+    ModelConfig,
+    Tokenizer,
+    is_low_bit_checkpoint,
+    load_model,
+    locate_model,
+    model_id,
+)
 
 from .client import EngineInfo, EngineStats, Prompt, TraceCallback
 from .core import EngineCore
@@ -141,8 +149,15 @@ class Engine:
     @staticmethod
     def locate_model(model: str) -> Path:
         """Where `from_pretrained(model)` would load from, checked without loading: raises
-        ModelLoadError at once for a missing bundled-model package or a path that does not exist."""
+        ModelLoadError at once for a missing bundled-model package, a path that does not exist,
+        or a GGUF whose header says the engine cannot run it."""
         return locate_model(model)
+
+    @staticmethod
+    def model_id(model: str) -> str:
+        """The id `model` is known by: a GGUF file's `general.name` (else its file name), anything
+        else as given (astrai.model's `model_id`; reads a GGUF's header only)."""
+        return model_id(model)
 
     # --- public API ----------------------------------------------------------------------
 

@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
     serve.add_argument("--port", type=_non_negative, default=8000, help="port, 0 for any free one (default: 8000)")
     serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set ASTRAI_API_KEY)")
-    serve.add_argument("--served-model-name", default=None, help="model id clients use (default: --model)")
+    serve.add_argument("--served-model-name", default=None,
+                       help="model id clients use (default: a GGUF file's general.name, else --model)")
     serve.add_argument("--max-queue", type=_non_negative, default=256,
                        help="requests allowed to wait beyond the batch before 429 (default: %(default)s)")
     serve.add_argument("--max-body-bytes", type=_positive, default=DEFAULT_MAX_BODY_BYTES,
@@ -156,16 +157,18 @@ def serve_command(args: argparse.Namespace) -> int:
 
     # A missing bundled-model package or path: one line now, before any socket opens. (On a Ray
     # cluster the model is read where the replicas run, so there it is their load that reports.)
+    served_name = args.served_model_name
     if args.ray_address is None:
         try:
             Engine.locate_model(args.model)
+            served_name = served_name or Engine.model_id(args.model)  # a GGUF's general.name
         except ValueError as exc:  # ModelLoadError; `problem` is its message without the model name
             print(f"error: could not load model {args.model!r}: {getattr(exc, 'problem', exc)}", file=sys.stderr,
                   flush=True)
             return 1
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServerConfig(
-        model=args.model, served_model_name=args.served_model_name, host=args.host, port=args.port,
+        model=args.model, served_model_name=served_name, host=args.host, port=args.port,
         api_key=args.api_key or ServerConfig.api_key_from_env(), max_queue=args.max_queue,
         # With replicas --max-num-seqs is each replica's batch; the engine (the set) then counts them all.
         max_num_seqs=args.max_num_seqs if args.replicas == 1 else None, max_body_bytes=args.max_body_bytes,
