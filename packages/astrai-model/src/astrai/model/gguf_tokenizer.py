@@ -39,6 +39,9 @@ _QWEN2_SPLIT = (
 )
 SPLIT_PATTERNS = {"llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT, "qwen2": _QWEN2_SPLIT}
 SUPPORTED_MODELS = ("gpt2 (byte-level BPE)", "llama (SentencePiece BPE)")
+# llama.cpp's special ids for a SentencePiece vocabulary whose file names none
+SPM_SPECIAL_IDS = {"tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2,
+                   "tokenizer.ggml.unknown_token_id": 0}
 
 
 def gguf_tokenizer(metadata: Mapping[str, Any], source: str, eos_token_ids: list[int]) -> Tokenizer:
@@ -57,8 +60,10 @@ def gguf_tokenizer(metadata: Mapping[str, Any], source: str, eos_token_ids: list
     else:
         raise ModelLoadError(source, f"unsupported GGUF tokenizer model {kind!r} (supported: {', '.join(SUPPORTED_MODELS)})")
 
+    defaults = SPM_SPECIAL_IDS if kind == "llama" else {}
+
     def token_at(key: str) -> str | None:
-        index = metadata.get(key)
+        index = metadata.get(key, defaults.get(key))
         return tokens[int(index)] if index is not None and 0 <= int(index) < len(tokens) else None
 
     return Tokenizer(
@@ -121,7 +126,7 @@ def _sentencepiece_bpe(metadata: Mapping[str, Any], tokens: list[str], types: li
         vocab[token or f"[EMPTY_{i}]"] = i  # llama.cpp's name for an empty token; a repeat: the last id wins
     if len(vocab) != len(tokens):
         raise ModelLoadError(source, "the vocabulary lists a token twice")
-    unknown = metadata.get("tokenizer.ggml.unknown_token_id")
+    unknown = metadata.get("tokenizer.ggml.unknown_token_id", SPM_SPECIAL_IDS["tokenizer.ggml.unknown_token_id"])
     backend = BackendTokenizer(models.BPE(
         vocab=vocab, merges=spm_merges(tokens, scores, vocab), byte_fallback=True, fuse_unk=False,
         unk_token=tokens[int(unknown)] if unknown is not None and 0 <= int(unknown) < len(tokens) else None,

@@ -186,6 +186,8 @@ def _install_native_weights(model: Transformer, file: GGUFFile, source: str) -> 
 def _add_family_conventions(family: Architecture, config: ModelConfig, tokenizer: Tokenizer, source: str) -> None:
     """The family's extra stop tokens (found in this vocabulary) join the EOS ids, and a file
     without a chat template gets the family's turn format, said in one log line."""
+    if not config.eos_token_ids:  # the tokenizer's own EOS token, when the config names none
+        config.eos_token_ids.extend(tokenizer.eos_token_ids)
     for text in family.stop_tokens:
         token_id = tokenizer.backend.token_to_id(text)
         if token_id is not None and token_id not in config.eos_token_ids:
