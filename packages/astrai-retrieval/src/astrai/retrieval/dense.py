@@ -84,5 +84,8 @@ class DenseIndex(Protocol):
     def items(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids [n], vectors [n, dim]) as stored (unit length for cosine), in no set order."""
 
+    def vector(self, id: int) -> np.ndarray:
+        """The stored vector of `id` (unit length for cosine); KeyError if absent."""
+
     def to_bytes(self) -> bytes:
         """A self-checking serialisation (`from_bytes` of the same class restores it)."""

@@ -124,6 +124,10 @@ class ExactIndex:
     def items(self) -> tuple[np.ndarray, np.ndarray]:
         return self._ids[: self._n].copy(), self._vectors[: self._n].copy()
 
+    def vector(self, id: int) -> np.ndarray:
+        """The stored vector of `id` (a copy); KeyError if absent."""
+        return self._vectors[self._slot_of[id]].copy()
+
     def to_bytes(self) -> bytes:
         return blobs.pack("exact-index", {"dim": self.dim, "metric": self.metric},
                           {"ids": self._ids[: self._n], "vectors": self._vectors[: self._n]})

@@ -267,6 +267,10 @@ class HNSWIndex:
         live = np.flatnonzero(g.deleted[: g.n] == 0)
         return self._ids[live].copy(), g.vectors[live].copy()
 
+    def vector(self, id: int) -> np.ndarray:
+        """The stored vector of `id` (a copy); KeyError if absent."""
+        return self._graph.vectors[self._slot_of[id]].copy()
+
     # --- persistence --------------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
