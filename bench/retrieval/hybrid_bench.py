@@ -49,6 +49,11 @@ def grid() -> list[RankingOptions]:
     return options
 
 
+def describe(option: RankingOptions, tuning_ndcg: float) -> dict:
+    return {"mode": option.mode, "dense_weight": option.dense_weight, "sparse_weight": option.sparse_weight,
+            "rrf_k": option.rrf_k, "normalisation": option.normalisation, "ndcg10_tuning_half": round(tuning_ndcg, 4)}
+
+
 def rank_of(ranking: list[tuple[int, float]] | list, target: int) -> int | None:
     ids = [r.id if hasattr(r, "id") else r[0] for r in ranking]
     return ids.index(target) + 1 if target in ids else None
@@ -102,9 +107,11 @@ def main() -> None:
             "hybrid_default_rrf": round(score(report, [], default), 4),
             "hybrid_tuned": round(score(report, [], best), 4),
         })
-        result["tuned"] = {"mode": best.mode, "dense_weight": best.dense_weight, "sparse_weight": best.sparse_weight,
-                           "rrf_k": best.rrf_k, "normalisation": best.normalisation,
-                           "ndcg10_tuning_half": round(score(tune, [], best), 4)}
+        result["tuned"] = describe(best, score(tune, [], best))
+        for mode in ("hybrid_rrf", "hybrid_convex"):  # the best of each mode, for the record
+            best_mode = max((o for o in grid() if o.mode == mode), key=lambda o: score(tune, [], o))
+            result[f"best_{mode}"] = {**describe(best_mode, score(tune, [], best_mode)),
+                                      "ndcg10_report_half": round(score(report, [], best_mode), 4)}
         top = result["ndcg10_report_half"]
         result["hybrid_beats_both"] = top["hybrid_tuned"] >= max(top["dense"], top["bm25"])
     else:

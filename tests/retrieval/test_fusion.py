@@ -49,11 +49,13 @@ SPARSE = [(3, 9.5), (1, 7.0), (4, 1.2)]
 
 
 def test_fuse_modes_and_ranks():
-    hits = fuse(DENSE, SPARSE, RankingOptions(), k=10)
+    assert RankingOptions().mode == "hybrid_convex" and RankingOptions().dense_weight == 2.0
+    hits = fuse(DENSE, SPARSE, RankingOptions(mode="hybrid_rrf"), k=10)
     assert hits[0].id == 1 and hits[0].dense_rank == 1 and hits[0].sparse_rank == 2
     assert all(0 < h.score <= 1 for h in hits)
-    top = fuse([(7, 0.5)], [(7, 3.0)], RankingOptions(dense_weight=0.3, sparse_weight=2.0), k=1)[0]
-    assert top.score == pytest.approx(1.0)  # first in both lists
+    for mode in ("hybrid_rrf", "hybrid_convex"):
+        top = fuse([(7, 0.5)], [(7, 3.0)], RankingOptions(mode=mode, dense_weight=0.3, sparse_weight=2.0), k=1)[0]
+        assert top.score == pytest.approx(1.0)  # first in both lists
     convex_hits = fuse(DENSE, SPARSE, RankingOptions(mode="hybrid_convex"), k=10)
     assert all(0 <= h.score <= 1 for h in convex_hits)
     assert [h.id for h in fuse(DENSE, SPARSE, RankingOptions(mode="dense"), k=2)] == [1, 2]
