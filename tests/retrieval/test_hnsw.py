@@ -3,6 +3,10 @@ and the native kernels building exactly the graph the Python reference builds.""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from astrai.retrieval import ExactIndex, HNSWIndex, StoreCorruptError
@@ -192,3 +196,25 @@ def test_python_path_recall(data):
     truth, _ = exact.search_batch(q[:40], 10)
     found, _ = index.search_batch(q[:40], 10, ef=64)
     assert recall(found, truth) >= 0.95
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({"ASTRAI_RETRIEVAL_NATIVE": "0"}, "ASTRAI_RETRIEVAL_NATIVE=0"),
+    ({"CXX": "/bin/false"}, "native kernels are unavailable"),  # a compiler that fails
+])
+def test_without_native_code_the_python_path_runs_with_one_log_line(tmp_path, env, expected):
+    script = (
+        "import logging, numpy as np\n"
+        "logging.basicConfig(level=logging.INFO, format='%(name)s %(message)s')\n"
+        "from astrai.retrieval import HNSWIndex\n"
+        "x = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)\n"
+        "a = HNSWIndex(8, M=6, ef_construction=20); a.add(np.arange(300), x)\n"
+        "b = HNSWIndex(8); b.add([0], x[:1])\n"
+        "assert not a.native and not b.native\n"
+        "assert a.search(x[7], 1)[0].tolist() == [7]\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "ASTRAI_KERNEL_CACHE": str(tmp_path), **env})
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("astrai.retrieval.native")]
+    assert len(lines) == 1 and expected in lines[0], result.stderr[-2000:]
