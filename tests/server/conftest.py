@@ -167,3 +167,30 @@ def trace_log(engine: Engine) -> Iterator[TraceLog]:
     unsubscribe = engine.subscribe(log.on_step)
     yield log
     unsubscribe()
+
+
+EMBEDDING_MODEL = "all-minilm-l6-v2"
+
+
+@pytest.fixture(scope="session")
+def retrieval_server(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """The shared engine plus the bundled embedding model and a vector-store data folder; API key on."""
+    config = ServerConfig(model=MODEL, api_key=API_KEY, max_num_seqs=32, max_queue=96, max_body_bytes=256 * 1024,
+                          embedding_model=EMBEDDING_MODEL, data_dir=str(tmp_path_factory.mktemp("astrai-data")),
+                          max_file_bytes=64 * 1024)
+    with serve(create_app(config, engine=engine)) as running:
+        wait_healthy(running.base_url)
+        assert running.app.state.embedder.wait(120)
+        yield running
+
+
+@pytest.fixture
+def rclient(retrieval_server: RunningServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=retrieval_server.v1, api_key=API_KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture
+def rhttp(retrieval_server: RunningServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=retrieval_server.base_url, headers={"Authorization": f"Bearer {API_KEY}"},
+                      timeout=120) as c:
+        yield c
