@@ -20,7 +20,13 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
-from astrai.server.config import DEFAULT_MAX_BODY_BYTES, DEFAULT_MODEL, ServerConfig
+from astrai.server.config import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MODEL,
+    ServerConfig,
+    default_data_dir,
+)
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -117,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--served-embedding-name", default=None,
                        help="model id clients use for it (default: the name or the folder's name)")
     embed.add_argument("--no-embeddings", action="store_true", help="serve no embedding model")
+    rag = serve.add_argument_group("files, vector stores and RAG (needs astrai-server[rag])")
+    rag.add_argument("--data-dir", default=None,
+                     help="folder for uploaded files and vector stores (default: $XDG_DATA_HOME/astrai or "
+                          "~/.local/share/astrai)")
+    rag.add_argument("--max-file-bytes", type=_positive, default=DEFAULT_MAX_FILE_BYTES,
+                     help="largest file accepted by /v1/files (default: %(default)s)")
     replicas = serve.add_argument_group("replicas (Ray Serve; needs astrai-server[ray])")
     replicas.add_argument("--replicas", type=_positive, default=1,
                           help="engine replicas behind this endpoint; 1 (default) is this one process, no Ray")
@@ -186,6 +198,7 @@ def serve_command(args: argparse.Namespace) -> int:
         max_num_seqs=args.max_num_seqs if args.replicas == 1 else None, max_body_bytes=args.max_body_bytes,
         log_prompts=args.log_prompts, shutdown_timeout=args.shutdown_timeout, engine_kwargs=engine_kwargs(args),
         embedding_model=embedding_model, served_embedding_name=args.served_embedding_name,
+        data_dir=args.data_dir or str(default_data_dir()), max_file_bytes=args.max_file_bytes,
     )
     if args.replicas == 1:
         from astrai.server.app import create_app

@@ -12,6 +12,12 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_FILE_BYTES = 32 * 1024 * 1024
 
 
+def default_data_dir() -> Path:
+    """Where `astrai serve` keeps files and vector stores unless told: $XDG_DATA_HOME/astrai."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "astrai"
+
+
 @dataclass
 class ServerConfig:
     """What the server needs to know; engine_kwargs go straight to Engine.from_pretrained."""

@@ -106,6 +106,12 @@ class Embedder:
             raise bad_request(f"{where}: {reason}", where) from None
         return ids
 
+    def truncated_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of texts cut to the model's limit (keeping [SEP]): what a passage's vector sees."""
+        encoder = self.encoder()
+        limit = encoder.max_seq_length
+        return [ids if len(ids) <= limit else [*ids[: limit - 1], ids[-1]] for ids in encoder.tokenize(texts)]
+
     async def embed(self, token_ids: list[list[int]]) -> torch.Tensor:
         """Embeddings [len(token_ids), dim] of checked inputs, computed in a shared batch."""
         self.encoder()

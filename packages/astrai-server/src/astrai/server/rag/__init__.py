@@ -1,0 +1,44 @@
+"""Files, vector stores and RAG for the server: the `astrai-server[rag]` extra.
+
+Imported only when the extra is installed and the server has a data folder and an embedding
+model (`install`); serving without it never imports `astrai.retrieval`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from astrai.server.embedder import Embedder
+from astrai.server.rag import api
+from astrai.server.rag.service import RagService
+from fastapi import FastAPI
+
+ROUTES = [
+    ("/v1/files", api.upload_file, ["POST"]),
+    ("/v1/files", api.list_files, ["GET"]),
+    ("/v1/files/{file_id}", api.get_file, ["GET"]),
+    ("/v1/files/{file_id}", api.delete_file, ["DELETE"]),
+    ("/v1/files/{file_id}/content", api.file_content, ["GET"]),
+    ("/v1/vector_stores", api.create_store, ["POST"]),
+    ("/v1/vector_stores", api.list_stores, ["GET"]),
+    ("/v1/vector_stores/{vector_store_id}", api.get_store, ["GET"]),
+    ("/v1/vector_stores/{vector_store_id}", api.update_store, ["POST"]),
+    ("/v1/vector_stores/{vector_store_id}", api.delete_store, ["DELETE"]),
+    ("/v1/vector_stores/{vector_store_id}/files", api.attach_file, ["POST"]),
+    ("/v1/vector_stores/{vector_store_id}/files", api.list_store_files, ["GET"]),
+    ("/v1/vector_stores/{vector_store_id}/files/{file_id}", api.get_store_file, ["GET"]),
+    ("/v1/vector_stores/{vector_store_id}/files/{file_id}", api.detach_file, ["DELETE"]),
+    ("/v1/vector_stores/{vector_store_id}/search", api.search_store, ["POST"]),
+]
+
+
+def install(app: FastAPI, data_dir: str, embedder: Embedder, max_file_bytes: int) -> RagService:
+    """Add the routes; the service opens its stores in `start()` (a thread, once the embedder is loaded)."""
+    service = RagService(Path(data_dir).expanduser(), embedder, max_file_bytes)
+    app.state.rag = service
+    for path, endpoint, methods in ROUTES:
+        app.add_api_route(path, endpoint, methods=methods)
+    return service
+
+
+__all__ = ["ROUTES", "RagService", "install"]

@@ -1,0 +1,87 @@
+"""The retrieval side of one app: files, vector stores, search, and passage popularity."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from astrai.retrieval import PassagePopularity, RankingOptions, RetrievalInputError, SearchHit
+from astrai.server.embedder import Embedder
+from astrai.server.errors import APIError, bad_request
+from astrai.server.rag.files import FileStore
+from astrai.server.rag.stores import OpenStore, StoreRegistry
+
+T = TypeVar("T")
+logger = logging.getLogger("astrai.server")
+
+
+class RagService:
+    """Everything the file, vector-store and RAG handlers share. `start()` runs once the embedder
+    is loaded (the stores check its id and dimension)."""
+
+    def __init__(self, data_dir: Path, embedder: Embedder, max_file_bytes: int) -> None:
+        self.data_dir = data_dir
+        self.embedder = embedder
+        self.max_file_bytes = max_file_bytes
+        self.files = FileStore(data_dir / "files")
+        self.stores = StoreRegistry(data_dir / "vector_stores", self.files, embedder)
+        self.popularity = PassagePopularity()
+        self.rag_prompts = 0  # RAG requests served, and of their prompt tokens how many were cached
+        self.rag_prompt_tokens = 0
+        self.rag_cached_tokens = 0
+        self._ready = threading.Event()
+        self._error: str | None = None
+
+    def start(self) -> None:
+        """Open the stores in a thread once the embedder has loaded; requests get 503 until then."""
+        threading.Thread(target=self._open, name="astrai-vector-stores", daemon=True).start()
+
+    def _open(self) -> None:
+        try:
+            if not self.embedder.wait():
+                raise RuntimeError("the embedding model failed to load")
+            self.stores.open_all()
+        except Exception as exc:
+            self._error = f"{type(exc).__name__}: {exc}"
+            logger.error("vector stores unavailable: %s", self._error)
+        self._ready.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._ready.wait(timeout) and self._error is None
+
+    def check_ready(self) -> RagService:
+        if not self._ready.is_set():
+            raise APIError(503, "Vector stores are still opening; retry shortly", code="model_loading",
+                           headers={"Retry-After": "1"})
+        if self._error is not None:
+            raise APIError(503, f"Vector stores are unavailable: {self._error}", code="vector_stores_unavailable")
+        return self
+
+    def close(self) -> None:
+        self.stores.close()
+
+    @staticmethod
+    async def run(fn: Callable[..., T], *args: Any) -> T:
+        """Disk work off the event loop thread."""
+        return await asyncio.to_thread(fn, *args)
+
+    async def search(self, store: OpenStore, query: str, k: int, options: RankingOptions,
+                     filters: dict | None) -> list[SearchHit]:
+        try:
+            return await self.stores.search(store, query, k, options, filters)
+        except RetrievalInputError as exc:  # e.g. a sparse search whose query has no indexable word
+            param = exc.param or "query"
+            raise bad_request(f"{param}: {exc}", param) from None
+
+    def result_body(self, hit: SearchHit) -> dict:
+        passage = hit.passage
+        try:
+            filename = self.files.get(passage.file_id).filename
+        except Exception:  # the file was deleted while this search ran
+            filename = ""
+        return {"file_id": passage.file_id, "filename": filename, "score": hit.score,
+                "attributes": dict(passage.metadata), "content": [{"type": "text", "text": passage.text}]}
