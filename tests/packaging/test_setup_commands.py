@@ -51,7 +51,8 @@ def test_serving_environment_holds_no_promo_and_no_test_tools():
     serving = envs["default"]
     members = [m if isinstance(m, str) else m["path"] for m in serving["workspace"]["members"]]
     assert members == ["packages/astrai-model", "packages/astrai-cache", "packages/astrai-scheduler",
-                       "packages/astrai-server"]
+                       "packages/astrai-retrieval", "packages/astrai-server"]
+    assert {"path": "packages/astrai-server", "features": ["rag"]} in serving["workspace"]["members"]
     assert serving["dependencies"] == ["torch==2.13.0"]
     assert "pre-install-commands" not in serving  # needs no system package
     dev = envs["dev"]
