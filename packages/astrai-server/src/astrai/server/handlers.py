@@ -20,6 +20,7 @@ from astrai.server import responses as R
 from astrai.server.body import read_model
 from astrai.server.constraints import Constraint
 from astrai.server.errors import APIError, bad_request
+from astrai.server.file_search import FileSearchRun, run_file_search
 from astrai.server.generation import ChoiceState, ClientDisconnected, Generation, until_disconnect
 from astrai.server.protocol import ChatCompletionRequest, CompletionRequest, named_tool
 from astrai.server.sampling import build_sampling_params
@@ -117,9 +118,15 @@ async def chat_completions(request: Request) -> Response:
     plan = chat_plan(req)
     messages = req.message_dicts()
     functions = req.functions if plan.tool_names else []
-    prompt_ids = await asyncio.to_thread(service.render_chat, engine, messages, functions)
+    search_run = None
+    if req.file_search is not None:
+        search_run = await run_file_search(request, engine, req.file_search, messages, functions, req.output_limit,
+                                           "file_search")
+        prompt_ids = search_run.prompt.token_ids
+    else:
+        prompt_ids = await asyncio.to_thread(service.render_chat, engine, messages, functions)
     service.log_prompt(request, messages)
-    return await _run(request, service, engine, "chatcmpl", [prompt_ids], req, plan, chat=True)
+    return await _run(request, service, engine, "chatcmpl", [prompt_ids], req, plan, chat=True, search_run=search_run)
 
 
 async def completions(request: Request) -> Response:
@@ -142,7 +149,8 @@ async def completions(request: Request) -> Response:
 
 
 async def _run(request: Request, service: Service, engine: EngineClient, prefix: str, prompts: list[list[int]],
-               req: ChatCompletionRequest | CompletionRequest, plan: Plan, *, chat: bool) -> Response:
+               req: ChatCompletionRequest | CompletionRequest, plan: Plan, *, chat: bool,
+               search_run: FileSearchRun | None = None) -> Response:
     param = "messages" if chat else "prompt"
     limit = 1 if plan.score_only else req.output_limit
     max_tokens = service.fit_context(engine, prompts, limit, param)
@@ -154,7 +162,8 @@ async def _run(request: Request, service: Service, engine: EngineClient, prefix:
     request_id = f"{prefix}-{uuid.uuid4().hex}"
     log = service.log_info(request)
     log["id"] = request_id
-    gen = Generation(engine, request_id, prompts, params, on_finish=service.metrics.observe,
+    on_finish = search_run.counted(service.metrics.observe) if search_run else service.metrics.observe
+    gen = Generation(engine, request_id, prompts, params, on_finish=on_finish,
                      constraint_param=plan.constraint.param if plan.constraint else None)
     cleanup, gone = await start_generation(request, service, gen, len(prompts) * plan.n, log)
     if gone is not None:
@@ -190,6 +199,8 @@ async def _run(request: Request, service: Service, engine: EngineClient, prefix:
                 parser.finish()
                 messages.append(R.tool_message(parser.content, parser.calls))
         body = R.chat_completion(request_id, created, model, choices, token_text, messages)
+        if search_run is not None:  # our extension: what the file_search field retrieved
+            body["file_search"] = {"queries": [search_run.query], "results": search_run.results()}
     else:
         counted = list(choices)
         if plan.score_only:

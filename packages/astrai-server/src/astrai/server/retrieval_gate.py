@@ -45,6 +45,7 @@ def why_unavailable(config: ServerConfig, embedder: Embedder | None) -> str | No
 def mount(app: FastAPI, config: ServerConfig, embedder: Embedder | None) -> RagService | None:
     """Install the retrieval routes, or ones that explain why they are not here."""
     problem = why_unavailable(config, embedder)
+    app.state.rag_problem = problem
     if problem is None:
         from astrai.server.rag import install
 

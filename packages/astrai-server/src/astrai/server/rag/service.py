@@ -64,6 +64,12 @@ class RagService:
     def close(self) -> None:
         self.stores.close()
 
+    def record_prompt(self, prompt_tokens: int, cached_tokens: int) -> None:
+        """Count one finished RAG request (event loop thread)."""
+        self.rag_prompts += 1
+        self.rag_prompt_tokens += prompt_tokens
+        self.rag_cached_tokens += cached_tokens
+
     @staticmethod
     async def run(fn: Callable[..., T], *args: Any) -> T:
         """Disk work off the event loop thread."""
