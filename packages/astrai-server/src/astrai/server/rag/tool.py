@@ -13,12 +13,12 @@ from typing import Any, Literal
 
 from astrai.retrieval import SearchHit
 from astrai.scheduler import EngineClient
-from astrai.server.errors import bad_request
+from astrai.server.errors import bad_request, validation_message
 from astrai.server.protocol import _Strict
 from astrai.server.rag.api import MAX_RESULTS, SearchRanking, check_filters
 from astrai.server.rag.prompt import RagPrompt, build_prompt
 from astrai.server.rag.service import RagService
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 DEFAULT_RESULTS = 5
 MAX_STORES = 16
@@ -38,10 +38,14 @@ class FileSearch(_Strict):
 
 
 def parse(value: Any, param: str) -> FileSearch:
+    if not isinstance(value, dict):
+        raise bad_request(f"{param}: must be an object with vector_store_ids", param)
     try:
         return FileSearch.model_validate(value, strict=True)
-    except ValueError as exc:
-        raise bad_request(f"{param}: {str(exc).splitlines()[-1].strip()}", param) from None
+    except ValidationError as exc:
+        message, field = validation_message(exc.errors(include_url=False))
+        where = f"{param}.{field}" if field else param
+        raise bad_request(f"{param}.{message}" if field else f"{param}: {message}", where) from None
 
 
 async def search(service: RagService, spec: FileSearch, query: str, param: str) -> list[SearchHit]:
