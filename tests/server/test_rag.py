@@ -68,6 +68,21 @@ def test_chat_file_search_via_extra_body_and_cached_tokens(rclient, rag_store):
     assert cached >= second.usage.prompt_tokens - 32, (cached, second.usage.prompt_tokens)  # all but the last page
 
 
+def test_metrics_count_rag_prompts_and_passages(rhttp, rclient, rag_store):
+    def sample(name: str) -> float:
+        text = rhttp.get("/metrics").text
+        return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
+
+    before = (sample("astrai:rag_requests_total"), sample("astrai:rag_cached_prompt_tokens_total"))
+    question = [{"role": "user", "content": "Which schooner ran aground on the ledge?"}]
+    for _ in range(2):
+        rclient.chat.completions.create(model=MODEL, messages=question, max_tokens=1,
+                                        extra_body={"file_search": {"vector_store_ids": [rag_store]}})
+    assert sample("astrai:rag_requests_total") == before[0] + 2
+    assert sample("astrai:rag_cached_prompt_tokens_total") > before[1] + 100
+    assert sample("astrai:vector_store_passages") >= 6
+
+
 def _cached_after_reordering(rclient, store_id: str, order: str) -> int:
     """Ask a question whose passages are {A, B}, then another that ranks the same two the other way round;
     the cached tokens of the second request."""

@@ -159,7 +159,7 @@ def create_app(config: ServerConfig | None = None, *, engine: EngineClient | Non
         return {"prompt": engine_now.tokenizer.decode(req.tokens, skip_special_tokens=False)}
 
     app.add_api_route("/v1/embeddings", create_embeddings, methods=["POST"])
-    rag = mount_retrieval(app, config, embedder)
+    rag = mount_retrieval(app, config, embedder, service.metrics.registry)
     app.add_api_route("/v1/chat/completions", handlers.chat_completions, methods=["POST"])
     app.add_api_route("/v1/completions", handlers.completions, methods=["POST"])
     app.add_api_route("/v1/responses", responses_handler.create_response, methods=["POST"])

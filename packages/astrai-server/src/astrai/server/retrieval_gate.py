@@ -14,6 +14,7 @@ from astrai.server.config import ServerConfig
 from astrai.server.embedder import Embedder
 from astrai.server.errors import APIError
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 from starlette.requests import Request
 
 if TYPE_CHECKING:
@@ -42,7 +43,8 @@ def why_unavailable(config: ServerConfig, embedder: Embedder | None) -> str | No
     return None
 
 
-def mount(app: FastAPI, config: ServerConfig, embedder: Embedder | None) -> RagService | None:
+def mount(app: FastAPI, config: ServerConfig, embedder: Embedder | None,
+          registry: CollectorRegistry) -> RagService | None:
     """Install the retrieval routes, or ones that explain why they are not here."""
     problem = why_unavailable(config, embedder)
     app.state.rag_problem = problem
@@ -50,7 +52,7 @@ def mount(app: FastAPI, config: ServerConfig, embedder: Embedder | None) -> RagS
         from astrai.server.rag import install
 
         assert embedder is not None and config.data_dir is not None
-        return install(app, config.data_dir, embedder, config.max_file_bytes)
+        return install(app, config.data_dir, embedder, config.max_file_bytes, registry)
     app.state.rag = None
 
     async def unavailable(request: Request) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from astrai.server.embedder import Embedder
 from astrai.server.rag import api
-from astrai.server.rag.service import RagService
+from astrai.server.rag.service import RagCollector, RagService
+from prometheus_client import CollectorRegistry
 from fastapi import FastAPI
 
 ROUTES = [
@@ -32,10 +33,12 @@ ROUTES = [
 ]
 
 
-def install(app: FastAPI, data_dir: str, embedder: Embedder, max_file_bytes: int) -> RagService:
-    """Add the routes; the service opens its stores in `start()` (a thread, once the embedder is loaded)."""
+def install(app: FastAPI, data_dir: str, embedder: Embedder, max_file_bytes: int,
+            registry: CollectorRegistry) -> RagService:
+    """Add the routes and metrics; the service opens its stores in `start()` (a thread, once the embedder is loaded)."""
     service = RagService(Path(data_dir).expanduser(), embedder, max_file_bytes)
     app.state.rag = service
+    registry.register(RagCollector(service))
     for path, endpoint, methods in ROUTES:
         app.add_api_route(path, endpoint, methods=methods)
     return service

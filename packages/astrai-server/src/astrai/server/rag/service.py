@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,6 +14,8 @@ from astrai.server.embedder import Embedder
 from astrai.server.errors import APIError, bad_request
 from astrai.server.rag.files import FileStore
 from astrai.server.rag.stores import OpenStore, StoreRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 T = TypeVar("T")
 logger = logging.getLogger("astrai.server")
@@ -64,6 +66,14 @@ class RagService:
     def close(self) -> None:
         self.stores.close()
 
+    def snapshot(self) -> dict[str, int]:
+        """Store sizes and RAG prompt counters (for /metrics and promo recordings)."""
+        stores = self.stores.all() if self._ready.is_set() else []
+        return {"vector_stores": len(stores),
+                "passages": sum(len(s.index) for s in stores if s.index is not None),
+                "files": sum(len(s.record.files) for s in stores), "rag_requests": self.rag_prompts,
+                "rag_prompt_tokens": self.rag_prompt_tokens, "rag_cached_tokens": self.rag_cached_tokens}
+
     def record_prompt(self, prompt_tokens: int, cached_tokens: int) -> None:
         """Count one finished RAG request (event loop thread)."""
         self.rag_prompts += 1
@@ -91,3 +101,23 @@ class RagService:
             filename = ""
         return {"file_id": passage.file_id, "filename": filename, "score": hit.score,
                 "attributes": dict(passage.metadata), "content": [{"type": "text", "text": passage.text}]}
+
+
+class RagCollector(Collector):
+    """`astrai:vector_store_passages`, `astrai:rag_requests`, `astrai:rag_prompt_tokens` and
+    `astrai:rag_cached_prompt_tokens` (of which served from the prefix cache), read at scrape time."""
+
+    def __init__(self, service: RagService) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.service.snapshot()
+        yield GaugeMetricFamily("astrai:vector_stores", "Vector stores open.", value=snap["vector_stores"])
+        yield GaugeMetricFamily("astrai:vector_store_passages", "Passages in all vector stores.",
+                                value=snap["passages"])
+        yield CounterMetricFamily("astrai:rag_requests", "Requests answered with file_search passages.",
+                                  value=snap["rag_requests"])
+        yield CounterMetricFamily("astrai:rag_prompt_tokens", "Prompt tokens of RAG requests.",
+                                  value=snap["rag_prompt_tokens"])
+        yield CounterMetricFamily("astrai:rag_cached_prompt_tokens", "Prompt tokens of RAG requests served from "
+                                  "the prefix cache.", value=snap["rag_cached_tokens"])
