@@ -11,8 +11,8 @@ from pathlib import Path
 from astrai.server.embedder import Embedder
 from astrai.server.rag import api
 from astrai.server.rag.service import RagCollector, RagService
-from prometheus_client import CollectorRegistry
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 ROUTES = [
     ("/v1/files", api.upload_file, ["POST"]),
