@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 
     encoder = load_encoder()
     start = time.perf_counter()
-    passages = corpus(encoder, size=254, overlap=63, topics_limit=None if not args.quick else 40)
+    passages = corpus(encoder, size=254, overlap=63)
     with tempfile.TemporaryDirectory() as folder:
         store = build_store(Path(folder) / "store", encoder, passages)
         index_s = time.perf_counter() - start
