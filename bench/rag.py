@@ -47,8 +47,9 @@ QUESTIONS = [  # (question, a phrase the right passage contains)
 
 def corpus(encoder, size: int, overlap: int, topics_limit: int | None = None) -> list[tuple[str, str]]:
     """(passage id, text) chunks of the Python reference topics (the first `topics_limit` of them)."""
-    from astrai.retrieval import ChunkingSettings, chunk_text
     from pydoc_data.topics import topics
+
+    from astrai.retrieval import ChunkingSettings, chunk_text
 
     def spans(text: str) -> list[tuple[int, int]]:
         return list(encoder.tokenizer.encode(text, add_special_tokens=False).offsets)
@@ -73,7 +74,6 @@ def build_store(folder: Path, encoder, passages: list[tuple[str, str]]):
 def ttft_section(engine, store, encoder, repeats: int) -> dict:
     from astrai.retrieval import PassagePopularity
     from astrai.scheduler import SamplingParams
-
     from astrai.server.rag.prompt import build_prompt
 
     params = SamplingParams(max_tokens=1, temperature=0.0)
@@ -103,7 +103,6 @@ def _dense():
 def zipf_section(engine, store, passages: list[tuple[str, str]], requests: int, num_pages: int, seed: int = 0) -> dict:
     from astrai.retrieval import PassagePopularity, SearchHit
     from astrai.scheduler import SamplingParams
-
     from astrai.server.rag.prompt import build_prompt
 
     rng = random.Random(seed)
