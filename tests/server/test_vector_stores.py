@@ -4,13 +4,16 @@ the whole lifecycle, hybrid / dense / sparse search, filters, thresholds, hostil
 from __future__ import annotations
 
 import io
+import json
 
 import httpx
 import openai
 import pytest
 from astrai.server import create_app
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from .conftest import API_KEY, retrieval_config, serve, wait_healthy
+from .conftest import API_KEY, EMBEDDING_MODEL, retrieval_config, serve, wait_healthy
 from .rag_docs import DOCS, QUESTIONS
 
 CHUNKING = {"type": "static", "static": {"max_chunk_size_tokens": 100, "chunk_overlap_tokens": 20}}
@@ -119,6 +122,12 @@ def test_store_created_with_file_ids_is_searchable_at_once(rclient):
     assert vs.file_counts.completed == 1 and vs.status == "completed"
     hits = search(rclient, vs.id, "fused multiply-add rounding")
     assert hits and hits[0].file_id == f.id
+    rclient.vector_stores.delete(vs.id)
+    blank = upload(rclient, "blank.txt", "   \n\n   ")  # text, but nothing to search
+    vs = rclient.vector_stores.create(name="partly", file_ids=[f.id, blank.id])
+    assert (vs.file_counts.completed, vs.file_counts.failed) == (1, 1)
+    failed = rclient.vector_stores.files.retrieve(vector_store_id=vs.id, file_id=blank.id)
+    assert failed.status == "failed" and failed.last_error.code == "invalid_file"
     rclient.vector_stores.delete(vs.id)
 
 
@@ -239,3 +248,33 @@ def test_api_key_guards_files_and_stores(retrieval_server):
     wrong = openai.OpenAI(base_url=retrieval_server.v1, api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         wrong.vector_stores.list()
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    max_leaves=6,
+)
+SEARCH_FIELDS = ["query", "max_num_results", "filters", "ranking_options", "rewrite_query"]
+EMBEDDING_FIELDS = ["input", "encoding_format", "dimensions", "user", "model"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(which=st.sampled_from(["search", "embeddings", "create"]), value=JSON_VALUES, pick=st.integers(0, 10))
+def test_fuzzed_retrieval_fields_never_5xx(rhttp, small_store, which, value, pick):
+    vs_id, _ = small_store
+    if which == "search":
+        path, body, fields = f"/v1/vector_stores/{vs_id}/search", {"query": "lamp"}, SEARCH_FIELDS
+    elif which == "embeddings":
+        path, body, fields = "/v1/embeddings", {"model": EMBEDDING_MODEL, "input": "hi"}, EMBEDDING_FIELDS
+    else:
+        path, body, fields = "/v1/vector_stores", {"name": "fuzz"}, ["name", "metadata", "chunking_strategy",
+                                                                     "file_ids", "expires_after"]
+    body[fields[pick % len(fields)]] = value
+    response = rhttp.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400:
+        error = response.json()["error"]
+        assert error["message"] and error["type"] == "invalid_request_error", error
+    elif which == "create":
+        rhttp.delete(f"/v1/vector_stores/{response.json()['id']}")

@@ -213,7 +213,10 @@ async def create_store(request: Request) -> Response:
         service.files.get(file_id)  # 404 before anything is created
     store = await service.run(registry.create, req.name or "", req.metadata or {}, chunking, req.description)
     for file_id in req.file_ids or ():
-        await registry.attach(store, file_id, {})
+        try:
+            await registry.attach(store, file_id, {})
+        except APIError:  # as OpenAI: the store exists; that file is listed as failed, with its last_error
+            pass
     return JSONResponse(store.record.body())
 
 
