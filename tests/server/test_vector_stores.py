@@ -278,3 +278,17 @@ def test_fuzzed_retrieval_fields_never_5xx(rhttp, small_store, which, value, pic
         assert error["message"] and error["type"] == "invalid_request_error", error
     elif which == "create":
         rhttp.delete(f"/v1/vector_stores/{response.json()['id']}")
+
+
+def test_file_batches_upload_and_poll(rclient):
+    vs = rclient.vector_stores.create(name="batch", chunking_strategy=CHUNKING)
+    files = [(name, io.BytesIO(text.encode())) for name, text in DOCS.items()]
+    batch = rclient.vector_stores.file_batches.upload_and_poll(vector_store_id=vs.id, files=files)
+    assert (batch.status, batch.file_counts.completed, batch.file_counts.total) == ("completed", 3, 3)
+    assert rclient.vector_stores.file_batches.retrieve(vector_store_id=vs.id, batch_id=batch.id).id == batch.id
+    listed = list(rclient.vector_stores.file_batches.list_files(vector_store_id=vs.id, batch_id=batch.id))
+    assert len(listed) == 3 and {f.status for f in listed} == {"completed"}
+    assert search(rclient, vs.id, "Fresnel lens", max_num_results=1)[0].filename == "lighthouse.txt"
+    with pytest.raises(openai.NotFoundError):
+        rclient.vector_stores.file_batches.retrieve(vector_store_id=vs.id, batch_id="vsfb_nope")
+    rclient.vector_stores.delete(vs.id)

@@ -30,6 +30,10 @@ ROUTES = [
     ("/v1/vector_stores/{vector_store_id}/files/{file_id}", api.get_store_file, ["GET"]),
     ("/v1/vector_stores/{vector_store_id}/files/{file_id}", api.detach_file, ["DELETE"]),
     ("/v1/vector_stores/{vector_store_id}/search", api.search_store, ["POST"]),
+    ("/v1/vector_stores/{vector_store_id}/file_batches", api.create_batch, ["POST"]),
+    ("/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}", api.get_batch, ["GET"]),
+    ("/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}/cancel", api.get_batch, ["POST"]),
+    ("/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}/files", api.list_batch_files, ["GET"]),
 ]
 
 

@@ -17,6 +17,7 @@ from astrai.server.errors import APIError, bad_request
 from astrai.server.protocol import _Strict
 from astrai.server.rag.files import PURPOSES
 from astrai.server.rag.service import RagService
+from astrai.server.rag.stores import FileBatch, OpenStore
 from pydantic import Field, field_validator
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
@@ -249,17 +250,22 @@ async def delete_store(request: Request) -> Response:
     return JSONResponse({"id": store_id, "object": "vector_store.deleted", "deleted": True})
 
 
+def _check_chunking(service: RagService, store: OpenStore, strategy: ChunkingStrategy | None) -> None:
+    """A store cuts every file the same way: other chunking settings on attach are a 400."""
+    if strategy is None:
+        return
+    wanted = _chunking(strategy, service.stores.default_chunking())
+    have = (store.record.max_chunk_size_tokens, store.record.chunk_overlap_tokens)
+    if (wanted.max_chunk_size_tokens, wanted.chunk_overlap_tokens) != have:
+        raise bad_request(f"chunking_strategy: this vector store cuts every file into chunks of {have[0]} tokens "
+                          f"overlapping by {have[1]}; create another store for other settings", "chunking_strategy")
+
+
 async def attach_file(request: Request) -> Response:
     service = rag(request)
     store = service.stores.get(request.path_params["vector_store_id"])
     req = await read_model(request, AttachRequest)
-    if req.chunking_strategy is not None:
-        wanted = _chunking(req.chunking_strategy, service.stores.default_chunking())
-        have = (store.record.max_chunk_size_tokens, store.record.chunk_overlap_tokens)
-        if (wanted.max_chunk_size_tokens, wanted.chunk_overlap_tokens) != have:
-            raise bad_request(f"chunking_strategy: this vector store cuts every file into chunks of {have[0]} tokens "
-                              f"overlapping by {have[1]}; create another store for other settings",
-                              "chunking_strategy")
+    _check_chunking(service, store, req.chunking_strategy)
     attached = await service.stores.attach(store, req.file_id, req.attributes or {})
     return JSONResponse(attached.body(store.record))
 
@@ -289,6 +295,77 @@ async def detach_file(request: Request) -> Response:
     file_id = request.path_params["file_id"]
     await service.run(service.stores.detach, store, file_id)
     return JSONResponse({"id": file_id, "object": "vector_store.file.deleted", "deleted": True})
+
+
+# --- file batches ------------------------------------------------------------------------------
+
+
+class BatchFile(_Strict):
+    file_id: str
+    attributes: dict[str, str | int | float | bool] | None = None
+    chunking_strategy: ChunkingStrategy | None = None
+
+    @field_validator("attributes")
+    @classmethod
+    def _attributes(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return _check_metadata(value)
+
+
+class BatchRequest(_Strict):
+    file_ids: list[str] | None = Field(None, min_length=1, max_length=2000)
+    files: list[BatchFile] | None = Field(None, min_length=1, max_length=2000)
+    attributes: dict[str, str | int | float | bool] | None = None
+    chunking_strategy: ChunkingStrategy | None = None
+
+    @field_validator("attributes")
+    @classmethod
+    def _attributes(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return _check_metadata(value)
+
+    def entries(self) -> list[BatchFile]:
+        if (self.file_ids is None) == (self.files is None):
+            raise bad_request("file_ids: give exactly one of file_ids and files", "file_ids")
+        if self.files is not None:
+            return self.files
+        return [BatchFile(file_id=f, attributes=self.attributes, chunking_strategy=self.chunking_strategy)
+                for f in self.file_ids or ()]
+
+
+async def create_batch(request: Request) -> Response:
+    """Attach several files; answered once all are ingested (each completed or failed)."""
+    service = rag(request)
+    store = service.stores.get(request.path_params["vector_store_id"])
+    entries = (await read_model(request, BatchRequest)).entries()
+    for entry in entries:
+        service.files.get(entry.file_id)
+        _check_chunking(service, store, entry.chunking_strategy)
+    batch = service.batches.new(store.record.id, [e.file_id for e in entries])
+    for entry in entries:
+        try:
+            await service.stores.attach(store, entry.file_id, entry.attributes or {})
+        except APIError:  # that file is listed as failed, with its last_error
+            pass
+    return JSONResponse(service.batches.body(batch, store.record))
+
+
+def _batch(request: Request) -> tuple[RagService, OpenStore, FileBatch]:
+    service = rag(request)
+    store = service.stores.get(request.path_params["vector_store_id"])
+    return service, store, service.batches.get(store.record.id, request.path_params["batch_id"])
+
+
+async def get_batch(request: Request) -> Response:
+    service, store, batch = _batch(request)
+    return JSONResponse(service.batches.body(batch, store.record))
+
+
+async def list_batch_files(request: Request) -> Response:
+    _, store, batch = _batch(request)
+    files = [store.record.files[f] for f in batch.file_ids if f in store.record.files]
+    status = request.query_params.get("filter")
+    if status is not None:
+        files = [f for f in files if f.status == status]
+    return JSONResponse(page(files, lambda f: f.file_id, lambda f: f.body(store.record), request, 20))
 
 
 # --- search ------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from astrai.retrieval import PassagePopularity, RankingOptions, RetrievalInputEr
 from astrai.server.embedder import Embedder
 from astrai.server.errors import APIError, bad_request
 from astrai.server.rag.files import FileStore
-from astrai.server.rag.stores import OpenStore, StoreRegistry
+from astrai.server.rag.stores import FileBatches, OpenStore, StoreRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -31,6 +31,7 @@ class RagService:
         self.max_file_bytes = max_file_bytes
         self.files = FileStore(data_dir / "files")
         self.stores = StoreRegistry(data_dir / "vector_stores", self.files, embedder)
+        self.batches = FileBatches()
         self.popularity = PassagePopularity()
         self.rag_prompts = 0  # RAG requests served, and of their prompt tokens how many were cached
         self.rag_prompt_tokens = 0

@@ -273,5 +273,43 @@ class StoreRegistry:
         return hits
 
 
+@dataclass
+class FileBatch:
+    id: str
+    vector_store_id: str
+    created_at: int
+    file_ids: list[str]
+
+
+class FileBatches:
+    """File batches by id, in memory: the files' own records in the store are the durable part."""
+
+    def __init__(self) -> None:
+        self._batches: dict[str, FileBatch] = {}
+
+    def new(self, store_id: str, file_ids: list[str]) -> FileBatch:
+        batch = FileBatch(f"vsfb_{uuid.uuid4().hex}", store_id, int(time.time()), list(dict.fromkeys(file_ids)))
+        self._batches[batch.id] = batch
+        return batch
+
+    def get(self, store_id: str, batch_id: str) -> FileBatch:
+        batch = self._batches.get(batch_id)
+        if batch is None or batch.vector_store_id != store_id:
+            raise APIError(404, f"No such file batch in vector store {store_id!r}: {batch_id!r}", param="batch_id",
+                           code="not_found")
+        return batch
+
+    @staticmethod
+    def body(batch: FileBatch, store: StoreRecord) -> dict:
+        counts = {"in_progress": 0, "completed": 0, "failed": 0, "cancelled": 0}
+        for file_id in batch.file_ids:
+            attached = store.files.get(file_id)
+            counts[attached.status if attached is not None else "cancelled"] += 1
+        return {"id": batch.id, "object": "vector_store.files_batch", "created_at": batch.created_at,
+                "vector_store_id": batch.vector_store_id,
+                "status": "in_progress" if counts["in_progress"] else "completed",
+                "file_counts": {**counts, "total": len(batch.file_ids)}}
+
+
 def passage_id(file_id: str, chunk: Chunk) -> str:
     return f"{file_id}:{chunk.index}"
