@@ -9,31 +9,31 @@ from __future__ import annotations
 from pathlib import Path
 
 from astrai.server.embedder import Embedder
-from astrai.server.rag import api
+from astrai.server.rag import files_api, search_api, stores_api
 from astrai.server.rag.service import RagCollector, RagService
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 ROUTES = [
-    ("/v1/files", api.upload_file, ["POST"]),
-    ("/v1/files", api.list_files, ["GET"]),
-    ("/v1/files/{file_id}", api.get_file, ["GET"]),
-    ("/v1/files/{file_id}", api.delete_file, ["DELETE"]),
-    ("/v1/files/{file_id}/content", api.file_content, ["GET"]),
-    ("/v1/vector_stores", api.create_store, ["POST"]),
-    ("/v1/vector_stores", api.list_stores, ["GET"]),
-    ("/v1/vector_stores/{vector_store_id}", api.get_store, ["GET"]),
-    ("/v1/vector_stores/{vector_store_id}", api.update_store, ["POST"]),
-    ("/v1/vector_stores/{vector_store_id}", api.delete_store, ["DELETE"]),
-    ("/v1/vector_stores/{vector_store_id}/files", api.attach_file, ["POST"]),
-    ("/v1/vector_stores/{vector_store_id}/files", api.list_store_files, ["GET"]),
-    ("/v1/vector_stores/{vector_store_id}/files/{file_id}", api.get_store_file, ["GET"]),
-    ("/v1/vector_stores/{vector_store_id}/files/{file_id}", api.detach_file, ["DELETE"]),
-    ("/v1/vector_stores/{vector_store_id}/search", api.search_store, ["POST"]),
-    ("/v1/vector_stores/{vector_store_id}/file_batches", api.create_batch, ["POST"]),
-    ("/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}", api.get_batch, ["GET"]),
-    ("/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}/cancel", api.get_batch, ["POST"]),
-    ("/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}/files", api.list_batch_files, ["GET"]),
+    ("/v1/files", files_api.upload_file, ["POST"]),
+    ("/v1/files", files_api.list_files, ["GET"]),
+    ("/v1/files/{file_id}", files_api.get_file, ["GET"]),
+    ("/v1/files/{file_id}", files_api.delete_file, ["DELETE"]),
+    ("/v1/files/{file_id}/content", files_api.file_content, ["GET"]),
+    ("/v1/vector_stores", stores_api.create_store, ["POST"]),
+    ("/v1/vector_stores", stores_api.list_stores, ["GET"]),
+    ("/v1/vector_stores/{vector_store_id}", stores_api.get_store, ["GET"]),
+    ("/v1/vector_stores/{vector_store_id}", stores_api.update_store, ["POST"]),
+    ("/v1/vector_stores/{vector_store_id}", stores_api.delete_store, ["DELETE"]),
+    ("/v1/vector_stores/{vector_store_id}/files", stores_api.attach_file, ["POST"]),
+    ("/v1/vector_stores/{vector_store_id}/files", stores_api.list_store_files, ["GET"]),
+    ("/v1/vector_stores/{vector_store_id}/files/{file_id}", stores_api.get_store_file, ["GET"]),
+    ("/v1/vector_stores/{vector_store_id}/files/{file_id}", stores_api.detach_file, ["DELETE"]),
+    ("/v1/vector_stores/{vector_store_id}/search", search_api.search_store, ["POST"]),
+    ("/v1/vector_stores/{vector_store_id}/file_batches", stores_api.create_batch, ["POST"]),
+    ("/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}", stores_api.get_batch, ["GET"]),
+    ("/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}/cancel", stores_api.get_batch, ["POST"]),
+    ("/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}/files", stores_api.list_batch_files, ["GET"]),
 ]
 
 

@@ -15,8 +15,8 @@ from astrai.retrieval import SearchHit
 from astrai.scheduler import EngineClient
 from astrai.server.errors import bad_request, validation_message
 from astrai.server.protocol import _Strict
-from astrai.server.rag.api import MAX_RESULTS, SearchRanking, check_filters
 from astrai.server.rag.prompt import RagPrompt, build_prompt
+from astrai.server.rag.search_api import MAX_RESULTS, SearchRanking, check_filters
 from astrai.server.rag.service import RagService
 from pydantic import Field, ValidationError
 
