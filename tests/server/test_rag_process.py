@@ -125,7 +125,9 @@ def test_serving_without_the_rag_extra_never_imports_retrieval(tmp_path):
         from fastapi.testclient import TestClient
         from astrai.server import ServerConfig, create_app
         config = ServerConfig(embedding_model="all-minilm-l6-v2", data_dir={str(tmp_path)!r})
-        app = create_app(config, engine_factory=lambda: None)
+        def no_engine():
+            raise RuntimeError("no LLM in this test")
+        app = create_app(config, engine_factory=no_engine)
         with TestClient(app) as http:
             app.state.embedder.wait(120)
             r = http.post("/v1/embeddings", json={{"model": "all-minilm-l6-v2", "input": "hi"}})
@@ -151,3 +153,22 @@ def test_embedding_flags_are_checked_before_serving():
                              timeout=120)
     assert missing.returncode == 1
     assert "could not load embedding model '/nonexistent/folder': not a built-in encoder" in missing.stderr
+
+
+def test_an_unusable_data_folder_turns_off_only_files_and_stores(tmp_path):
+    from astrai.server import ServerConfig, create_app
+    from fastapi.testclient import TestClient
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    def no_engine():
+        raise RuntimeError("no LLM in this test")
+
+    app = create_app(ServerConfig(data_dir=str(blocker / "data"), embedding_model="all-minilm-l6-v2"),
+                     engine_factory=no_engine)
+    with TestClient(app) as http:
+        response = http.get("/v1/vector_stores")
+        assert response.status_code == 501
+        assert f"the data folder {str(blocker / 'data')!r} cannot be used" in response.json()["error"]["message"]
+        assert app.state.embedder.wait(120)
+        assert http.post("/v1/embeddings", json={"model": "all-minilm-l6-v2", "input": "hi"}).status_code == 200

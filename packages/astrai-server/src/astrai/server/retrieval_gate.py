@@ -8,6 +8,7 @@ to install or pass; `astrai.retrieval` is then never imported.
 from __future__ import annotations
 
 import importlib.util
+import logging
 from typing import TYPE_CHECKING
 
 from astrai.server.config import ServerConfig
@@ -20,6 +21,7 @@ from starlette.requests import Request
 if TYPE_CHECKING:
     from astrai.server.rag import RagService
 
+logger = logging.getLogger("astrai.server")
 RAG_PREFIXES = ("/v1/files", "/v1/vector_stores")
 EXTRA = "pip install 'astrai-server[rag]'"
 
@@ -47,12 +49,19 @@ def mount(app: FastAPI, config: ServerConfig, embedder: Embedder | None,
           registry: CollectorRegistry) -> RagService | None:
     """Install the retrieval routes, or ones that explain why they are not here."""
     problem = why_unavailable(config, embedder)
-    app.state.rag_problem = problem
     if problem is None:
         from astrai.server.rag import install
 
         assert embedder is not None and config.data_dir is not None
-        return install(app, config.data_dir, embedder, config.max_file_bytes, registry)
+        try:
+            service = install(app, config.data_dir, embedder, config.max_file_bytes, registry)
+        except OSError as exc:  # an unwritable or unreadable data folder: the rest of the server still serves
+            problem = f"the data folder {config.data_dir!r} cannot be used ({exc})"
+            logger.error("files and vector stores are off: %s", problem)
+        else:
+            app.state.rag_problem = None
+            return service
+    app.state.rag_problem = problem
     app.state.rag = None
 
     async def unavailable(request: Request) -> None:

@@ -205,17 +205,17 @@ class StoreRegistry:
     # --- files ----------------------------------------------------------------------------
 
     async def attach(self, store: OpenStore, file_id: str, attributes: dict[str, Any]) -> AttachedFile:
-        """Ingest `file_id` into `store`; returns once its passages are durable and searchable."""
+        """Ingest `file_id` into `store`; returns once its passages are durable and searchable.
+
+        Shielded: a client that hangs up does not cut an ingestion short, so a file's record never
+        says `failed` while its passages land anyway."""
+        return await asyncio.shield(asyncio.ensure_future(self._ingest(store, file_id, attributes)))
+
+    async def _ingest(self, store: OpenStore, file_id: str, attributes: dict[str, Any]) -> AttachedFile:
         index = store.usable()
-        file = self.files.get(file_id)
-        text = self.files.text(file_id)
-        with store.lock:
-            if file_id in store.record.files:
-                index.delete_file(file_id)  # attaching again replaces the file's passages
-            attached = AttachedFile(file_id=file.id, created_at=int(time.time()), status="in_progress",
-                                    attributes=attributes)
-            store.record.files[file_id] = attached
-            store.save()
+        self.files.get(file_id)
+        text = await asyncio.to_thread(self.files.text, file_id)
+        attached = await asyncio.to_thread(self._begin, store, index, file_id, attributes)
         try:
             chunks = chunk_text(text, ChunkingSettings(store.record.max_chunk_size_tokens,
                                                        store.record.chunk_overlap_tokens), self.token_spans)
@@ -225,20 +225,35 @@ class StoreRegistry:
             passages = [Passage(id=passage_id(file_id, c), file_id=file_id, text=c.text, vector=v.numpy(),
                                 metadata=attributes) for c, v in zip(chunks, vectors, strict=True)]
             await asyncio.to_thread(index.upsert, passages)
-        except BaseException as exc:
-            with store.lock:
-                attached.status = "failed"
-                code = exc.code if isinstance(exc, APIError) and exc.code == "invalid_file" else "server_error"
-                attached.last_error = {"code": code, "message": str(exc) or type(exc).__name__}
-                store.save()
+        except Exception as exc:
+            code = exc.code if isinstance(exc, APIError) and exc.code == "invalid_file" else "server_error"
+            await asyncio.to_thread(self._end, store, attached, "failed",
+                                    {"code": code, "message": str(exc) or type(exc).__name__})
             raise
+        attached.passages = len(passages)
+        attached.usage_bytes = sum(len(c.text.encode()) for c in chunks)
+        await asyncio.to_thread(self._end, store, attached, "completed", None)
+        return attached
+
+    @staticmethod
+    def _begin(store: OpenStore, index: VectorStore, file_id: str, attributes: dict[str, Any]) -> AttachedFile:
+        """Record the file as in_progress (durably) before any of its passages is written."""
         with store.lock:
-            attached.status = "completed"
-            attached.passages = len(passages)
-            attached.usage_bytes = sum(len(c.text.encode()) for c in chunks)
-            store.record.last_active_at = int(time.time())
+            if file_id in store.record.files:
+                index.delete_file(file_id)  # attaching again replaces the file's passages
+            attached = AttachedFile(file_id=file_id, created_at=int(time.time()), status="in_progress",
+                                    attributes=attributes)
+            store.record.files[file_id] = attached
             store.save()
         return attached
+
+    @staticmethod
+    def _end(store: OpenStore, attached: AttachedFile, status: str, error: dict[str, str] | None) -> None:
+        with store.lock:
+            attached.status = status
+            attached.last_error = error
+            store.record.last_active_at = int(time.time())
+            store.save()
 
     def detach(self, store: OpenStore, file_id: str) -> None:
         if file_id not in store.record.files:
