@@ -27,10 +27,11 @@ Ranking = Sequence[tuple[int, float]]  # (doc id, score), best first
 class RankingOptions:
     """How a search ranks (validated on construction; `RetrievalInputError.param` names the field).
 
-    - `mode`: "hybrid_rrf" (default; OpenAI's `ranking_options.hybrid_search`), "hybrid_convex",
-      "dense" (embedding only) or "sparse" (BM25 only).
+    - `mode`: "hybrid_rrf" (OpenAI's `ranking_options.hybrid_search`), "hybrid_convex"
+      (default), "dense" (embedding only) or "sparse" (BM25 only).
     - `dense_weight`, `sparse_weight`: >= 0, not both 0 (OpenAI's `embedding_weight` and
-      `text_weight`); only their ratio matters.
+      `text_weight`); only their ratio matters. The defaults (convex, 2 : 1, min-max) were
+      chosen on a known-item set (bench/retrieval/hybrid_bench.py; see the package README).
     - `rrf_k`: the RRF rank constant (60 as in Cormack et al.), > 0.
     - `normalisation`: how "hybrid_convex" scales each list before weighting: "minmax" (to
       [0, 1] over the list's candidates), "max" (divide by the best; for non-negative scores),
@@ -41,8 +42,8 @@ class RankingOptions:
     - `candidates`: how many hits each side contributes before fusion (None: max(4 * k, 40)).
     """
 
-    mode: FusionMode = "hybrid_rrf"
-    dense_weight: float = 1.0
+    mode: FusionMode = "hybrid_convex"
+    dense_weight: float = 2.0
     sparse_weight: float = 1.0
     rrf_k: float = 60.0
     normalisation: Normalisation = "minmax"

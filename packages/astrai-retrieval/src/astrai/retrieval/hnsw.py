@@ -241,9 +241,11 @@ class HNSWIndex:
                      ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         q = as_matrix(queries, self.dim, self.metric, "queries")
         slots, dists = self._search(q, k, ef or self.ef_search, None)
-        ids = np.where(slots >= 0, self._ids[np.maximum(slots, 0)] if len(self._ids) else -1, -1)
-        scores = np.where(slots >= 0, self._scores(dists), -np.inf).astype(np.float32)
-        return ids.astype(np.int64), scores
+        found = slots >= 0
+        ids = np.full(slots.shape, -1, dtype=np.int64)
+        ids[found] = self._ids[slots[found]]
+        scores = np.where(found, self._scores(dists), -np.inf).astype(np.float32)
+        return ids, scores
 
     def _search(self, q: np.ndarray, k: int, ef: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         nq = len(q)

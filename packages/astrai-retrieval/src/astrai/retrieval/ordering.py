@@ -52,23 +52,38 @@ def order_for_cache(passages: Sequence[PromptPassage], *, mode: OrderMode = "cac
     by_rank = sorted(passages, key=lambda p: p.rank)
     if mode == "relevance" or len(by_rank) <= 1:
         return by_rank
-    remaining = list(by_rank)
-    ordered: list[PromptPassage] = []
-    if cached_prefix_len is not None:
-        prompt = list(prefix_token_ids)
-        cached = cached_prefix_len(prompt) if prompt else 0
-        while remaining:
-            gains = [(cached_prefix_len(prompt + list(p.token_ids)), -i) for i, p in enumerate(remaining)]
-            best, neg_i = max(gains)
-            if best <= cached:
-                break
-            chosen = remaining.pop(-neg_i)
-            ordered.append(chosen)
-            prompt += chosen.token_ids
-            cached = best
 
     def canonical(p: PromptPassage) -> tuple[int, int]:
         return (-(popularity.estimate(p.id) if popularity else 0), passage_key(p.id))
 
-    return ordered + sorted(remaining, key=canonical)
+    settled = sorted(by_rank, key=canonical)
+    if cached_prefix_len is None:
+        return settled
+    greedy = _greedy_cached(by_rank, prefix_token_ids, cached_prefix_len, canonical)
+    if greedy == settled:
+        return settled
+    # the greedy path only where it finds more cached tokens than the canonical order
+    def cached(order: list[PromptPassage]) -> int:
+        return cached_prefix_len([*prefix_token_ids, *(t for p in order for t in p.token_ids)])
 
+    return greedy if cached(greedy) > cached(settled) else settled
+
+
+def _greedy_cached(passages: list[PromptPassage], prefix: Sequence[int], cached_prefix_len: CachedPrefixLen,
+                   canonical: Callable[[PromptPassage], tuple[int, int]]) -> list[PromptPassage]:
+    """Repeatedly the passage that extends the longest cached prefix, while that grows it;
+    the rest in canonical order."""
+    remaining = list(passages)
+    ordered: list[PromptPassage] = []
+    prompt = list(prefix)
+    cached = cached_prefix_len(prompt) if prompt else 0
+    while remaining:
+        gains = [(cached_prefix_len(prompt + list(p.token_ids)), -i) for i, p in enumerate(remaining)]
+        best, neg_i = max(gains)
+        if best <= cached:
+            break
+        chosen = remaining.pop(-neg_i)
+        ordered.append(chosen)
+        prompt += chosen.token_ids
+        cached = best
+    return ordered + sorted(remaining, key=canonical)

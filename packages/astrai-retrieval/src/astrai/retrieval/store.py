@@ -415,6 +415,8 @@ class VectorStore:
         last_end = 0
         for i, (_, path) in enumerate(logs):
             scanned = wal.scan(path)
+            if scanned.corrupt:
+                raise StoreCorruptError(f"{path}: a damaged record at byte {scanned.end} is followed by intact ones")
             if scanned.torn:
                 if i != len(logs) - 1:
                     raise StoreCorruptError(f"{path}: damaged record before the newest log {logs[-1][1].name}")

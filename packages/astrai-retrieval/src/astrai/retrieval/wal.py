@@ -5,7 +5,9 @@
 A crash can only tear the last frame (a record is acknowledged after its fsync, and nothing is
 written after an unacknowledged one), so reading stops at the first frame that is short or
 fails its CRC: that frame and anything after it were never acknowledged. `scan` reports where
-the good part ends; the writer truncates there on open, a follower just waits for more.
+the good part ends; the writer truncates there on open, a follower just waits for more. A bad
+frame followed by a good one is not a torn tail but damage (`corrupt`): the store refuses to
+open rather than silently drop acknowledged writes.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ MAX_RECORD_BYTES = 1 << 31
 @dataclass
 class Scan:
     records: list[bytes]
-    end: int     # offset just past the last good frame
-    torn: bool   # bytes after `end` that do not form a good frame
+    end: int       # offset just past the last good frame
+    torn: bool     # bytes after `end` that do not form a good frame
+    corrupt: bool  # ...and good frames follow them: damage, not a torn tail
 
 
 def scan(path: Path, start: int = 0) -> Scan:
@@ -34,6 +37,7 @@ def scan(path: Path, start: int = 0) -> Scan:
         f.seek(start)
         data = f.read()
     offset = 0
+    corrupt = False
     while offset + _FRAME.size <= len(data):
         length, crc = _FRAME.unpack_from(data, offset)
         body_start = offset + _FRAME.size
@@ -41,10 +45,20 @@ def scan(path: Path, start: int = 0) -> Scan:
             break
         payload = data[body_start: body_start + length]
         if zlib.crc32(payload) != crc:
+            corrupt = _good_frame_at(data, body_start + length)
             break
         records.append(payload)
         offset = body_start + length
-    return Scan(records, start + offset, offset != len(data))
+    return Scan(records, start + offset, offset != len(data), corrupt)
+
+
+def _good_frame_at(data: bytes, offset: int) -> bool:
+    """Whether a complete frame with a matching CRC starts at `offset`."""
+    if offset + _FRAME.size > len(data):
+        return False
+    length, crc = _FRAME.unpack_from(data, offset)
+    end = offset + _FRAME.size + length
+    return end <= len(data) and zlib.crc32(data[offset + _FRAME.size: end]) == crc
 
 
 class WalWriter:

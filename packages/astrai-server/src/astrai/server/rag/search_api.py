@@ -1,8 +1,10 @@
 """`POST /v1/vector_stores/{id}/search`.
 
 Extensions to OpenAI's request (documented in the server README): `ranking_options.mode`
-("hybrid" default, "dense", "sparse"), `ranking_options.fusion` ("rrf" default, "convex"),
-`ranking_options.rrf_k`. `hybrid_search.embedding_weight` / `text_weight` weigh either fusion.
+("hybrid" default, "dense", "sparse"), `ranking_options.fusion` ("rrf", "convex"),
+`ranking_options.rrf_k`. `hybrid_search.embedding_weight` / `text_weight` weigh either fusion
+(without `fusion`, they are OpenAI's RRF weights). A hybrid request that names neither fusion nor
+weights gets astrai.retrieval's default ranking (`RankingOptions()`).
 """
 
 from __future__ import annotations
@@ -43,8 +45,15 @@ class SearchRanking(_Strict):
                               "ranking_options.hybrid_search")
         if self.fusion is not None and mode != "hybrid":
             raise bad_request(f"ranking_options.fusion: only for mode 'hybrid', not {mode!r}", "ranking_options.fusion")
-        kind = mode if mode != "hybrid" else ("hybrid_convex" if self.fusion == "convex" else "hybrid_rrf")
-        fields: dict[str, Any] = {"mode": kind, "score_threshold": self.score_threshold or 0.0}
+        fields: dict[str, Any] = {"score_threshold": self.score_threshold or 0.0}
+        if mode != "hybrid":
+            fields["mode"] = mode
+        elif self.fusion == "rrf" or (self.fusion is None and (weights is not None or self.rrf_k is not None)):
+            # OpenAI's hybrid_search weights are reciprocal-rank-fusion weights (1:1 unless given)
+            fields.update(mode="hybrid_rrf", dense_weight=1.0, sparse_weight=1.0)
+        elif self.fusion == "convex":
+            fields["mode"] = "hybrid_convex"
+        # else: astrai.retrieval's default ranking (its fusion and weights tuned on a known-item set)
         if weights is not None:
             fields["dense_weight"], fields["sparse_weight"] = weights.embedding_weight, weights.text_weight
         if self.rrf_k is not None:
