@@ -83,6 +83,15 @@ def test_metrics_count_rag_prompts_and_passages(rhttp, rclient, rag_store):
     assert sample("astrai:vector_store_passages") >= 6
 
 
+def test_streamed_chat_carries_the_file_search_results_once(rclient, rag_store):
+    stream = rclient.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Which schooner ran aground?"}], max_tokens=3, stream=True,
+        extra_body={"file_search": {"vector_store_ids": [rag_store], "max_num_results": 1}})
+    chunks = list(stream)
+    found = [c.model_extra["file_search"] for c in chunks if c.model_extra.get("file_search")]
+    assert len(found) == 1 and found[0]["results"][0]["filename"] == "lighthouse.txt"
+
+
 def _cached_after_reordering(rclient, store_id: str, order: str) -> int:
     """Ask a question whose passages are {A, B}, then another that ranks the same two the other way round;
     the cached tokens of the second request."""

@@ -174,7 +174,8 @@ async def _run(request: Request, service: Service, engine: EngineClient, prefix:
     token_text = R.TokenText(engine) if req.num_logprobs is not None else None
     if req.stream:
         if chat:
-            events = _chat_events(gen, req, request_id, created, model, token_text, plan)
+            found = {"queries": [search_run.query], "results": search_run.results()} if search_run else None
+            events = _chat_events(gen, req, request_id, created, model, token_text, plan, found)
         else:
             events = _completion_events(gen, req, request_id, created, model, token_text, service, engine, plan)
         return _CleanupStreamingResponse(events, cleanup)
@@ -246,13 +247,16 @@ def _tool_deltas(events: list[Any]) -> list[dict]:
 
 
 async def _chat_events(gen: Generation, req: ChatCompletionRequest, request_id: str, created: int, model: str,
-                       token_text: R.TokenText | None, plan: Plan) -> AsyncIterator[str]:
+                       token_text: R.TokenText | None, plan: Plan, found: dict | None = None) -> AsyncIterator[str]:
     with_usage = req.include_usage
     parsers = [plan.parser() for _ in gen.choices]
     try:
         for index in range(len(gen.choices)):
             first: dict = {"role": "assistant", "content": None if plan.forced_tools else ""}
-            yield R.sse(R.chat_chunk(request_id, created, model, index, first, with_usage=with_usage))
+            chunk = R.chat_chunk(request_id, created, model, index, first, with_usage=with_usage)
+            if found is not None and index == 0:  # our extension: what file_search retrieved, once
+                chunk["file_search"] = found
+            yield R.sse(chunk)
         async for index, out in gen.events():
             logprobs = R.chat_logprobs(out.logprobs, token_text) if token_text and out.logprobs else None
             parser = parsers[index]
