@@ -292,6 +292,15 @@ class Engine:
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         return self.generate([list(ids)], params)[0]
 
+    def lookup_prefix(self, token_ids: Sequence[int]) -> int:
+        """How many leading tokens of `token_ids` the prefix cache holds now, changing nothing (no
+        lock, split, recency or counter moves). Read without stopping the engine, like `stats()`:
+        advisory, for ordering RAG passages. At most len - 1 (the last token is always computed);
+        0 with the prefix cache off."""
+        if not self.enable_prefix_cache:
+            return 0
+        return self.kv.lookup(list(token_ids)).cached_tokens
+
     def subscribe(self, callback: TraceCallback) -> Callable[[], None]:
         """Receive one TraceEvent per step (on the engine thread); returns an unsubscribe function."""
         return self._core.subscribe(callback)
