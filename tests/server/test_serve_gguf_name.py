@@ -18,7 +18,7 @@ GGUF = Path(__file__).resolve().parents[1] / "data" / "tiny" / "tiny-gemma3-f32.
 
 def test_served_id_is_general_name_and_chat_uses_the_turn_format():
     proc = subprocess.Popen([sys.executable, "-m", "astrai.server.cli", "serve", "--port", "0", "--model", str(GGUF),
-                             "--dtype", "float32", "--num-pages", "256", "--shutdown-timeout", "2"],
+                             "--dtype", "float32", "--num-pages", "256", "--shutdown-timeout", "2", "--no-embeddings"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         url = next((m.group(1) for line in proc.stdout if (m := re.search(r"at (http://127\.0\.0\.1:\d+)", line))), None)
