@@ -1,9 +1,10 @@
 """Serving a GGUF in its own quantization: which projections stay packed, and installing them.
 
 `native_type` is the one decision "packed or dequantized" (extend the packable set there and in
-`kernels.quant.QuantType`). With `quantization="auto"` every projection whose GGUF tensors are
-Q4_0, Q4_1 or Q8_0 (all parts of a fused projection the same type) is repacked once for the native kernels and
-installed as a `QuantizedLinear`; the token table likewise as a `QuantizedEmbedding`, which
+`kernels.quant.QuantType`). With `quantization="auto"` every projection whose GGUF tensors are in
+a natively served type (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K; all parts of a
+fused projection the same type) is repacked once for the native kernels and installed as a
+`QuantizedLinear`; the token table likewise as a `QuantizedEmbedding`, which
 also serves a tied LM head from the same bytes. Everything else (norms, other block types) is
 dequantized as before. Where packed weights cannot be served (no native kernels, a device other
 than the CPU, activations other than float32) the whole model is dequantized and one log line
@@ -34,10 +35,13 @@ FLOAT_TYPE_NAMES = ("F32", "F16", "BF16")
 def native_type(type_ids: set[int], in_features: int) -> QuantType | None:
     """The one decision "served packed or dequantized": the QuantType a projection whose GGUF
     parts have these block types is packed in, or None (dequantized). Parts must agree."""
-    if len(type_ids) != 1 or in_features % 32:
+    if len(type_ids) != 1:
         return None
     (type_id,) = type_ids
-    return QuantType(type_id) if type_id in {int(t) for t in QuantType} else None
+    if type_id not in {int(t) for t in QuantType}:
+        return None
+    qtype = QuantType(type_id)
+    return qtype if in_features % qtype.block_weights == 0 else None
 
 
 def has_native_tensors(file: GGUFFile) -> bool:
