@@ -151,8 +151,9 @@ class Target:
         return floors(self.name, self.extras) if FLOORS else {}
 
 
-# what the venvs install: each package alone, and astrai-promo again with its extra
-TARGETS = (*(Target(name) for name in NAMES), Target("astrai-promo", ("render",)))
+# what the venvs install: each package alone, and astrai-promo and astrai-server again with their extras
+EXTRAS = {"astrai-promo": ("render",), "astrai-server": ("rag",)}
+TARGETS = (*(Target(name) for name in NAMES), *(Target(name, extras) for name, extras in EXTRAS.items()))
 
 
 @pytest.fixture(scope="session")
@@ -187,7 +188,7 @@ def wheelhouse(work, dist) -> Path:
             wanted = f"{dist[target.name]}[{','.join(target.extras)}]" if target.extras else dist[target.name]
             pip("wheel", "--quiet", *find_links, "-c", constraints_file(work, target), "-w", house, wanted, TORCH)
     else:
-        wanted = [f"{dist[n]}[render]" if n == "astrai-promo" else dist[n] for n in NAMES]
+        wanted = [f"{dist[n]}[{','.join(EXTRAS[n])}]" if n in EXTRAS else dist[n] for n in NAMES]
         pip("wheel", "--quiet", *find_links, "-w", house, *wanted, TORCH)
     pip("wheel", "--quiet", "--no-deps", "-w", house, BUNDLED_MODEL)
     return house
