@@ -1,5 +1,7 @@
 """`POST /v1/embeddings` through the official openai client against a real server on 127.0.0.1,
-checked against the encoder itself (pinned to sentence-transformers in tests/model/test_encoder.py)."""
+checked against the encoder itself, loaded as the server gets it: through astrai.retrieval (the rag
+extra), which re-exports astrai-model's encoder (pinned to sentence-transformers in
+tests/model/test_encoder.py). Without the extra the route is a 501: tests/server/test_rag_process.py."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import numpy as np
 import openai
 import pytest
 import torch
-from astrai.model import load_encoder
+from astrai.retrieval import load_encoder
 
 from .conftest import API_KEY, EMBEDDING_MODEL, MODEL
 

@@ -109,35 +109,47 @@ def test_sigkill_during_ingest_loses_no_acknowledged_passage(tmp_path):
         proc.wait(30)
 
 
+# A Python prelude that makes astrai.retrieval look uninstalled: what a server without the rag extra sees.
+HIDE_RETRIEVAL = textwrap.dedent("""
+    import importlib.abc, sys
+    class Hide(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "astrai.retrieval" or name.startswith("astrai.retrieval."):
+                raise ModuleNotFoundError(name)
+            return None
+    sys.meta_path.insert(0, Hide())
+    import importlib.util
+    importlib.util.find_spec = (lambda original: lambda name, *a: None if name.startswith("astrai.retrieval")
+                                else original(name, *a))(importlib.util.find_spec)
+""")
+
+
 def test_serving_without_the_rag_extra_never_imports_retrieval(tmp_path):
-    """With astrai.retrieval hidden, the app serves embeddings and answers 501 naming the extra."""
-    script = textwrap.dedent(f"""
-        import importlib.abc, sys
-        class Hide(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name == "astrai.retrieval" or name.startswith("astrai.retrieval."):
-                    raise ModuleNotFoundError(name)
-                return None
-        sys.meta_path.insert(0, Hide())
-        import importlib.util
-        importlib.util.find_spec = (lambda original: lambda name, *a: None if name.startswith("astrai.retrieval")
-                                    else original(name, *a))(importlib.util.find_spec)
+    """With astrai.retrieval hidden, embeddings (the encoder comes through astrai.retrieval), files
+    and vector stores answer 501 naming the extra, and the embedding model is not listed."""
+    script = HIDE_RETRIEVAL + textwrap.dedent(f"""
         from fastapi.testclient import TestClient
         from astrai.server import ServerConfig, create_app
         config = ServerConfig(embedding_model="all-minilm-l6-v2", data_dir={str(tmp_path)!r})
         def no_engine():
             raise RuntimeError("no LLM in this test")
         app = create_app(config, engine_factory=no_engine)
+        assert app.state.embedder is None
         with TestClient(app) as http:
-            app.state.embedder.wait(120)
             r = http.post("/v1/embeddings", json={{"model": "all-minilm-l6-v2", "input": "hi"}})
-            assert r.status_code == 200, r.text
+            assert r.status_code == 501, r.text
+            assert r.json()["error"]["message"] == (
+                "POST /v1/embeddings is not available: embeddings need the rag extra (astrai-retrieval is not "
+                "installed): pip install 'astrai-server[rag]'"), r.text
+            assert r.json()["error"]["code"] == "not_implemented"
+            models = [m["id"] for m in http.get("/v1/models").json()["data"]]
+            assert "all-minilm-l6-v2" not in models, models
             r = http.get("/v1/vector_stores")
             assert r.status_code == 501 and "astrai-server[rag]" in r.json()["error"]["message"], r.text
             r = http.post("/v1/files", files={{"file": ("a.txt", b"x")}}, data={{"purpose": "assistants"}})
             assert r.status_code == 501, r.text
         assert not any(m.startswith("astrai.retrieval") for m in sys.modules), sorted(sys.modules)
-        assert "astrai.server.rag" not in sys.modules
+        assert "astrai.server.rag" not in sys.modules and "astrai.server.embedder" not in sys.modules
         print("ok")
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
@@ -153,6 +165,22 @@ def test_embedding_flags_are_checked_before_serving():
                              timeout=120)
     assert missing.returncode == 1
     assert "could not load embedding model '/nonexistent/folder': not a built-in encoder" in missing.stderr
+
+
+def test_an_embedding_model_without_the_rag_extra_is_refused_before_serving():
+    """`--embedding-model` asks for what only the rag extra serves: one line naming it, exit 2; a plain
+    `astrai serve` without the extra is not refused (it then answers 501 on /v1/embeddings)."""
+    script = HIDE_RETRIEVAL + textwrap.dedent("""
+        from astrai.server.cli import main
+        code = main(["serve", "--port", "0", "--embedding-model", "all-minilm-l6-v2"])
+        assert not any(m.startswith("astrai.retrieval") for m in sys.modules), sorted(sys.modules)
+        sys.exit(code)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stdout == ""
+    assert result.stderr == ("error: --embedding-model: embeddings need the rag extra (astrai-retrieval is not "
+                             "installed): pip install 'astrai-server[rag]'\n")
 
 
 def test_an_unusable_data_folder_turns_off_only_files_and_stores(tmp_path):

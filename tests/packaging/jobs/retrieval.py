@@ -1,8 +1,12 @@
-"""astrai-retrieval's basic job, run inside its own venv: a durable hybrid store, reopened.
+"""astrai-retrieval's basic job, run inside its own venv: a durable hybrid store, reopened, and
+the sentence encoder it re-exports from astrai-model.
+
+    python retrieval.py ENCODER_FOLDER TEXT...
 
 Passages with known vectors go into a store that switches to an HNSW graph past 200 passages;
 after a reopen, hybrid, dense and sparse searches find them, a filter narrows them, and
-cache-aware ordering (astrai-cache's count-min sketch) puts the popular passage first.
+cache-aware ordering (astrai-cache's count-min sketch) puts the popular passage first. None of
+that loads torch; then `load_encoder(ENCODER_FOLDER)` embeds the texts.
 """
 
 import json
@@ -19,6 +23,8 @@ from astrai.retrieval import (
     VectorStore,
     order_for_cache,
 )
+
+torch_at_import = "torch" in sys.modules
 
 rng = np.random.default_rng(0)
 vectors = rng.normal(size=(300, 24)).astype(np.float32)
@@ -37,7 +43,14 @@ with VectorStore.open(folder, settings) as store:
 popularity = PassagePopularity(256)
 popularity.record(["p9", "p9", "p3"])
 order = [p.id for p in order_for_cache([PromptPassage(f"p{i}", (i,), i) for i in (3, 5, 9)], popularity=popularity)]
+torch_after_popularity = "torch" in sys.modules
+
+from astrai.retrieval import load_encoder  # noqa: E402  (after the index work: this one loads torch)
+
+encoder = load_encoder(sys.argv[1])
+embeddings = encoder.encode(sys.argv[2:]).tolist()
 print(json.dumps({"passages": stats.passages, "dense_index": stats.dense_index, "native": stats.native,
                   "hybrid": [hybrid.passage.id, hybrid.dense_rank, hybrid.sparse_rank], "dense": dense,
                   "sparse": sparse, "filtered": sorted(filtered), "order": order,
-                  "torch_loaded": "torch" in sys.modules}))
+                  "torch_at_import": torch_at_import, "torch_after_popularity": torch_after_popularity,
+                  "embeddings": embeddings, "dimension": encoder.dimension}))

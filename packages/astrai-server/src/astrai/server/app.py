@@ -16,13 +16,12 @@ from astrai.scheduler import EngineClient
 from astrai.server import handlers, responses_handler
 from astrai.server.body import read_model
 from astrai.server.config import ServerConfig
-from astrai.server.embedder import Embedder
-from astrai.server.embeddings import create_embeddings
 from astrai.server.errors import APIError, bad_request, install_error_handlers
 from astrai.server.metrics import CONTENT_TYPE
 from astrai.server.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestLogMiddleware
 from astrai.server.protocol import DetokenizeRequest, TokenizeRequest, message_dicts
 from astrai.server.replicated import ReplicatedEngine
+from astrai.server.retrieval_gate import make_embedder, mount_embeddings
 from astrai.server.retrieval_gate import mount as mount_retrieval
 from astrai.server.service import Service
 from astrai.server.state import EngineHolder
@@ -52,10 +51,7 @@ def create_app(config: ServerConfig | None = None, *, engine: EngineClient | Non
     holder = EngineHolder(factory=engine_factory, engine=engine, owns_engine=shutdown_engine, on_failure=on_load_failure,
                           description=f"model {config.model!r}")
     service = Service(config, holder)
-    embedder = None
-    if config.embedding_model is not None:
-        assert config.embedding_model_name is not None
-        embedder = Embedder(config.embedding_model_name, config.embedding_model, registry=service.metrics.registry)
+    embedder = make_embedder(config, service.metrics.registry)  # None without the rag extra
     started = int(time.time())
     rag = None
 
@@ -158,7 +154,7 @@ def create_app(config: ServerConfig | None = None, *, engine: EngineClient | Non
             raise bad_request(f"tokens: token id {bad} is out of range [0, {vocab})", "tokens")
         return {"prompt": engine_now.tokenizer.decode(req.tokens, skip_special_tokens=False)}
 
-    app.add_api_route("/v1/embeddings", create_embeddings, methods=["POST"])
+    mount_embeddings(app)
     rag = mount_retrieval(app, config, embedder, service.metrics.registry)
     app.add_api_route("/v1/chat/completions", handlers.chat_completions, methods=["POST"])
     app.add_api_route("/v1/completions", handlers.completions, methods=["POST"])

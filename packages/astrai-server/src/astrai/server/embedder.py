@@ -1,5 +1,9 @@
 """The served embedding model: loaded in the background, fed through one batching queue.
 
+Part of the `astrai-server[rag]` extra: the encoder is astrai.retrieval's (astrai-model's
+`SentenceEncoder`, reached through retrieval as DESIGN.md draws it), so this module is imported
+only when that extra is installed (`retrieval_gate.make_embedder`).
+
 Requests (from `/v1/embeddings`, vector-store ingestion and search) put their checked token-id
 lists on the queue and await a future. One worker task takes everything that arrived within
 `window_s` of the first item (up to `max_batch_inputs`), runs a single `encode` off the event
@@ -16,20 +20,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import torch
-from astrai.model import EncoderInputError, SentenceEncoder, load_encoder
+import numpy as np
+from astrai.retrieval import EncoderInputError, SentenceEncoder, load_encoder
 from astrai.server.errors import APIError, bad_request
 from prometheus_client import CollectorRegistry, Counter
 
 logger = logging.getLogger("astrai.server")
 
-MAX_INPUTS = 2048  # per request, as OpenAI
-
 
 @dataclass
 class _Job:
     inputs: list[list[int]]
-    future: asyncio.Future[torch.Tensor]
+    future: asyncio.Future[np.ndarray]
     loop: asyncio.AbstractEventLoop = field(repr=False)
 
 
@@ -112,8 +114,8 @@ class Embedder:
         limit = encoder.max_seq_length
         return [ids if len(ids) <= limit else [*ids[: limit - 1], ids[-1]] for ids in encoder.tokenize(texts)]
 
-    async def embed(self, token_ids: list[list[int]]) -> torch.Tensor:
-        """Embeddings [len(token_ids), dim] of checked inputs, computed in a shared batch."""
+    async def embed(self, token_ids: list[list[int]]) -> np.ndarray:
+        """Embeddings float32 [len(token_ids), dim] of checked inputs, computed in a shared batch."""
         self.encoder()
         loop = asyncio.get_running_loop()
         if self._queue is None or self._worker is None or self._worker.done():
@@ -141,7 +143,7 @@ class Embedder:
                 continue
             flat = [ids for j in jobs for ids in j.inputs]
             try:
-                vectors = await asyncio.to_thread(self.encoder().encode, flat)
+                vectors = await asyncio.to_thread(self._encode, flat)
             except Exception as exc:  # answered to every caller in this batch, the worker lives on
                 for j in jobs:
                     if not j.future.done():
@@ -154,6 +156,9 @@ class Embedder:
                 if not j.future.done():
                     j.future.set_result(vectors[start : start + len(j.inputs)])
                 start += len(j.inputs)
+
+    def _encode(self, token_ids: list[list[int]]) -> np.ndarray:
+        return self.encoder().encode(token_ids).numpy()
 
     async def close(self) -> None:
         if self._worker is not None:

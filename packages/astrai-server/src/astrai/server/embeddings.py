@@ -4,20 +4,27 @@
 the whole model input, [CLS]/[SEP] included). `encoding_format` "float" (default) or "base64"
 (little-endian float32 bytes, as OpenAI sends them). `dimensions` other than the model's own is a
 400: no served encoder is trained for truncation. Usage counts the tokens encoded.
+
+The encoder comes with the `astrai-server[rag]` extra (astrai-retrieval): `retrieval_gate` routes
+here only when it is installed (else a 501 naming it); this module only names `Embedder` in types.
 """
 
 from __future__ import annotations
 
 import base64
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from astrai.server.body import read_model
-from astrai.server.embedder import MAX_INPUTS, Embedder
 from astrai.server.errors import APIError, bad_request
 from astrai.server.protocol import _Strict
 from pydantic import Field, field_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+
+if TYPE_CHECKING:
+    from astrai.server.embedder import Embedder
+
+MAX_INPUTS = 2048  # per request, as OpenAI
 
 
 class EmbeddingRequest(_Strict):
@@ -78,7 +85,7 @@ async def create_embeddings(request: Request) -> Response:
         raise bad_request(f"dimensions: model `{embedder.name}` was not trained for shortened embeddings; it only "
                           f"produces {dimension} dimensions", "dimensions")
     ids = embedder.token_ids(req.inputs())
-    vectors = (await embedder.embed(ids)).numpy()
+    vectors = await embedder.embed(ids)
     as_base64 = req.encoding_format == "base64"
     data = []
     for i, row in enumerate(vectors):

@@ -222,7 +222,7 @@ class StoreRegistry:
             if not chunks:
                 raise bad_request(f"file {file_id!r} holds no text to search", "file_id", code="invalid_file")
             vectors = await self.embedder.embed(self.embedder.truncated_ids([c.text for c in chunks]))
-            passages = [Passage(id=passage_id(file_id, c), file_id=file_id, text=c.text, vector=v.numpy(),
+            passages = [Passage(id=passage_id(file_id, c), file_id=file_id, text=c.text, vector=v,
                                 metadata=attributes) for c, v in zip(chunks, vectors, strict=True)]
             await asyncio.to_thread(index.upsert, passages)
         except Exception as exc:
@@ -282,7 +282,7 @@ class StoreRegistry:
         index = store.usable()
         vector = None
         if options.uses_dense:
-            vector = (await self.embedder.embed(self.embedder.truncated_ids([query])))[0].numpy()
+            vector = (await self.embedder.embed(self.embedder.truncated_ids([query])))[0]
         hits = await asyncio.to_thread(index.search, query, vector, k=k, options=options, filter=filters)
         store.record.last_active_at = int(time.time())
         return hits
