@@ -17,7 +17,7 @@ import os
 import time
 
 import torch
-from astrai.model import ForwardBatch, load_model
+from astrai.model import ForwardBatch, NativeForward, load_model
 
 PAGE = 16
 
@@ -32,9 +32,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, _ = load_model("smollm2-135m-instruct")
-    if not model.enable_native_forward():
+    fused = NativeForward.build(model)
+    if fused is None:
         raise SystemExit("the native kernels are unavailable here (see the log line above)")
-    cfg, decoder = model.config, model.native_forward.decoder
+    cfg, decoder = model.config, fused.decoder
     if args.prefill:
         args.context, args.batch = 0, 1
         prompt = [(7 * i) % cfg.vocab_size for i in range(args.prefill)]

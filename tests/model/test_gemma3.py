@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from astrai.model import ForwardBatch, load_model
+from astrai.model import ForwardBatch, NativeForward, load_model
 from astrai.model.quantized import QuantizedEmbedding
 
 TOKENS = Path(__file__).parent.parent / "data" / "tokens"
@@ -71,7 +71,7 @@ def test_file_reads_as_gemma3(gemma):
     assert c.layer_types == (["sliding_attention"] * 5 + ["full_attention"]) * 3
     assert (c.rope_theta, c.rope_local_theta, c.query_pre_attn_scalar) == (1_000_000.0, 10_000.0, 256.0)
     assert c.max_position_embeddings == 32768 and c.tie_word_embeddings and c.eos_token_ids == [1, 106]
-    assert model.enable_native_forward() is False  # the fused native step does not know Gemma layers yet
+    assert NativeForward.build(model) is not None  # the fused native step runs Gemma 3 layers
     chat = tokenizer.apply_chat_template([{"role": "system", "content": "Be brief."},
                                           {"role": "user", "content": "Hi"}])
     assert chat == "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"

@@ -16,7 +16,8 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from astrai.model import ForwardBatch, ModelConfig, Transformer
+from astrai.model import ForwardBatch, ModelConfig, NativeForward, Transformer
+from astrai.model.kernels import kernels as native_kernels_in_use
 from astrai.model.kernels import native, native_unavailable_reason
 from astrai.model.kernels.quant import QuantType, dequantize, pack_gguf
 from astrai.model.quantized import QuantizedEmbedding, QuantizedLinear, embedding_rows
@@ -41,6 +42,8 @@ def tiny(kind: str) -> ModelConfig:
         return dataclasses.replace(base, architecture="qwen2", attention_bias=True)
     if kind == "qwen3":
         return ModelConfig.preset("tiny-qwen3")
+    if kind == "gemma3":  # sandwich norms, GeGLU, sliding window 8 on two of three layers, local RoPE base
+        return ModelConfig.preset("tiny-gemma3")
     raise ValueError(kind)
 
 
@@ -92,7 +95,7 @@ def ragged_batch(config: ModelConfig, kv_dtype: torch.dtype):
     return prefix, step, kv
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "gemma3"])
 @pytest.mark.parametrize(("weights", "kv_dtype", "tolerance"), [
     # Packed layers quantize their input to int8: a last-bit difference upstream (qwen3's q/k norm
     # sums in another order) can move one activation to the next int8 step, hence 2e-3 there.
@@ -112,9 +115,11 @@ def test_native_forward_equals_python_layers(kind, weights, kv_dtype, tolerance)
     _, _, kv_native = ragged_batch(config, kv_dtype)
     model(prefix, kv_python, PAGE)
     expected = model(step, kv_python, PAGE)
-    assert model.enable_native_forward(), "the native forward must accept this model"
-    model(prefix, kv_native, PAGE)
-    got = model(step, kv_native, PAGE)
+    fused = NativeForward.build(model)
+    assert fused is not None, "the native forward must accept this model"
+    assert (fused.backend, model.backend) == ("native", "torch") and fused.kernels == native_kernels_in_use().variant
+    fused(prefix, kv_native, PAGE)
+    got = fused(step, kv_native, PAGE)
     assert got.shape == expected.shape == (15, config.vocab_size)
     torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
     kv_tolerance = 4e-3 if kv_dtype == torch.float16 else tolerance  # two float16 steps
@@ -139,5 +144,4 @@ def test_packed_embedding_rows_equal_dequantized_table(qtype):
 def test_native_forward_refuses_what_it_cannot_serve():
     require_native()
     model = random_model(tiny("llama")).to(torch.bfloat16)
-    assert not model.enable_native_forward()
-    assert model.native_forward is None
+    assert NativeForward.build(model) is None

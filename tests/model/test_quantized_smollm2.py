@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from astrai.model import ForwardBatch, load_model
+from astrai.model import ForwardBatch, NativeForward, load_model
 from astrai.model.kernels import native
 from astrai.model.quantized import QuantizedLinear
 
@@ -41,8 +41,9 @@ def models():
     quantized, tokenizer = load_model("smollm2-135m-instruct", dtype=torch.float32)
     reference, _ = load_model("smollm2-135m-instruct", dtype=torch.float32, quantization="none")
     assert isinstance(quantized.layers[0].self_attn.qkv_proj, QuantizedLinear)
-    assert quantized.enable_native_forward() and reference.enable_native_forward()
-    return quantized, reference, tokenizer
+    fused_quantized, fused_reference = NativeForward.build(quantized), NativeForward.build(reference)
+    assert fused_quantized is not None and fused_reference is not None
+    return fused_quantized, fused_reference, tokenizer
 
 
 def kv_cache(model, pages: int, dtype: torch.dtype):

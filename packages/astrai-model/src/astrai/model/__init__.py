@@ -15,6 +15,7 @@ from .encoder import (
 )
 from .errors import ModelLoadError
 from .loader import bundled_gguf_path, is_low_bit_checkpoint, load_model, locate_model, model_id
+from .native_forward import NativeForward
 from .protocol import ForwardModel
 from .tokenizer import IncrementalDetokenizer, Tokenizer
 from .transformer import Transformer
@@ -30,6 +31,7 @@ __all__ = [
     "IncrementalDetokenizer",
     "ModelConfig",
     "ModelLoadError",
+    "NativeForward",
     "SentenceEncoder",
     "Tokenizer",
     "Transformer",

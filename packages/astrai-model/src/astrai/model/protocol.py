@@ -29,6 +29,25 @@ class ForwardModel(Protocol):
         """The dtype of its weights, and so of the KV cache the engine allocates for it."""
         ...
 
+    @property
+    def low_bit(self) -> bool:
+        """Whether some weights are served packed in a GGUF block quantization."""
+        ...
+
+    @property
+    def backend(self) -> str:
+        """How a step runs: "native" (one C++ call) or "torch" (the Python layers)."""
+        ...
+
+    @property
+    def kernels(self) -> str:
+        """The native kernel variant its ops run on ("avx2" | "avx512" | "amx"), or "torch"."""
+        ...
+
+    def weight_format(self) -> str:
+        """How the weights are held, e.g. "Q4_K+Q6_K+Q8_0 (packed), float32"."""
+        ...
+
     def forward(
         self, batch: ForwardBatch, kv_caches: list[tuple[torch.Tensor, torch.Tensor]] | None, page_size: int
     ) -> torch.Tensor:

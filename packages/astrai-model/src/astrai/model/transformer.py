@@ -11,8 +11,8 @@ from .architectures import architecture
 from .batch import AttentionPlan, ForwardBatch
 from .config import ModelConfig, resolve_dtype
 from .cpu_packing import PackedLinear, pack_linear, packing_supported
+from .kernels import kernel_variant
 from .layers import KVCache, RMSNorm
-from .native_forward import NativeForward
 from .quantized import QuantizedEmbedding, QuantizedLinear
 from .rope import RotaryTable
 
@@ -46,7 +46,6 @@ class Transformer(nn.Module):
         self.packed = False
         self.packed_head: PackedLinear | None = None
         self.head_module: nn.Module | None = None  # a packed low-bit LM head (QuantizedLinear)
-        self.native_forward: NativeForward | None = None
         self.rotary = RotaryTable(config.head_dim, config.rope_theta, config.rope_scaling, device,
                                   config.rope_freq_factors)
         # RoPE table per layer type: sliding layers may rotate with their own base, unscaled.
@@ -116,27 +115,23 @@ class Transformer(nn.Module):
         dense = str(self.dtype).removeprefix("torch.") + (" (oneDNN packed)" if self.packed else "")
         return f"{'+'.join(packed)} (packed), {dense}" if packed else dense
 
-    def enable_native_forward(self) -> bool:
-        """Opt-in: run each step as one native C++ call (CPU, float32 models).
+    @property
+    def backend(self) -> str:
+        """The Python layers ("torch"); `native_forward.NativeForward` is the fused alternative."""
+        return "torch"
 
-        Returns False, changing nothing, where the native kernels or this model's layers do not
-        allow it; the Python layers then stay in use. Do it after loading, before serving.
-        """
-        blocker = architecture(self.config.architecture).native_forward_blocker(self.config)
-        if blocker is not None:
-            log.info("%s runs the torch forward: %s", self.config.name, blocker)
-            return False
-        if self.native_forward is None:
-            self.native_forward = NativeForward.build(self)
-        return self.native_forward is not None
+    @property
+    def kernels(self) -> str:
+        """The native kernel variant its packed linears and attention dispatch to, or "torch"."""
+        if self.device.type != "cpu" or self.dtype != torch.float32:
+            return "torch"
+        return kernel_variant()
 
     @torch.no_grad()  # not inference_mode: callers may edit the returned logits in place
     def forward(self, batch: ForwardBatch, kv_caches: list[KVCache] | None, page_size: int) -> torch.Tensor:
         """One ragged step; writes new K/V into `kv_caches` and returns float32 logits [R, vocab]."""
         if kv_caches is not None and len(kv_caches) != len(self.layers):
             raise ValueError(f"expected {len(self.layers)} KV cache layers, got {len(kv_caches)}")
-        if self.native_forward is not None and kv_caches is not None and batch.num_tokens:
-            return self.native_forward(batch, kv_caches, page_size)
         config = self.config
         kinds = [config.layer_type(i) for i in range(config.num_layers)]
         windows = [config.layer_window(i) for i in range(config.num_layers)]

@@ -58,6 +58,7 @@ class EngineInfo:
     weights: str = ""  # how the weights are held, e.g. "Q4_1+Q8_0 (packed), float32"
     kv_cache_dtype: str = ""
     forward: str = "torch"  # "native": one C++ call per step; "torch": the Python layers
+    kernels: str = "torch"  # the native kernel variant ("avx2" | "avx512" | "amx"), or "torch"
 
 
 @runtime_checkable

@@ -21,6 +21,7 @@ from astrai.cache import KVCacheManager
 from astrai.model import (
     ForwardModel,
     ModelConfig,
+    NativeForward,
     Tokenizer,
     is_low_bit_checkpoint,
     load_model,
@@ -130,10 +131,11 @@ class Engine:
         model_obj, tokenizer = load_model(model, dtype=engine_dtype(dtype, dev, low_bit), device=dev,
                                           quantization=quantization)
         # bf16 on an AMX/AVX512-BF16 CPU: pre-packed oneDNN matmuls; float32 on the CPU: the whole
-        # step as one native call. Each is a no-op where it does not apply.
+        # step as one native call (a ForwardModel of its own). Each applies only where it can.
+        forward: ForwardModel = model_obj
         if not model_obj.pack_for_cpu():
-            model_obj.enable_native_forward()
-        return cls(model_obj, tokenizer, **kwargs)
+            forward = NativeForward.build(model_obj) or model_obj
+        return cls(forward, tokenizer, **kwargs)
 
     def with_settings(self, **overrides: Any) -> Engine:
         """A new, independent Engine over this one's loaded model and tokenizer.
@@ -329,14 +331,13 @@ class Engine:
 
     def describe(self) -> EngineInfo:
         """How this engine is set up, including the module behind each layer (read from the live objects)."""
-        weights = getattr(self.model, "weight_format", None)
-        native = getattr(self.model, "native_forward", None) is not None
         return EngineInfo(
             model=self.config.name,
             dtype=str(self.model.dtype).removeprefix("torch."),
-            weights=weights() if callable(weights) else str(self.model.dtype).removeprefix("torch."),
+            weights=self.model.weight_format(),
             kv_cache_dtype=str(self.kv.kv.dtype).removeprefix("torch."),
-            forward="native" if native else "torch",
+            forward=self.model.backend,
+            kernels=self.model.kernels,
             device=str(self.model.device),
             max_model_len=self.max_model_len,
             max_num_seqs=self.max_num_seqs,

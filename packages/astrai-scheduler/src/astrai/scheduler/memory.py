@@ -37,8 +37,7 @@ def engine_dtype(dtype: str | torch.dtype | None, device: torch.device, low_bit:
 def kv_cache_dtype(dtype: str | torch.dtype | None, model: ForwardModel) -> torch.dtype:
     """The KV cache's dtype: the given one, else float16 for low-bit models (half the memory and
     bandwidth of float32, as llama.cpp does) and the model's own dtype otherwise."""
-    low_bit = bool(getattr(model, "low_bit", False))
-    return resolve_dtype(dtype, default=torch.float16 if low_bit else model.dtype)
+    return resolve_dtype(dtype, default=torch.float16 if model.low_bit else model.dtype)
 
 
 def available_memory_bytes(device: torch.device) -> int:

@@ -185,10 +185,8 @@ class Architecture:
 
     def native_forward_blocker(self, config: ModelConfig) -> str | None:
         """Why the fused native forward cannot run this model (None: it can)."""
-        if config.rope_freq_factors is not None:
-            return "RoPE frequency factors (rope_freqs) are not in the native forward"
-        if config.layer_types is not None and "sliding_attention" in config.layer_types:
-            return "sliding-window layers are not in the native forward"
+        if config.final_logit_softcapping:
+            return "final logit softcapping is not in the native forward"
         return None
 
 

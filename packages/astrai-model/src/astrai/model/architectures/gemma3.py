@@ -177,9 +177,6 @@ class Gemma3(Architecture):
     def hf_tensor(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.float() + 1.0 if name.endswith("norm.weight") else tensor
 
-    def native_forward_blocker(self, config: ModelConfig) -> str | None:
-        return "Gemma 3 layers (sandwich norms, GeGLU, sliding windows) are not in the native forward yet"
-
 
 def _sliding_pattern(pattern: Any, layers: int, source: str) -> list[str]:
     """Per-layer kinds from `sliding_window_pattern`: a period n (layer i slides unless
