@@ -90,14 +90,30 @@ def test_greedy_against_llama_cpp_on_the_quantized_file(continuations):
     assert sum(n >= 16 for n in agree) >= 5, f"tokens agreeing per prompt: {agree}"
 
 
-def test_default_load_packs_q8_0_and_dequantizes_the_rest(gemma_path, gemma, caplog):
+def test_default_load_serves_every_block_type_packed(gemma_path, gemma, caplog):
     with caplog.at_level(logging.INFO, logger="astrai.model"):
         auto, _ = load_model(gemma_path)
     assert isinstance(auto.embed_tokens, QuantizedEmbedding) and auto.dtype == torch.float32
-    assert auto.weight_format() == "Q8_0 (packed), float32"
-    assert any("dequantizing its Q4_K+Q5_0+Q6_K tensors to float32" in r.getMessage() for r in caplog.records)
+    assert auto.weight_format() == "Q4_K+Q5_0+Q6_K+Q8_0 (packed), float32"  # no dequantized copy of any of them
+    assert any("64 projections served in their GGUF quantization" in r.getMessage() for r in caplog.records)
+    assert not any("dequantizing" in r.getMessage() for r in caplog.records)
     assert any("carries no chat template" in r.getMessage() and "gemma3" in r.getMessage() for r in caplog.records)
     ids = reference("greedy-f32")["prompts"][2]["prompt_ids"]
     dense, _ = gemma
     expected = dense.logits(ids)
     assert float((auto.logits(ids) - expected).norm() / expected.norm()) < 0.01
+
+
+def test_served_as_itself_natively_greedy_matches_llama_cpp_f32(gemma_path):
+    """The default engine: every block type packed, the fused native step (sandwich norms, GeGLU,
+    sliding windows in the kernel); greedy as llama.cpp on the same weights in F32."""
+    from astrai.scheduler import Engine, SamplingParams
+
+    rows = reference("greedy-f32")["prompts"]
+    with Engine.from_pretrained(gemma_path, max_model_len=1024, max_num_seqs=16) as engine:
+        info = engine.describe()
+        assert (info.forward, info.weights) == ("native", "Q4_K+Q5_0+Q6_K+Q8_0 (packed), float32")
+        outs = engine.generate([row["prompt_ids"] for row in rows],
+                               SamplingParams(max_tokens=32, temperature=0.0, ignore_eos=True))
+    agree = [agreeing_prefix(out.token_ids, row["ids"]) for out, row in zip(outs, rows, strict=True)]
+    assert sum(n >= 16 for n in agree) == len(rows), f"tokens agreeing per prompt: {agree}"

@@ -153,6 +153,7 @@ class AttentionPlan:
     decode_mask: torch.Tensor | None  # [Bd, 1, 1, Lmax] bool, True = attend (None: no padding)
     prefills: list[PrefillSeq]
     window: int | None = None
+    batch: ForwardBatch | None = None  # the step's tensors, for the paged (batch-invariant) CPU path
 
     @classmethod
     def build(cls, batch: ForwardBatch, page_size: int, has_cache: bool, window: int | None = None) -> AttentionPlan:
@@ -219,7 +220,7 @@ class AttentionPlan:
                 lens = torch.tensor(seen, device=device)
                 decode_mask = (torch.arange(longest, device=device)[None, :] < lens[:, None])[:, None, None, :]
         return cls(write_slots, write_rows, decode_rows, decode_all_rows, decode_gather, decode_mask, prefills,
-                   window)
+                   window, batch if has_cache else None)
 
 
 def _causal_mask(

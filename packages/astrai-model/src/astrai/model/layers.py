@@ -13,14 +13,25 @@ from torch import nn
 
 from .batch import AttentionPlan, PrefillSeq
 from .config import ModelConfig
+from .kernels import dense
+from .kernels.attention import kv_write, paged_attention
 from .rope import apply_rotary
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
 
 
-def _linear(in_features: int, out_features: int, bias: bool, dtype: torch.dtype, device: torch.device) -> nn.Linear:
+class Linear(nn.Linear):
+    """nn.Linear whose rows on the CPU do not depend on the batch (`kernels.dense.linear`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu":
+            return dense.linear(x, self.weight, self.bias)
+        return super().forward(x)
+
+
+def _linear(in_features: int, out_features: int, bias: bool, dtype: torch.dtype, device: torch.device) -> Linear:
     # skip_init: weights are loaded or initialised by the Transformer, never twice.
-    return nn.utils.skip_init(nn.Linear, in_features, out_features, bias=bias, dtype=dtype, device=device)
+    return nn.utils.skip_init(Linear, in_features, out_features, bias=bias, dtype=dtype, device=device)
 
 
 class RMSNorm(nn.Module):
@@ -62,6 +73,7 @@ class Attention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
         self.q_size, self.kv_size = config.q_size, config.kv_size
         self.scale = None if config.query_pre_attn_scalar is None else config.attention_scale  # None: SDPA's own
+        self.attention_scale = config.attention_scale
         self.qkv_proj = _linear(config.hidden_size, self.q_size + 2 * self.kv_size, config.attention_bias, dtype, device)
         self.o_proj = _linear(self.q_size, config.hidden_size, False, dtype, device)
         self.q_norm = self.k_norm = None
@@ -87,6 +99,14 @@ class Attention(nn.Module):
             q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
             qk = torch.cat((self.q_norm(q), self.k_norm(k)), dim=1)
         q, k = apply_rotary(qk, cos, sin).split([self.num_heads, self.num_kv_heads], dim=1)
+
+        if kv_cache is not None and plan.batch is not None and q.device.type == "cpu":
+            # The paged kernels (native for float32, else their torch twin): batch-invariant.
+            b = plan.batch
+            kv_write(k, v, kv_cache[0], kv_cache[1], b.slot_mapping)
+            out = paged_attention(q, kv_cache[0], kv_cache[1], b.block_tables, b.context_lens, b.query_start_loc,
+                                  self.attention_scale, window=plan.window or 0)
+            return self.o_proj(out.reshape(tokens, self.q_size))
 
         k_flat = v_flat = None
         if kv_cache is not None:

@@ -11,7 +11,7 @@ from .architectures import architecture
 from .batch import AttentionPlan, ForwardBatch
 from .config import ModelConfig, resolve_dtype
 from .cpu_packing import PackedLinear, pack_linear, packing_supported
-from .kernels import kernel_variant
+from .kernels import dense, kernel_variant
 from .layers import KVCache, RMSNorm
 from .quantized import QuantizedEmbedding, QuantizedLinear
 from .rope import RotaryTable
@@ -151,7 +151,8 @@ class Transformer(nn.Module):
         elif self.packed_head is not None:
             logits = self.packed_head(x).float()
         else:
-            logits = torch.nn.functional.linear(x, self.head_weight).float()
+            logits = dense.linear(x, self.head_weight).float() if x.device.type == "cpu" else \
+                torch.nn.functional.linear(x, self.head_weight).float()
         if config.final_logit_softcapping:
             cap = config.final_logit_softcapping
             logits = torch.tanh(logits / cap) * cap
