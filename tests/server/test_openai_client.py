@@ -197,3 +197,16 @@ def test_non_streaming_disconnect_aborts(server, engine, trace_log):
     assert [r for r in trace_log.arrived() if r.startswith("cmpl-")] == [ours]
     assert trace_log.finish_reason(ours) == "abort"
     assert stats["num_free_pages"] + stats["num_cached_pages"] == stats["num_pages"]
+
+
+def test_the_same_seeded_request_twice_gives_the_same_answer(client):
+    """The second time its prompt comes from the prefix cache; batch-invariant kernels keep every
+    logit, so a pinned seed reproduces the text and the logprobs exactly."""
+    messages = [{"role": "system", "content": "You are a poet. Answer in one short stanza about the topic given."},
+                {"role": "user", "content": "The sea at night, the lighthouse and the wind."}]
+    answers = [client.chat.completions.create(model=MODEL, messages=messages, max_tokens=24, temperature=0.9,
+                                              seed=7, logprobs=True, top_logprobs=2) for _ in range(2)]
+    first, second = (a.choices[0] for a in answers)
+    assert first.message.content == second.message.content and first.message.content
+    assert [t.logprob for t in first.logprobs.content] == [t.logprob for t in second.logprobs.content]
+    assert answers[1].usage.prompt_tokens_details.cached_tokens > 0
