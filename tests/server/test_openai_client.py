@@ -210,3 +210,13 @@ def test_the_same_seeded_request_twice_gives_the_same_answer(client):
     assert first.message.content == second.message.content and first.message.content
     assert [t.logprob for t in first.logprobs.content] == [t.logprob for t in second.logprobs.content]
     assert answers[1].usage.prompt_tokens_details.cached_tokens > 0
+
+
+def test_health_names_the_kernels_and_the_weight_format(server, engine):
+    body = httpx.get(server.base_url + "/health").json()
+    info = engine.describe()
+    assert body["status"] == "ok"
+    assert body["engine"] == {"forward": info.forward, "kernels": info.kernels, "weights": info.weights,
+                              "dtype": info.dtype, "kv_cache_dtype": info.kv_cache_dtype}
+    assert body["engine"]["kernels"] in ("avx2", "avx512", "amx", "torch")
+    assert "(packed)" in body["engine"]["weights"]

@@ -88,11 +88,14 @@ def create_app(config: ServerConfig | None = None, *, engine: EngineClient | Non
         if engine_now is None:
             holder.get()  # raises the 503 that says loading or failed
             raise AssertionError("unreachable")
+        info = engine_now.describe()
+        engine_body = {"forward": info.forward, "kernels": info.kernels, "weights": info.weights,
+                       "dtype": info.dtype, "kv_cache_dtype": info.kv_cache_dtype}
         if not isinstance(engine_now, ReplicatedEngine):
-            return JSONResponse({"status": "ok", "model": config.model_name})
+            return JSONResponse({"status": "ok", "model": config.model_name, "engine": engine_body})
         report = await engine_now.health()
         body = {"status": "ok" if report.serving else "unavailable", "model": config.model_name,
-                "replicas": report.replicas, "deployment": report.deployment}
+                "engine": engine_body, "replicas": report.replicas, "deployment": report.deployment}
         if report.serving:
             return JSONResponse(body)
         error = APIError(503, "No engine replica is running; they are being restarted", code="no_replica_alive",

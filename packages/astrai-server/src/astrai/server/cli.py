@@ -41,8 +41,11 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
                         help="activation and dense-weight dtype: float32 | bfloat16 | float16 (default: the engine's "
                              "choice: float32 on CPUs without fast bf16 and for low-bit GGUF weights)")
     parser.add_argument("--quantization", choices=("auto", "none"), default=None,
-                        help="auto (default): run a GGUF's Q4_0/Q4_1/Q8_0 weights as they are, with native low-bit "
-                             "CPU kernels; none: dequantize them to --dtype")
+                        help="auto (default): run a GGUF's weights as they are with native low-bit CPU kernels "
+                             "(Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K; other types such as Q2_K are "
+                             "dequantized with one log line, IQ types refused); none: dequantize all to --dtype. The "
+                             "kernels' instruction set (avx2, avx512, amx) is chosen from the CPU; "
+                             "ASTRAI_KERNELS_ISA forces one")
     parser.add_argument("--kv-cache-dtype", default=None,
                         help="float16 | bfloat16 | float32 (default: float16 for low-bit weights, else --dtype)")
     parser.add_argument("--device", default=None, help="cpu | cuda | ... (default: the engine's choice)")

@@ -66,8 +66,9 @@ class EngineHolder:
         self._engine = engine
         self._loaded.set()
         info = engine.describe()
-        logger.info("%s ready in %.1fs: context %d tokens, %d KV pages of %d tokens, %s", self._description,
-                    self.load_seconds, info.max_model_len, info.num_pages, info.page_size, info.dtype)
+        logger.info("%s ready in %.1fs: context %d tokens, %d KV pages of %d tokens, weights %s, %s forward, "
+                    "kernels %s", self._description, self.load_seconds, info.max_model_len, info.num_pages,
+                    info.page_size, info.weights, info.forward, info.kernels)
 
     def _progress(self, start: float) -> None:
         """A line every few seconds so a slow load does not look like a hang."""
