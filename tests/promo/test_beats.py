@@ -52,11 +52,18 @@ def test_architecture_beats(trace):
     )
     assert layers[4].facts == (
         "smollm2-135m-instruct · 30 layers · hidden 576 · vocab 49,152",
-        "9 query / 3 KV heads (GQA 3:1) · float32 · 134.5M parameters",
+        "9 query / 3 KV heads (GQA 3:1) · 134.5M parameters · float32",  # a trace that names no weight format
     )
     assert isinstance(beats[6], HighlightBeat)
     assert [key for key, _ in beats[6].notes] == ["scheduler", "cache"]
     assert len(beats) == 7 and sum(b.seconds for b in beats) == pytest.approx(26.0)
+
+
+def test_architecture_names_the_weight_format_and_kernel_variant(trace):
+    trace.engine.update(weights="Q4_1+Q8_0 (packed), float32", forward="native", kernels="avx512")
+    model = [b.layer for b in architecture_beats(trace)[1:6]][4]
+    assert model.facts[1] == ("9 query / 3 KV heads (GQA 3:1) · 134.5M parameters · Q4_1+Q8_0 (packed), float32 · "
+                              "native avx512 kernels")
 
 
 def test_batching_beats(trace):

@@ -80,6 +80,11 @@ def layers(trace: Trace) -> list[Layer]:
     shared = sum(len(s["pages"]["shared"]) for s in steps)
     evicted = sum(len(s["pages"]["evicted"]) for s in steps)
     dtype = str(engine.get("dtype") or model.get("dtype", "?"))
+    # how the weights are held and run: "Q4_1+Q8_0 (packed) · native avx512 kernels" (traces from
+    # before the engine named them show the dtype alone)
+    weights = str(engine.get("weights") or dtype)
+    if engine.get("forward") == "native":
+        weights += f" · native {engine.get('kernels', '')} kernels".replace("  ", " ")
     heads, kv_heads = int(model["num_heads"]), int(model["num_kv_heads"])
     server_facts = ("OpenAI-compatible API: /v1/chat/completions · /v1/completions · /v1/models · /metrics",)
     rag = trace.retrieval
@@ -126,8 +131,8 @@ def layers(trace: Trace) -> list[Layer]:
             _origin(trace, "model"),
             (f"{model['name']} · {model['num_layers']} layers · hidden {model['hidden_size']} · "
              f"vocab {fmt.thousands(model['vocab_size'])}",
-             f"{heads} query / {kv_heads} KV heads (GQA {gqa(heads, kv_heads)}) · {dtype} · "
-             f"{fmt.params(int(model['num_parameters']))} parameters"),
+             f"{heads} query / {kv_heads} KV heads (GQA {gqa(heads, kv_heads)}) · "
+             f"{fmt.params(int(model['num_parameters']))} parameters · {weights}"),
             False,
         ),
     ]
