@@ -2,9 +2,8 @@
 //
 // One process-wide team of num_threads() - 1 workers; the submitting thread runs chunk 0. A job
 // is published by bumping `generation_`; workers spin on it with pause, and after kSpinMicros
-// without a job they sleep on a condition variable. (Spinning with sched_yield was measured
-// worse: a yielding worker stayed on the submitter's core, so the two chunks of a job ran one
-// after the other instead of side by side.) Only one thread submits at a time (the others run their loop inline), so
+// without a job they sleep on a condition variable (pause, not sched_yield: docs/kernels.md).
+// Only one thread submits at a time (the others run their loop inline), so
 // two engines in one process stay correct, just not parallel at once.
 #include "parallel.h"
 
