@@ -52,11 +52,11 @@ def main() -> None:
         return ForwardBatch.build([[5]] * args.batch, [position] * args.batch, tables, PAGE)
 
     for i in range(1 if args.prefill else 3):
-        model(step(args.context + i), kv, PAGE)
+        fused(step(args.context + i), kv, PAGE)
     decoder.set_profiling(True)
     start = time.perf_counter()
     for i in range(args.steps):
-        model(step(args.context + 3 + i), kv, PAGE)
+        fused(step(args.context + 3 + i), kv, PAGE)
     wall = (time.perf_counter() - start) / args.steps
     profile = dict(decoder.profile())
     steps = profile.pop("steps")

@@ -7,10 +7,10 @@
 // of (KV head, block of query rows). An item whose keys span several 128-key pieces is split into
 // one work unit per piece; the pieces' partial softmaxes are merged, in piece order, by whichever
 // thread finishes the last one. Units are handed out largest first from a shared counter.
-// Per tile of 32 keys an item computes its vectors' scores (the score layout S[key][vector] lets
-// the softmax run across 8 vectors per instruction while each vector's sums stay in key order),
-// then P V in register blocks: a vector whose tile is only partly visible (the causal diagonal,
-// a window's edge) takes its own exact key range.
+// Per tile of 32 keys an item computes its vectors' scores, runs each vector's softmax step
+// (eight keys per instruction, lane sums by key offset mod 8: the canonical order), then P V in
+// register blocks of vectors: a vector whose tile is only partly visible (the causal diagonal, a
+// window's edge) takes its own exact key range.
 #include "attention.h"
 
 #include <c10/util/Half.h>
@@ -150,9 +150,17 @@ void tile_rows(const Problem& p, int32_t seq, int64_t head, int key, int n, cons
 
 // ---- micro-kernels ----
 
+// ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)) of one vector's eight lanes: the canonical
+// tree of every dot product and tile sum (hadd pairs neighbours, then the 128-bit halves add).
+inline float tree8(__m256 v) {
+  const __m256 h = _mm256_hadd_ps(v, v);  // [l0+l1, l2+l3, ., ., l4+l5, l6+l7, ., .]
+  const __m256 q = _mm256_hadd_ps(h, h);  // [(l0+l1)+(l2+l3), ., ., ., (l4+l5)+(l6+l7), ...]
+  return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(q), _mm256_extractf128_ps(q, 1)));
+}
+
 // s[i * ld + m] = dot(q[m], k[i]) for m < MG, i < 4, with the canonical lane sums and tree.
 template <int MG, typename L>
-inline void score_block(const float* q, int64_t D, const typename L::T* const* k, float* s, int64_t ld) {
+inline void score_block(const float* q, int64_t D, const typename L::T* const* k, float* s, int64_t ld, int64_t lm) {
   __m256 acc[MG][4];
   #pragma GCC unroll 16
   for (int m = 0; m < MG; ++m)
@@ -171,35 +179,40 @@ inline void score_block(const float* q, int64_t D, const typename L::T* const* k
   }
   #pragma GCC unroll 16
   for (int m = 0; m < MG; ++m) {
-    // hadd(hadd(a0, a1), hadd(a2, a3)), then the two 128-bit halves: key i gets
-    // ((ai0 + ai1) + (ai2 + ai3)) + ((ai4 + ai5) + (ai6 + ai7)).
+    // hadd(hadd(a0, a1), hadd(a2, a3)), then the two 128-bit halves: key i gets tree8(ai).
     const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[m][0], acc[m][1]), _mm256_hadd_ps(acc[m][2], acc[m][3]));
-    alignas(16) float r[4];
-    _mm_store_ps(r, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
-    for (int i = 0; i < 4; ++i) s[i * ld + m] = r[i];
+    const __m128 r = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    if (ld == 1) {
+      _mm_storeu_ps(s + m * lm, r);
+    } else {
+      alignas(16) float v[4];
+      _mm_store_ps(v, r);
+      for (int i = 0; i < 4; ++i) s[i * ld + m * lm] = v[i];
+    }
   }
 }
 
-// Scores of M query vectors (q, stride D) against n <= kTile keys: s[i * ld + m]. Rows are
-// written in fours (a short tail repeats the last key into rows n .. round_up(n, 4) - 1, which
-// the caller's kTile-row buffer holds and never reads).
+// Scores of M query vectors (q, stride D) against n keys: vector m's score of key i at
+// s[i * ld + m * lm]. Keys go in fours; a short tail repeats the last key into up to 3 entries
+// past n, which the caller's buffer holds and never reads.
 template <typename L>
-void scores(const float* q, int M, int64_t D, const typename L::T* const* k, int n, float* s, int64_t ld) {
+void scores(const float* q, int M, int64_t D, const typename L::T* const* k, int n, float* s, int64_t ld,
+            int64_t lm) {
   for (int i = 0; i < n; i += 4) {
     const typename L::T* k4[4];
     for (int j = 0; j < 4; ++j) k4[j] = k[std::min(i + j, n - 1)];
     float* si = s + static_cast<int64_t>(i) * ld;
     int m = 0;
-    for (; m + 3 <= M; m += 3) score_block<3, L>(q + m * D, D, k4, si + m, ld);
-    if (M - m == 2) score_block<2, L>(q + m * D, D, k4, si + m, ld);
-    if (M - m == 1) score_block<1, L>(q + m * D, D, k4, si + m, ld);
+    for (; m + 3 <= M; m += 3) score_block<3, L>(q + m * D, D, k4, si + m * lm, ld, lm);
+    if (M - m == 2) score_block<2, L>(q + m * D, D, k4, si + m * lm, ld, lm);
+    if (M - m == 1) score_block<1, L>(q + m * D, D, k4, si + m * lm, ld, lm);
   }
 }
 
-// o[r][d0 .. d0+W) = fma(P(n, r), v[n][d], o) for n in order, r < MR; P(n, r) = p[n * sn + r].
+// o[r][d0 .. d0+W) = fma(P(n, r), v[n][d], o) for n in order, r < MR; P(n, r) = p[n * sn + r * sr].
 template <int MR, int W, typename L>
-inline void pv_kernel(const float* p, int64_t sn, const typename L::T* const* vrow, int n_keys, int64_t d0, float* o,
-                      int64_t ldo) {
+inline void pv_kernel(const float* p, int64_t sn, int64_t sr, const typename L::T* const* vrow, int n_keys,
+                      int64_t d0, float* o, int64_t ldo) {
   constexpr int C = W / 8;
   __m256 acc[MR][C];
   #pragma GCC unroll 16
@@ -213,7 +226,7 @@ inline void pv_kernel(const float* p, int64_t sn, const typename L::T* const* vr
     const float* pn = p + n * sn;
     #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
-      const __m256 w = _mm256_broadcast_ss(pn + r);
+      const __m256 w = _mm256_broadcast_ss(pn + r * sr);
       #pragma GCC unroll 16
       for (int c = 0; c < C; ++c) acc[r][c] = _mm256_fmadd_ps(w, v[c], acc[r][c]);
     }
@@ -225,63 +238,31 @@ inline void pv_kernel(const float* p, int64_t sn, const typename L::T* const* vr
 }
 
 template <int MR, typename L>
-void pv_fixed(const float* p, int64_t sn, const typename L::T* const* vrow, int n_keys, float* o, int64_t D) {
+void pv_fixed(const float* p, int64_t sn, int64_t sr, const typename L::T* const* vrow, int n_keys, float* o,
+              int64_t D) {
   int64_t d = 0;
   if (MR <= 2)  // 4 accumulators per row still fit the 16 registers
-    for (; d + 32 <= D; d += 32) pv_kernel<MR, 32, L>(p, sn, vrow, n_keys, d, o, D);
-  for (; d + 16 <= D; d += 16) pv_kernel<MR, 16, L>(p, sn, vrow, n_keys, d, o, D);
-  for (; d < D; d += 8) pv_kernel<MR, 8, L>(p, sn, vrow, n_keys, d, o, D);
+    for (; d + 32 <= D; d += 32) pv_kernel<MR, 32, L>(p, sn, sr, vrow, n_keys, d, o, D);
+  for (; d + 16 <= D; d += 16) pv_kernel<MR, 16, L>(p, sn, sr, vrow, n_keys, d, o, D);
+  for (; d < D; d += 8) pv_kernel<MR, 8, L>(p, sn, sr, vrow, n_keys, d, o, D);
 }
 
 // O[m][:] = fma(P(n, m), V[n][:], O[m][:]) over n in order, for M consecutive vectors.
 template <typename L>
-void pv(const float* p, int64_t sn, const typename L::T* const* vrow, int n_keys, float* o, int M, int64_t D) {
+void pv(const float* p, int64_t sn, int64_t sr, const typename L::T* const* vrow, int n_keys, float* o, int M,
+        int64_t D) {
   if (n_keys <= 0) return;
   int m = 0;
-  for (; m + 6 <= M; m += 6) pv_fixed<6, L>(p + m, sn, vrow, n_keys, o + m * D, D);
-  const float* pm = p + m;
+  for (; m + 6 <= M; m += 6) pv_fixed<6, L>(p + m * sr, sn, sr, vrow, n_keys, o + m * D, D);
+  const float* pm = p + m * sr;
   float* om = o + m * D;
   switch (M - m) {
-    case 5: pv_fixed<5, L>(pm, sn, vrow, n_keys, om, D); break;
-    case 4: pv_fixed<4, L>(pm, sn, vrow, n_keys, om, D); break;
-    case 3: pv_fixed<3, L>(pm, sn, vrow, n_keys, om, D); break;
-    case 2: pv_fixed<2, L>(pm, sn, vrow, n_keys, om, D); break;
-    case 1: pv_fixed<1, L>(pm, sn, vrow, n_keys, om, D); break;
+    case 5: pv_fixed<5, L>(pm, sn, sr, vrow, n_keys, om, D); break;
+    case 4: pv_fixed<4, L>(pm, sn, sr, vrow, n_keys, om, D); break;
+    case 3: pv_fixed<3, L>(pm, sn, sr, vrow, n_keys, om, D); break;
+    case 2: pv_fixed<2, L>(pm, sn, sr, vrow, n_keys, om, D); break;
+    case 1: pv_fixed<1, L>(pm, sn, sr, vrow, n_keys, om, D); break;
     default: break;
-  }
-}
-
-// The online-softmax step of one tile for vectors [0, Mp) (scores S[n * Mp + m], n < nk): each
-// vector sees keys [begin[m], end[m]) of the tile (empty: its state is left exactly as it was).
-// S becomes the weights p (0 where not visible); alpha[m] is what o[m] must be scaled by.
-void softmax_tile(float* S, int nk, int Mp, const int32_t* begin, const int32_t* end, Accum acc, float* alpha) {
-  const __m256 neg_inf = _mm256_set1_ps(kNegInf);
-  for (int m = 0; m < Mp; m += 8) {
-    const __m256i vb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(begin + m));
-    const __m256i ve = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(end + m));
-    __m256 top = neg_inf;
-    for (int n = 0; n < nk; ++n) {
-      const __m256i idx = _mm256_set1_epi32(n);
-      const __m256 hidden = _mm256_castsi256_ps(
-          _mm256_or_si256(_mm256_cmpgt_epi32(vb, idx), _mm256_cmpgt_epi32(_mm256_add_epi32(idx, _mm256_set1_epi32(1)), ve)));
-      const __m256 s = _mm256_blendv_ps(_mm256_loadu_ps(S + n * Mp + m), neg_inf, hidden);
-      _mm256_storeu_ps(S + n * Mp + m, s);
-      top = _mm256_max_ps(top, s);
-    }
-    const __m256 old = _mm256_loadu_ps(acc.mx + m);
-    const __m256 any = _mm256_cmp_ps(top, neg_inf, _CMP_NEQ_OQ);  // the vector sees a key in this tile
-    const __m256 mnew = _mm256_max_ps(old, top);
-    const __m256 safe = _mm256_blendv_ps(_mm256_setzero_ps(), mnew, any);  // -inf - 0: weights 0, never NaN
-    __m256 sum = _mm256_setzero_ps();
-    for (int n = 0; n < nk; ++n) {
-      const __m256 e = exp2_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(S + n * Mp + m), safe));
-      _mm256_storeu_ps(S + n * Mp + m, e);
-      sum = _mm256_add_ps(sum, e);
-    }
-    const __m256 a = _mm256_blendv_ps(_mm256_set1_ps(1.0f), exp2_nonpositive(_mm256_sub_ps(old, safe)), any);
-    _mm256_storeu_ps(acc.l + m, _mm256_fmadd_ps(_mm256_loadu_ps(acc.l + m), a, sum));
-    _mm256_storeu_ps(acc.mx + m, mnew);
-    _mm256_storeu_ps(alpha + m, a);
   }
 }
 
@@ -296,20 +277,179 @@ void scale_rows(float* o, const float* alpha, int M, int64_t D) {
 
 // ---- one work unit ----
 
+// The keys of a tile: [k0, k1) with k0 - tile, k1 - tile in [0, kTile]; vector m sees
+// [begin[m], end[m]) of the tile's offsets (empty: the tile leaves its state exactly as it was).
+struct TileKeys {
+  int tile, k0, k1;
+};
+
+// Each vector's visible offsets in the tile (vectors of every covered head repeat per head).
+void visible(const Problem& p, const Item& it, const TileKeys& t, int per_head, int M, int Mp, Scratch& s) {
+  for (int m = 0; m < Mp; ++m) {
+    if (m >= M) {
+      s.begin[m] = s.end[m] = 0;
+      continue;
+    }
+    const int32_t pos = it.first_pos + (m % per_head) / static_cast<int32_t>(p.group);
+    s.begin[m] = std::clamp(std::max(lowest_key(p, pos), t.k0) - t.tile, 0, kTile);
+    s.end[m] = std::clamp(std::min(pos + 1, t.k1) - t.tile, 0, kTile);
+  }
+}
+
+// Vectors [0, M) of one head (scores p[m * sr + j * sn] at tile offset j): a blocked pass for
+// runs that see the whole of [k0, k1), each other vector over its own visible keys.
+template <typename L>
+void pv_tile(const TileKeys& t, const float* P, int64_t sn, int64_t sr, const typename L::T* const* vrow,
+             const int32_t* begin, const int32_t* end, float* o, int M, int64_t D) {
+  const int j0 = t.k0 - t.tile, j1 = t.k1 - t.tile;
+  for (int m = 0; m < M;) {
+    if (begin[m] == j0 && end[m] == j1) {
+      int run = m;
+      while (run < M && begin[run] == j0 && end[run] == j1) ++run;
+      pv<L>(P + j0 * sn + m * sr, sn, sr, vrow, j1 - j0, o + m * D, run - m, D);
+      m = run;
+      continue;
+    }
+    if (end[m] > begin[m]) pv<L>(P + begin[m] * sn + m * sr, sn, sr, vrow + (begin[m] - j0), end[m] - begin[m],
+                                 o + m * D, 1, D);
+    ++m;
+  }
+}
+
+// Pull the K and V cache slots (every KV head) of keys [key, key + n) towards the caches: the
+// tiles are read head by head, so without this each slot would come from DRAM in pieces.
+// `which`: 1 = K, 2 = V, 3 = both.
+template <typename T>
+void prefetch_slots(const Problem& p, int32_t seq, int key, int n, int which) {
+  const T* k[kTile];
+  const T* v[kTile];
+  tile_rows(p, seq, 0, key, n, k, v);
+  const int64_t bytes = p.kv_heads * p.head_dim * p.elem_bytes;
+  for (int i = 0; i < n; ++i)
+    for (int64_t b = 0; b < bytes; b += 64) {
+      if (which & 1) simd::prefetch_l2(reinterpret_cast<const char*>(k[i]) + b);
+      if (which & 2) simd::prefetch_l2(reinterpret_cast<const char*>(v[i]) + b);
+    }
+}
+
+constexpr int kStride = kTile + 8;  // scores per vector (a four-key tail may spill 3 past the tile)
+
+// The online-softmax step of one vector for one tile: its scores sm[j] at tile offsets j (only
+// [b, e) visible, b < e) become the weights (0 where hidden); returns what o must be scaled by.
+inline float softmax_vector(float* sm, int b, int e, float& mx, float& l) {
+  const __m256 neg_inf = _mm256_set1_ps(kNegInf);
+  __m256 v[4];
+  __m256 top = neg_inf;
+  if (b == 0 && e == kTile) {  // the whole tile visible: the common case
+    for (int c = 0; c < 4; ++c) {
+      v[c] = _mm256_loadu_ps(sm + 8 * c);
+      top = _mm256_max_ps(top, v[c]);
+    }
+  } else {
+    for (int c = 0; c < 4; ++c) {
+      const __m256i j = _mm256_add_epi32(_mm256_set1_epi32(8 * c), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+      const __m256 hidden = _mm256_castsi256_ps(_mm256_or_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(b), j),
+                                                                _mm256_cmpgt_epi32(j, _mm256_set1_epi32(e - 1))));
+      v[c] = _mm256_blendv_ps(_mm256_loadu_ps(sm + 8 * c), neg_inf, hidden);
+      top = _mm256_max_ps(top, v[c]);
+    }
+  }
+  const float mnew = std::max(mx, simd::hmax(top));
+  const __m256 mv = _mm256_set1_ps(mnew);
+  __m256 sum = _mm256_setzero_ps();
+  for (int c = 0; c < 4; ++c) {
+    v[c] = exp2_nonpositive(_mm256_sub_ps(v[c], mv));
+    _mm256_storeu_ps(sm + 8 * c, v[c]);
+    sum = _mm256_add_ps(sum, v[c]);  // lane i: the keys at offsets i, i+8, i+16, i+24, in order
+  }
+  // exp2(mx - mnew): exactly 1 when the maximum holds, 0 for the first visible tile
+  const float alpha = mnew == mx ? 1.0f : mx == kNegInf ? 0.0f
+                                        : _mm256_cvtss_f32(exp2_nonpositive(_mm256_set1_ps(mx - mnew)));
+  l = std::fma(l, alpha, tree8(sum));
+  mx = mnew;
+  return alpha;
+}
+
+// Every unit: scores S[m * kStride + j] (tile offset j) per head, the softmax vector by vector
+// (eight keys per instruction), then P V in register blocks of vectors. Decode-sized units read
+// K/V in place (each row once per head's few vectors); chunk units, whose many vectors reread each
+// row, convert float16 / bfloat16 tiles to float32 once.
+template <typename L>
+void run_tiles(const Problem& p, const Item& it, Scratch& s, Accum acc) {
+  using T = typename L::T;
+  const int64_t D = p.head_dim;
+  const int per_head = it.rows * static_cast<int>(p.group);
+  const int M = per_head * it.heads;
+  const int Mp = static_cast<int>(round_up(M, 8));
+  const bool convert = p.kv_type != KvType::F32 && per_head > kDirectMaxVectors;
+  grow(s.s, static_cast<size_t>(M) * kStride);
+  if (convert) {
+    grow(s.kconv, kTile * D);
+    grow(s.vconv, kTile * D);
+    grow(s.kf, kTile);
+    grow(s.vf, kTile);
+  }
+  float* S = s.s.data();
+  const T* krow[kTile];
+  const T* vrow[kTile];
+  const int first_tile = it.key0 / kTile * kTile;
+  for (int tile = first_tile; tile < it.key1; tile += kTile) {
+    const TileKeys t{tile, std::max(tile, it.key0), std::min(tile + kTile, it.key1)};
+    const int j0 = t.k0 - tile, nk = t.k1 - t.k0;
+    const int next = std::min(kTile, it.key1 - tile - kTile);  // keys of the next tile (<= 0: none)
+    if (tile == first_tile) prefetch_slots<T>(p, it.seq, t.k0, nk, 3);
+    if (next > 0) prefetch_slots<T>(p, it.seq, tile + kTile, next, 1);  // its K while this one's scores run
+    visible(p, it, t, per_head, M, Mp, s);
+    for (int h = 0; h < it.heads; ++h) {
+      tile_rows(p, it.seq, it.kv_head + h, t.k0, nk, krow, vrow);
+      const float* qh = s.q.data() + static_cast<int64_t>(h) * per_head * D;
+      float* sh = S + static_cast<int64_t>(h) * per_head * kStride + j0;
+      if (convert) {
+        for (int i = 0; i < nk; ++i) {
+          float* kd = s.kconv.data() + i * D;
+          for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(kd + d, L::load(krow[i] + d));
+          s.kf[i] = kd;
+        }
+        scores<F32Rows>(qh, per_head, D, s.kf.data(), nk, sh, 1, kStride);
+      } else {
+        scores<L>(qh, per_head, D, krow, nk, sh, 1, kStride);
+      }
+    }
+    for (int m = 0; m < M; ++m) {
+      const int b = s.begin[m], e = s.end[m];
+      s.alpha[m] = e > b ? softmax_vector(S + static_cast<int64_t>(m) * kStride, b, e, acc.mx[m], acc.l[m]) : 1.0f;
+    }
+    scale_rows(acc.o, s.alpha.data(), M, D);
+    if (next > 0) prefetch_slots<T>(p, it.seq, tile + kTile, next, 2);  // its V while this one's P V runs
+    for (int h = 0; h < it.heads; ++h) {
+      const int m0 = h * per_head;
+      const float* P = S + static_cast<int64_t>(m0) * kStride;
+      float* o = acc.o + static_cast<int64_t>(m0) * D;
+      tile_rows(p, it.seq, it.kv_head + h, t.k0, nk, krow, vrow);
+      if (convert) {
+        for (int i = 0; i < nk; ++i) {
+          float* vd = s.vconv.data() + i * D;
+          for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(vd + d, L::load(vrow[i] + d));
+          s.vf[i] = vd;
+        }
+        pv_tile<F32Rows>(t, P, 1, kStride, s.vf.data(), s.begin.data() + m0, s.end.data() + m0, o, per_head, D);
+      } else {
+        pv_tile<L>(t, P, 1, kStride, vrow, s.begin.data() + m0, s.end.data() + m0, o, per_head, D);
+      }
+    }
+  }
+}
+
 template <typename L>
 void run_unit(const Problem& p, const Item& it, Scratch& s, Accum acc) {
-  using T = typename L::T;
   const int64_t D = p.head_dim, G = p.group;
   const int per_head = it.rows * static_cast<int>(G);
   const int M = per_head * it.heads;
   const int Mp = static_cast<int>(round_up(M, 8));
   grow(s.q, static_cast<size_t>(M) * D);
-  grow(s.s, static_cast<size_t>(kTile) * Mp);
   grow(s.alpha, Mp);
   grow(s.begin, Mp);
   grow(s.end, Mp);
-  grow(s.kf, kTile);
-  grow(s.vf, kTile);
   const __m256 c = _mm256_set1_ps(p.c);
   for (int m = 0; m < M; ++m) {
     const int h = m / per_head, mm = m % per_head;
@@ -319,74 +459,7 @@ void run_unit(const Problem& p, const Item& it, Scratch& s, Accum acc) {
   std::fill(acc.o, acc.o + static_cast<int64_t>(M) * D, 0.0f);
   std::fill(acc.mx, acc.mx + Mp, kNegInf);
   std::fill(acc.l, acc.l + Mp, 0.0f);
-  // Convert f16 / bf16 tiles once when many vectors read them; a decode's few read them in place.
-  const bool convert = p.kv_type != KvType::F32 && per_head > kDirectMaxVectors;
-  if (convert) {
-    grow(s.kconv, kTile * D);
-    grow(s.vconv, kTile * D);
-  }
-  float* S = s.s.data();
-  const T* krow[kTile];
-  const T* vrow[kTile];
-  for (int tile = it.key0 / kTile * kTile; tile < it.key1; tile += kTile) {
-    const int k0 = std::max(tile, it.key0), k1 = std::min(tile + kTile, it.key1), nk = k1 - k0;
-    // each vector's visible keys in the tile, relative to k0
-    for (int m = 0; m < Mp; ++m) {
-      if (m >= M) {
-        s.begin[m] = s.end[m] = 0;
-        continue;
-      }
-      const int32_t pos = it.first_pos + (m % per_head) / static_cast<int32_t>(G);
-      s.begin[m] = std::clamp(lowest_key(p, pos) - k0, 0, nk);
-      s.end[m] = std::clamp(pos + 1 - k0, 0, nk);
-    }
-    for (int h = 0; h < it.heads; ++h) {
-      tile_rows(p, it.seq, it.kv_head + h, k0, nk, krow, vrow);
-      const float* qh = s.q.data() + static_cast<int64_t>(h) * per_head * D;
-      if (convert) {
-        for (int i = 0; i < nk; ++i) {
-          float* kd = s.kconv.data() + i * D;
-          for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(kd + d, L::load(krow[i] + d));
-          s.kf[i] = kd;
-        }
-        scores<F32Rows>(qh, per_head, D, s.kf.data(), nk, S + h * per_head, Mp);
-      } else {
-        scores<L>(qh, per_head, D, krow, nk, S + h * per_head, Mp);
-      }
-    }
-    softmax_tile(S, nk, Mp, s.begin.data(), s.end.data(), acc, s.alpha.data());
-    scale_rows(acc.o, s.alpha.data(), M, D);
-    for (int h = 0; h < it.heads; ++h) {
-      const int m0 = h * per_head;
-      tile_rows(p, it.seq, it.kv_head + h, k0, nk, krow, vrow);
-      const T* const* vt = vrow;
-      if (convert) {
-        for (int i = 0; i < nk; ++i) {
-          float* vd = s.vconv.data() + i * D;
-          for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(vd + d, L::load(vt[i] + d));
-          s.vf[i] = vd;
-        }
-      }
-      // vectors that see the whole tile in one blocked pass, the rest each over its own keys
-      int m = m0;
-      while (m < m0 + per_head) {
-        if (s.begin[m] == 0 && s.end[m] == nk) {
-          int run = m;
-          while (run < m0 + per_head && s.begin[run] == 0 && s.end[run] == nk) ++run;
-          if (convert) pv<F32Rows>(S + m, Mp, s.vf.data(), nk, acc.o + m * D, run - m, D);
-          else pv<L>(S + m, Mp, vt, nk, acc.o + m * D, run - m, D);
-          m = run;
-          continue;
-        }
-        const int b = s.begin[m], e = s.end[m];
-        if (e > b) {
-          if (convert) pv<F32Rows>(S + b * Mp + m, Mp, s.vf.data() + b, e - b, acc.o + m * D, 1, D);
-          else pv<L>(S + b * Mp + m, Mp, vt + b, e - b, acc.o + m * D, 1, D);
-        }
-        ++m;
-      }
-    }
-  }
+  run_tiles<L>(p, it, s, acc);
 }
 
 void run_unit_any(const Problem& p, const Item& it, Scratch& s, Accum acc) {

@@ -11,9 +11,10 @@
 //   128 / 32), each intersected with [lo, pos]; per piece, starting from M = -inf, l = 0, o = 0,
 //   for each tile in key order:
 //     s_n  = dot(q', k_n): eight lane sums over d (lane i takes d = i mod 8, FMAs in d order),
-//            then ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))
+//            then tree(l) = ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))
 //     Mn   = max(M, max_n s_n);  alpha = exp2(M - Mn);  p_n = exp2(s_n - Mn)  (exp2: simd.h)
-//     l    = fma(l, alpha, sum_n p_n)   (the sum from 0, adding p_n in key order)
+//     l    = fma(l, alpha, tree(t))  where lane i of t adds, from 0 and in key order, the weights
+//            of the tile's keys whose offset in the tile is i mod 8
 //     o[d] = o[d] * alpha, then o[d] = fma(p_n, v_n[d], o[d]) in key order;  M = Mn
 //   then the pieces in order: top = max M_k, w_k = exp2(M_k - top),
 //   total = fma(w_k, l_k, total), acc[d] = fma(w_k, o_k[d], acc[d]) from 0; out = acc * (1/total).

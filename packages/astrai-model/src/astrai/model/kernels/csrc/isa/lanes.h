@@ -65,7 +65,6 @@ struct Lanes8 {
     for (int j = J0; j < J1; j += R) {
       __m256i h = _mm256_maddubs_epi16(w[j], _mm256_set1_epi32(load4(xh + 4 * j)));
       __m256i l = _mm256_maddubs_epi16(w[j], _mm256_set1_epi32(load4(xl + 4 * j)));
-      #pragma GCC unroll 8
       for (int k = j + 1; k < std::min(j + R, J1); ++k) {
         h = _mm256_add_epi16(h, _mm256_maddubs_epi16(w[k], _mm256_set1_epi32(load4(xh + 4 * k))));
         l = _mm256_add_epi16(l, _mm256_maddubs_epi16(w[k], _mm256_set1_epi32(load4(xl + 4 * k))));
