@@ -372,7 +372,7 @@ void amx_tile(const QuantizedActivations& a, int64_t m0, const TileBytes& t, int
 
 #if defined(ASTRAI_ISA_AVX512)
 using WideLanes = isa::Lanes16;
-constexpr int kTileRows = 4;
+constexpr int kTileRows = 8;
 #else
 using WideLanes = Lanes8;
 constexpr int kTileRows = 4;
@@ -389,6 +389,10 @@ void tile_rows(const QuantizedActivations& a, int64_t mc, int64_t mend, const Ti
 #endif
   for (; m + kTileRows <= mend; m += kTileRows) tile<QT, V, kTileRows>(a, m, t, nb, out, ldo, valid, bias);
   switch (mend - m) {
+    case 7: tile<QT, V, 7>(a, m, t, nb, out, ldo, valid, bias); break;
+    case 6: tile<QT, V, 6>(a, m, t, nb, out, ldo, valid, bias); break;
+    case 5: tile<QT, V, 5>(a, m, t, nb, out, ldo, valid, bias); break;
+    case 4: tile<QT, V, 4>(a, m, t, nb, out, ldo, valid, bias); break;
     case 3: tile<QT, V, 3>(a, m, t, nb, out, ldo, valid, bias); break;
     case 2: tile<QT, V, 2>(a, m, t, nb, out, ldo, valid, bias); break;
     case 1: tile<QT, V, 1>(a, m, t, nb, out, ldo, valid, bias); break;
