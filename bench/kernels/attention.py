@@ -9,7 +9,7 @@ Three scenarios at SmolLM2-135M's attention shape (9 query heads, 3 KV heads, he
 
 Decode calls rotate over distinct caches, one per layer as in a model forward (30, capped at
 ~1 GiB), so a batch-64 step streams its KV from memory instead of re-reading a warm cache.
-Systems, all in float32 math: `native` (torch.ops.astrai.paged_attention, every thread, and
+Systems, all in float32 math: `native` (the chosen variant's paged_attention op, every thread, and
 `native_1t` on one), `twin` (its pure-torch fallback), `astrai_today` (the current
 astrai.model.layers path: gather the context slots, then SDPA), and `sdpa_contiguous` (torch's
 SDPA on K/V already gathered into contiguous float32, i.e. without paying any gather: the bar
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from astrai.model import ForwardBatch, ModelConfig
 from astrai.model.batch import AttentionPlan
-from astrai.model.kernels import native
+from astrai.model.kernels import native, ops
 from astrai.model.kernels.attention import paged_attention_torch
 from astrai.model.layers import Attention
 
@@ -149,8 +149,9 @@ def with_threads(threads: int, fn: Callable[[], float]) -> float:
 
 
 def today_path(paged: Paged) -> Callable[[], torch.Tensor]:
-    """The current astrai.model.layers attention for this batch (the plan is built once per
-    forward in the model, so it is built here outside the timed call)."""
+    """astrai.model.layers' gather + SDPA plan path for this batch (what the Python layers run
+    off the CPU; the plan is built once per forward in the model, so it is built here outside
+    the timed call)."""
     batch = ForwardBatch.build([[0] * rows for _, rows in paged.specs], [p for p, _ in paged.specs],
                                paged.tables, PAGE_SIZE)
     plan = AttentionPlan.build(batch, PAGE_SIZE, has_cache=True)
@@ -177,7 +178,7 @@ def today_path(paged: Paged) -> Callable[[], torch.Tensor]:
 def native_call(paged: Paged) -> Callable[[], None]:
     out = torch.empty_like(paged.q)
     args = paged.args()
-    return lambda: torch.ops.astrai.paged_attention(*args, out)
+    return lambda: ops().paged_attention(*args, 0, out)  # window 0
 
 
 def sdpa_decode(paged: Paged) -> Callable[[], torch.Tensor]:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from astrai.model import bundled_gguf_path
 from astrai.model.gguf_loader import GGUFFile, unpermute_rows
-from astrai.model.kernels import native, native_unavailable_reason
+from astrai.model.kernels import kernels, native, native_unavailable_reason, ops
 from astrai.model.kernels.quant import PackedWeight, QuantType, dequantize, pack_gguf
 
 from bench.machine import machine_info
@@ -76,7 +76,7 @@ def best(fn, repeats: int) -> float:
 
 def chain_seconds(xs: list[torch.Tensor], weights: list[PackedWeight], repeats: int) -> float:
     """Best seconds of one pass over (xs[i], weights[i]), timed in C++."""
-    passes = torch.ops.astrai.qlinear_chain_seconds(
+    passes = kernels().testing_ops().qlinear_chain_seconds(
         xs, [w.data for w in weights], [int(w.qtype) for w in weights], [w.out_features for w in weights], repeats + 1)
     return min(passes[1:])
 
@@ -84,7 +84,7 @@ def chain_seconds(xs: list[torch.Tensor], weights: list[PackedWeight], repeats: 
 def read_bandwidth(repeats: int) -> dict[str, float]:
     """Streaming read GB/s over 256 MiB: a C++ AVX2 loop and torch.sum, both on torch's threads."""
     data = torch.ones(256 * 2**20, dtype=torch.uint8)
-    probe = best(lambda: torch.ops.astrai.read_bandwidth_probe(data, 1), repeats)
+    probe = best(lambda: kernels().testing_ops().read_bandwidth_probe(data, 1), repeats)
     summed = best(lambda: data.view(torch.float32).sum(), repeats)
     return {"cpp_read_gbs": data.numel() / probe / 1e9, "torch_sum_gbs": data.numel() / summed / 1e9}
 
@@ -97,7 +97,7 @@ def dispatch_overhead_us(repeats: int) -> float:
 
     def run():
         for _ in range(calls):
-            torch.ops.astrai.qlinear(x, w.data, 3, 8, 32, None)
+            ops().qlinear(x, w.data, 3, 8, 32, None)
 
     native_one = chain_seconds([x], [w], repeats)
     return (best(run, repeats) / calls - native_one) * 1e6

@@ -56,7 +56,7 @@ def load_model(
     `dtype` is a `resolve_dtype` name or alias, a torch dtype, or None / "auto" for the
     checkpoint's own (`config.dtype`; GGUF and HF checkpoints here say bfloat16 or float32).
     `Engine.from_pretrained` has its own default instead (see astrai.scheduler).
-    `quantization="auto"` serves a GGUF's Q4_0/Q4_1/Q8_0 tensors packed as they are where the
+    `quantization="auto"` serves a GGUF's natively served block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q3_K..Q6_K) packed as they are where the
     native CPU kernels can (float32 activations on the CPU), else dequantizes with one log line;
     `"none"` always dequantizes to `dtype`.
     """
@@ -97,7 +97,7 @@ def _find(name_or_path: str | Path) -> Path:
 
 def is_low_bit_checkpoint(name_or_path: str | Path) -> bool:
     """Whether `name_or_path` is a GGUF with tensors the native kernels serve packed by default
-    (Q4_0/Q4_1/Q8_0 today). Reads only the file's header; False for HF directories, other files
+    (`kernels.quant.QuantType`). Reads only the file's header; False for HF directories, other files
     and unknown names.
     """
     text = str(name_or_path)

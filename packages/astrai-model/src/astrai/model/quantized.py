@@ -1,4 +1,4 @@
-"""Layers whose weights stay in their GGUF block quantization (Q4_0, Q4_1, Q8_0).
+"""Layers whose weights stay in their GGUF block quantization (`kernels.quant.QuantType`).
 
 A GGUF model runs as its own quantization by default: the loader packs each projection's raw
 blocks once (`kernels.quant.pack_gguf`) and puts these modules where the dense `nn.Linear` /

@@ -122,7 +122,7 @@ class Engine:
     ) -> Engine:
         """Load a built-in name, an HF model directory or a .gguf file and start an engine.
 
-        `quantization="auto"` serves a GGUF's Q4_0/Q4_1/Q8_0 weights packed as they are (native
+        `quantization="auto"` serves a GGUF's weights packed as they are (native
         CPU kernels), `"none"` dequantizes them to `dtype`. `dtype` None / "auto" is the engine's
         choice for this machine (`memory.engine_dtype`), not the checkpoint's own.
         """

@@ -4,7 +4,8 @@ Variants, from plain to best:
 
 - ``avx2``: AVX2 + FMA + F16C (every x86-64 server since ~2015).
 - ``avx512``: AVX-512 F/BW/VL/DQ with VNNI (one ``vpdpbusd`` per int8 dot product) and BF16
-  (Intel Ice Lake / Sapphire Rapids and later, AMD Zen 4 and later).
+  (Intel Cooper Lake / Sapphire Rapids and later, AMD Zen 4 and later; Ice Lake and Cascade Lake
+  lack AVX512-BF16 and run avx2).
 - ``amx``: the ``avx512`` variant plus AMX-INT8 tiles for large batches (Intel Sapphire Rapids and
   later).
 

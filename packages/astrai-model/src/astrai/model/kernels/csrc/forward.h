@@ -21,7 +21,7 @@ namespace astrai {
 
 // One projection: packed low-bit (qtype != 0) or dense float32 [N, K].
 struct LinearWeight {
-  int64_t qtype = 0;  // 0: dense; else a GGML type id served by qlinear (Q4_0, Q4_1, Q8_0)
+  int64_t qtype = 0;  // 0: dense; else a GGML type id served by qlinear (packed_layout.h)
   int64_t out_features = 0;
   int64_t in_features = 0;
   at::Tensor packed;  // uint8, qlinear's layout (quantized)

@@ -1,7 +1,7 @@
 // Small fused per-layer ops of a pre-norm decoder, on float32 activations and weights.
 //
 // C++ entry points for a fused model forward (namespace astrai); each is also registered as
-// torch.ops.astrai.<name>. "Row" tensors may be views: the last dimension must be contiguous,
+// a torch operator by module.cpp. "Row" tensors may be views: the last dimension must be contiguous,
 // the other strides are free (e.g. q/k slices of a fused qkv output). Each computes what the
 // named torch code computes, in float32.
 #pragma once
