@@ -25,11 +25,11 @@ from bench.workload import random_ids
 
 def _astrai_round(system, ctx: Context, rng: random.Random) -> dict:
     s = ctx.scale
-    start, stamps, _ = system.stream_times(random_ids(rng, s.decode_prompt), s.decode_tokens)
+    start, stamps, _ = system.stream_times(random_ids(rng, s.decode_prompt, ctx.model.token_range), s.decode_tokens)
     row = {"decode_tok_s": (len(stamps) - 1) / (stamps[-1] - stamps[0]), "ttft_ms": (stamps[0] - start) * 1e3,
            "tokens": len(stamps), "prefill": {}}
     for n in s.prefill_prompts:
-        start, stamps, _ = system.stream_times(random_ids(rng, n), 1)
+        start, stamps, _ = system.stream_times(random_ids(rng, n, ctx.model.token_range), 1)
         row["prefill"][str(n)] = {"ttft_ms": (stamps[0] - start) * 1e3, "prompt_tok_s": n / (stamps[0] - start)}
     return row
 
@@ -70,11 +70,11 @@ def _transformers(ctx: Context, model: str) -> dict:
     system = TransformersSystem(model, dtype, batch_size=1)
     try:
         system.warmup()
-        lat = system.latency(random_ids(rng, s.decode_prompt), s.decode_tokens - 1)
+        lat = system.latency(random_ids(rng, s.decode_prompt, ctx.model.token_range), s.decode_tokens - 1)
         row = {"name": system.name, "status": "ok", "load_seconds": system.load_seconds,
                "decode_tok_s": lat.decode_tokens / lat.decode_seconds, "ttft_ms": lat.ttft_s * 1e3, "prefill": {}}
         for n in s.prefill_prompts:
-            first = system.latency(random_ids(rng, n), 0)
+            first = system.latency(random_ids(rng, n, ctx.model.token_range), 0)
             row["prefill"][str(n)] = {"ttft_ms": first.ttft_s * 1e3, "prompt_tok_s": n / first.ttft_s}
         return row
     finally:

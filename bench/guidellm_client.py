@@ -2,7 +2,7 @@
 subprocess from its own venv (bench/.peers/guidellm-venv), its JSON report parsed.
 
 Offline by construction: the synthetic prompts are sized with a local tokenizer folder exported
-from the bundled GGUF (no hub look-up), and HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE are set.
+from the run's GGUF (no hub look-up), and HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE are set.
 One worker process drives all streams (asyncio), so the client takes as little of the shared
 cores as it can; the same client, settings and workload go to both servers.
 """
@@ -17,24 +17,34 @@ from pathlib import Path
 
 from bench.peers import PEERS_DIR, guidellm_cli
 
-TOKENIZER_DIR = PEERS_DIR / "smollm2-tokenizer"
+TOKENIZERS_DIR = PEERS_DIR / "tokenizers"
 
 
-def local_tokenizer() -> Path:
-    """A Hugging Face tokenizer folder for the bundled GGUF, exported once with transformers."""
-    if (TOKENIZER_DIR / "tokenizer.json").exists():
-        return TOKENIZER_DIR
-    from astrai.model import bundled_gguf_path
-    from transformers import AutoTokenizer
+def local_tokenizer(gguf: str | Path) -> Path:
+    """A Hugging Face tokenizer folder for a GGUF, exported once: AstrAI's own tokenizer of the
+    file (built from its vocabulary, the same ids as llama.cpp's; SentencePiece and byte-level
+    BPE alike) saved as tokenizer.json, which transformers in guidellm's venv loads as a fast
+    tokenizer. Re-exported when the GGUF's size or time stamp changes."""
+    gguf = Path(gguf)
+    folder = TOKENIZERS_DIR / gguf.stem
+    info = gguf.stat()
+    stamp = f"{gguf.resolve()} {info.st_size} {info.st_mtime_ns}"
+    source = folder / "source.txt"
+    if (folder / "tokenizer.json").exists() and source.exists() and source.read_text() == stamp:
+        return folder
+    from astrai.model import load_model
 
-    path = bundled_gguf_path()
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    TOKENIZER_DIR.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(str(TOKENIZER_DIR))
-    return TOKENIZER_DIR
+    _, tokenizer = load_model(gguf)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.backend.save(str(folder / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": tokenizer.bos_token,
+              "eos_token": tokenizer.eos_token, "model_max_length": 1 << 20}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=1) + "\n")
+    source.write_text(stamp)
+    return folder
 
 
-def scenario(target: str, model: str, concurrency: int, requests: int, prompt_tokens: int,
+def scenario(target: str, model: str, tokenizer: Path, concurrency: int, requests: int, prompt_tokens: int,
              output_tokens: int, out_json: Path, seed: int = 42) -> dict:
     """guidellm's scenario file: concurrent streams, fixed-size synthetic prompts, greedy,
     exactly `output_tokens` per request (guidellm sends max_tokens + ignore_eos)."""
@@ -43,7 +53,7 @@ def scenario(target: str, model: str, concurrency: int, requests: int, prompt_to
                     "extras": {"body": {"temperature": 0.0}}, "timeout": 1800},
         "profile": {"kind": "concurrent", "streams": [concurrency]},
         "constraints": [{"kind": "max_requests", "count": requests}],
-        "tokenizer": {"kind": "huggingface_auto", "model": str(local_tokenizer())},
+        "tokenizer": {"kind": "huggingface_auto", "model": str(tokenizer)},
         "data": [{"kind": "synthetic_text", "prompt_tokens": prompt_tokens, "output_tokens": output_tokens}],
         # Generate exactly the prompts the run sends, before it starts: by default guidellm's data
         # worker keeps generating ahead (prefetch 4096) during the measurement and took ~75% of
@@ -54,12 +64,13 @@ def scenario(target: str, model: str, concurrency: int, requests: int, prompt_to
     }}
 
 
-def run(target: str, model: str, *, concurrency: int, requests: int, prompt_tokens: int, output_tokens: int,
-        seed: int = 42, timeout_s: float = 1800) -> dict:
-    """Run one guidellm benchmark; returns the summary (and the raw command for the record)."""
+def run(target: str, model: str, *, tokenizer: Path, concurrency: int, requests: int, prompt_tokens: int,
+        output_tokens: int, seed: int = 42, timeout_s: float = 1800) -> dict:
+    """Run one guidellm benchmark (prompts sized by `tokenizer`, a `local_tokenizer` folder);
+    returns the summary (and the raw command for the record)."""
     with tempfile.TemporaryDirectory(prefix="guidellm-") as tmp:
         out = Path(tmp) / "report.json"
-        spec = scenario(target, model, concurrency, requests, prompt_tokens, output_tokens, out, seed)
+        spec = scenario(target, model, tokenizer, concurrency, requests, prompt_tokens, output_tokens, out, seed)
         config = Path(tmp) / "scenario.json"
         config.write_text(json.dumps(spec, indent=1))
         cmd = [str(guidellm_cli()), "run", "--scenario", str(config), "--disable-console-interactive"]

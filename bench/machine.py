@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from bench.model_info import SMOLLM2_135M, model_parameters
+from bench.models import BenchModel, num_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -170,7 +170,7 @@ def kernel_peaks(quick: bool) -> dict:
 
 
 def gguf_tensor_bytes(path: str) -> dict[str, int]:
-    """Bytes of tensor data per ggml type in the GGUF (Q4_1 linears, Q8_0 embedding, F32 norms)."""
+    """Bytes of tensor data per ggml type in the GGUF (e.g. Q4_1 linears, Q8_0 embedding, F32 norms)."""
     from gguf import GGUFReader
 
     by_type: dict[str, int] = {}
@@ -179,11 +179,23 @@ def gguf_tensor_bytes(path: str) -> dict[str, int]:
     return by_type
 
 
-def roofline(quick: bool, model_path: str) -> dict:
-    """Measure this machine, then turn it into tokens/s ceilings for the bundled GGUF.
+def gguf_head(path: str) -> dict:
+    """The LM head read every token: `output.weight`, or the token embedding when tied (no
+    `output.weight`), with its type, shape, bytes and what it would take as float32."""
+    from gguf import GGUFReader
 
-    Batch-1 decode streams every weight once per token: the GGUF's tensor bytes (the tied
-    Q8_0 embedding is read whole as the LM head) over the streaming read bandwidth. Batched
+    tensors = {t.name: t for t in GGUFReader(path).tensors}
+    head = tensors.get("output.weight") or tensors["token_embd.weight"]
+    cols, rows = (int(x) for x in head.shape[:2])  # ggml order: row length first
+    return {"tensor": head.name, "tied": "output.weight" not in tensors, "type": head.tensor_type.name,
+            "rows": rows, "cols": cols, "bytes": int(head.n_bytes), "float32_bytes": rows * cols * 4}
+
+
+def roofline(quick: bool, model: BenchModel, model_path: str) -> dict:
+    """Measure this machine, then turn it into tokens/s ceilings for the run's GGUF.
+
+    Batch-1 decode streams every weight once per token: the GGUF's tensor bytes (a tied
+    embedding is read whole as the LM head) over the streaming read bandwidth. Batched
     decode is compute bound: 2 x parameters FLOP per token over the dense matmul rate."""
     big = (256 if quick else 1024) * 2**20  # well above the last-level cache
     repeats = 3 if quick else 5
@@ -194,7 +206,7 @@ def roofline(quick: bool, model_path: str) -> dict:
     if has_bf16_hardware():
         tflops["bfloat16"] = matmul_tflops(torch.bfloat16, n, repeats)
     peaks = kernel_peaks(quick)
-    params, params_source = model_parameters()
+    params, params_source = num_parameters(model_path)
     by_type = gguf_tensor_bytes(model_path)
     gguf_bytes = sum(by_type.values())
     weights = {"gguf (" + " + ".join(sorted(by_type, key=lambda k: -by_type[k])) + ")": gguf_bytes,
@@ -219,10 +231,12 @@ def roofline(quick: bool, model_path: str) -> dict:
         "bandwidth_test_bytes": big,
         "matmul_tflops": tflops,
         "matmul_n": n,
-        "model": SMOLLM2_135M.name,
+        "model": model.title,
+        "gguf": Path(model_path).name,
         "num_parameters": params,
         "num_parameters_source": params_source,
         "gguf_tensor_bytes": by_type,
+        "lm_head": gguf_head(model_path),
         "ceilings": ceilings,
         "note": "batch-1 ceiling = streaming read bandwidth / weight bytes per token (KV reads ignored); "
                 "batched ceiling = dense matmul rate / (2 x parameters) FLOP per token (fp32, or bf16 where the "

@@ -53,7 +53,8 @@ def run(ctx: Context) -> dict:
         for i in range(s.offline_rounds):
             if i and ctx.out_of_time():
                 break
-            requests = fixed_workload(s.offline_batch, s.offline_prompt, s.offline_output, seed=10 + i)
+            requests = fixed_workload(s.offline_batch, s.offline_prompt, s.offline_output, seed=10 + i,
+                                      token_range=ctx.model.token_range)
             astrai_rounds.append(system.offline(requests).to_dict())
             log(f"[offline] round {i + 1}: AstrAI {astrai_rounds[-1]['output_tok_s']:.1f} output tok/s")
             if llama_error is None:
@@ -78,7 +79,8 @@ def run(ctx: Context) -> dict:
         out["systems"]["llamacpp"] = {"status": "skipped" if llama_error == "--skip-peers" else "error",
                                       "reason": llama_error}
     if ctx.wants_peers() and s.hf_offline and not ctx.out_of_time():
-        requests = fixed_workload(s.offline_batch, s.offline_prompt, s.offline_output, seed=99)
+        requests = fixed_workload(s.offline_batch, s.offline_prompt, s.offline_output, seed=99,
+                                  token_range=ctx.model.token_range)
         try:
             out["systems"]["transformers"] = _transformers(ctx, model, requests)
             out["systems"]["transformers"]["workload"] = describe(requests)

@@ -22,9 +22,10 @@ from bench.workload import random_ids
 def _prompts(ctx: Context) -> tuple[list[int], list[list[int]], list[list[int]]]:
     rng = random.Random(7)
     s = ctx.scale
-    shared = random_ids(rng, s.prefix_len)
-    questions = [random_ids(rng, s.prefix_question_len) for _ in range(s.prefix_trials + 1)]
-    misses = [random_ids(rng, s.prefix_len) + q for q in questions[1:]]
+    ids = ctx.model.token_range
+    shared = random_ids(rng, s.prefix_len, ids)
+    questions = [random_ids(rng, s.prefix_question_len, ids) for _ in range(s.prefix_trials + 1)]
+    misses = [random_ids(rng, s.prefix_len, ids) + q for q in questions[1:]]
     hits = [shared + q for q in questions[1:]]
     return shared + questions[0], hits, misses
 

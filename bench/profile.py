@@ -25,7 +25,8 @@ def _py_spy() -> str | None:
 
 def _worker(ctx: Context, batch: int, tokens: int, out: Path, torch_profile: bool) -> list[str]:
     cmd = [sys.executable, "-m", "bench.profile_worker", "--batch", str(batch), "--prompt", "128",
-           "--tokens", str(tokens), "--out", str(out), "--astrai-args", " ".join(ctx.astrai.serve_args)]
+           "--tokens", str(tokens), "--out", str(out), "--astrai-args", " ".join(ctx.astrai.serve_args),
+           "--model", ctx.model.key]
     return cmd + (["--torch-profile"] if torch_profile else [])
 
 
@@ -86,7 +87,8 @@ def _profile(ctx: Context, batch: int, tokens: int) -> dict:
 def run(ctx: Context) -> dict:
     """A batch-1 and a full-batch (the offline batch size) profile of AstrAI's steps."""
     s = ctx.scale
-    out: dict = {"workload": "AstrAI (defaults + --astrai-args), 128-token random-id prompts, greedy",
+    out: dict = {"workload": f"AstrAI (defaults + --astrai-args) on {ctx.model.title}, 128-token random-id prompts, "
+                             "greedy",
                  "runs": {}}
     for label, batch, tokens in (("batch1", 1, s.profile_batch1_tokens),
                                  (f"batch{s.offline_batch}", s.offline_batch, s.profile_batch_tokens)):

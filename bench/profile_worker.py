@@ -1,7 +1,7 @@
 """The profiled workload, run in its own process so py-spy can sample it from outside.
 
 `python -m bench.profile_worker --batch B --prompt P --tokens G --out result.json
-[--torch-profile] [--astrai-args "..."]`: AstrAI with its defaults (plus the options) on B
+[--model M] [--torch-profile] [--astrai-args "..."]`: AstrAI with its defaults (plus the options) on B
 random-id prompts of P tokens, G tokens each, greedy; sums the engine's per-step phase times
 from its trace events and, with --torch-profile, records torch operator self times.
 """
@@ -14,6 +14,7 @@ import time
 from collections import Counter
 
 from bench.astrai_options import AstraiOptions
+from bench.models import DEFAULT_MODEL, MODELS, bench_model
 from bench.systems.astrai import AstraiSystem
 from bench.workload import fixed_workload
 
@@ -36,11 +37,11 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--torch-profile", action="store_true")
     ap.add_argument("--astrai-args", default="")
+    ap.add_argument("--model", choices=list(MODELS), default=DEFAULT_MODEL)
     args = ap.parse_args()
-    from astrai.model import bundled_gguf_path
-
-    requests = fixed_workload(args.batch, args.prompt, args.tokens, seed=5)
-    system = AstraiSystem(str(bundled_gguf_path()), AstraiOptions.parse(args.astrai_args))
+    model = bench_model(args.model)
+    requests = fixed_workload(args.batch, args.prompt, args.tokens, seed=5, token_range=model.token_range)
+    system = AstraiSystem(str(model.path()), AstraiOptions.parse(args.astrai_args))
     phases: Counter = Counter()
     counts: Counter = Counter()
     decode_steps: list[tuple[float, float]] = []  # (step total, forward) of full-batch decode steps

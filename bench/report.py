@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
+
+from bench.models import DEFAULT_MODEL, MODELS, Targets, bench_model
 
 MB = 1e6
 
@@ -117,32 +120,62 @@ def _ratio(a, b) -> float | None:
 # --- headline ------------------------------------------------------------------------------
 
 
-def headline(r: dict) -> list[list]:
-    """The issue's workloads: AstrAI, llama.cpp, the ratio, the target and whether it is met."""
+def _target_text(value: float | None, fmt_str: str) -> str:
+    return fmt_str.format(value) if value is not None else "–"
+
+
+def _met(ok: bool | None, target) -> bool | None:
+    return None if target is None else ok
+
+
+def headline(r: dict, targets: Targets) -> list[list]:
+    """The issue's workloads: AstrAI, llama.cpp, the ratio, the model's target and whether it is met."""
     rows: list[list] = []
     dec = r.get("decode") or {}
     a, ll = _dig(dec, "systems", "astrai", "best") or {}, _dig(dec, "systems", "llamacpp", "best") or {}
+    ceiling = _gguf_ceiling(r)
     if a or ll:
-        x = _ratio(a.get("decode_tok_s"), ll.get("decode_tok_s"))
+        av, lv = a.get("decode_tok_s"), ll.get("decode_tok_s")
+        x = _ratio(av, lv)
+        goal = f">= {targets.decode_ratio:g}x"
+        if targets.decode_stretch:
+            goal += f" (stretch {targets.decode_stretch:g}x)"
+        needed = targets.decode_ratio * lv if lv else None
+        if targets.decode_ceiling_share is not None:
+            goal += f", or >= {targets.decode_ceiling_share:.0%} of the read ceiling if that is lower"
+            if needed is not None and ceiling:
+                needed = min(needed, targets.decode_ceiling_share * ceiling)
         rows.append([f"Batch-1 decode, {_dig(dec, 'workload', 'prompt_tokens')}-token prompt, "
                      f"{_dig(dec, 'workload', 'decode_tokens')} tokens (tok/s; llama-bench tg)",
-                     fmt(a.get("decode_tok_s")), fmt(ll.get("decode_tok_s")), fmt(x, 2, "x"),
-                     ">= 1.0x (stretch 1.5x)", verdict(None if x is None else x >= 1.0, r, "decode"),
+                     fmt(av), fmt(lv), fmt(x, 2, "x"), goal,
+                     verdict(None if av is None or needed is None else av >= needed, r, "decode"),
                      load_text(r, "decode")])
+        if ceiling:
+            head = _dig(r, "roofline", "lm_head") or {}
+            tied = f"; the tied {head['rows']:,}-token head is {head['bytes'] / MB:,.0f} MB of it" \
+                if head.get("tied") else ""
+            share = targets.decode_ceiling_share  # informative here; the decode row's verdict uses it
+            rows.append([f"Batch-1 decode as a share of the read-bandwidth ceiling ({fmt(ceiling)} tok/s = "
+                         f"{fmt(_dig(r, 'roofline', 'read_bandwidth_gbs'))} GB/s / "
+                         f"{fmt(_gguf_bytes(r) / MB, 1)} MB of tensors per token{tied})",
+                         fmt(100 * av / ceiling, 0, "%") if av else "–", fmt(100 * lv / ceiling, 0, "%") if lv else "–",
+                         "–", _target_text(share, "(>= {:.0%}: the row above's alternative)"), "–",
+                         load_text(r, "decode")])
     sv = r.get("serving") or {}
     levels = sv.get("levels") or {}
     one = levels.get("1") or {}
     if "systems" in one:
         a, ll = _dig(one, "systems", "astrai", "best") or {}, _dig(one, "systems", "llamacpp", "best") or {}
         x = _ratio(a.get("itl_p50_ms"), ll.get("itl_p50_ms"))
+        t = targets.single_itl_ratio
         rows.append([f"One streaming user, {one['prompt_tokens']} in / {one['output_tokens']} out: "
                      "inter-token latency p50 (ms)", fmt(a.get("itl_p50_ms")), fmt(ll.get("itl_p50_ms")),
-                     fmt(x, 2, "x"), "<= 1.0x", verdict(None if x is None else x <= 1.0, r, "serving"),
-                     load_text(r, "serving")])
+                     fmt(x, 2, "x"), _target_text(t, "<= {:g}x"),
+                     verdict(_met(None if x is None else x <= (t or 0), t), r, "serving"), load_text(r, "serving")])
         rows.append(["One streaming user: output tok/s", fmt(a.get("output_tok_s")), fmt(ll.get("output_tok_s")),
                      fmt(_ratio(a.get("output_tok_s"), ll.get("output_tok_s")), 2, "x"), "–", "–",
                      load_text(r, "serving")])
-    for level, target in (("16", 4.0), ("64", None)):
+    for level, target in (("16", targets.streams16_ratio), ("64", None)):
         lv = levels.get(level) or {}
         if "systems" not in lv:
             continue
@@ -150,7 +183,7 @@ def headline(r: dict) -> list[list]:
         x = _ratio(a.get("output_tok_s"), ll.get("output_tok_s"))
         rows.append([f"{level} concurrent streams, {lv['prompt_tokens']} / {lv['output_tokens']}: output tok/s "
                      f"(llama-server -np {level})", fmt(a.get("output_tok_s")), fmt(ll.get("output_tok_s")),
-                     fmt(x, 2, "x"), f">= {target:.0f}x" if target else "–",
+                     fmt(x, 2, "x"), _target_text(target, ">= {:g}x"),
                      verdict(None if x is None or target is None else x >= target, r, "serving"),
                      load_text(r, "serving")])
         rows.append([f"{level} concurrent streams: TTFT p50 (ms)", fmt(a.get("ttft_p50_ms"), 0),
@@ -162,25 +195,60 @@ def headline(r: dict) -> list[list]:
         a, ll = _dig(off, "systems", "astrai"), _dig(off, "systems", "llamacpp")
         av = a.get("best_output_tok_s") if _ok(a) else None
         lv = ll.get("best_output_tok_s") if _ok(ll) else None
+        t = targets.offline_tok_s
         rows.append([f"Offline {w['batch']} x ({w['prompt_tokens']} -> {w['output_tokens']}): output tok/s "
-                     "(llama-batched-bench)", fmt(av), fmt(lv), fmt(_ratio(av, lv), 2, "x"), ">= 1,000 tok/s",
-                     verdict(None if av is None else av >= 1000, r, "offline"), load_text(r, "offline")])
+                     "(llama-batched-bench)", fmt(av), fmt(lv), fmt(_ratio(av, lv), 2, "x"),
+                     _target_text(t, ">= {:,.0f} tok/s"), verdict(_met(None if av is None else av >= (t or 0), t),
+                                                                  r, "offline"), load_text(r, "offline")])
     long = sv.get("ttft_long") or {}
     if "systems" in long:
         a, ll = _dig(long, "systems", "astrai", "best") or {}, _dig(long, "systems", "llamacpp", "best") or {}
         x = _ratio(a.get("ttft_p50_ms"), ll.get("ttft_p50_ms"))
         rows.append([f"TTFT, {long['prompt_tokens']}-token prompt over HTTP, p50 (ms)", fmt(a.get("ttft_p50_ms"), 0),
-                     fmt(ll.get("ttft_p50_ms"), 0), fmt(x, 2, "x"), "<= 0.5x",
-                     verdict(None if x is None else x <= 0.5, r, "serving"), load_text(r, "serving")])
-    mem = r.get("memory") or {}
-    if _ok(mem):
-        rss, budget = _dig(mem, "astrai_serve", "rss_bytes"), _dig(mem, "budget", "budget_bytes")
-        ref = _dig(mem, "llama_server_np16", "rss_bytes")
-        rows.append(["Idle `astrai serve` resident memory (MB; llama-server -np 16 for reference)",
-                     fmt(rss / MB if rss else None, 0), fmt(ref / MB if ref else None, 0), "–",
-                     f"<= weights + KV pool + 500 MB = {fmt(budget / MB if budget else None, 0)} MB",
-                     verdict(None if not (rss and budget) else rss <= budget, r, "memory"), load_text(r, "memory")])
+                     fmt(ll.get("ttft_p50_ms"), 0), fmt(x, 2, "x"), f"<= {targets.ttft_ratio:g}x",
+                     verdict(None if x is None else x <= targets.ttft_ratio, r, "serving"), load_text(r, "serving")])
+    rows += _memory_rows(r, targets)
+    rows += _perplexity_rows(r, targets)
     return rows
+
+
+def _memory_rows(r: dict, targets: Targets) -> list[list]:
+    mem = r.get("memory") or {}
+    if not _ok(mem):
+        return []
+    rows = []
+    load = mem.get("load") or {}
+    if "added_bytes" in load:
+        limit = load.get("target_bytes")
+        rows.append([f"RSS added by loading the file (MB; the {load['file_bytes'] / MB:,.0f} MB GGUF, "
+                     "`Engine.from_pretrained` in a fresh process)", fmt(load["added_bytes"] / MB, 0), "–", "–",
+                     f"<= file + {load['target_overhead_bytes'] / MB:,.0f} MB = {limit / MB:,.0f} MB" if limit else "–",
+                     _plain_verdict(None if limit is None else load["added_bytes"] <= limit), "–"])
+    rss, budget = _dig(mem, "astrai_serve", "rss_bytes"), _dig(mem, "budget", "budget_bytes")
+    ref = _dig(mem, "llama_server_np16", "rss_bytes")
+    overhead = _dig(mem, "budget", "overhead_bytes") or targets.serve_overhead_bytes or 0
+    rows.append(["Idle `astrai serve` resident memory (MB; llama-server -np 16 for reference)",
+                 fmt(rss / MB if rss else None, 0), fmt(ref / MB if ref else None, 0), "–",
+                 f"<= weights + KV pool + {overhead / MB:,.0f} MB = {fmt(budget / MB if budget else None, 0)} MB",
+                 _plain_verdict(None if not (rss and budget) else rss <= budget), "–"])
+    return rows
+
+
+def _perplexity_rows(r: dict, targets: Targets) -> list[list]:
+    px = r.get("perplexity") or {}
+    if not _ok(px):
+        return []
+    ours, ref = _dig(px, "astrai", "served", "ppl"), _dig(px, "llama.cpp", "ppl")
+    x = _ratio(ours, ref)
+    tol = targets.perplexity_tolerance
+    return [[f"Perplexity of `{px['text']}` (n_ctx {px['n_ctx']}, llama-perplexity's method; llama-perplexity)",
+             fmt(ours, 3), fmt(ref, 3), fmt(x, 4, "x"), _target_text(tol, "within {:.0%}"),
+             _plain_verdict(_met(None if x is None else abs(x - 1) <= (tol or 0), tol)), "–"]]
+
+
+def _plain_verdict(met: bool | None) -> str:
+    """For figures the machine's load cannot move (resident memory, perplexity)."""
+    return "–" if met is None else "yes" if met else "no"
 
 
 # --- detail sections -------------------------------------------------------------------------
@@ -231,11 +299,18 @@ def roofline_section(r: dict) -> str:
         if "bf16_dot_flops_per_s" in peaks:
             tf += f", bf16 dot {peaks['bf16_dot_flops_per_s'] / 1e12:.3f} TFLOP/s"
     by_type = ", ".join(f"{k} {v / MB:,.1f} MB" for k, v in rf["gguf_tensor_bytes"].items())
+    head = rf.get("lm_head") or {}
+    head_text = ""
+    if head:
+        head_text = (f" The LM head ({'the tied token embedding, ' if head['tied'] else ''}{head['type']} "
+                     f"{head['rows']:,} x {head['cols']:,}) is {head['bytes'] / MB:,.1f} MB of the "
+                     f"{sum(rf['gguf_tensor_bytes'].values()) / MB:,.1f} MB read per token (float32 would be "
+                     f"{head['float32_bytes'] / MB:,.0f} MB).")
     return "\n".join(["## Roofline (measured on this machine, this run)", "",
                       f"Streaming read {fmt(rf['read_bandwidth_gbs'])} GB/s, copy {fmt(rf['copy_bandwidth_gbs'])} GB/s "
                       f"(read + write; {rf['bandwidth_test_bytes'] // 2**20} MiB tensors). Dense matmul "
-                      f"({rf['matmul_n']}^3): {tf}. SmolLM2-135M: {rf['num_parameters']:,} parameters; GGUF tensor "
-                      f"data {by_type}.", "",
+                      f"({rf['matmul_n']}^3): {tf}. {model_title(r)}: {rf['num_parameters']:,} parameters; GGUF "
+                      f"tensor data {by_type}.{head_text}", "",
                       table(["Weights read per token", "Bytes", "Batch-1 decode ceiling (tok/s)",
                              "Batched ceiling (tok/s)"],
                             [[k, f"{v['weight_bytes'] / MB:,.1f} MB", fmt(v["batch1_decode_tok_s"]),
@@ -248,6 +323,13 @@ def _gguf_ceiling(r: dict) -> float | None:
         if k.startswith("gguf"):
             return v["batch1_decode_tok_s"]
     return None
+
+
+def _gguf_bytes(r: dict) -> float:
+    for k, v in (_dig(r, "roofline", "ceilings") or {}).items():
+        if k.startswith("gguf"):
+            return v["weight_bytes"]
+    return 0.0
 
 
 def _batched_int8_ceiling(r: dict) -> float | None:
@@ -378,20 +460,70 @@ def memory_section(r: dict) -> str:
         return ""
     if not _ok(mem):
         return f"## Memory\n\n{_status(mem)}"
+    out = ["## Memory", ""]
+    load = mem.get("load") or {}
+    if "added_bytes" in load:
+        head = load.get("lm_head") or {}
+        rows = [["GGUF file", fmt(load["file_bytes"] / MB, 0)],
+                ["RSS before loading (torch, AstrAI, kernel library)", fmt(load["baseline_rss_bytes"] / MB, 0)],
+                ["RSS added by `Engine.from_pretrained`", fmt(load["added_bytes"] / MB, 0)],
+                ["peak (VmHWM) above the baseline during the load", fmt(load["peak_added_bytes"] / MB, 0)],
+                [f"tensors the engine holds ({load['weights']}; {load['forward']} forward, {load['kernels']})",
+                 fmt(load["weight_bytes"] / MB, 0)],
+                ["KV pool reserved (untouched until requests write it)", fmt(load["kv_pool_bytes"] / MB, 0)]]
+        if head:
+            what = "the tied token embedding, also the LM head" if head["tied"] else "the LM head"
+            rows.insert(5, [f"of which {what}: {head['type']} {head['rows']:,} x {head['cols']:,}, held packed "
+                            f"(float32: {head['float32_bytes'] / MB:,.0f} MB)", fmt(head["bytes"] / MB, 0)])
+        if load.get("target_bytes"):
+            rows.append([f"target: file + {load['target_overhead_bytes'] / MB:,.0f} MB", fmt(load["target_bytes"] / MB, 0)])
+        out += ["Loading the file in a fresh process (`python -m bench.load_memory GGUF`): resident set before and "
+                "after `Engine.from_pretrained` with the run's options.", "", table(["", "MB"], rows), ""]
+    elif load:
+        out += [f"Load measurement: {_status(load)}", ""]
     b = mem.get("budget") or {}
     rows = [["`astrai serve` idle RSS", fmt(_dig(mem, "astrai_serve", "rss_bytes") / MB
                                             if _dig(mem, "astrai_serve", "rss_bytes") else None, 0)],
             ["weights held by the engine", fmt(b.get("weight_bytes", 0) / MB, 0)],
             [f"KV pool ({b.get('num_pages')} pages x {b.get('page_size')} tokens, {b.get('dtype')})",
              fmt((b.get("kv_pool_bytes") or 0) / MB, 0)],
-            ["budget: weights + KV pool + 500 MB", fmt((b.get("budget_bytes") or 0) / MB, 0)]]
+            [f"budget: weights + KV pool + {(b.get('overhead_bytes') or 0) / MB:,.0f} MB",
+             fmt((b.get("budget_bytes") or 0) / MB, 0)]]
     for k in ("llama_server_np1", "llama_server_np16"):
         if k in mem:
             rows.append([f"{k.replace('_', '-').replace('-np', ' -np ')} idle RSS (reference)",
                          fmt(mem[k]["rss_bytes"] / MB, 0) if "rss_bytes" in mem[k] else _status(mem[k])])
-    return "\n".join(["## Memory", "", "Resident set size (VmRSS) a few seconds after `/health` turned 200, no request "
-                      "sent; the budget's parts come from the same engine built in-process with the same options.", "",
-                      table(["", "MB"], rows)])
+    out += ["Idle `astrai serve`: resident set size (VmRSS) a few seconds after `/health` turned 200, no request "
+            "sent; the budget's parts come from the same engine built in-process with the same options.", "",
+            table(["", "MB"], rows)]
+    return "\n".join(out)
+
+
+def perplexity_section(r: dict) -> str:
+    px = r.get("perplexity")
+    if not px:
+        return ""
+    if not _ok(px):
+        return f"## Perplexity\n\n{_status(px)}"
+    described = {"served": "what `astrai serve` computes: {forward} forward ({kernels}), {weights}, {kv_dtype} KV",
+                 "auto": "the same weights through the torch layers ({weights}), {kv_dtype} KV",
+                 "none": "dequantized: {weights}, {kv_dtype} KV"}
+    rows = []
+    for variant, row in (px.get("astrai") or {}).items():
+        label = f"AstrAI {variant}: " + described.get(variant, "").format(**row) if _ok(row) else f"AstrAI {variant}"
+        rows.append([label, fmt(row.get("ppl"), 4) if _ok(row) else _status(row),
+                     fmt(px.get(f"ratio_{variant}_vs_llama_cpp"), 4, "x")])
+    for key in ("llama.cpp", "llama.cpp F32"):
+        row = px.get(key)
+        if row:
+            rows.append([f"`{row['command']}`" if _ok(row) else key,
+                         f"{fmt(row['ppl'], 4)} ± {fmt(row['stderr'], 4)}" if _ok(row) else _status(row), "–"])
+    first = next(iter((px.get("astrai") or {}).values()), {})
+    return "\n".join(["## Perplexity (llama-perplexity's method)", "",
+                      f"`{px['text']}` ({first.get('tokens', '?')} tokens with BOS) in {first.get('chunks', '?')} "
+                      f"windows of {px['n_ctx']} tokens, each starting at BOS from an empty cache; the second half of "
+                      "each window scored. `python -m bench.gemma_perplexity` runs every variant on the Gemma file.",
+                      "", table(["System", "PPL", "vs llama-perplexity on the file"], rows)])
 
 
 def prefix_section(r: dict) -> str:
@@ -475,35 +607,107 @@ def profile_section(r: dict) -> str:
     return "\n".join(out)
 
 
-def render(r: dict, json_name: str) -> str:
+def model_key(r: dict) -> str:
+    """The result's model (results before --model existed ran the bundled default)."""
+    return (r.get("model") or {}).get("key") or DEFAULT_MODEL
+
+
+def model_title(r: dict) -> str:
+    key = model_key(r)
+    return MODELS[key].title if key in MODELS else (r.get("model") or {}).get("title") or key
+
+
+def _demote(text: str) -> str:
+    """Every heading one level down: a model's sections sit under its own heading."""
+    return re.sub(r"^(#+) ", r"#\1 ", text, flags=re.MULTILINE)
+
+
+def render_model(r: dict, json_name: str) -> str:
+    """One model's part of the page, from one run."""
+    key = model_key(r)
+    targets = bench_model(key).targets
     busy = [name for name in (r.get("loads") or {}) if overloaded(r, name)]
-    head = ["# AstrAI benchmarks", "",
-            f"Generated by `python -m bench{' --quick' if r['mode'] == 'quick' else ''}` "
-            f"on {r['started']} (commit {r['machine'].get('git_commit')}), every figure from "
-            f"[`bench/results/{json_name}`](bench/results/{json_name}); the run took "
-            f"{r['elapsed_s'] / 60:.1f} min. Peers: `bench/setup_peers.sh`. Regenerate with `hatch run dev:bench`.", ""]
+    flags = ("" if key == DEFAULT_MODEL else f" --model {key}") + (" --quick" if r["mode"] == "quick" else "")
+    gguf = (r.get("model") or {}).get("gguf")
+    head = [f"## {model_title(r)}", "",
+            f"Generated by `python -m bench{flags}` on {r['started']} (commit {r['machine'].get('git_commit')})"
+            f"{f', GGUF `{gguf}`' if gguf else ''}, every figure from "
+            f"[`bench/results/{json_name}`](bench/results/{json_name}); the run took {r['elapsed_s'] / 60:.1f} min.", ""]
     if r["mode"] == "quick":
         head += ["**A `--quick` run: shortened workloads and one round each, for checking the suite, not for "
                  "comparing systems.**", ""]
     if busy:
-        head += [f"**The machine was busy during {', '.join(busy)} (1-minute load average above its "
-                 f"{r['machine']['cores']} cores): those numbers are not a fair comparison and no target is called "
-                 "met from them.**", ""]
-    rows = headline(r)
+        head += [f"**The machine was busy during {', '.join(busy)} (other processes above "
+                 f"{OUTSIDE_CPU_LIMIT:.0%} of its {r['machine']['cores']} cores, or the 1-minute load average above "
+                 "them): those numbers are not a fair comparison and no speed target is called met from them.**", ""]
+    rows = headline(r, targets)
     if rows:
-        head += ["## Headline: AstrAI vs llama.cpp on the same GGUF (targets reported, never asserted)", "",
+        head += [f"### Headline: AstrAI vs llama.cpp on the same GGUF (targets from {targets.source}; reported, "
+                 "never asserted)", "",
                  table(["Workload", "AstrAI", "llama.cpp", "Ratio", "Target", "Met", "Load avg (1 min)"], rows), ""]
     sections = [machine_section(r), roofline_section(r), decode_section(r), serving_section(r), offline_section(r),
-                memory_section(r), prefix_section(r), gpu_section(r), profile_section(r)]
-    return "\n".join(head) + "\n" + "\n\n".join(s for s in sections if s) + "\n"
+                memory_section(r), perplexity_section(r), prefix_section(r), gpu_section(r), profile_section(r)]
+    return "\n".join(head) + "\n" + "\n\n".join(_demote(s) for s in sections if s)
+
+
+def _anchor(title: str) -> str:
+    """GitHub's heading anchor: lower case, punctuation dropped (but - and _), spaces to -."""
+    return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+
+
+def render(runs: list[tuple[dict, str]]) -> str:
+    """The page: one part per model (in MODELS order), each from its own run."""
+    runs = sorted(runs, key=lambda run: list(MODELS).index(model_key(run[0])) if model_key(run[0]) in MODELS else 99)
+    titles = " · ".join(f"[{model_title(r)}](#{_anchor(model_title(r))})" for r, _ in runs)
+    head = ["# AstrAI benchmarks", "",
+            f"One part per model, each from its own run of the suite on that model's GGUF: {titles}. Peers: "
+            "`bench/setup_peers.sh`. Regenerate with `hatch run dev:bench` (the bundled SmolLM2) and "
+            "`hatch run dev:bench --model gemma3-270m`; each run replaces its model's part and keeps the others "
+            "(their latest full run in `bench/results/`).", ""]
+    return "\n".join(head) + "\n" + "\n\n".join(render_model(r, name) for r, name in runs) + "\n"
 
 
 FORMAT_VERSION = 2  # results of the llama-cpp-python suite (version 1) are in git history only
 
 
-def write(result_path: Path, out_path: Path) -> None:
-    r = json.loads(result_path.read_text())
+def read_result(path: Path) -> dict:
+    r = json.loads(path.read_text())
     if r.get("format") != "astrai-bench" or r.get("version") != FORMAT_VERSION:
-        raise SystemExit(f"{result_path} is not an astrai-bench result of format version {FORMAT_VERSION} "
+        raise SystemExit(f"{path} is not an astrai-bench result of format version {FORMAT_VERSION} "
                          f"(found {r.get('format')!r} version {r.get('version')!r}); re-run the suite")
-    out_path.write_text(render(r, result_path.name))
+    return r
+
+
+def latest_results(results_dir: Path) -> dict[str, Path]:
+    """Per model, the result in results_dir of a full run (else a quick one) with the most
+    sections (a run with --only never displaces a whole one), the newest among equals (file
+    names start with the run's UTC time, so name order is time order)."""
+    best: dict[str, tuple[bool, int, str, Path]] = {}
+    for path in results_dir.glob("*.json"):
+        try:
+            r = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if r.get("format") != "astrai-bench" or r.get("version") != FORMAT_VERSION or "elapsed_s" not in r:
+            continue
+        rank = (r.get("mode") == "full", len(r.get("sections") or []), path.name, path)
+        key = model_key(r)
+        if key not in best or rank[:3] > best[key][:3]:
+            best[key] = rank
+    return {key: rank[3] for key, rank in best.items()}
+
+
+def write(result_paths: list[Path], out_path: Path, results_dir: Path) -> list[Path]:
+    """BENCHMARKS.md from the given results (one per model) plus, for every other model, its
+    latest result in results_dir; returns the results used."""
+    chosen: dict[str, Path] = {}
+    for path in result_paths:
+        key = model_key(read_result(path))
+        if key in chosen:
+            raise SystemExit(f"{chosen[key].name} and {path.name} are both results for {key}: give one per model")
+        chosen[key] = path
+    for key, path in latest_results(results_dir).items():
+        chosen.setdefault(key, path)
+    runs = [(read_result(path), path.name) for path in chosen.values()]
+    out_path.write_text(render(runs))
+    return list(chosen.values())

@@ -1,7 +1,7 @@
 """Serving over HTTP: `astrai serve` against `llama-server -np N`, one client for both.
 
 guidellm (bench/guidellm_client.py) sends the same synthetic workload to both servers:
-fixed-size prompts (128 tokens by the bundled tokenizer), exactly 128 output tokens
+fixed-size prompts (128 tokens by the GGUF's own tokenizer), exactly 128 output tokens
 (max_tokens + ignore_eos), greedy, streamed, at concurrency 1, 16 and 64. `astrai serve` runs
 once with its defaults (plus --astrai-args); llama-server is started per level with -np N
 slots (continuous batching is its default) and the same thread count. Within a level the
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import traceback
+from pathlib import Path
 
 import httpx
 
@@ -47,10 +48,11 @@ def best_of(runs: list[dict]) -> dict:
     return best
 
 
-def _one(server, model: str, *, concurrency: int, requests: int, prompt: int, output: int, seed: int) -> dict:
+def _one(server, model: str, *, tokenizer: Path, concurrency: int, requests: int, prompt: int, output: int,
+         seed: int) -> dict:
     try:
-        res = guidellm_client.run(server.base_url, model, concurrency=concurrency, requests=requests,
-                                  prompt_tokens=prompt, output_tokens=output, seed=seed)
+        res = guidellm_client.run(server.base_url, model, tokenizer=tokenizer, concurrency=concurrency,
+                                  requests=requests, prompt_tokens=prompt, output_tokens=output, seed=seed)
         res["status"] = "ok" if res.get("completed") else "error"
         if not res.get("completed"):
             res["reason"] = "no request completed"
@@ -66,16 +68,16 @@ def _brief(res: dict) -> str:
             f"ITL p50 {res['itl_p50_ms']:.1f} ms")
 
 
-def _compare(ctx: Context, servers: dict, models: dict, *, concurrency: int, requests: int, prompt: int,
-             output: int, rounds: int, seed0: int, label: str) -> dict:
+def _compare(ctx: Context, servers: dict, models: dict, *, tokenizer: Path, concurrency: int, requests: int,
+             prompt: int, output: int, rounds: int, seed0: int, label: str) -> dict:
     """Alternate the servers for `rounds` rounds of the same workload; each run its own seed."""
     runs: dict[str, list[dict]] = {name: [] for name in servers}
     for rnd in range(rounds):
         if rnd and ctx.out_of_time():
             break
         for name, server in servers.items():
-            res = _one(server, models[name], concurrency=concurrency, requests=requests, prompt=prompt,
-                       output=output, seed=seed0 + 97 * rnd)
+            res = _one(server, models[name], tokenizer=tokenizer, concurrency=concurrency, requests=requests,
+                       prompt=prompt, output=output, seed=seed0 + 97 * rnd)
             runs[name].append(res)
             log(f"[serving] {label} {name} round {rnd + 1}: {_brief(res)}")
     return {"concurrency": concurrency, "requests": requests, "prompt_tokens": prompt, "output_tokens": output,
@@ -106,7 +108,8 @@ def run(ctx: Context) -> dict:
     s = ctx.scale
     model = ctx.model_path()
     guidellm_cli()  # a missing client is a clear error before any server starts
-    out: dict = {"status": "ok", "client": "guidellm", "threads": ctx.threads,
+    tokenizer = guidellm_client.local_tokenizer(model)
+    out: dict = {"status": "ok", "client": "guidellm", "threads": ctx.threads, "tokenizer": str(tokenizer),
                  "astrai_args": ctx.astrai.serve_args, "levels": {}, "servers": {}}
     base_slot = s.serving_prompt_tokens + s.serving_output_tokens + 128  # slack: tokenizers may differ by a BOS
     long_slot = max(base_slot, s.ttft_prompt_tokens + s.ttft_output_tokens + 128)
@@ -129,12 +132,12 @@ def run(ctx: Context) -> dict:
                     servers["llamacpp"], models["llamacpp"] = llama
                 if level in s.serving_concurrency:
                     out["levels"][str(level)] = _compare(
-                        ctx, servers, models, concurrency=level, requests=s.serving_requests(level),
+                        ctx, servers, models, tokenizer=tokenizer, concurrency=level, requests=s.serving_requests(level),
                         prompt=s.serving_prompt_tokens, output=s.serving_output_tokens, rounds=s.serving_rounds,
                         seed0=1000 * level, label=f"c={level}")
                 if level == 1 and not ctx.out_of_time():
                     out["ttft_long"] = _compare(
-                        ctx, servers, models, concurrency=1, requests=s.ttft_requests, prompt=s.ttft_prompt_tokens,
+                        ctx, servers, models, tokenizer=tokenizer, concurrency=1, requests=s.ttft_requests, prompt=s.ttft_prompt_tokens,
                         output=s.ttft_output_tokens, rounds=s.serving_rounds, seed0=555,
                         label=f"TTFT@{s.ttft_prompt_tokens}")
         out["servers"]["astrai"]["rss_after_runs_bytes"] = astrai.rss()

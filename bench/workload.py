@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-# Random ids avoid the special tokens at the bottom of SmolLM2's vocabulary.
+# The default id range: ordinary tokens of SmolLM2 (its special tokens are ids 0-16); sections
+# pass their model's own range (bench/models.py).
 TOKEN_RANGE = (100, 10000)
 
 
@@ -17,8 +18,9 @@ class Request:
     max_tokens: int
 
 
-def random_ids(rng: random.Random, n: int) -> list[int]:
-    return [rng.randint(*TOKEN_RANGE) for _ in range(n)]
+def random_ids(rng: random.Random, n: int, token_range: tuple[int, int] = TOKEN_RANGE) -> list[int]:
+    """n ids drawn uniformly from token_range (inclusive): ordinary tokens, no special ones."""
+    return [rng.randint(*token_range) for _ in range(n)]
 
 
 def offline_workload(
@@ -31,10 +33,11 @@ def offline_workload(
     return [Request(p, o) for p, o in zip(prompts, outputs, strict=True)]
 
 
-def fixed_workload(num_requests: int, prompt_len: int, output_len: int, seed: int = 0) -> list[Request]:
+def fixed_workload(num_requests: int, prompt_len: int, output_len: int, seed: int = 0,
+                   token_range: tuple[int, int] = TOKEN_RANGE) -> list[Request]:
     """Every request the same size (the issue's 64 x (128 -> 128)), like llama-batched-bench."""
     rng = random.Random(seed)
-    return [Request(random_ids(rng, prompt_len), output_len) for _ in range(num_requests)]
+    return [Request(random_ids(rng, prompt_len, token_range), output_len) for _ in range(num_requests)]
 
 
 def describe(requests: list[Request]) -> dict:

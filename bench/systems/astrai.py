@@ -1,4 +1,4 @@
-"""AstrAI's Engine on the bundled GGUF, with the engine's defaults plus the bench's --astrai-args."""
+"""AstrAI's Engine on the run's GGUF, with the engine's defaults plus the bench's --astrai-args."""
 
 from __future__ import annotations
 

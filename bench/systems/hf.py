@@ -15,7 +15,7 @@ from bench.progress import bar
 from bench.systems.base import LatencyResult, OfflineResult, System
 from bench.workload import Request
 
-PAD_ID = 0  # SmolLM2's <|endoftext|>; masked out by the attention mask
+PAD_ID = 0  # SmolLM2's <|endoftext|>, Gemma's <pad>; masked out by the attention mask
 
 
 class _StepProgress:
