@@ -39,10 +39,10 @@ def test_model_numbers_are_drawn_on_the_architecture(trace_dict):
         return drawn_texts(layer_card(layer, 0.0)[1])
 
     texts = model_card_texts(trace_dict)
-    assert "9 query / 3 KV heads (GQA 3:1) · float32 · 134.5M parameters" in texts
+    assert "9 query / 3 KV heads (GQA 3:1) · 134.5M parameters · float32" in texts
     assert "astrai-model 0.1.0 · astrai.model.transformer" in texts
     trace_dict["model"]["num_parameters"] = 1_234_000_000
-    assert "9 query / 3 KV heads (GQA 3:1) · float32 · 1.23B parameters" in model_card_texts(trace_dict)
+    assert "9 query / 3 KV heads (GQA 3:1) · 1.23B parameters · float32" in model_card_texts(trace_dict)
 
 
 def test_step_captions_are_drawn(trace_dict):

@@ -62,4 +62,4 @@ def test_context_length_and_turn_format_come_from_the_file(engine):
     assert engine.config.max_position_embeddings == 4096 and engine.max_model_len == 4096
     assert engine.tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}]) == (
         "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n")
-    assert engine.describe().forward == "torch"  # the native fused step does not know Gemma layers yet
+    assert engine.describe().forward == "native"  # the fused native step runs Gemma 3's layers

@@ -62,6 +62,21 @@ class FailsOnToken(torch.nn.Module):
     def dtype(self):
         return self.inner.dtype
 
+    @property
+    def low_bit(self) -> bool:
+        return self.inner.low_bit
+
+    @property
+    def backend(self) -> str:
+        return self.inner.backend
+
+    @property
+    def kernels(self) -> str:
+        return self.inner.kernels
+
+    def weight_format(self) -> str:
+        return self.inner.weight_format()
+
     def forward(self, batch, kv_caches, page_size):
         if bool((batch.token_ids == self.poison).any()):
             raise RuntimeError("injected failure")
@@ -154,7 +169,7 @@ def test_the_engine_is_an_engine_client_and_describes_itself(engine, prompts):
     assert (info.model, info.dtype, info.num_pages, info.max_num_seqs) == (engine.config.name, "float32", 2048, 32)
     assert info.max_model_len == engine.max_model_len and info.scheduling == "continuous" and info.prefix_cache
     assert info.modules["engine"] == "astrai.scheduler.engine" and info.modules["cache"] == "astrai.cache.manager"
-    assert info.modules["model"] == "astrai.model.transformer"
+    assert info.modules["model"] == "astrai.model.native_forward" and info.forward == "native"
 
 
 def test_with_settings_builds_an_independent_engine_over_the_same_model(engine, prompts, greedy_alone):
