@@ -1,0 +1,189 @@
+"""Speculator: which decoding requests get drafts this step, and how long.
+
+After the scheduler has planned a step, every request that only decodes (and has not opted
+out) may ask its proposer for a draft. Each draft token has an estimate of being accepted,
+the product of the per-token estimates before it: the proposer's own (scaled by how its
+estimates have fared for this request) or, without one, the request's observed per-token
+acceptance rate. Tokens join the step in order of that estimate while each one adds more
+expected tokens than it costs, with the step's cost per row learnt by `StepCost`:
+
+    take a token of estimate P  iff  P > rho * T / (1 + rho * R)
+
+(T expected tokens and R rows in the step so far, rho = cost of a row / fixed cost of a step:
+the step's tokens per unit of time go up). One user on a memory-bound step gets long drafts;
+a step already full of rows (compute-bound) gets only near-certain tokens, then none; a
+request whose drafts keep failing sees its estimates fall and stops drafting, and they drift
+back slowly so it tries again later. Drafts only use free pages above the watermark: memory
+short means shorter drafts, never an eviction or a preemption.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+from ..request import Request
+from ..scheduler import Scheduler, StepPlan
+from .cost import StepCost
+from .proposer import Draft, Proposer
+
+PRIOR_RATE = 0.6  # per-token acceptance assumed before a request has any history
+EWMA = 0.3  # weight of the newest verification in the per-request estimates
+RECOVERY = 0.03  # per step without a draft: estimates drift back toward the priors
+
+
+@dataclass
+class SpeculationCounters:
+    """Totals since start (read by `engine.stats()`): vLLM's spec_decode_* counters."""
+
+    num_drafts: int = 0
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
+    accepted_per_position: dict[int, int] = field(default_factory=dict)
+
+
+class _Estimates:
+    """One request's record: per-token acceptance, and observed / predicted accepted tokens."""
+
+    __slots__ = ("accepted", "trials", "actual", "predicted")
+
+    def __init__(self) -> None:
+        self.accepted, self.trials = PRIOR_RATE, 1.0
+        self.actual, self.predicted = 1.0, 1.0
+
+    @property
+    def rate(self) -> float:
+        return self.accepted / self.trials
+
+    @property
+    def calibration(self) -> float:
+        return min(2.0, self.actual / self.predicted)
+
+    def update(self, matched: int, proposed: int, predicted: float | None) -> None:
+        trials = matched + (1 if matched < proposed else 0)  # tokens verified one after another
+        self.accepted = (1 - EWMA) * self.accepted + EWMA * matched
+        self.trials = (1 - EWMA) * self.trials + EWMA * trials
+        if predicted is not None:
+            self.actual = (1 - EWMA) * self.actual + EWMA * matched
+            self.predicted = (1 - EWMA) * self.predicted + EWMA * max(predicted, 1e-3)
+
+    def recover(self) -> None:
+        self.accepted += (PRIOR_RATE * self.trials - self.accepted) * RECOVERY
+        self.actual += (self.predicted - self.actual) * RECOVERY
+
+
+class Speculator:
+    def __init__(self, proposer: Proposer, *, max_tokens: int, cost: StepCost | None = None) -> None:
+        if max_tokens < 1:
+            raise ValueError(f"speculation max_tokens must be >= 1, got {max_tokens}")
+        self.proposer = proposer
+        self.max_tokens = max_tokens
+        self.cost = cost if cost is not None else StepCost()
+        self.counters = SpeculationCounters()
+        self._estimates: dict[str, _Estimates] = {}
+        self._predicted: dict[str, float | None] = {}  # this step's raw expected accepted tokens
+
+    # --- planning ----------------------------------------------------------------------
+
+    @staticmethod
+    def eligible(req: Request, start: int, end: int) -> bool:
+        """A request decoding one token whose output may still grow by two or more."""
+        return (end - start == 1 and start >= len(req.prompt_token_ids) and req.params.speculation
+                and req.tokens_left > 1)
+
+    def extend(self, plan: StepPlan, scheduler: Scheduler) -> None:
+        """Give this step's decoding chunks the drafts that pay, reserving their pages."""
+        if plan.preempted:  # pages are tight: no optional work this step
+            return
+        chunks = [c for c in plan.chunks if c.sample and self.eligible(c.request, c.start, c.end)]
+        if not chunks:
+            return
+        rows = plan.num_tokens
+        tokens = float(sum(1 for c in plan.chunks if c.sample))
+        room = scheduler.max_num_batched_tokens - rows
+        rho = self.cost.ratio()
+        asked, limits = [], []
+        for c in chunks:
+            est = self._estimate(c.request)
+            best = max(est.rate, min(1.0, est.calibration))  # the most any first token could score
+            limit = min(self.max_tokens, c.request.tokens_left - 1, room)
+            if limit <= 0 or best <= rho * tokens / (1.0 + rho * rows):
+                est.recover()
+                continue
+            asked.append(c)
+            limits.append(limit)
+        if not asked:
+            return
+        drafts = self.proposer.propose([c.request for c in asked], limits)
+        paths = [self._paths(c.request, d) for c, d in zip(asked, drafts, strict=True)]
+        taken = [0] * len(asked)
+        heap = [(-p[0], i) for i, p in enumerate(paths) if p]
+        heapq.heapify(heap)
+        while heap and room > 0:
+            neg, i = heapq.heappop(heap)
+            if -neg <= rho * tokens / (1.0 + rho * rows):
+                break  # the best token left does not pay; no later one would
+            tokens -= neg
+            rows += 1
+            room -= 1
+            taken[i] += 1
+            if taken[i] < len(paths[i]):
+                heapq.heappush(heap, (-paths[i][taken[i]], i))
+        for c, d, k in zip(asked, drafts, taken, strict=True):
+            if k:
+                end = scheduler.reserve_ahead(c.request, c.end, c.end + k)
+                k = end - c.end
+            if not k:
+                self._estimate(c.request).recover()
+                continue
+            c.draft = d.tokens[:k]
+            c.end += k
+            self._predicted[c.request.request_id] = sum(_raw_paths(d)[:k]) if d.probs is not None else None
+
+    def _estimate(self, req: Request) -> _Estimates:
+        est = self._estimates.get(req.request_id)
+        if est is None:
+            est = self._estimates[req.request_id] = _Estimates()
+        return est
+
+    def _paths(self, req: Request, draft: Draft) -> list[float]:
+        """The estimate that each draft token is accepted (all before it too), non-increasing."""
+        est = self._estimate(req)
+        if draft.probs is None:
+            rate, p, out = est.rate, 1.0, []
+            for _ in draft.tokens:
+                p *= rate
+                out.append(p)
+            return out
+        scale = est.calibration
+        return [min(1.0, scale * p) for p in _raw_paths(draft)]
+
+    # --- after the step ----------------------------------------------------------------
+
+    def settle(self, req: Request, proposed: int, matched: int) -> None:
+        """A draft of `proposed` tokens was verified; the first `matched` equalled the target's."""
+        c = self.counters
+        c.num_drafts += 1
+        c.num_draft_tokens += proposed
+        c.num_accepted_tokens += matched
+        for pos in range(matched):
+            c.accepted_per_position[pos] = c.accepted_per_position.get(pos, 0) + 1
+        self._estimate(req).update(matched, proposed, self._predicted.pop(req.request_id, None))
+
+    def observe_step(self, rows: int, ms: float) -> None:
+        """A step of `rows` decode/verification rows (no prefill) took `ms` in all."""
+        self.cost.observe(rows, ms)
+
+    def finish(self, req: Request) -> None:
+        self._estimates.pop(req.request_id, None)
+        self._predicted.pop(req.request_id, None)
+        self.proposer.finish(req)
+
+
+def _raw_paths(draft: Draft) -> list[float]:
+    assert draft.probs is not None
+    out, p = [], 1.0
+    for q in draft.probs:
+        p *= q
+        out.append(p)
+    return out
