@@ -2,9 +2,9 @@
 
 After the scheduler has planned a step, every request that only decodes (and has not opted
 out) may ask its proposer for a draft. Each draft token has an estimate of being accepted,
-the product of the per-token estimates before it: the proposer's own (scaled by how its
-estimates have fared for this request) or, without one, the request's observed per-token
-acceptance rate. Tokens join the step in order of that estimate while each one adds more
+the product of the per-token estimates up to it: the proposer's own (scaled by how they have
+fared for this request: observed / predicted acceptances) or, without one, the request's
+observed per-token acceptance rate. Tokens join the step in order of that estimate while each one adds more
 expected tokens than it costs, with the step's cost per row learnt by `StepCost`:
 
     take a token of estimate P  iff  P > rho * T / (1 + rho * R)
@@ -28,8 +28,11 @@ from .cost import StepCost
 from .proposer import Draft, Proposer
 
 PRIOR_RATE = 0.6  # per-token acceptance assumed before a request has any history
-EWMA = 0.3  # weight of the newest verification in the per-request estimates
-RECOVERY = 0.03  # per step without a draft: estimates drift back toward the priors
+PRIOR_WEIGHT = 1.5  # ... worth this many verified tokens
+DECAY = 0.85  # the record of earlier verifications, kept per new one
+FADE = 0.97  # ... and per step without a draft
+MAX_CALIBRATION = 4.0
+MAX_TOKEN_ESTIMATE = 0.98  # no draft token is ever taken for certain: long paths always decay
 
 
 @dataclass
@@ -43,33 +46,38 @@ class SpeculationCounters:
 
 
 class _Estimates:
-    """One request's record: per-token acceptance, and observed / predicted accepted tokens."""
+    """One request's record of its verified draft tokens (each up to and including the first
+    rejection), decayed per verification: how many were accepted, how many were tried, and how
+    many the proposer's own estimates predicted; a few tokens' worth of prior keeps the first
+    verifications from swinging the estimates."""
 
-    __slots__ = ("accepted", "trials", "actual", "predicted")
+    __slots__ = ("accepted", "trials", "predicted")
 
     def __init__(self) -> None:
-        self.accepted, self.trials = PRIOR_RATE, 1.0
-        self.actual, self.predicted = 1.0, 1.0
+        self.accepted = self.trials = self.predicted = 0.0
 
     @property
     def rate(self) -> float:
-        return self.accepted / self.trials
+        """Observed per-token acceptance: the estimate for drafts that bring none."""
+        return (self.accepted + PRIOR_WEIGHT * PRIOR_RATE) / (self.trials + PRIOR_WEIGHT)
 
     @property
     def calibration(self) -> float:
-        return min(2.0, self.actual / self.predicted)
+        """Observed / predicted acceptances: the factor on a proposer's per-token estimates."""
+        return min(MAX_CALIBRATION, (self.accepted + PRIOR_WEIGHT) / (self.predicted + PRIOR_WEIGHT))
 
-    def update(self, matched: int, proposed: int, predicted: float | None) -> None:
+    def update(self, matched: int, proposed: int, probs: list[float] | None) -> None:
         trials = matched + (1 if matched < proposed else 0)  # tokens verified one after another
-        self.accepted = (1 - EWMA) * self.accepted + EWMA * matched
-        self.trials = (1 - EWMA) * self.trials + EWMA * trials
-        if predicted is not None:
-            self.actual = (1 - EWMA) * self.actual + EWMA * matched
-            self.predicted = (1 - EWMA) * self.predicted + EWMA * max(predicted, 1e-3)
+        expected = sum(probs[:trials]) if probs is not None else trials * self.rate
+        self.accepted = DECAY * self.accepted + matched
+        self.trials = DECAY * self.trials + trials
+        self.predicted = DECAY * self.predicted + expected
 
     def recover(self) -> None:
-        self.accepted += (PRIOR_RATE * self.trials - self.accepted) * RECOVERY
-        self.actual += (self.predicted - self.actual) * RECOVERY
+        """A step without a draft: the record fades, so a request that failed tries again later."""
+        self.accepted *= FADE
+        self.trials *= FADE
+        self.predicted *= FADE
 
 
 class Speculator:
@@ -81,7 +89,7 @@ class Speculator:
         self.cost = cost if cost is not None else StepCost()
         self.counters = SpeculationCounters()
         self._estimates: dict[str, _Estimates] = {}
-        self._predicted: dict[str, float | None] = {}  # this step's raw expected accepted tokens
+        self._drafted: dict[str, list[float] | None] = {}  # this step's drafts' own per-token estimates
 
     # --- planning ----------------------------------------------------------------------
 
@@ -138,7 +146,7 @@ class Speculator:
                 continue
             c.draft = d.tokens[:k]
             c.end += k
-            self._predicted[c.request.request_id] = sum(_raw_paths(d)[:k]) if d.probs is not None else None
+            self._drafted[c.request.request_id] = d.probs[:k] if d.probs is not None else None
 
     def _estimate(self, req: Request) -> _Estimates:
         est = self._estimates.get(req.request_id)
@@ -147,16 +155,19 @@ class Speculator:
         return est
 
     def _paths(self, req: Request, draft: Draft) -> list[float]:
-        """The estimate that each draft token is accepted (all before it too), non-increasing."""
+        """The estimate that each draft token is accepted (all before it too), non-increasing:
+        products of per-token estimates, the proposer's scaled by the request's calibration."""
         est = self._estimate(req)
         if draft.probs is None:
-            rate, p, out = est.rate, 1.0, []
-            for _ in draft.tokens:
-                p *= rate
-                out.append(p)
-            return out
-        scale = est.calibration
-        return [min(1.0, scale * p) for p in _raw_paths(draft)]
+            per_token = [min(MAX_TOKEN_ESTIMATE, est.rate)] * len(draft.tokens)
+        else:
+            scale = est.calibration
+            per_token = [min(MAX_TOKEN_ESTIMATE, scale * q) for q in draft.probs]
+        out, p = [], 1.0
+        for q in per_token:
+            p *= q
+            out.append(p)
+        return out
 
     # --- after the step ----------------------------------------------------------------
 
@@ -168,7 +179,7 @@ class Speculator:
         c.num_accepted_tokens += matched
         for pos in range(matched):
             c.accepted_per_position[pos] = c.accepted_per_position.get(pos, 0) + 1
-        self._estimate(req).update(matched, proposed, self._predicted.pop(req.request_id, None))
+        self._estimate(req).update(matched, proposed, self._drafted.pop(req.request_id, None))
 
     def observe_step(self, rows: int, ms: float) -> None:
         """A step of `rows` decode/verification rows (no prefill) took `ms` in all."""
@@ -176,14 +187,5 @@ class Speculator:
 
     def finish(self, req: Request) -> None:
         self._estimates.pop(req.request_id, None)
-        self._predicted.pop(req.request_id, None)
+        self._drafted.pop(req.request_id, None)
         self.proposer.finish(req)
-
-
-def _raw_paths(draft: Draft) -> list[float]:
-    assert draft.probs is not None
-    out, p = [], 1.0
-    for q in draft.probs:
-        p *= q
-        out.append(p)
-    return out

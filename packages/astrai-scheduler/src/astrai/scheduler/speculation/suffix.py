@@ -5,9 +5,9 @@ Two sources are searched together: the request's prompt + output, and a store of
 outputs of finished requests of the same tenant (`SamplingParams.tenant`; one store for all
 with `shared=True`). The store is bounded in tokens across tenants and evicts the least
 recently used output first (an output is used when a proposal follows it). Each proposed token
-carries its frequency among the matched occurrences (the first also a confidence that grows
-with the match length); the walk stops when the path's product falls below `min_path_prob`,
-so the draft is as long as the statistics support.
+carries its frequency among the matched occurrences times a confidence that grows with the
+length of the match it extends; the walk stops when the path's product falls below
+`MIN_PATH_PROB`, so the draft is as long as the statistics support.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class SuffixProposer:
             if not cands:
                 drafts.append(NO_DRAFT)
                 continue
-            found = walk(cands, limit, min_path_prob=MIN_PATH_PROB, first_confidence=length / (length + 2))
+            found = walk(cands, limit, match=length, min_path_prob=MIN_PATH_PROB)
             for doc in {src.doc for src in found.sources if src.index is not own}:
                 self.store.touch(req.params.tenant, doc)
             drafts.append(Draft(found.tokens, found.probs) if found.tokens else NO_DRAFT)
