@@ -19,7 +19,7 @@ from bench.machine import REPO, load_snapshot, machine_info, roofline
 from bench.progress import log
 
 # Headline comparisons first, so a run cut short by its time budget still has them.
-SECTIONS = ("roofline", "decode", "offline", "memory", "serving", "prefix", "profile", "gpu")
+SECTIONS = ("roofline", "decode", "offline", "memory", "serving", "prefix", "speculation", "profile", "gpu")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
