@@ -2,9 +2,9 @@
 
 After the scheduler has planned a step, every request that only decodes (and has not opted
 out) may ask its proposer for a draft. Each draft token has an estimate of being accepted,
-the product of the per-token estimates up to it: the proposer's own (scaled by how they have
-fared for this request: observed / predicted acceptances) or, without one, the request's
-observed per-token acceptance rate. Tokens join the step in order of that estimate while each one adds more
+the product of the per-token estimates up to it: the proposer's own (scaled by how estimates of
+that size have fared for this request: observed / predicted acceptances) or, without one, the
+request's observed per-token acceptance rate. Tokens join the step in order of that estimate while each one adds more
 expected tokens than it costs, with the step's cost per row learnt by `StepCost`:
 
     take a token of estimate P  iff  P > rho * T / (1 + rho * R)
@@ -33,6 +33,7 @@ DECAY = 0.85  # the record of earlier verifications, kept per new one
 FADE = 0.97  # ... and per step without a draft
 MAX_CALIBRATION = 4.0
 MAX_TOKEN_ESTIMATE = 0.98  # no draft token is ever taken for certain: long paths always decay
+BANDS = (0.6, 0.85, 1.0)  # upper bounds of the bands a proposer's estimates are calibrated in
 
 
 @dataclass
@@ -47,37 +48,68 @@ class SpeculationCounters:
 
 class _Estimates:
     """One request's record of its verified draft tokens (each up to and including the first
-    rejection), decayed per verification: how many were accepted, how many were tried, and how
-    many the proposer's own estimates predicted; a few tokens' worth of prior keeps the first
-    verifications from swinging the estimates."""
+    rejection), decayed per verification: how many were accepted and tried, and, per band of
+    the proposer's own estimate, how many were accepted against how many it predicted. A few
+    tokens' worth of prior keeps the first verifications from swinging the estimates.
 
-    __slots__ = ("accepted", "trials", "predicted")
+    The bands matter because a proposer's estimate mostly says how long its match was: for a
+    request copying its prompt even short matches are right, in open chat they are not, and one
+    factor for all tokens would get one of the two wrong."""
+
+    __slots__ = ("accepted", "trials", "band_accepted", "band_predicted")
 
     def __init__(self) -> None:
-        self.accepted = self.trials = self.predicted = 0.0
+        self.accepted = self.trials = 0.0
+        self.band_accepted = [0.0] * len(BANDS)
+        self.band_predicted = [0.0] * len(BANDS)
 
     @property
     def rate(self) -> float:
         """Observed per-token acceptance: the estimate for drafts that bring none."""
         return (self.accepted + PRIOR_WEIGHT * PRIOR_RATE) / (self.trials + PRIOR_WEIGHT)
 
+    def calibration(self, band: int) -> float:
+        """Observed / predicted acceptances in a band: the factor on the proposer's estimates there."""
+        return min(MAX_CALIBRATION, (self.band_accepted[band] + PRIOR_WEIGHT)
+                   / (self.band_predicted[band] + PRIOR_WEIGHT))
+
+    def scaled(self, prob: float) -> float:
+        return min(MAX_TOKEN_ESTIMATE, self.calibration(_band(prob)) * prob)
+
     @property
-    def calibration(self) -> float:
-        """Observed / predicted acceptances: the factor on a proposer's per-token estimates."""
-        return min(MAX_CALIBRATION, (self.accepted + PRIOR_WEIGHT) / (self.predicted + PRIOR_WEIGHT))
+    def best(self) -> float:
+        """The most any first draft token could be estimated at."""
+        return min(MAX_TOKEN_ESTIMATE, max(self.rate, *(self.calibration(b) * BANDS[b] for b in range(len(BANDS)))))
 
     def update(self, matched: int, proposed: int, probs: list[float] | None) -> None:
         trials = matched + (1 if matched < proposed else 0)  # tokens verified one after another
-        expected = sum(probs[:trials]) if probs is not None else trials * self.rate
         self.accepted = DECAY * self.accepted + matched
         self.trials = DECAY * self.trials + trials
-        self.predicted = DECAY * self.predicted + expected
+        if probs is None:
+            return
+        for b in range(len(BANDS)):
+            self.band_accepted[b] *= DECAY
+            self.band_predicted[b] *= DECAY
+        for i, prob in enumerate(probs[:trials]):
+            band = _band(prob)
+            self.band_predicted[band] += prob
+            self.band_accepted[band] += 1.0 if i < matched else 0.0
 
     def recover(self) -> None:
         """A step without a draft: the record fades, so a request that failed tries again later."""
         self.accepted *= FADE
         self.trials *= FADE
-        self.predicted *= FADE
+        for b in range(len(BANDS)):
+            self.band_accepted[b] *= FADE
+            self.band_predicted[b] *= FADE
+
+
+def _band(prob: float) -> int:
+    """Which band of BANDS (upper bounds) a proposer's estimate falls in."""
+    for b, upper in enumerate(BANDS):
+        if prob <= upper:
+            return b
+    return len(BANDS) - 1
 
 
 class Speculator:
@@ -113,9 +145,8 @@ class Speculator:
         asked, limits = [], []
         for c in chunks:
             est = self._estimate(c.request)
-            best = max(est.rate, min(1.0, est.calibration))  # the most any first token could score
             limit = min(self.max_tokens, c.request.tokens_left - 1, room)
-            if limit <= 0 or best <= rho * tokens / (1.0 + rho * rows):
+            if limit <= 0 or est.best <= rho * tokens / (1.0 + rho * rows):
                 est.recover()
                 continue
             asked.append(c)
@@ -161,8 +192,7 @@ class Speculator:
         if draft.probs is None:
             per_token = [min(MAX_TOKEN_ESTIMATE, est.rate)] * len(draft.tokens)
         else:
-            scale = est.calibration
-            per_token = [min(MAX_TOKEN_ESTIMATE, scale * q) for q in draft.probs]
+            per_token = [est.scaled(q) for q in draft.probs]
         out, p = [], 1.0
         for q in per_token:
             p *= q

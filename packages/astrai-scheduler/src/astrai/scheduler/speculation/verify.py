@@ -20,19 +20,25 @@ from ..request import Request
 class DraftPosition:
     """Sampling row for position j of a request's verification chunk (a `SamplingRow`)."""
 
-    __slots__ = ("request", "ahead", "params", "prompt_token_ids", "output_token_ids", "grammar_bitmask",
-                 "tokens_left")
+    __slots__ = ("request", "draft", "ahead", "params", "prompt_token_ids", "grammar_bitmask", "tokens_left")
 
     constraint = None  # the grammar's masks come precomputed (grammar_bitmask)
 
     def __init__(self, request: Request, draft: list[int], ahead: int, bitmask: torch.Tensor | None) -> None:
         self.request = request
+        self.draft = draft
         self.ahead = ahead
         self.params: SamplingParams = request.params
         self.prompt_token_ids = request.prompt_token_ids
-        self.output_token_ids = request.output_token_ids + draft[:ahead] if ahead else request.output_token_ids
         self.grammar_bitmask = bitmask
         self.tokens_left = request.tokens_left - ahead
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        """The output this position follows: the request's, then draft[:ahead] (built only when
+        asked: the sampler reads it for penalties alone)."""
+        out = self.request.output_token_ids
+        return out + self.draft[: self.ahead] if self.ahead else out
 
     @property
     def random_key(self) -> tuple[int, int, int]:
