@@ -168,8 +168,10 @@ def exact_pair(low_bit_engine):
     """Speculation on and off over the one-row-at-a-time model (no prefix cache, so every prompt
     is prefilled alone in one chunk in both engines)."""
     model = OneRowAtATime(low_bit_engine.model)
+    # Rows here cost a whole forward each, so the learnt cost would stop drafting: pin the ratio
+    # a real step has (a draft row ~ 0.3 of a decode step's fixed cost).
     kwargs = dict(enable_prefix_cache=False, max_num_batched_tokens=8192, num_pages=2048, max_num_seqs=16,
-                  kv_cache_dtype=low_bit_engine.kv.kv.dtype, speculation_max_tokens=8)
+                  kv_cache_dtype=low_bit_engine.kv.kv.dtype, speculation_max_tokens=8, speculation_row_cost=0.3)
     on = Engine(model, low_bit_engine.tokenizer, speculation="suffix", **kwargs)
     off = Engine(model, low_bit_engine.tokenizer, speculation="off", **kwargs)
     yield on, off

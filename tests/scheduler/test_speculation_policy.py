@@ -10,17 +10,18 @@ from astrai.cache import KVCacheManager
 from astrai.scheduler import SamplingParams
 from astrai.scheduler.request import Request
 from astrai.scheduler.scheduler import Scheduler
-from astrai.scheduler.speculation import PromptLookupProposer, Speculator
+from astrai.scheduler.speculation import PromptLookupProposer, Speculator, SuffixProposer
 from astrai.scheduler.speculation.cost import StepCost
 
 PS = 4
 REPEAT = [5, 6, 7, 8, 9, 10, 11, 12]  # a prompt that repeats itself: prompt lookup always has a guess
 
 
-def setup(num_pages=256, budget=512, ratio=0.1, max_tokens=8):
+def setup(num_pages=256, budget=512, ratio=0.1, max_tokens=8, proposer=None):
     kv = KVCacheManager(2, 1, 4, page_size=PS, num_pages=num_pages, dtype=torch.float32)
     sched = Scheduler(kv, max_num_seqs=32, max_num_batched_tokens=budget, enable_prefix_cache=True)
-    spec = Speculator(PromptLookupProposer(), max_tokens=max_tokens, cost=StepCost(prior_ratio=ratio))
+    spec = Speculator(proposer or PromptLookupProposer(), max_tokens=max_tokens,
+                      cost=StepCost(prior_ratio=ratio, fixed=True))
     return kv, sched, spec
 
 
@@ -116,7 +117,8 @@ def test_drafts_stop_when_they_keep_failing_and_come_back_later():
 
 
 def test_short_memory_shortens_drafts_without_evicting_or_preempting():
-    kv, sched, spec = setup(num_pages=220, ratio=0.001, max_tokens=16)  # rows cost nothing: only memory limits
+    # rows nearly free and confident drafts (the prompt repeats itself): only memory limits them
+    kv, sched, spec = setup(num_pages=220, ratio=0.01, max_tokens=16, proposer=SuffixProposer(0))
     reqs = decoding(sched, 2, prompt=REPEAT * 2)  # 16-token prompts: 4 pages each, a 5th to decode into
     filler = list(range(100, 100 + PS * 200))  # a cached prefix nobody uses: 200 evictable pages
     kv.open("filler", filler)
@@ -138,3 +140,35 @@ def test_short_memory_shortens_drafts_without_evicting_or_preempting():
     assert kv.num_cached_pages() == cached and not plan.preempted  # nothing evicted, nobody preempted
     assert kv.num_free_pages() == watermark and all(r in sched.running for r in reqs)
     kv.check_invariants()
+
+
+def test_the_step_cost_is_learnt_from_step_times_or_pinned():
+    cost = StepCost(prior_ratio=0.3)
+    assert cost.ratio() == 0.3  # nothing seen yet: the prior
+    for _ in range(200):  # a step reads the weights (8 ms) and each row adds 2 ms
+        for rows in (1, 5, 9):
+            cost.observe(rows, 8.0 + 2.0 * rows)
+    assert abs(cost.ratio() - 0.25) < 0.02  # the prior still weighs ~2% against ~50 recent steps
+    alone = StepCost(prior_ratio=0.3)
+    for _ in range(50):
+        alone.observe(1, 10.0)  # one-row steps say nothing about a row's cost: the prior's shape holds
+    assert abs(alone.ratio() - 0.3) < 0.01
+    pinned = StepCost(prior_ratio=0.5, fixed=True)
+    pinned.observe(9, 1000.0)
+    assert pinned.ratio() == 0.5
+
+
+def test_engine_settings_for_speculation_are_checked(engine):
+    import pytest
+
+    for bad, message in ((dict(speculation="eagle"), "speculation must be one of off, ngram, suffix"),
+                         (dict(speculation_max_tokens=0), "speculation_max_tokens must be a positive integer"),
+                         (dict(speculation_suffix_tokens=-1), "speculation_suffix_tokens must be a non-negative"),
+                         (dict(speculation_shared_suffix="yes"), "speculation_shared_suffix must be a bool"),
+                         (dict(speculation_row_cost=9.0), r"speculation_row_cost must be a number in \[0.01, 4\]")):
+        with pytest.raises(ValueError, match=message):
+            engine.with_settings(**bad)
+    with pytest.raises(ValueError, match="speculation must be a bool"):
+        SamplingParams(speculation="no")
+    with pytest.raises(ValueError, match="tenant must be a string"):
+        SamplingParams(tenant=3)

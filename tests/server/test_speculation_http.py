@@ -71,8 +71,10 @@ def test_speculation_flags_reach_the_engine_and_reject_unknown_methods():
     parse = build_parser().parse_args
     assert not {k for k in engine_kwargs(parse(["serve"])) if k.startswith("speculation")}  # the engine's defaults
     kwargs = engine_kwargs(parse(["serve", "--speculation", "ngram", "--speculation-max-tokens", "4",
-                                  "--speculation-suffix-tokens", "0", "--speculation-shared-suffix"]))
+                                  "--speculation-suffix-tokens", "0", "--speculation-shared-suffix",
+                                  "--speculation-row-cost", "0.25"]))
     assert kwargs["speculation"] == "ngram" and kwargs["speculation_max_tokens"] == 4
+    assert kwargs["speculation_row_cost"] == 0.25
     assert kwargs["speculation_suffix_tokens"] == 0 and kwargs["speculation_shared_suffix"] is True
     result = subprocess.run(astrai("serve", "--speculation", "eagle"), capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--speculation" in result.stderr

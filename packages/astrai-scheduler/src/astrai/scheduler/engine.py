@@ -36,6 +36,7 @@ from .sampler import Sampler
 from .scheduler import Scheduler
 from .speculation import METHODS as SPECULATION_METHODS
 from .speculation import SpeculationCounters, Speculator, make_proposer
+from .speculation.cost import StepCost
 
 log = logging.getLogger("astrai.scheduler")
 
@@ -64,6 +65,7 @@ class Engine:
         speculation_max_tokens: int = 16,
         speculation_suffix_tokens: int = 262_144,
         speculation_shared_suffix: bool = False,
+        speculation_row_cost: float | None = None,
     ) -> None:
         _check_positive("max_num_seqs", max_num_seqs)
         _check_positive("speculation_max_tokens", speculation_max_tokens)
@@ -74,6 +76,10 @@ class Engine:
             raise ValueError(f"speculation_suffix_tokens must be a non-negative integer, got {speculation_suffix_tokens!r}")
         if not isinstance(speculation_shared_suffix, bool):
             raise ValueError(f"speculation_shared_suffix must be a bool, got {speculation_shared_suffix!r}")
+        if speculation_row_cost is not None and (isinstance(speculation_row_cost, bool)
+                                                 or not isinstance(speculation_row_cost, (int, float))
+                                                 or not 0.01 <= speculation_row_cost <= 4.0):
+            raise ValueError(f"speculation_row_cost must be a number in [0.01, 4] or None, got {speculation_row_cost!r}")
         _check_positive("max_num_batched_tokens", max_num_batched_tokens)
         _check_positive("page_size", page_size)
         if max_model_len is not None:
@@ -87,7 +93,7 @@ class Engine:
             page_size=page_size, num_pages=num_pages, enable_prefix_cache=enable_prefix_cache,
             scheduling=scheduling, seed=seed, kv_cache_dtype=kv_cache_dtype, speculation=speculation,
             speculation_max_tokens=speculation_max_tokens, speculation_suffix_tokens=speculation_suffix_tokens,
-            speculation_shared_suffix=speculation_shared_suffix,
+            speculation_shared_suffix=speculation_shared_suffix, speculation_row_cost=speculation_row_cost,
         )
         self.model = model
         self.tokenizer = tokenizer
@@ -123,7 +129,10 @@ class Engine:
         self.speculation = speculation
         proposer = make_proposer(speculation, suffix_tokens=speculation_suffix_tokens,
                                  shared_suffix=speculation_shared_suffix)
-        self.speculator = None if proposer is None else Speculator(proposer, max_tokens=speculation_max_tokens)
+        # The cost of one more row relative to a step: learnt from the steps' times unless given.
+        cost = StepCost() if speculation_row_cost is None else StepCost(float(speculation_row_cost), fixed=True)
+        self.speculator = None if proposer is None else Speculator(proposer, max_tokens=speculation_max_tokens,
+                                                                   cost=cost)
         self._core = EngineCore(self.scheduler, ModelRunner(model, self.kv, Sampler()), self.kv, tokenizer,
                                 enable_prefix_cache=enable_prefix_cache, speculator=self.speculator)
 

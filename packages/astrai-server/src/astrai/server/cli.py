@@ -59,6 +59,9 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speculation-suffix-tokens", type=_non_negative, default=None,
                         help="tokens of earlier outputs the suffix speculation keeps, all API keys together "
                              "(default: the engine's, 262144; reported in /metrics)")
+    parser.add_argument("--speculation-row-cost", type=float, default=None,
+                        help="cost of one more row in a step relative to the step's fixed cost, in [0.01, 4] "
+                             "(default: learnt from the steps' own times)")
     parser.add_argument("--speculation-shared-suffix", action="store_true",
                         help="let every API key's outputs shape every request's drafts (default: each key its own)")
 
@@ -95,7 +98,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     for name in ("dtype", "device", "quantization", "kv_cache_dtype", "max_num_seqs", "max_num_batched_tokens",
                  "max_model_len", "page_size", "num_pages", "scheduling", "speculation", "speculation_max_tokens",
-                 "speculation_suffix_tokens"):
+                 "speculation_suffix_tokens", "speculation_row_cost"):
         value = getattr(args, name)
         if value is not None:
             kwargs[name] = value

@@ -14,8 +14,13 @@ MIN_RATIO, MAX_RATIO = 0.01, 4.0
 
 
 class StepCost:
-    def __init__(self, prior_ratio: float = 0.3, *, decay: float = 0.98, prior_weight: float = 4.0) -> None:
+    def __init__(self, prior_ratio: float = 0.3, *, fixed: bool = False, decay: float = 0.98,
+                 prior_weight: float = 1.0) -> None:
+        """`fixed`: always answer `prior_ratio` (a ratio the operator measured), learn nothing."""
+        if not MIN_RATIO <= prior_ratio <= MAX_RATIO:
+            raise ValueError(f"the row cost ratio must lie in [{MIN_RATIO}, {MAX_RATIO}], got {prior_ratio}")
         self.prior_ratio = prior_ratio
+        self.fixed = fixed
         self.decay = decay
         self.prior_weight = prior_weight
         self._data = [0.0] * 5  # weighted sums: w, x, y, xx, xy
@@ -23,7 +28,7 @@ class StepCost:
 
     def observe(self, rows: int, ms: float) -> None:
         """One step of `rows` rows (all with logits, no prefill) took `ms`."""
-        if rows <= 0 or ms <= 0.0:
+        if self.fixed or rows <= 0 or ms <= 0.0:
             return
         if self._prior is None:  # anchor the prior at this step's scale: two points on a + b * x
             a = ms / (1.0 + self.prior_ratio * rows)
