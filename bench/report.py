@@ -421,7 +421,7 @@ def speculation_section(r: dict) -> str:
             continue
         b1, sp_up = row["batch1"], row.get("speedup", {})
         llama = row.get("llamacpp") or {}
-        lookup, simple = llama.get("llama-lookup") or {}, llama.get("llama-simple") or {}
+        lookup, plain = llama.get("llama-lookup") or {}, llama.get("llama-lookup-plain") or {}
         target = ">= 2x" if name in copy_heavy else (">= 0.97x" if name == "open_chat" else "–")
         suffix = sp_up.get("suffix")
         met = "–" if target == "–" or suffix is None else (
@@ -431,7 +431,7 @@ def speculation_section(r: dict) -> str:
                      f"{fmt(sp_up.get('ngram'), 2)}x", fmt(acc, 2),
                      fmt(lookup.get("tok_s")) if _ok(lookup) else "–",
                      fmt(lookup.get("acceptance"), 2) if _ok(lookup) else "–",
-                     fmt(simple.get("tok_s")) if _ok(simple) else "–", target, met,
+                     fmt(plain.get("tok_s")) if _ok(plain) else "–", target, met,
                      "yes" if all((row.get("identical") or {}).values()) else "no"])
         streams = row.get("streams") or {}
         if streams:
@@ -445,11 +445,11 @@ def speculation_section(r: dict) -> str:
            f"{w['max_tokens']} tokens, best of {w['rounds']} alternating round(s); batch-1 = decode tok/s of each "
            "request alone (tokens after the first / time from the first to the last). llama.cpp on the same "
            "chat-templated prompts: " + (f"`{short_command(command)}`" if command else "not run") +
-           " and `llama-simple -m $GGUF -n N PROMPT` (no speculation). Load average: "
+           " and the same with `--spec-draft-n-max 0` (plain decoding). Load average: "
            f"{load_text(r, 'speculation')}. Learnt row / step cost ratio: {fmt(sp.get('cost_ratio'), 3)}; suffix store "
            f"{sp.get('suffix_store_tokens')} / {sp.get('suffix_store_capacity')} tokens.", "",
            table(["Workload", "off tok/s", "suffix tok/s", "suffix / off", "ngram / off", "accepted / drafted",
-                  "llama-lookup tok/s", "lookup accept", "llama-simple tok/s", "Target", "Met", "Same text"], rows),
+                  "llama-lookup tok/s", "lookup accept", "llama.cpp plain tok/s", "Target", "Met", "Same text"], rows),
            "", f"### {w['streams']} concurrent streams (output tok/s, target: no slower with speculation, "
                f"within {100 * (1 - STREAMS_TOLERANCE):.0f}% run-to-run noise)", "",
            table(["Workload", "off", "suffix", "suffix / off", "Met"], stream_rows)]

@@ -14,9 +14,9 @@ earlier turn, and open-ended chat as the control. Greedy, natural stops (EOS or 
 - 16 streams: 16 requests of the workload at once (`Engine.generate`), output tokens over wall
   time, speculation on vs off.
 - llama.cpp: `llama-lookup -m GGUF -n N -t T -c C -f PROMPT --temp 0 --spec-draft-n-max 16`
-  (prompt-lookup / n-gram cache decoding) and `llama-simple -m GGUF -n N PROMPT` (greedy, no
-  speculation; it takes no thread flag) on the same chat-templated prompt text; their own
-  "decoded N tokens in S seconds" line (decode only, like AstrAI's batch-1 figure).
+  (prompt-lookup / n-gram cache decoding) and the same with `--spec-draft-n-max 0` (no drafts:
+  llama.cpp's plain decode under the same timing) on the same chat-templated prompt text; its
+  own "decoded N tokens in S seconds" line (decode only, like AstrAI's batch-1 figure).
 
 Every AstrAI request gets a tenant of its own, so the suffix store of earlier outputs never
 sees the bench's own repeats (a request is only helped by its own prompt and output).
@@ -83,23 +83,20 @@ def _streams(engine, prompts: list[list[int]], max_tokens: int, n: int) -> dict:
     return {"tok_s": produced / seconds, "tokens": produced, "seconds": seconds}
 
 
-def _llama(tool: str, model: str, text: str, max_tokens: int, threads: int, context: int) -> dict:
+def _llama(draft: int, model: str, text: str, max_tokens: int, threads: int, context: int) -> dict:
+    """One llama-lookup run: drafts of up to `draft` tokens (0: plain decoding)."""
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
         f.write(text)
         prompt_file = f.name
     try:
-        cmd = [str(llama_tool(tool)), "-m", model, "-n", str(max_tokens)]
-        if tool == "llama-lookup":
-            cmd += ["-t", str(threads), "-c", str(context), "-f", prompt_file, "--temp", "0",
-                    "--spec-draft-n-max", "16"]
-        else:  # llama-simple: greedy, its own thread count and context, the prompt as the last argument
-            cmd += [text]
+        cmd = [str(llama_tool("llama-lookup")), "-m", model, "-n", str(max_tokens), "-t", str(threads),
+               "-c", str(context), "-f", prompt_file, "--temp", "0", "--spec-draft-n-max", str(draft)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         out = proc.stdout + proc.stderr
         m = _DECODED.search(out)
         if proc.returncode != 0 or m is None:
-            raise RuntimeError(f"{tool} exited with {proc.returncode}: {out[-800:]}")
-        shown = {text: "PROMPT", prompt_file: "PROMPT.txt"}
+            raise RuntimeError(f"llama-lookup exited with {proc.returncode}: {out[-800:]}")
+        shown = {prompt_file: "PROMPT.txt"}
         row = {"tokens": int(m.group(1)), "seconds": float(m.group(2)),
                "command": " ".join(shown.get(c, c) for c in cmd)}
         row.update({k: int(v) for k, v in _FIELD.findall(out)})
@@ -165,13 +162,13 @@ def _llama_rows(ctx: Context, model: str, engine, variants: list, max_tokens: in
     if not ctx.wants_peers():
         return {"status": "skipped", "reason": "--skip-peers"}
     rows: dict = {}
-    for tool in ("llama-lookup", "llama-simple"):
+    for tool, draft in (("llama-lookup", 16), ("llama-lookup-plain", 0)):
         try:
             runs = []
             for messages in variants:
                 text = engine.tokenizer.apply_chat_template(messages, tokenize=False)
                 context = len(engine.tokenizer.encode(text)) + max_tokens + 64
-                runs.append(_llama(tool, model, text, max_tokens, ctx.threads, context))
+                runs.append(_llama(draft, model, text, max_tokens, ctx.threads, context))
             tokens = sum(r["tokens"] for r in runs)
             seconds = sum(r["seconds"] for r in runs)
             rows[tool] = {"status": "ok", "tok_s": tokens / seconds if seconds else None, "runs": runs,
