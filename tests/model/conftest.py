@@ -1,8 +1,10 @@
-"""Shared fixtures: the bundled SmolLM2 (loaded once), transformers references, tiny checkpoints."""
+"""Shared fixtures: the bundled SmolLM2 and the real Gemma 3 file (each loaded once), transformers
+references, tiny checkpoints."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,10 @@ from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import models, pre_tokenizers
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The repo root, so the tests reach bench/fixtures (the Gemma file's cache, the tiny models' specs).
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 
 def write_word_tokenizer(directory: Path, vocab_size: int) -> None:
@@ -47,6 +53,20 @@ def randomize_fixture():
 def smollm2():
     """(model, tokenizer) of the bundled SmolLM2 dequantized to float32, loaded once per session."""
     return load_model("smollm2-135m-instruct", dtype=torch.float32, quantization="none")
+
+
+@pytest.fixture(scope="session")
+def gemma_path() -> Path:
+    """The real Gemma 3 270M Q4_K_M GGUF, assembled into the user's cache once per machine."""
+    from bench.fixtures.gemma_file import gemma_gguf
+
+    return gemma_gguf()
+
+
+@pytest.fixture(scope="session")
+def gemma(gemma_path):
+    """(model, tokenizer) of the real Gemma file dequantized to float32, loaded once per session."""
+    return load_model(gemma_path, dtype=torch.float32, quantization="none")
 
 
 @pytest.fixture(scope="session")

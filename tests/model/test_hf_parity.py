@@ -69,3 +69,29 @@ def test_logits_match_transformers(case, tmp_path, randomize, write_word_tokeniz
     assert ours.shape == expected.shape
     assert max_relative_error(ours, expected) <= 1e-4
 
+
+
+def test_gemma3_directory_matches_transformers(tmp_path, randomize, write_word_tokenizer):
+    """A `gemma3_text` checkpoint: norms stored as (multiplier - 1), a sliding and a global layer
+    with their own RoPE bases, an 8-token window over 80 tokens, query_pre_attn_scalar != head_dim,
+    final logit softcapping."""
+    hf_config = transformers.Gemma3TextConfig(
+        **COMMON, head_dim=32, sliding_window=8, query_pre_attn_scalar=24, final_logit_softcapping=30.0,
+        layer_types=["sliding_attention", "full_attention"],
+        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}})
+    hf_config._attn_implementation = "eager"
+    reference = transformers.Gemma3ForCausalLM(hf_config).float().eval()
+    randomize(reference, seed=5)
+    reference.save_pretrained(tmp_path)
+    write_word_tokenizer(tmp_path, VOCAB)
+
+    model, _ = load_model(tmp_path, dtype=torch.float32)
+    c = model.config
+    assert (c.architecture, c.sliding_window, c.query_pre_attn_scalar, c.final_logit_softcapping) == ("gemma3", 8, 24, 30.0)
+    assert c.layer_types == ["sliding_attention", "full_attention"] and c.rope_local_theta == 10_000.0
+    assert model.config.num_parameters() == sum(p.numel() for p in reference.parameters())
+    ids = torch.randint(0, VOCAB, (80,), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = reference(ids[None]).logits[0].float()
+    assert max_relative_error(model.logits(ids), expected) <= 1e-4

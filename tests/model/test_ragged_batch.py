@@ -28,7 +28,7 @@ def tokens(seed: int, n: int, vocab: int) -> list[int]:
     return torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-qwen3"])
+@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-qwen3", "tiny-gemma3"])
 @pytest.mark.parametrize("a_cached", [0, 5])
 def test_mixed_prefill_and_decode_equals_solo_runs(preset, a_cached):
     model = make_model(preset)

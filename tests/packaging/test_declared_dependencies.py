@@ -68,6 +68,30 @@ def test_every_import_is_a_declared_dependency(name):
     assert not undeclared, f"{name} imports what it does not declare: {undeclared}"
 
 
+# DESIGN.md's dependency diagram (an arrow means "imports"): the astrai packages each one may import.
+DESIGN_ARROWS = {
+    "astrai-model": set(),
+    "astrai-cache": set(),
+    "astrai-scheduler": {"astrai.model", "astrai.cache"},
+    "astrai-retrieval": {"astrai.model", "astrai.cache"},  # the encoder; the count-min sketch
+    "astrai-server": {"astrai.scheduler", "astrai.retrieval"},  # retrieval only through the rag extra
+    "astrai-promo": {"astrai.scheduler"},
+}
+
+
+def test_the_diagram_names_every_package():
+    assert set(DESIGN_ARROWS) == set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_imports_follow_the_design_direction(name):
+    """No package imports one the diagram does not point it at (the server never reaches
+    astrai.model itself: the encoder comes through astrai.retrieval, the rest through the scheduler)."""
+    own = "astrai." + name.removeprefix("astrai-")
+    imported = {m for m in _imports(name) if m.startswith("astrai.") and m != own}
+    assert imported <= DESIGN_ARROWS[name], f"{name} imports {sorted(imported - DESIGN_ARROWS[name])} against DESIGN.md"
+
+
 def test_torch_floor_is_the_same_everywhere():
     floors = {}
     for name in NAMES:

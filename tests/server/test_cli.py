@@ -144,3 +144,14 @@ def test_serve_leaves_the_batch_size_to_the_engine(engine):
     assert ServerConfig().max_num_seqs is None  # no copy of the engine's default here
     app = create_app(ServerConfig(max_queue=5), engine=engine)
     assert app.state.service.admission.limit == engine.max_num_seqs + 5  # read from the engine itself
+
+
+def test_a_gguf_the_engine_cannot_run_fails_before_serving(tmp_path):
+    """One line naming the file and the reason, from the header alone, before any socket opens."""
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGML" + bytes(64))
+    served = subprocess.run(astrai("serve", "--port", "0", "--model", str(bad)), capture_output=True, text=True,
+                            timeout=120)
+    assert served.returncode == 1 and "Traceback" not in served.stderr
+    lines = [line for line in served.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "bad.gguf" in lines[0] and "bad magic: not a GGUF file" in lines[0]

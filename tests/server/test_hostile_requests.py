@@ -124,6 +124,16 @@ CASES = [
     ("wrong-method-models", "DELETE", "/v1/models", {}, 405, None),
     ("tokenize-nothing", "POST", "/tokenize", {"json": {"model": MODEL}}, 400, None),
     ("detokenize-out-of-range", "POST", "/detokenize", {"json": {"tokens": [10**8]}}, 400, "tokens"),
+    # this server has no embedding model and no data folder (tests/server/test_vector_stores.py and
+    # test_embeddings.py send hostile input to one that has both)
+    ("embeddings-not-served", "POST", "/v1/embeddings", {"json": {"model": "all-minilm-l6-v2", "input": "x"}}, 404,
+     "model"),
+    ("embeddings-llm-name", "POST", "/v1/embeddings", {"json": {"model": MODEL, "input": "x"}}, 404, "model"),
+    ("vector-stores-off", "GET", "/v1/vector_stores", {}, 501, None),
+    ("vector-store-search-off", "POST", "/v1/vector_stores/vs_1/search", {"json": {"query": "x"}}, 501, None),
+    ("files-off", "POST", "/v1/files", {"files": {"file": ("a.txt", b"x")}, "data": {"purpose": "assistants"}}, 501,
+     None),
+    ("file-search-off", "POST", CHAT, chat(file_search={"vector_store_ids": ["vs_1"]}), 400, "file_search"),
 ]
 
 
@@ -185,7 +195,7 @@ JSON_VALUES = st.recursive(
 FIELDS = ["model", "messages", "prompt", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
           "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty", "stop", "seed", "stream",
           "stream_options", "logprobs", "top_logprobs", "n", "user", "echo", "min_tokens", "ignore_eos",
-          "logit_bias", "response_format", "tools", "tool_choice", "structured_outputs", "best_of"]
+          "logit_bias", "response_format", "tools", "tool_choice", "structured_outputs", "best_of", "file_search"]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -43,7 +43,9 @@ def write_tiny_llama(directory: Path) -> None:
     backend = BackendTokenizer(models.WordLevel(vocab={f"t{i}": i for i in range(VOCAB)}, unk_token="t0"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     backend.save(str(directory / "tokenizer.json"))
-    (directory / "tokenizer_config.json").write_text(json.dumps({"bos_token": "t1", "eos_token": "t2"}))
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "t1", "eos_token": "t2",
+        "chat_template": "{% for m in messages %}{{ m['content'] }} {% endfor %}"}))  # for the RAG test
 
 
 def words(ids: list[int]) -> str:
@@ -117,7 +119,7 @@ def served(tmp_path_factory) -> Iterator[Served]:
     command = [sys.executable, "-m", "astrai.server.cli", "serve", "--replicas", "2", "--model", str(model_dir),
                "--port", "0", "--dtype", "float32", "--max-num-seqs", str(PER_REPLICA_SEQS), "--page-size", str(PAGE),
                "--num-pages", "320", "--max-model-len", "5000", "--max-queue", "32", "--shutdown-timeout",
-               str(GRACE_S)]
+               str(GRACE_S), "--data-dir", str(tmp_path_factory.mktemp("rag-data"))]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output: list[str] = []
     found = threading.Event()
@@ -173,6 +175,40 @@ def test_shared_prefixes_stick_to_one_replica_and_both_replicas_serve(served):
     for s, replicas in seen.items():
         assert len(set(replicas)) == 1, f"prefix {s} moved between replicas: {replicas}"
     assert len({replicas[0] for replicas in seen.values()}) == 2  # the four prefixes spread over both
+
+
+def test_rag_prompts_with_the_same_passages_go_to_the_replica_that_caches_them(served):
+    """Vector stores live in the front end; the passage-first prompt layout makes the prefix router keep
+    requests that retrieve the same passages on one replica, whose radix cache then serves them."""
+    import io
+
+    import openai
+
+    client = openai.OpenAI(base_url=served.url + "/v1", api_key="none", max_retries=0, timeout=120)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:  # the front end's embedder and stores open in the background
+        try:
+            store = client.vector_stores.create(name="rag", chunking_strategy={
+                "type": "static", "static": {"max_chunk_size_tokens": 1000, "chunk_overlap_tokens": 0}})
+            break
+        except openai.InternalServerError:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+    for d in range(2):
+        text = words([3 + (11 * d + 5 * i) % (VOCAB - 3) for i in range(4 * PAGE)])
+        f = client.files.create(file=(f"d{d}.txt", io.BytesIO(text.encode())), purpose="assistants")
+        assert client.vector_stores.files.create(vector_store_id=store.id, file_id=f.id).status == "completed"
+    replicas, cached = [], []
+    for i in range(3):
+        raw = client.chat.completions.with_raw_response.create(
+            model=served.model, max_tokens=1, messages=[{"role": "user", "content": words([40 + i, 41, 42])}],
+            extra_body={"file_search": {"vector_store_ids": [store.id], "max_num_results": 2}})
+        replicas.append(raw.headers["x-astrai-replica"])
+        reply = raw.parse()
+        assert len(reply.model_extra["file_search"]["results"]) == 2
+        cached.append(reply.usage.prompt_tokens_details.cached_tokens)
+    assert len(set(replicas)) == 1, replicas
+    assert min(cached[1:]) >= 8 * PAGE, cached  # both passages (4 pages each) came from that replica's cache
 
 
 def test_metrics_cover_every_replica(served):

@@ -1,7 +1,7 @@
 """The ragged batch one forward step sees, and the attention plan derived from it.
 
 `ForwardBatch` is the seam with the scheduler (see INTERFACES.md). `AttentionPlan` is built
-once per forward from it and reused by every layer: which rows are single-token decodes
+once per forward (per attention kind: full, or one sliding window) and reused by every layer: which rows are single-token decodes
 (attended together over a padded gather of their pages), which are prefill chunks (attended
 per sequence, causally, after their cached prefix), and where new K/V go.
 """
@@ -132,24 +132,32 @@ class PrefillSeq:
     start: int
     end: int
     context_len: int
-    gather: torch.Tensor | None  # [context_len] slots of the whole context; None: self-contained
-    mask: torch.Tensor | None  # [q, context_len] bool, causal after the cached prefix
+    gather: torch.Tensor | None  # [keys] slots of the keys it sees; None: its own fresh K/V
+    mask: torch.Tensor | None  # [q, keys] bool, True = attend (None with gather None: plain causal)
 
 
 @dataclass
 class AttentionPlan:
-    """Per-forward attention bookkeeping shared by all layers."""
+    """Per-forward attention bookkeeping shared by all layers of one attention kind.
+
+    `window` None: causal over the whole context. A sliding window W: the query at position p
+    sees keys p - W < k <= p only (llama.cpp's and transformers' convention), so decode rows
+    gather just their last W keys and prefill chunks those from W - 1 before their first query.
+    """
 
     write_slots: torch.Tensor | None  # slots to write new K/V to (None: no cache)
     write_rows: torch.Tensor | None  # rows of the new K/V to write (None: all rows)
     decode_rows: torch.Tensor | None  # [Bd] rows that are single decode tokens
     decode_all_rows: bool  # decode_rows == arange(T): skip the row gather
-    decode_gather: torch.Tensor | None  # [Bd, Lmax] slots of each decode sequence's context
+    decode_gather: torch.Tensor | None  # [Bd, Lmax] slots of each decode sequence's keys
     decode_mask: torch.Tensor | None  # [Bd, 1, 1, Lmax] bool, True = attend (None: no padding)
     prefills: list[PrefillSeq]
+    window: int | None = None
 
     @classmethod
-    def build(cls, batch: ForwardBatch, page_size: int, has_cache: bool) -> AttentionPlan:
+    def build(cls, batch: ForwardBatch, page_size: int, has_cache: bool, window: int | None = None) -> AttentionPlan:
+        if window is not None and window < 1:
+            raise ValueError(f"sliding window must be >= 1, got {window}")
         device = batch.token_ids.device
         starts = batch.query_start_loc.tolist()
         contexts = batch.context_lens.tolist()
@@ -172,16 +180,23 @@ class AttentionPlan:
             if context < q_len:
                 raise ValueError(f"sequence {b}: context length {context} < its {q_len} new tokens")
             if context == q_len:
-                prefills.append(PrefillSeq(start, end, context, None, None))
+                mask = None
+                if window is not None and q_len > window:
+                    mask = _causal_mask(0, q_len, 0, q_len, window, device)
+                prefills.append(PrefillSeq(start, end, context, None, mask))
                 continue
             if not has_cache:
                 raise ValueError(f"sequence {b} continues a cached prefix but no KV cache was given")
             if q_len == 1:
                 decode_seqs.append(b)
                 continue
-            gather = _context_slots(batch.block_tables[b : b + 1], context, page_size)[0]
-            query_pos = torch.arange(context - q_len, context, device=device)
-            mask = torch.arange(context, device=device)[None, :] <= query_pos[:, None]
+            first_key = 0 if window is None else max(0, context - q_len - window + 1)
+            if first_key == 0:
+                gather = _context_slots(batch.block_tables[b : b + 1], context, page_size)[0]
+            else:
+                positions = torch.arange(first_key, context, device=device)[None]
+                gather = _slots_at(batch.block_tables[b : b + 1], positions, page_size)[0]
+            mask = _causal_mask(context - q_len, context, first_key, context, window, device)
             prefills.append(PrefillSeq(start, end, context, gather, mask))
 
         decode_rows = decode_gather = decode_mask = None
@@ -191,12 +206,38 @@ class AttentionPlan:
             decode_all_rows = len(rows) == len(starts) - 1 and rows[-1] == len(rows) - 1 and starts[-1] == len(rows)
             seq_index = torch.tensor(decode_seqs, device=device)
             decode_rows = torch.tensor(rows, device=device)
-            lens = batch.context_lens[seq_index].long()
-            longest = max(contexts[b] for b in decode_seqs)
-            decode_gather = _context_slots(batch.block_tables[seq_index], longest, page_size)
-            if min(contexts[b] for b in decode_seqs) < longest:  # equal lengths need no padding mask
+            seen = [contexts[b] if window is None else min(contexts[b], window) for b in decode_seqs]
+            longest = max(seen)
+            if window is None or max(contexts[b] for b in decode_seqs) <= window:
+                decode_gather = _context_slots(batch.block_tables[seq_index], longest, page_size)
+            else:  # each row's keys start `seen` before its end; short rows pad past their end (masked)
+                ends = torch.tensor([contexts[b] for b in decode_seqs], device=device)
+                first = ends - torch.tensor(seen, device=device)
+                positions = torch.minimum(first[:, None] + torch.arange(longest, device=device), ends[:, None] - 1)
+                decode_gather = _slots_at(batch.block_tables[seq_index], positions, page_size)
+            if min(seen) < longest:  # equal lengths need no padding mask
+                lens = torch.tensor(seen, device=device)
                 decode_mask = (torch.arange(longest, device=device)[None, :] < lens[:, None])[:, None, None, :]
-        return cls(write_slots, write_rows, decode_rows, decode_all_rows, decode_gather, decode_mask, prefills)
+        return cls(write_slots, write_rows, decode_rows, decode_all_rows, decode_gather, decode_mask, prefills,
+                   window)
+
+
+def _causal_mask(
+    first_query: int, end_query: int, first_key: int, end_key: int, window: int | None, device: torch.device
+) -> torch.Tensor:
+    """[queries, keys] bool: key k visible to query q iff k <= q (and q - k < window)."""
+    queries = torch.arange(first_query, end_query, device=device)[:, None]
+    keys = torch.arange(first_key, end_key, device=device)[None, :]
+    visible = keys <= queries
+    if window is not None:
+        visible &= queries - keys < window
+    return visible
+
+
+def _slots_at(block_tables: torch.Tensor, positions: torch.Tensor, page_size: int) -> torch.Tensor:
+    """Slots of token `positions` [B, L] in each row's pages -> [B, L] long."""
+    pages = block_tables.long().gather(1, torch.div(positions, page_size, rounding_mode="floor"))
+    return pages * page_size + positions % page_size
 
 
 def _context_slots(block_tables: torch.Tensor, length: int, page_size: int) -> torch.Tensor:

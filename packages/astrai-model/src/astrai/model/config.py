@@ -1,7 +1,9 @@
 """Model hyper-parameters, presets, and exact parameter/KV arithmetic.
 
-One dataclass describes every supported architecture (llama, mistral, qwen2, qwen3): they
-differ only in a few switches (q/k/v bias, per-head q/k norm, explicit head_dim, RoPE scaling).
+One dataclass describes every supported architecture (the families in `architectures/`): they
+differ in a few switches (q/k/v bias, per-head q/k norm, explicit head_dim, RoPE scaling) and,
+for Gemma 3, in the layer shape (four norms per layer, GeGLU, sliding-window layers with their
+own RoPE base, a scaled embedding).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from typing import Any
 
 import torch
 
-ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
+ACTIVATIONS = ("silu", "gelu_tanh")
+LAYER_TYPES = ("full_attention", "sliding_attention")
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -59,10 +62,40 @@ class ModelConfig:
     dtype: str = "bfloat16"
     bos_token_id: int | None = None
     eos_token_ids: list[int] = field(default_factory=list)
+    # Llama 3.x GGUFs: RoPE frequency divisors per rotated pair (the file's rope_freqs tensor).
+    rope_freq_factors: list[float] | None = None
+    # MLP gate activation: "silu" (SwiGLU) or "gelu_tanh" (GeGLU with tanh-approximate gelu).
+    hidden_act: str = "silu"
+    # Per-layer attention kind, "full_attention" | "sliding_attention" (None: all full).
+    layer_types: list[str] | None = None
+    # Keys a sliding-attention layer sees: its own position and the window - 1 before it.
+    sliding_window: int | None = None
+    # RoPE base of sliding-attention layers (Gemma 3's local layers: 10000); None: rope_theta.
+    rope_local_theta: float | None = None
+    # Token embeddings are multiplied by this (Gemma: sqrt(hidden_size)); the tied head is not.
+    embedding_scale: float = 1.0
+    # Gemma's layer: norms after attention and after the MLP too (4 per layer instead of 2).
+    sandwich_norms: bool = False
+    # Attention scores are scaled by query_pre_attn_scalar ** -0.5 (None: head_dim ** -0.5).
+    query_pre_attn_scalar: float | None = None
+    # logits = cap * tanh(logits / cap) when set.
+    final_logit_softcapping: float | None = None
 
     def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {self.architecture!r}; supported: {', '.join(ARCHITECTURES)}")
+        from .architectures import architecture_names  # the registry imports this module
+
+        if self.architecture not in architecture_names():
+            raise ValueError(f"unknown architecture {self.architecture!r}; supported: {', '.join(architecture_names())}")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"unknown hidden_act {self.hidden_act!r}; supported: {', '.join(ACTIVATIONS)}")
+        if self.layer_types is not None:
+            if len(self.layer_types) != self.num_layers or not set(self.layer_types) <= set(LAYER_TYPES):
+                raise ValueError(f"layer_types must list one of {LAYER_TYPES} per layer ({self.num_layers})")
+            if "sliding_attention" in self.layer_types and not self.sliding_window:
+                raise ValueError("sliding_attention layers need a sliding_window")
+        if self.rope_freq_factors is not None and len(self.rope_freq_factors) != self.head_dim // 2:
+            raise ValueError(f"rope_freq_factors needs head_dim / 2 = {self.head_dim // 2} values, "
+                             f"got {len(self.rope_freq_factors)}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
         if self.head_dim % 2:
@@ -87,6 +120,19 @@ class ModelConfig:
     def kv_size(self) -> int:
         return self.num_kv_heads * self.head_dim
 
+    def layer_type(self, index: int) -> str:
+        """"full_attention" or "sliding_attention" for layer `index`."""
+        return "full_attention" if self.layer_types is None else self.layer_types[index]
+
+    def layer_window(self, index: int) -> int | None:
+        """The sliding window of layer `index` (None: it attends to the whole context)."""
+        return self.sliding_window if self.layer_type(index) == "sliding_attention" else None
+
+    @property
+    def attention_scale(self) -> float:
+        """The factor on q.k: query_pre_attn_scalar ** -0.5, by default head_dim ** -0.5."""
+        return float(self.query_pre_attn_scalar or self.head_dim) ** -0.5
+
     def num_parameters(self) -> int:
         """Exact number of weights (tied embeddings counted once)."""
         h = self.hidden_size
@@ -96,7 +142,7 @@ class ModelConfig:
         if self.qk_norm:
             attn += 2 * self.head_dim
         mlp = 3 * h * self.intermediate_size
-        per_layer = attn + mlp + 2 * h
+        per_layer = attn + mlp + (4 if self.sandwich_norms else 2) * h
         embed = self.vocab_size * h
         head = 0 if self.tie_word_embeddings else self.vocab_size * h
         return embed + self.num_layers * per_layer + h + head
@@ -131,5 +177,14 @@ PRESETS: dict[str, ModelConfig] = {
         intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=32,
         max_position_embeddings=512, rms_norm_eps=1e-6, rope_theta=1_000_000.0,
         tie_word_embeddings=True, qk_norm=True, dtype="float32", bos_token_id=1, eos_token_ids=[2],
+    ),
+    "tiny-gemma3": ModelConfig(
+        name="tiny-gemma3", architecture="gemma3", vocab_size=512, hidden_size=64,
+        intermediate_size=128, num_layers=3, num_heads=2, num_kv_heads=1, head_dim=32,
+        max_position_embeddings=512, rms_norm_eps=1e-6, rope_theta=1_000_000.0,
+        tie_word_embeddings=True, qk_norm=True, dtype="float32", bos_token_id=2, eos_token_ids=[1],
+        hidden_act="gelu_tanh", layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        sliding_window=8, rope_local_theta=10_000.0, embedding_scale=8.0, sandwich_norms=True,
+        query_pre_attn_scalar=32.0,
     ),
 }

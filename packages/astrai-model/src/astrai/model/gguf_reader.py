@@ -1,13 +1,18 @@
-"""A small, fast GGUF container reader (metadata + tensor views over a memory map).
+"""A small, fast GGUF container reader (metadata + tensor views over memory maps).
 
 The `gguf` package's reader builds numpy views for every metadata element, which takes
 seconds on a 49k-token vocabulary; this one parses the header with `struct` in well under a
 second. Dequantization still uses `gguf.quants`.
+
+Split files (llama.cpp's gguf-split: `name-00001-of-00003.gguf`, ...) are opened from the first
+part: its metadata is the model's, every part's tensors are listed together, each read from its
+own file.
 """
 
 from __future__ import annotations
 
 import mmap
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +25,7 @@ _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<
 _NUMPY = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: np.int32, 6: np.float32,
           7: np.bool_, 10: np.uint64, 11: np.int64, 12: np.float64}
 STRING, ARRAY = 8, 9
+SPLIT_NAME = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 
 class GGUFFormatError(ValueError):
@@ -31,19 +37,57 @@ class TensorInfo:
     name: str
     shape: tuple[int, ...]  # torch order (outermost first), i.e. ggml dims reversed
     type_id: int
-    offset: int  # absolute byte offset in the file
+    offset: int  # absolute byte offset in its file
     nbytes: int
+    part: int = 0  # which file of a split model holds it (0: the first / only one)
 
 
 class GGUFContainer:
-    """Parsed header: `metadata` dict and `tensors` (name -> TensorInfo), data via `raw()`."""
+    """Parsed header(s): `metadata` dict (the first part's) and `tensors` (name -> TensorInfo) of
+    every part, data via `raw()`."""
 
     def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._maps: list[mmap.mmap] = []
+        self.tensors: dict[str, TensorInfo] = {}
+        self.metadata = self._read_part(self.path)
+        count = int(self.metadata.get("split.count", 1))
+        if count > 1:
+            self._read_other_parts(count)
+
+    @property
+    def parts(self) -> int:
+        return len(self._maps)
+
+    def _read_other_parts(self, count: int) -> None:
+        match = SPLIT_NAME.match(Path(self.path).name)
+        if match is None or int(match["no"]) != 1:
+            raise GGUFFormatError(f"part of a {count}-file split model: open its first part, "
+                                  "named <name>-00001-of-<count>.gguf")
+        for no in range(2, count + 1):
+            part = Path(self.path).with_name(f"{match['prefix']}-{no:05d}-of-{count:05d}.gguf")
+            if not part.is_file():
+                raise GGUFFormatError(f"split part {part.name} not found next to the first part")
+            try:
+                meta = self._read_part(str(part))
+            except GGUFFormatError as exc:
+                raise GGUFFormatError(f"split part {part.name}: {exc}") from exc
+            if int(meta.get("split.no", -1)) != no - 1:
+                raise GGUFFormatError(f"{part.name} says it is split part {meta.get('split.no')}, expected {no - 1}")
+        expected = self.metadata.get("split.tensors.count")
+        if expected is not None and int(expected) != len(self.tensors):
+            raise GGUFFormatError(f"the {count} parts hold {len(self.tensors)} tensors, the first part promises {expected}")
+
+    def _read_part(self, path: str) -> dict[str, Any]:
+        """Parse one file's header, add its tensors, keep its memory map; returns its metadata."""
         from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-        self.path = str(path)
-        with open(self.path, "rb") as handle:
+        part = len(self._maps)
+        with open(path, "rb") as handle:
+            if handle.seek(0, 2) == 0:
+                raise GGUFFormatError("empty file")
             self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        self._maps.append(self._map)
         self._pos = 0
         if self._map[:4] != MAGIC:
             raise GGUFFormatError("bad magic: not a GGUF file")
@@ -52,18 +96,17 @@ class GGUFContainer:
         if version not in (2, 3):
             raise GGUFFormatError(f"unsupported GGUF version {version}")
         tensor_count, kv_count = self._scalar(10), self._scalar(10)
-        self.metadata: dict[str, Any] = {}
+        metadata: dict[str, Any] = {}
         for _ in range(kv_count):
             key = self._string()
-            self.metadata[key] = self._value(self._scalar(4))
+            metadata[key] = self._value(self._scalar(4))
         infos = []
         for _ in range(tensor_count):
             name = self._string()
             dims = [self._scalar(10) for _ in range(self._scalar(4))]
             infos.append((name, dims, self._scalar(4), self._scalar(10)))
-        alignment = int(self.metadata.get("general.alignment", 32))
+        alignment = int(metadata.get("general.alignment", 32))
         data_start = -(-self._pos // alignment) * alignment
-        self.tensors: dict[str, TensorInfo] = {}
         for name, dims, type_id, offset in infos:
             try:
                 block, size = GGML_QUANT_SIZES[GGMLQuantizationType(type_id)]
@@ -74,11 +117,14 @@ class GGUFContainer:
             start = data_start + offset
             if start + nbytes > len(self._map):
                 raise GGUFFormatError(f"tensor {name} extends past the end of the file (truncated?)")
-            self.tensors[name] = TensorInfo(name, tuple(reversed(dims)), type_id, start, nbytes)
+            if name in self.tensors:
+                raise GGUFFormatError(f"tensor {name} is listed twice")
+            self.tensors[name] = TensorInfo(name, tuple(reversed(dims)), type_id, start, nbytes, part)
+        return metadata
 
     def raw(self, info: TensorInfo) -> np.ndarray:
         """The tensor's bytes as a read-only uint8 array (no copy)."""
-        return np.frombuffer(self._map, dtype=np.uint8, count=info.nbytes, offset=info.offset)
+        return np.frombuffer(self._maps[info.part], dtype=np.uint8, count=info.nbytes, offset=info.offset)
 
     def _take(self, size: int) -> memoryview:
         if self._pos + size > len(self._map):

@@ -10,17 +10,10 @@ import torch
 from safetensors import safe_open
 from tokenizers import Tokenizer as BackendTokenizer
 
+from .architectures import Architecture, architecture_names, for_hf
 from .config import ModelConfig
 from .errors import ModelLoadError
-from .rope import SUPPORTED_ROPE_TYPES, rope_type
 from .tokenizer import Tokenizer
-
-ARCHITECTURE_ALIASES = {
-    "llama": "llama", "LlamaForCausalLM": "llama",
-    "mistral": "mistral", "MistralForCausalLM": "mistral",
-    "qwen2": "qwen2", "Qwen2ForCausalLM": "qwen2",
-    "qwen3": "qwen3", "Qwen3ForCausalLM": "qwen3",
-}
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -35,68 +28,31 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def parse_hf_config(raw: dict[str, Any], source: Path, name: str) -> ModelConfig:
-    """Map config.json onto ModelConfig, refusing anything we would compute differently."""
-    arch = ARCHITECTURE_ALIASES.get(raw.get("model_type", "")) or next(
-        (ARCHITECTURE_ALIASES[a] for a in raw.get("architectures") or [] if a in ARCHITECTURE_ALIASES), None
-    )
-    if arch is None:
+def hf_family(raw: dict[str, Any], source: Path) -> Architecture:
+    """The registered family of a config.json, or a ModelLoadError naming what it says."""
+    family = for_hf(raw.get("model_type"), raw.get("architectures"))
+    if family is None:
         found = raw.get("model_type") or raw.get("architectures")
-        raise ModelLoadError(source, f"unsupported architecture {found!r} (supported: llama, mistral, qwen2, qwen3)")
-    if raw.get("hidden_act", "silu") != "silu":
-        raise ModelLoadError(source, f"unsupported hidden_act {raw['hidden_act']!r} (only silu)")
-    if raw.get("mlp_bias"):
-        raise ModelLoadError(source, "mlp_bias=true is not supported")
-    rope = dict(raw.get("rope_parameters") or {})
-    scaling = raw.get("rope_scaling") or (rope if rope_type(rope) != "default" else None)
-    if rope_type(scaling) not in SUPPORTED_ROPE_TYPES:
-        raise ModelLoadError(source, f"unsupported rope scaling {rope_type(scaling)!r} (supported: {SUPPORTED_ROPE_TYPES})")
-    theta = raw.get("rope_theta", rope.get("rope_theta", 10000.0))
+        raise ModelLoadError(source, f"unsupported architecture {found!r} (supported: {', '.join(architecture_names())})")
+    return family
+
+
+def parse_hf_config(raw: dict[str, Any], source: Path, name: str) -> ModelConfig:
+    """Map config.json onto ModelConfig through its family, refusing anything we would compute differently."""
+    family = hf_family(raw, source)
     try:
-        hidden, heads = int(raw["hidden_size"]), int(raw["num_attention_heads"])
-        max_len = int(raw.get("max_position_embeddings", 2048))
-        window = raw.get("sliding_window")
-        uses_window = arch == "mistral" or raw.get("use_sliding_window", False)
-        if uses_window and window:
-            max_len = min(max_len, int(window))  # beyond the window we would attend differently
-        eos = raw.get("eos_token_id")
-        eos_ids = [] if eos is None else [int(e) for e in (eos if isinstance(eos, list) else [eos])]
-        return ModelConfig(
-            name=name,
-            architecture=arch,
-            vocab_size=int(raw["vocab_size"]),
-            hidden_size=hidden,
-            intermediate_size=int(raw["intermediate_size"]),
-            num_layers=int(raw["num_hidden_layers"]),
-            num_heads=heads,
-            num_kv_heads=int(raw.get("num_key_value_heads") or heads),
-            head_dim=int(raw.get("head_dim") or hidden // heads),
-            max_position_embeddings=max_len,
-            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-            rope_theta=float(theta),
-            rope_scaling=dict(scaling) if scaling else None,
-            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
-            attention_bias=True if arch == "qwen2" else bool(raw.get("attention_bias", False)),
-            qk_norm=arch == "qwen3",
-            dtype=_dtype_name(raw.get("dtype") or raw.get("torch_dtype")),
-            bos_token_id=raw.get("bos_token_id"),
-            eos_token_ids=eos_ids,
-        )
+        return family.config_from_hf(raw, source, name)
     except KeyError as exc:
         raise ModelLoadError(source, f"missing required key {exc.args[0]!r}") from exc
     except (TypeError, ValueError) as exc:
         raise ModelLoadError(source, f"invalid value: {exc}") from exc
 
 
-def _dtype_name(value: Any) -> str:
-    """The checkpoint's dtype as a default; float16 runs as float32 (no fast fp16 on CPU)."""
-    return "float32" if value in ("float32", "float16", "float64") else "bfloat16"
-
-
 class SafetensorsWeights:
     """Tensor lookup across one or many safetensors shards."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, family: Architecture | None = None) -> None:
+        self.family = family  # converts tensors to this package's convention (e.g. Gemma's norms)
         index = directory / "model.safetensors.index.json"
         single = directory / "model.safetensors"
         if index.exists():
@@ -133,9 +89,10 @@ class SafetensorsWeights:
     def get(self, name: str) -> tuple[torch.Tensor, str]:
         path = self.file_of[name]
         try:
-            return self._handles[path].get_tensor(name), str(path)
+            tensor = self._handles[path].get_tensor(name)
         except Exception as exc:
             raise ModelLoadError(path, f"cannot read tensor {name!r}: {exc}") from exc
+        return (tensor if self.family is None else self.family.hf_tensor(name, tensor)), str(path)
 
 
 def load_hf_tokenizer(directory: Path, config: ModelConfig) -> Tokenizer:

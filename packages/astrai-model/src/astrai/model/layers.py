@@ -1,7 +1,8 @@
-"""Building blocks: RMSNorm, paged GQA attention, SwiGLU MLP, decoder layer.
+"""Building blocks: RMSNorm, paged GQA attention, gated MLP, the llama-style decoder layer.
 
 Projections are fused (q/k/v in one matmul, gate/up in one) to halve per-layer kernel calls;
-the loaders concatenate checkpoint weights to match.
+the loaders concatenate checkpoint weights to match. Families with another layer shape build
+their own layer from these blocks (`architectures/`); every layer has the same call signature.
 """
 
 from __future__ import annotations
@@ -23,31 +24,51 @@ def _linear(in_features: int, out_features: int, bias: bool, dtype: torch.dtype,
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm computed in float32, as the reference models do."""
+    """Root-mean-square norm computed in float32, as the reference models do.
 
-    def __init__(self, size: int, eps: float, dtype: torch.dtype, device: torch.device) -> None:
+    Llama multiplies by the weight after casting back to the activation dtype; Gemma multiplies
+    in float32 and then casts (`scale_in_float32`). The weight is always the multiplier itself
+    (Gemma checkpoints store it minus 1; the HF loader adds the 1, GGUF files already did).
+    """
+
+    def __init__(
+        self, size: int, eps: float, dtype: torch.dtype, device: torch.device, *, scale_in_float32: bool = False
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size, dtype=dtype, device=device))
         self.eps = eps
+        self.scale_in_float32 = scale_in_float32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.scale_in_float32:
+            return (x * self.weight.float()).to(dtype)
         return self.weight * x.to(dtype)
 
 
 class Attention(nn.Module):
-    """GQA self-attention over the paged KV cache."""
+    """GQA self-attention over the paged KV cache.
 
-    def __init__(self, config: ModelConfig, dtype: torch.dtype, device: torch.device) -> None:
+    Which keys a query sees (causal, or a sliding window) is the plan's business; the scores
+    are scaled by `config.attention_scale` (head_dim ** -0.5 unless the family says otherwise).
+    """
+
+    def __init__(
+        self, config: ModelConfig, dtype: torch.dtype, device: torch.device, *, norm_scale_in_float32: bool = False
+    ) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
         self.q_size, self.kv_size = config.q_size, config.kv_size
+        self.scale = None if config.query_pre_attn_scalar is None else config.attention_scale  # None: SDPA's own
         self.qkv_proj = _linear(config.hidden_size, self.q_size + 2 * self.kv_size, config.attention_bias, dtype, device)
         self.o_proj = _linear(self.q_size, config.hidden_size, False, dtype, device)
-        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype, device) if config.qk_norm else None
-        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype, device) if config.qk_norm else None
+        self.q_norm = self.k_norm = None
+        if config.qk_norm:
+            eps = config.rms_norm_eps
+            self.q_norm = RMSNorm(self.head_dim, eps, dtype, device, scale_in_float32=norm_scale_in_float32)
+            self.k_norm = RMSNorm(self.head_dim, eps, dtype, device, scale_in_float32=norm_scale_in_float32)
 
     def forward(
         self,
@@ -97,7 +118,7 @@ class Attention(nn.Module):
             keys, values = keys.masked_fill(padding, 0.0), values.masked_fill(padding, 0.0)
         keys, values = keys.to(q.dtype).transpose(1, 2), values.to(q.dtype).transpose(1, 2)  # [Bd, kvh, L, d]
         out = F.scaled_dot_product_attention(
-            q[:, :, None, :], keys, values, attn_mask=plan.decode_mask, enable_gqa=True
+            q[:, :, None, :], keys, values, attn_mask=plan.decode_mask, enable_gqa=True, scale=self.scale
         )
         return out[:, :, 0, :]
 
@@ -110,35 +131,50 @@ class Attention(nn.Module):
         v_flat: torch.Tensor | None,
         seq: PrefillSeq,
     ) -> torch.Tensor:
-        """One chunk, causal; over fresh K/V if it has no cached prefix, else over the cache."""
+        """One chunk, causal (and windowed if the plan says so); over fresh K/V if it has no
+        cached prefix, else over the cache."""
         query = q[seq.start : seq.end].transpose(0, 1)[None]
         if seq.gather is None:
             keys = k[seq.start : seq.end].transpose(0, 1)[None]
             values = v[seq.start : seq.end].transpose(0, 1)[None]
-            out = F.scaled_dot_product_attention(query, keys, values, is_causal=True, enable_gqa=True)
         else:
             keys = k_flat.index_select(0, seq.gather).to(q.dtype).transpose(0, 1)[None]
             values = v_flat.index_select(0, seq.gather).to(q.dtype).transpose(0, 1)[None]
-            out = F.scaled_dot_product_attention(query, keys, values, attn_mask=seq.mask, enable_gqa=True)
+        if seq.mask is None:
+            out = F.scaled_dot_product_attention(query, keys, values, is_causal=True, enable_gqa=True, scale=self.scale)
+        else:
+            out = F.scaled_dot_product_attention(query, keys, values, attn_mask=seq.mask, enable_gqa=True,
+                                                 scale=self.scale)
         return out[0].transpose(0, 1)
 
 
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """gelu with the tanh approximation (transformers' "gelu_pytorch_tanh", ggml's gelu)."""
+    return F.gelu(x, approximate="tanh")
+
+
+ACTIVATIONS = {"silu": F.silu, "gelu_tanh": gelu_tanh}
+
+
 class MLP(nn.Module):
-    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+    """Gated feed-forward: down(act(gate(x)) * up(x)); SwiGLU (silu) or GeGLU (gelu_tanh)."""
 
     def __init__(self, config: ModelConfig, dtype: torch.dtype, device: torch.device) -> None:
         super().__init__()
         self.intermediate_size = config.intermediate_size
+        self.act = ACTIVATIONS[config.hidden_act]
         self.gate_up_proj = _linear(config.hidden_size, 2 * config.intermediate_size, False, dtype, device)
         self.down_proj = _linear(config.intermediate_size, config.hidden_size, False, dtype, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(self.act(gate) * up)
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm block: x + attn(norm(x)), then + mlp(norm(x))."""
+    """Pre-norm block (llama, mistral, qwen2, qwen3): x + attn(norm(x)), then + mlp(norm(x))."""
+
+    norm_names = ("input_layernorm", "post_attention_layernorm")  # checkpoint names of its norms
 
     def __init__(self, config: ModelConfig, dtype: torch.dtype, device: torch.device) -> None:
         super().__init__()

@@ -8,11 +8,18 @@ from pathlib import Path
 
 import torch
 
+from .architectures import Architecture
 from .config import ModelConfig, resolve_dtype
 from .errors import ModelLoadError
 from .gguf_loader import GGUFFile
-from .hf_loader import SafetensorsWeights, load_hf_tokenizer, parse_hf_config, read_json
-from .quantization import check_mode, install_packed_weights, packed_serving_blocker
+from .hf_loader import SafetensorsWeights, hf_family, load_hf_tokenizer, parse_hf_config, read_json
+from .quantization import (
+    check_mode,
+    dequantized_types,
+    has_native_tensors,
+    install_packed_weights,
+    packed_serving_blocker,
+)
 from .tokenizer import Tokenizer
 from .transformer import Transformer
 from .weights import check_tensor_names, load_weights
@@ -57,20 +64,26 @@ def load_model(
         check_mode(quantization)
     except ValueError as exc:
         raise ModelLoadError(str(name_or_path), str(exc)) from None
-    path = locate_model(name_or_path)
+    path = _find(name_or_path)
     text = str(name_or_path)
-    if text in BUNDLED:
-        name = text
-    else:
-        name = path.stem if path.suffix == ".gguf" else path.name
     if path.is_dir():
-        return _load_hf_dir(path, name, dtype, device)
-    return _load_gguf(path, name, dtype, device, quantization)
+        return _load_hf_dir(path, text if text in BUNDLED else path.name, dtype, device)
+    return _load_gguf(path, text if text in BUNDLED else None, dtype, device, quantization)
 
 
 def locate_model(name_or_path: str | Path) -> Path:
-    """Where `load_model` would read from, without reading it: a missing bundled package or a
-    path that is neither a directory nor a file is a ModelLoadError naming the fix, at once."""
+    """Where `load_model` would read from, checked without loading weights: a missing bundled
+    package or a path that is neither a directory nor a file is a ModelLoadError naming the fix;
+    a GGUF's header is read and everything it decides is checked too (magic, truncation, block
+    types, architecture, tensor names), so a file the engine cannot run fails here, at once."""
+    path = _find(name_or_path)
+    if path.is_file():
+        file = GGUFFile(path)
+        check_tensor_names(file.config(file.model_name), set(file.tensors), str(path))
+    return path
+
+
+def _find(name_or_path: str | Path) -> Path:
     text = str(name_or_path)
     if text in BUNDLED:
         return bundled_gguf_path(text)
@@ -83,16 +96,26 @@ def locate_model(name_or_path: str | Path) -> Path:
 
 
 def is_low_bit_checkpoint(name_or_path: str | Path) -> bool:
-    """Whether `name_or_path` is a GGUF with Q4_0/Q4_1/Q8_0 tensors (served packed by default).
-
-    Reads only the file's header; False for HF directories, other files and unknown names.
+    """Whether `name_or_path` is a GGUF with tensors the native kernels serve packed by default
+    (Q4_0/Q4_1/Q8_0 today). Reads only the file's header; False for HF directories, other files
+    and unknown names.
     """
     text = str(name_or_path)
     try:
         path = bundled_gguf_path(text) if text in BUNDLED else Path(text).expanduser()
-        return path.is_file() and GGUFFile(path).has_packable_tensors()
+        return path.is_file() and has_native_tensors(GGUFFile(path))
     except ModelLoadError:
         return False
+
+
+def model_id(name_or_path: str | Path) -> str:
+    """The id a model is known by: a GGUF file's `general.name` (else its file name without
+    `.gguf`), anything else (a built-in name, a directory) as given. Reads only a GGUF's header."""
+    text = str(name_or_path)
+    if text in BUNDLED:
+        return text
+    path = _find(name_or_path)
+    return GGUFFile(path).model_name if path.is_file() else text
 
 
 def _build(config: ModelConfig, dtype, device) -> Transformer:
@@ -111,34 +134,66 @@ def _build(config: ModelConfig, dtype, device) -> Transformer:
 
 
 def _load_hf_dir(directory: Path, name: str, dtype, device) -> tuple[Transformer, Tokenizer]:
-    config = parse_hf_config(read_json(directory / "config.json"), directory / "config.json", name)
+    raw = read_json(directory / "config.json")
+    family = hf_family(raw, directory / "config.json")
+    config = parse_hf_config(raw, directory / "config.json", name)
     generation = directory / "generation_config.json"
     if generation.is_file():  # instruct models often list extra stop ids only here
         eos = read_json(generation).get("eos_token_id")
         extra = [] if eos is None else (eos if isinstance(eos, list) else [eos])
         config.eos_token_ids += [int(e) for e in extra if int(e) not in config.eos_token_ids]
-    weights = SafetensorsWeights(directory)
+    weights = SafetensorsWeights(directory, family)
     check_tensor_names(config, weights.names(), str(directory))
     tokenizer = load_hf_tokenizer(directory, config)
+    _add_family_conventions(family, config, tokenizer, str(directory))
     model = _build(config, dtype, device)
     load_weights(model, weights.get)
     return model, tokenizer
 
 
-def _load_gguf(path: Path, name: str, dtype, device, quantization: str) -> tuple[Transformer, Tokenizer]:
+def _load_gguf(path: Path, name: str | None, dtype, device, quantization: str) -> tuple[Transformer, Tokenizer]:
     file = GGUFFile(path)
-    config = file.config(name)
+    config = file.config(name or file.model_name)
+    config.dtype = "float32" if has_native_tensors(file) else "bfloat16"  # low-bit: float32 activations
     check_tensor_names(config, set(file.tensors), str(path))
     tokenizer = file.tokenizer(config.eos_token_ids)
+    _add_family_conventions(file.family, config, tokenizer, path.name)
     model = _build(config, dtype, device)
-    if quantization == "auto" and file.has_packable_tensors():
-        blocker = packed_serving_blocker(model.dtype, model.device)
-        if blocker is None:
-            count = install_packed_weights(model, file)
-            log.info("%s: %d projections served in their GGUF quantization (%s)", path.name, count,
-                     ", ".join(sorted(file.quant_types())))
-        else:
-            log.warning("%s: dequantizing its low-bit weights to %s: %s", path.name,
-                        str(model.dtype).removeprefix("torch."), blocker)
+    if quantization == "auto":
+        _install_native_weights(model, file, path.name)
     load_weights(model, lambda tensor_name: file.tensor(tensor_name, config))
     return model, tokenizer
+
+
+def _install_native_weights(model: Transformer, file: GGUFFile, source: str) -> None:
+    """quantization="auto": pack what the native kernels serve; one log line for what is
+    dequantized instead (other block types, or everything when packed weights cannot run)."""
+    dtype = str(model.dtype).removeprefix("torch.")
+    if has_native_tensors(file):
+        blocker = packed_serving_blocker(model.dtype, model.device)
+        if blocker is not None:
+            log.warning("%s: dequantizing its low-bit weights to %s: %s", source, dtype, blocker)
+            return
+        count = install_packed_weights(model, file)
+        log.info("%s: %d projections served in their GGUF quantization (%s)", source, count,
+                 ", ".join(sorted(file.quant_types())))
+    leftover = dequantized_types(file)
+    if leftover:
+        log.info("%s: dequantizing its %s tensors to %s (no native kernel for these types)", source,
+                 "+".join(leftover), dtype)
+
+
+def _add_family_conventions(family: Architecture, config: ModelConfig, tokenizer: Tokenizer, source: str) -> None:
+    """The family's extra stop tokens (found in this vocabulary) join the EOS ids, and a file
+    without a chat template gets the family's turn format, said in one log line."""
+    if not config.eos_token_ids:  # the tokenizer's own EOS token, when the config names none
+        config.eos_token_ids.extend(tokenizer.eos_token_ids)
+    for text in family.stop_tokens:
+        token_id = tokenizer.backend.token_to_id(text)
+        if token_id is not None and token_id not in config.eos_token_ids:
+            config.eos_token_ids.append(token_id)
+    tokenizer.eos_token_ids = list(config.eos_token_ids)
+    if tokenizer.chat_template is None and family.turn_template is not None:
+        tokenizer.chat_template = family.turn_template
+        log.info("%s carries no chat template: using the %s architecture's own turn format (%s)",
+                 source, family.name, family.turn_format_name)

@@ -1,7 +1,8 @@
 """Serving a GGUF in its own quantization: which projections stay packed, and installing them.
 
-With `quantization="auto"` every projection whose GGUF tensors are Q4_0, Q4_1 or Q8_0 (all
-parts of a fused projection the same type) is repacked once for the native kernels and
+`native_type` is the one decision "packed or dequantized" (extend the packable set there and in
+`kernels.quant.QuantType`). With `quantization="auto"` every projection whose GGUF tensors are
+Q4_0, Q4_1 or Q8_0 (all parts of a fused projection the same type) is repacked once for the native kernels and
 installed as a `QuantizedLinear`; the token table likewise as a `QuantizedEmbedding`, which
 also serves a tied LM head from the same bytes. Everything else (norms, other block types) is
 dequantized as before. Where packed weights cannot be served (no native kernels, a device other
@@ -13,11 +14,12 @@ from __future__ import annotations
 
 import logging
 
+import gguf
 import numpy as np
 import torch
 
 from .config import ModelConfig
-from .gguf_loader import GGUFFile, unpermute_rows
+from .gguf_loader import GGUFFile
 from .kernels import native, native_unavailable_reason
 from .kernels.quant import QuantType, pack_gguf
 from .quantized import QuantizedEmbedding, QuantizedLinear
@@ -26,7 +28,28 @@ from .transformer import Transformer
 log = logging.getLogger("astrai.model")
 
 QUANTIZATION_MODES = ("auto", "none")
-SERVED_TYPES = {int(t) for t in QuantType}
+FLOAT_TYPE_NAMES = ("F32", "F16", "BF16")
+
+
+def native_type(type_ids: set[int], in_features: int) -> QuantType | None:
+    """The one decision "served packed or dequantized": the QuantType a projection whose GGUF
+    parts have these block types is packed in, or None (dequantized). Parts must agree."""
+    if len(type_ids) != 1 or in_features % 32:
+        return None
+    (type_id,) = type_ids
+    return QuantType(type_id) if type_id in {int(t) for t in QuantType} else None
+
+
+def has_native_tensors(file: GGUFFile) -> bool:
+    """Whether any weight of the file is in a block type the native low-bit kernels serve."""
+    return any(native_type({t.type_id}, t.shape[-1]) is not None for t in file.tensors.values() if len(t.shape) == 2)
+
+
+def dequantized_types(file: GGUFFile) -> list[str]:
+    """Block types of the file's 2-D weights that no native kernel serves (they become floats)."""
+    names = {gguf.GGMLQuantizationType(t.type_id).name for t in file.tensors.values()
+             if len(t.shape) == 2 and native_type({t.type_id}, t.shape[-1]) is None}
+    return sorted(names - set(FLOAT_TYPE_NAMES))
 
 
 def check_mode(quantization: str) -> str:
@@ -51,23 +74,17 @@ def _raw_rows(file: GGUFFile, name: str, config: ModelConfig) -> tuple[torch.Ten
     info = file.tensors[name]
     rows = info.shape[0] if len(info.shape) > 1 else 1
     raw = torch.from_numpy(np.array(file.container.raw(info)).reshape(rows, -1))
-    if file.architecture in ("llama", "mistral"):
-        if name.endswith("self_attn.q_proj.weight"):
-            raw = unpermute_rows(raw, config.num_heads)
-        elif name.endswith("self_attn.k_proj.weight"):
-            raw = unpermute_rows(raw, config.num_kv_heads)
-    return raw, info.type_id
+    return file.unpermute(name, raw, config), info.type_id
 
 
 def _packed(file: GGUFFile, names: list[str], config: ModelConfig):
-    """The fused weight of `names` packed, or None if any part is not a served type (or they differ)."""
-    parts = [_raw_rows(file, n, config) for n in names]
-    types = {type_id for _, type_id in parts}
-    in_features = file.tensors[names[0]].shape[-1]
-    if len(types) != 1 or not types <= SERVED_TYPES or in_features % 32:
+    """The fused weight of `names` packed, or None if `native_type` says it is dequantized."""
+    qtype = native_type({file.tensors[n].type_id for n in names}, file.tensors[names[0]].shape[-1])
+    if qtype is None:
         return None
-    raw = torch.cat([rows for rows, _ in parts]) if len(parts) > 1 else parts[0][0]
-    return pack_gguf(raw, types.pop(), in_features)
+    parts = [_raw_rows(file, n, config)[0] for n in names]
+    raw = torch.cat(parts) if len(parts) > 1 else parts[0]
+    return pack_gguf(raw, qtype, file.tensors[names[0]].shape[-1])
 
 
 def _bias(file: GGUFFile, names: list[str], config: ModelConfig) -> torch.Tensor | None:

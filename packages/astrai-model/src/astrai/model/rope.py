@@ -1,12 +1,18 @@
 """Rotary position embeddings in the rotate-half layout, with linear and llama3 scaling.
 
 cos/sin are kept in one float32 table indexed by position, so a forward step looks them up
-once and every layer reuses them.
+once and every layer reuses them (a model whose layers use two RoPE bases, like Gemma 3's local
+and global layers, keeps one table per base).
+
+Llama 3.x GGUFs carry llama3 scaling as per-pair divisors (`rope_freqs.weight`, computed by
+llama.cpp's converter from the same `rope_scaling` parameters): inv_freq[i] / factors[i] equals
+transformers' llama3 frequencies.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -21,10 +27,14 @@ def rope_type(scaling: dict[str, Any] | None) -> str:
     return str(scaling.get("rope_type", scaling.get("type", "default")))
 
 
-def inverse_frequencies(head_dim: int, theta: float, scaling: dict[str, Any] | None) -> torch.Tensor:
+def inverse_frequencies(
+    head_dim: int, theta: float, scaling: dict[str, Any] | None, freq_factors: Sequence[float] | None = None
+) -> torch.Tensor:
     """Per-pair rotation frequencies [head_dim/2] in float32, after any scaling."""
     exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
     inv_freq = 1.0 / (theta**exponents)
+    if freq_factors is not None:
+        inv_freq = inv_freq / torch.tensor(list(freq_factors), dtype=torch.float32)
     kind = rope_type(scaling)
     if kind == "default":
         return inv_freq
@@ -51,8 +61,15 @@ def _llama3_frequencies(inv_freq: torch.Tensor, scaling: dict[str, Any]) -> torc
 class RotaryTable:
     """cos/sin for positions [0, n), grown on demand; lookup by position ids."""
 
-    def __init__(self, head_dim: int, theta: float, scaling: dict[str, Any] | None, device: torch.device) -> None:
-        self.inv_freq = inverse_frequencies(head_dim, theta, scaling).to(device)
+    def __init__(
+        self,
+        head_dim: int,
+        theta: float,
+        scaling: dict[str, Any] | None,
+        device: torch.device,
+        freq_factors: Sequence[float] | None = None,
+    ) -> None:
+        self.inv_freq = inverse_frequencies(head_dim, theta, scaling, freq_factors).to(device)
         self.cos = torch.empty(0, head_dim, device=device)
         self.sin = torch.empty(0, head_dim, device=device)
 

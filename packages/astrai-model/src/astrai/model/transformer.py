@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
+from .architectures import architecture
 from .batch import AttentionPlan, ForwardBatch
 from .config import ModelConfig, resolve_dtype
 from .cpu_packing import PackedLinear, pack_linear, packing_supported
-from .layers import DecoderLayer, KVCache, RMSNorm
+from .layers import KVCache, RMSNorm
 from .native_forward import NativeForward
 from .quantized import QuantizedEmbedding, QuantizedLinear
 from .rope import RotaryTable
 
+log = logging.getLogger("astrai.model")
+
 
 class Transformer(nn.Module):
-    """Llama-family decoder (llama, mistral, qwen2, qwen3) over a paged KV cache."""
+    """Decoder-only transformer over a paged KV cache; each family (`architectures/`) supplies
+    its decoder layer, the rest (embedding, final norm, head, RoPE tables, plans) is shared."""
 
     def __init__(
         self,
@@ -29,9 +35,11 @@ class Transformer(nn.Module):
         self.config = config
         dtype = resolve_dtype(dtype, config.dtype)
         device = torch.device(device or "cpu")
+        family = architecture(config.architecture)
         self.embed_tokens = nn.utils.skip_init(nn.Embedding, config.vocab_size, config.hidden_size, dtype=dtype, device=device)
-        self.layers = nn.ModuleList(DecoderLayer(config, dtype, device) for _ in range(config.num_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device)
+        self.layers = nn.ModuleList(family.build_layer(config, i, dtype, device) for i in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device,
+                            scale_in_float32=config.sandwich_norms)
         self.lm_head = None
         if not config.tie_word_embeddings:
             self.lm_head = nn.Parameter(torch.empty(config.vocab_size, config.hidden_size, dtype=dtype, device=device))
@@ -39,7 +47,12 @@ class Transformer(nn.Module):
         self.packed_head: PackedLinear | None = None
         self.head_module: nn.Module | None = None  # a packed low-bit LM head (QuantizedLinear)
         self.native_forward: NativeForward | None = None
-        self.rotary = RotaryTable(config.head_dim, config.rope_theta, config.rope_scaling, device)
+        self.rotary = RotaryTable(config.head_dim, config.rope_theta, config.rope_scaling, device,
+                                  config.rope_freq_factors)
+        # RoPE table per layer type: sliding layers may rotate with their own base, unscaled.
+        self.rotary_by_type = {"full_attention": self.rotary, "sliding_attention": self.rotary}
+        if config.rope_local_theta is not None:
+            self.rotary_by_type["sliding_attention"] = RotaryTable(config.head_dim, config.rope_local_theta, None, device)
         if init_weights:
             self.init_random_weights()
 
@@ -109,6 +122,10 @@ class Transformer(nn.Module):
         Returns False, changing nothing, where the native kernels or this model's layers do not
         allow it; the Python layers then stay in use. Do it after loading, before serving.
         """
+        blocker = architecture(self.config.architecture).native_forward_blocker(self.config)
+        if blocker is not None:
+            log.info("%s runs the torch forward: %s", self.config.name, blocker)
+            return False
         if self.native_forward is None:
             self.native_forward = NativeForward.build(self)
         return self.native_forward is not None
@@ -120,18 +137,30 @@ class Transformer(nn.Module):
             raise ValueError(f"expected {len(self.layers)} KV cache layers, got {len(kv_caches)}")
         if self.native_forward is not None and kv_caches is not None and batch.num_tokens:
             return self.native_forward(batch, kv_caches, page_size)
-        plan = AttentionPlan.build(batch, page_size, has_cache=kv_caches is not None)
+        config = self.config
+        kinds = [config.layer_type(i) for i in range(config.num_layers)]
+        windows = [config.layer_window(i) for i in range(config.num_layers)]
+        plans = {w: AttentionPlan.build(batch, page_size, has_cache=kv_caches is not None, window=w)
+                 for w in set(windows)}
         max_position = int(batch.positions.max()) if batch.num_tokens else 0
-        cos, sin = self.rotary.lookup(batch.positions, max_position, self.dtype)
+        rope = {kind: self.rotary_by_type[kind].lookup(batch.positions, max_position, self.dtype) for kind in set(kinds)}
         x = self.embed_tokens(batch.token_ids)
+        if config.embedding_scale != 1.0:
+            x = x * torch.tensor(config.embedding_scale, dtype=x.dtype)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, None if kv_caches is None else kv_caches[i], plan)
+            cos, sin = rope[kinds[i]]
+            x = layer(x, cos, sin, None if kv_caches is None else kv_caches[i], plans[windows[i]])
         x = self.norm(x[batch.logits_indices])
         if self.head_module is not None:
-            return self.head_module(x).float()
-        if self.packed_head is not None:
-            return self.packed_head(x).float()
-        return torch.nn.functional.linear(x, self.head_weight).float()
+            logits = self.head_module(x).float()
+        elif self.packed_head is not None:
+            logits = self.packed_head(x).float()
+        else:
+            logits = torch.nn.functional.linear(x, self.head_weight).float()
+        if config.final_logit_softcapping:
+            cap = config.final_logit_softcapping
+            logits = torch.tanh(logits / cap) * cap
+        return logits
 
     def logits(self, token_ids: list[int] | torch.Tensor) -> torch.Tensor:
         """Logits [T, vocab] for every position of one whole sequence, without a KV cache."""

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import torch
 
+from .architectures import architecture
 from .config import ModelConfig
 from .errors import ModelLoadError
 from .quantized import QuantizedEmbedding, QuantizedLinear
@@ -29,11 +30,11 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     }
     if not config.tie_word_embeddings:
         shapes["lm_head.weight"] = (config.vocab_size, h)
+    norms = architecture(config.architecture).norm_names()
     for i in range(config.num_layers):
         p = f"model.layers.{i}."
+        shapes |= {p + f"{norm}.weight": (h,) for norm in norms}
         shapes |= {
-            p + "input_layernorm.weight": (h,),
-            p + "post_attention_layernorm.weight": (h,),
             p + "self_attn.q_proj.weight": (q, h),
             p + "self_attn.k_proj.weight": (kv, h),
             p + "self_attn.v_proj.weight": (kv, h),
@@ -93,11 +94,12 @@ def load_weights(model: Transformer, get: TensorGetter) -> None:
     put(model.norm.weight, "model.norm.weight")
     if model.lm_head is not None:
         put(model.lm_head, "lm_head.weight")
+    norms = architecture(config.architecture).norm_names()
     for i, layer in enumerate(model.layers):
         p = f"model.layers.{i}."
         attn = layer.self_attn
-        put(layer.input_layernorm.weight, p + "input_layernorm.weight")
-        put(layer.post_attention_layernorm.weight, p + "post_attention_layernorm.weight")
+        for norm in norms:
+            put(getattr(layer, norm).weight, p + f"{norm}.weight")
         put(_dense(attn.qkv_proj), *(p + f"self_attn.{x}_proj.weight" for x in "qkv"))
         if _dense(attn.qkv_proj) is not None and attn.qkv_proj.bias is not None:
             put(attn.qkv_proj.bias, *(p + f"self_attn.{x}_proj.bias" for x in "qkv"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -23,6 +24,10 @@ def _parser() -> argparse.ArgumentParser:
     record.add_argument("--workload", choices=("default", "small"), default="default",
                         help="'small' records fewer, shorter requests (used by the tests)")
     record.add_argument("--quiet", action="store_true", help="no progress bars")
+    record.add_argument("--retrieval-from", default=None, metavar="URL",
+                        help="a running `astrai serve` with vector stores: its store size and RAG cache hits go "
+                             "into the trace (the architecture scene shows them)")
+    record.add_argument("--api-key", default=None, help="that server's key (default: $ASTRAI_API_KEY)")
 
     render = commands.add_parser("render", help="render scenes from a trace file")
     render.add_argument("--trace", required=True, help="trace file written by `astrai-promo record`")
@@ -39,7 +44,9 @@ def _parser() -> argparse.ArgumentParser:
 def _record(args: argparse.Namespace) -> int:
     from .record import record_trace
 
-    path, trace = record_trace(args.out, model=args.model, workload=args.workload, progress=not args.quiet)
+    path, trace = record_trace(args.out, model=args.model, workload=args.workload, progress=not args.quiet,
+                               retrieval_from=args.retrieval_from,
+                               api_key=args.api_key or os.environ.get("ASTRAI_API_KEY"))
     tp = trace.throughput
     print(
         f"wrote {path}: {len(trace.steps)} steps, {len(trace.requests)} requests; "

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from .retrieval import RetrievalStatsError, scrape
 from .trace import Trace, save_trace
 
 if TYPE_CHECKING:  # the engine is imported only when recording
@@ -197,8 +198,18 @@ def _throughput(engine: Engine, workload: Workload, prompts: list[list[int]], mo
 
 
 def record_trace(out: str | Path, model: str = "smollm2-135m-instruct", workload: str | Workload = "default",
-                 progress: bool = True) -> tuple[Path, Trace]:
-    """Run the engine live on `model` and write the trace to `out`; returns (path, trace)."""
+                 progress: bool = True, retrieval_from: str | None = None,
+                 api_key: str | None = None) -> tuple[Path, Trace]:
+    """Run the engine live on `model` and write the trace to `out`; returns (path, trace).
+
+    `retrieval_from`: the URL of a running `astrai serve` with vector stores; its store size and
+    RAG cache-hit share become the trace's `retrieval` section (read first: a bad URL fails fast)."""
+    retrieval = None
+    if retrieval_from is not None:
+        try:
+            retrieval = scrape(retrieval_from, api_key)
+        except RetrievalStatsError as exc:
+            raise RecordError(str(exc)) from None
     if isinstance(workload, str):
         if workload not in WORKLOADS:
             raise RecordError(f"unknown workload {workload!r}; choose one of: {', '.join(WORKLOADS)}")
@@ -235,5 +246,6 @@ def record_trace(out: str | Path, model: str = "smollm2-135m-instruct", workload
             workload={"name": workload.name, "system_prompt": SYSTEM_PROMPT,
                       "arrival_steps": [r.arrival_step for r in workload.requests],
                       "max_tokens": [r.max_tokens for r in workload.requests]},
+            retrieval=retrieval,
         )
     return save_trace(trace, out), trace

@@ -40,6 +40,7 @@ class Trace:
     throughput: dict[str, Any]
     modules: dict[str, str] = field(default_factory=dict)
     workload: dict[str, Any] = field(default_factory=dict)
+    retrieval: dict[str, Any] | None = None  # optional: a live server's vector stores and RAG cache hits
 
     @property
     def num_pages(self) -> int:
@@ -50,7 +51,8 @@ class Trace:
         return int(self.engine["page_size"])
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        extra = {"retrieval": self.retrieval} if self.retrieval is not None else {}
+        return {**extra,
             "format": TRACE_FORMAT,
             "version": TRACE_VERSION,
             "packages": self.packages,
@@ -175,7 +177,23 @@ def _validate(data: Any, source: str) -> Trace:
         throughput=throughput,
         modules={str(k): str(v) for k, v in (data.get("modules") or {}).items()},
         workload=dict(data.get("workload") or {}),
+        retrieval=_retrieval(data.get("retrieval"), source),
     )
+
+
+def _retrieval(section: Any, source: str) -> dict[str, Any] | None:
+    """The optional `retrieval` section (absent in older traces): counts and the cache-hit share."""
+    if section is None:
+        return None
+    if not isinstance(section, dict):
+        raise _fail(source, "field retrieval must be an object")
+    for key in ("vector_stores", "passages", "rag_requests", "rag_prompt_tokens", "rag_cached_tokens"):
+        if _require(section, key, int, "retrieval", source) < 0:
+            raise _fail(source, f"field retrieval.{key} must not be negative")
+    share = _require(section, "cache_hit_share", _NUMBER, "retrieval", source)
+    if not 0 <= share <= 1:
+        raise _fail(source, f"field retrieval.cache_hit_share must lie in [0, 1], got {share}")
+    return dict(section)
 
 
 def _normalize_step(step: Any, index: int, num_pages: int, version: int, source: str) -> dict[str, Any]:

@@ -20,7 +20,15 @@ from typing import Any
 
 import torch
 from astrai.cache import KVCacheManager
-from astrai.model import ForwardModel, ModelConfig, Tokenizer, is_low_bit_checkpoint, load_model, locate_model
+from astrai.model import (
+    ForwardModel,
+    ModelConfig,
+    Tokenizer,
+    is_low_bit_checkpoint,
+    load_model,
+    locate_model,
+    model_id,
+)
 
 from .client import EngineInfo, EngineStats, Prompt, TraceCallback
 from .core import EngineCore
@@ -176,8 +184,15 @@ class Engine:
     @staticmethod
     def locate_model(model: str) -> Path:
         """Where `from_pretrained(model)` would load from, checked without loading: raises
-        ModelLoadError at once for a missing bundled-model package or a path that does not exist."""
+        ModelLoadError at once for a missing bundled-model package, a path that does not exist,
+        or a GGUF whose header says the engine cannot run it."""
         return locate_model(model)
+
+    @staticmethod
+    def model_id(model: str) -> str:
+        """The id `model` is known by: a GGUF file's `general.name` (else its file name), anything
+        else as given (astrai.model's `model_id`; reads a GGUF's header only)."""
+        return model_id(model)
 
     # --- public API ----------------------------------------------------------------------
 
@@ -311,6 +326,15 @@ class Engine:
         """Apply the model's chat template and generate one reply."""
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         return self.generate([list(ids)], params)[0]
+
+    def lookup_prefix(self, token_ids: Sequence[int]) -> int:
+        """How many leading tokens of `token_ids` the prefix cache holds now, changing nothing (no
+        lock, split, recency or counter moves). Read without stopping the engine, like `stats()`:
+        advisory, for ordering RAG passages. At most len - 1 (the last token is always computed);
+        0 with the prefix cache off."""
+        if not self.enable_prefix_cache:
+            return 0
+        return self.kv.lookup(list(token_ids)).cached_tokens
 
     def subscribe(self, callback: TraceCallback) -> Callable[[], None]:
         """Receive one TraceEvent per step (on the engine thread); returns an unsubscribe function."""

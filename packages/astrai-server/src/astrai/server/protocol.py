@@ -287,6 +287,8 @@ class ChatCompletionRequest(_SamplingFields):
     tools: list[ToolDefinition] | None = Field(None, max_length=MAX_TOOLS)
     tool_choice: Any = None
     response_format: ResponseFormat | None = None
+    # Our extension (extra_body): RAG over this server's vector stores, the Responses file_search tool's fields.
+    file_search: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _chat_checks(self) -> ChatCompletionRequest:

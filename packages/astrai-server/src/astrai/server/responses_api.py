@@ -1,9 +1,11 @@
 """The Responses API (`POST /v1/responses`): bodies and the SSE event sequence, in OpenAI's shape.
 
 Stateless: nothing is stored, so `store: true`, `previous_response_id`, `conversation` and
-`background` are refused, as are built-in tools; function tools work as in chat. A stream is
+`background` are refused, as are built-in tools other than `file_search` (RAG over this server's
+vector stores, `astrai.server.file_search`); function tools work as in chat. A stream is
 
     response.created, response.in_progress,
+    with file_search: its item added, response.file_search_call.in_progress / searching / completed, done,
     per output item: response.output_item.added,
         message: response.content_part.added, response.output_text.delta..., response.output_text.done,
                  response.content_part.done
@@ -117,6 +119,19 @@ class EventWriter:
             self._open["_text"] += delta
             events.append(self.event("response.output_text.delta", item_id=self._open["id"],
                                      output_index=len(self.output) - 1, content_index=0, delta=delta, logprobs=[]))
+        return events
+
+    # --- a finished file_search call (it ran before generation started) --------------------
+
+    def file_search(self, item: dict) -> list[str]:
+        events = self.close_item()
+        self.output.append(item)
+        index = len(self.output) - 1
+        running = {**item, "status": "in_progress", "results": None}
+        events.append(self.event("response.output_item.added", output_index=index, item=running))
+        for stage in ("in_progress", "searching", "completed"):
+            events.append(self.event(f"response.file_search_call.{stage}", output_index=index, item_id=item["id"]))
+        events.append(self.event("response.output_item.done", output_index=index, item=item))
         return events
 
     # --- a function call item ------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from astrai.server import constraints
 from astrai.server.body import read_model
 from astrai.server.errors import APIError, bad_request
+from astrai.server.file_search import run_file_search
 from astrai.server.generation import ClientDisconnected, Generation, until_disconnect
 from astrai.server.handlers import _CleanupStreamingResponse, _raise_if_failed, start_generation
 from astrai.server.protocol import MAX_TOOLS, FunctionDefinition, StreamOptions, _Strict
@@ -103,15 +104,27 @@ class ResponsesRequest(_Strict):
             raise ValueError("conversation: this server does not store conversations")
         if self.background:
             raise ValueError("background: background responses are not supported")
+        searches = 0
         for i, tool in enumerate(self.tools or ()):
-            if not isinstance(tool, dict) or tool.get("type") != "function":
-                kind = tool.get("type") if isinstance(tool, dict) else tool
-                raise ValueError(f"tools.{i}.type: built-in tool {kind!r} is not supported; only function tools")
+            kind = tool.get("type") if isinstance(tool, dict) else tool
+            if kind == "file_search":
+                searches += 1
+                if searches > 1:
+                    raise ValueError(f"tools.{i}: at most one file_search tool per request")
+            elif kind != "function":
+                raise ValueError(f"tools.{i}.type: built-in tool {kind!r} is not supported; only function tools "
+                                 "and file_search")
         return self
+
+    def file_search(self) -> tuple[int, dict[str, Any]] | None:
+        """The file_search tool and its index in `tools`, if there is one."""
+        return next(((i, t) for i, t in enumerate(self.tools or ()) if t.get("type") == "file_search"), None)
 
     def functions(self) -> list[dict[str, Any]]:
         out = []
         for i, tool in enumerate(self.tools or ()):
+            if tool.get("type") == "file_search":
+                continue
             try:
                 f = FunctionTool.model_validate(tool, strict=True)
             except ValueError as exc:
@@ -182,8 +195,16 @@ async def create_response(request: Request) -> Response:
     fmt = req.text.format if req.text and req.text.format else None
     if constraint is None and fmt is not None:
         constraint = constraints.from_format(fmt.type, fmt.schema_, "text.format")
-    prompt_ids = await asyncio.to_thread(service.render_chat, engine, messages, functions if use_tools else [],
-                                         "input")
+    searched = req.file_search()
+    search_run = None
+    if searched is not None:
+        where, tool = searched
+        search_run = await run_file_search(request, engine, tool, messages, functions if use_tools else [],
+                                           req.max_output_tokens, f"tools.{where}")
+        prompt_ids = search_run.prompt.token_ids
+    else:
+        prompt_ids = await asyncio.to_thread(service.render_chat, engine, messages, functions if use_tools else [],
+                                             "input")
     service.log_prompt(request, messages)
     max_tokens = service.fit_context(engine, [prompt_ids], req.max_output_tokens, "input")
     params = build_sampling_params(_SamplingView(req), max_tokens,
@@ -191,20 +212,26 @@ async def create_response(request: Request) -> Response:
     shell = ResponseShell(
         id=new_id("resp"), created_at=int(time.time()), model=service.config.model_name,
         instructions=req.instructions, max_output_tokens=req.max_output_tokens, temperature=req.temperature,
-        top_p=req.top_p, tools=[{"type": "function", **f} for f in functions], tool_choice=tool_choice,
+        top_p=req.top_p, tools=[*([search_run.spec.echo()] if search_run else []),
+                                *({"type": "function", **f} for f in functions)], tool_choice=tool_choice,
         parallel_tool_calls=req.parallel_tool_calls is not False,
         text_format=fmt.model_dump(by_alias=True, exclude_none=True) if fmt else {"type": "text"},
         metadata=req.metadata or {}, user=req.user)
     log = service.log_info(request)
     log["id"] = shell.id
-    gen = Generation(engine, shell.id, [prompt_ids], params, on_finish=service.metrics.observe,
+    on_finish = search_run.counted(service.metrics.observe) if search_run else service.metrics.observe
+    gen = Generation(engine, shell.id, [prompt_ids], params, on_finish=on_finish,
                      constraint_param=constraint.param if constraint else None)
     cleanup, gone = await start_generation(request, service, gen, 1, log)
     if gone is not None:
         return gone
     names = {f["name"] for f in functions} if use_tools else set()
+    search_item = None
+    if search_run is not None:
+        search_item = search_run.call_item(new_id("fs"), "file_search_call.results" in (req.include or ()))
     if req.stream:
-        return _CleanupStreamingResponse(_events(gen, shell, names, constraint is not None and bool(names)), cleanup)
+        return _CleanupStreamingResponse(_events(gen, shell, names, constraint is not None and bool(names),
+                                                 search_item), cleanup)
     try:
         (choice,) = await until_disconnect(request, gen.collect())
     except ClientDisconnected:
@@ -212,7 +239,7 @@ async def create_response(request: Request) -> Response:
     finally:
         cleanup()
     _raise_if_failed(choice.finish_reason, choice.error)
-    output: list[dict] = []
+    output: list[dict] = [search_item] if search_item else []
     parser = ToolCallParser(names)
     parser.feed(choice.text)
     parser.finish()
@@ -227,12 +254,16 @@ async def create_response(request: Request) -> Response:
     return JSONResponse(body)
 
 
-async def _events(gen: Generation, shell: ResponseShell, names: set[str], forced: bool) -> Any:
+async def _events(gen: Generation, shell: ResponseShell, names: set[str], forced: bool,
+                  search_item: dict | None = None) -> Any:
     writer = EventWriter(shell)
     parser = ToolCallParser(names, incremental=forced)
     try:
         for line in writer.start():
             yield line
+        if search_item is not None:
+            for line in writer.file_search(search_item):
+                yield line
         async for _, out in gen.events():
             events = parser.feed(out.text or "") + (parser.finish() if out.finished else [])
             for e in events:
@@ -242,7 +273,7 @@ async def _events(gen: Generation, shell: ResponseShell, names: set[str], forced
                     yield line
             if out.finished:
                 _raise_if_failed(out.finish_reason, out.error)
-                if not writer.output:
+                if all(item["type"] == "file_search_call" for item in writer.output):
                     for line in writer.text(""):
                         yield line
                 choice = gen.choices[0]

@@ -81,13 +81,19 @@ def layers(trace: Trace) -> list[Layer]:
     evicted = sum(len(s["pages"]["evicted"]) for s in steps)
     dtype = str(engine.get("dtype") or model.get("dtype", "?"))
     heads, kv_heads = int(model["num_heads"]), int(model["num_kv_heads"])
+    server_facts = ("OpenAI-compatible API: /v1/chat/completions · /v1/completions · /v1/models · /metrics",)
+    rag = trace.retrieval
+    if rag is not None:  # one line, so the five layers still fit the frame with the note row
+        server_facts = (f"OpenAI API + RAG · {fmt.thousands(rag['passages'])} passages in {rag['vector_stores']} "
+                        f"vector store{'s' if rag['vector_stores'] != 1 else ''} (HNSW + BM25) · "
+                        f"{rag['cache_hit_share']:.0%} of RAG prompt tokens from the prefix cache",)
     return [
         Layer(
             "server",
-            "HTTP server",
+            "HTTP server" + (" + retrieval" if rag is not None else ""),
             _origin(trace, "server"),
-            ("OpenAI-compatible API: /v1/chat/completions · /v1/completions · /v1/models · /metrics",),
-            False,
+            server_facts,
+            rag is not None,
         ),
         Layer(
             "engine",
@@ -133,15 +139,13 @@ def architecture_beats(trace: Trace, max_seconds: float | None = None) -> list[A
     subtitle = f"a live run of {trace.model['name']}" + (f" · recorded by astrai-promo {version}" if version else "")
     beats: list[ArchitectureBeat] = [TitleBeat("AstrAI — how a request flows", subtitle, 3.0)]
     beats += [LayerBeat(layer, 3.5) for layer in layers(trace)]
-    beats.append(
-        HighlightBeat(
-            (
-                ("scheduler", "key idea: requests join and leave the batch at every step"),
-                ("cache", "key idea: KV pages on demand, shared prompt prefixes"),
-            ),
-            5.5,
-        )
+    notes: tuple[tuple[str, str], ...] = (
+        ("scheduler", "key idea: requests join and leave the batch at every step"),
+        ("cache", "key idea: KV pages on demand, shared prompt prefixes"),
     )
+    if trace.retrieval is not None:
+        notes = (("server", "key idea: passages placed so their KV pages come from the prefix cache"), *notes)
+    beats.append(HighlightBeat(notes, 5.5))
     return _fit(beats, DEFAULT_SECONDS if max_seconds is None else max_seconds)
 
 

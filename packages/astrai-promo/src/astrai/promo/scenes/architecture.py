@@ -9,7 +9,7 @@ from .base import BeatScene
 from .style import ACCENT, BLUE, MONO, MUTED, PANEL, TEXT, label
 
 BOX_WIDTH = 12.8
-GAP = 0.3
+GAP = 0.22  # between layer boxes: five boxes, one with a retrieval line and note, fit the frame
 TOP = 2.75
 
 

@@ -67,6 +67,10 @@ class PrefixIndex:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def replicas(self) -> list[Hashable]:
+        """Replicas with something remembered."""
+        return [r for r, n in self._held.items() if n > 0]
+
     def held(self, replica: Hashable) -> int:
         """Blocks remembered for `replica`."""
         return self._held[replica]

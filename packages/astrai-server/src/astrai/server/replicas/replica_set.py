@@ -25,6 +25,7 @@ from typing import Any
 
 from astrai.scheduler import EngineError, EngineInfo, EngineStats, RequestOutput, SamplingParams, TraceEvent
 from astrai.server.errors import APIError
+from astrai.server.replicas.affinity import PrefixIndex
 from astrai.server.replicas.monitor import ReplicaMonitor
 from astrai.server.replicas.wire import AVOID, EngineDescription, ReplicaTag
 from astrai.server.replicated import ReplicaCounts, ReplicaHealth
@@ -78,6 +79,7 @@ class ReplicaSetEngine:
         self._flights: dict[str, _Flight] = {}
         self.monitor = ReplicaMonitor(handle)
         self.retries_total = 0
+        self._sent = PrefixIndex()  # the prompts each replica was sent: lookup_prefix's view of their caches
         self._closed = False
         self._pumps: set[asyncio.Task[None]] = set()
 
@@ -154,6 +156,12 @@ class ReplicaSetEngine:
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             time.sleep(0.05)
+
+    def lookup_prefix(self, token_ids: Sequence[int]) -> int:
+        """The longest prefix of `token_ids` (whole routing blocks) some replica was sent: the prefix-aware
+        router sends a prompt there, so it stands for that replica's cache (which may have evicted it)."""
+        matched = self._sent.match(token_ids, self._sent.replicas())
+        return min(max(matched.values(), default=0), max(0, len(token_ids) - 1))
 
     def subscribe(self, callback: TraceCallback) -> Callable[[], None]:
         raise NotImplementedError("step traces stay inside each replica's process; subscribe to an Engine "
@@ -249,6 +257,7 @@ class ReplicaSetEngine:
                 try:
                     flight.tag = await self._tag(flight.call)
                     _note_server(flight.request_id, flight.tag.replica)
+                    self._sent.insert(flight.tag.replica, prompt)
                     async for item in flight.call:
                         for out in item:
                             flight.started = True

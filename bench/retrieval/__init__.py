@@ -1,0 +1,1 @@
+"""Retrieval benchmarks (standalone scripts; see bench/README.md, "Retrieval")."""
