@@ -86,8 +86,8 @@ class Engine:
             raise ValueError(f"speculation_shared_suffix must be a bool, got {speculation_shared_suffix!r}")
         if speculation_row_cost is not None and (isinstance(speculation_row_cost, bool)
                                                  or not isinstance(speculation_row_cost, (int, float))
-                                                 or not 0.01 <= speculation_row_cost <= 4.0):
-            raise ValueError(f"speculation_row_cost must be a number in [0.01, 4] or None, got {speculation_row_cost!r}")
+                                                 or not 0.05 <= speculation_row_cost <= 4.0):
+            raise ValueError(f"speculation_row_cost must be a number in [0.05, 4] or None, got {speculation_row_cost!r}")
         _check_positive("max_num_batched_tokens", max_num_batched_tokens)
         _check_positive("page_size", page_size)
         if max_model_len is not None:

@@ -66,7 +66,7 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
                         help="tokens of earlier outputs the suffix speculation keeps, all API keys together "
                              "(default: the engine's, 262144; reported in /metrics)")
     parser.add_argument("--speculation-row-cost", type=float, default=None,
-                        help="cost of one more row in a step relative to the step's fixed cost, in [0.01, 4] "
+                        help="cost of one more row in a step relative to the step's fixed cost, in [0.05, 4] "
                              "(default: learnt from the steps' own times)")
     parser.add_argument("--speculation-shared-suffix", action="store_true",
                         help="let every API key's outputs shape every request's drafts (default: each key its own)")
