@@ -21,7 +21,8 @@ from bench.models import DEFAULT_MODEL, MODELS, bench_model
 from bench.progress import log
 
 # Headline comparisons first, so a run cut short by its time budget still has them.
-SECTIONS = ("roofline", "decode", "offline", "memory", "perplexity", "serving", "prefix", "profile", "gpu")
+SECTIONS = ("roofline", "decode", "offline", "memory", "perplexity", "serving", "prefix", "speculation", "profile",
+            "gpu")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -48,6 +49,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     if unknown:
         ap.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     args.sections = [s for s in SECTIONS if s in only] if only else list(SECTIONS)
+    if "--speculation" not in args.astrai_args:
+        # The peers decode without speculation, and the random-id prompts make the model repeat
+        # itself (which speculation speeds up), so the comparisons run with it off unless asked;
+        # the speculation section measures it on and off itself.
+        args.astrai_args = f"{args.astrai_args} --speculation off".strip()
     try:
         args.astrai = AstraiOptions.parse(args.astrai_args)
     except ValueError as error:

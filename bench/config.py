@@ -43,6 +43,10 @@ class Scale:
     # profile: one batch-1 request and one batch of offline_batch requests
     profile_batch1_tokens: int = 64
     profile_batch_tokens: int = 32
+    # speculation: bench/speculation_workloads.json, greedy, natural stops
+    spec_tokens: int = 384  # max_tokens per request
+    spec_variants: int = 4  # prompts per workload
+    spec_streams: int = 16  # concurrent requests in the streams comparison
     # GPU: nano-vllm's exact workload
     gpu_requests: int = 256
     gpu_len: tuple[int, int] = (100, 1024)
@@ -74,4 +78,6 @@ QUICK = Scale(
     profile_batch1_tokens=16,
     profile_batch_tokens=8,
     gpu_requests=32,
+    spec_tokens=96,
+    spec_variants=1,
 )

@@ -552,6 +552,61 @@ def prefix_section(r: dict) -> str:
     return "\n".join(out)
 
 
+STREAMS_TOLERANCE = 0.97  # "no slower" is called met down to this ratio (the control's 3% as well)
+
+
+def speculation_section(r: dict) -> str:
+    """Per workload: batch-1 tok/s with speculation off / suffix / ngram, 16 streams, llama.cpp's
+    lookup decoding and plain decode on the same prompts, and the targets of issue 22."""
+    sp = r.get("speculation")
+    if not sp:
+        return ""
+    if "workloads" not in sp:
+        return f"## Speculative decoding\n\n{_status(sp)}"
+    w = sp["workload"]
+    copy_heavy = set(w.get("copy_heavy", ()))
+    rows, stream_rows = [], []
+    for name, row in sp["workloads"].items():
+        if "batch1" not in row:
+            rows.append([name, _status(row)] + [""] * 9)
+            continue
+        b1, sp_up = row["batch1"], row.get("speedup", {})
+        llama = row.get("llamacpp") or {}
+        lookup, plain = llama.get("llama-lookup") or {}, llama.get("llama-lookup-plain") or {}
+        target = ">= 2x" if name in copy_heavy else (">= 0.97x" if name == "open_chat" else "–")
+        suffix = sp_up.get("suffix")
+        met = "–" if target == "–" or suffix is None else (
+            "yes" if suffix >= (2.0 if name in copy_heavy else 0.97) else "no")
+        acc = b1["suffix"]["accepted_tokens"] / b1["suffix"]["draft_tokens"] if b1["suffix"]["draft_tokens"] else None
+        rows.append([name, fmt(b1["off"]["tok_s"]), fmt(b1["suffix"]["tok_s"]), f"{fmt(suffix, 2)}x",
+                     f"{fmt(sp_up.get('ngram'), 2)}x", fmt(acc, 2),
+                     fmt(lookup.get("tok_s")) if _ok(lookup) else "–",
+                     fmt(lookup.get("acceptance"), 2) if _ok(lookup) else "–",
+                     fmt(plain.get("tok_s")) if _ok(plain) else "–", target, met,
+                     "yes" if all((row.get("identical") or {}).values()) else "no"])
+        streams = row.get("streams") or {}
+        if streams:
+            stream_rows.append([name, fmt(streams["off"]["tok_s"]), fmt(streams["suffix"]["tok_s"]),
+                                f"{fmt(row.get('streams_ratio'), 2)}x",
+                                "yes" if (row.get("streams_ratio") or 0) >= STREAMS_TOLERANCE else "no"])
+    command = next((_dig(row, "llamacpp", "llama-lookup", "command") for row in sp["workloads"].values()
+                    if _dig(row, "llamacpp", "llama-lookup", "command")), None)
+    out = ["## Speculative decoding (issue 22)", "",
+           f"bench/speculation_workloads.json, {w['variants']} prompt(s) per workload, greedy, up to "
+           f"{w['max_tokens']} tokens, best of {w['rounds']} alternating round(s); batch-1 = decode tok/s of each "
+           "request alone (tokens after the first / time from the first to the last). llama.cpp on the same "
+           "chat-templated prompts: " + (f"`{short_command(command)}`" if command else "not run") +
+           " and the same with `--spec-draft-n-max 0` (plain decoding). Load average: "
+           f"{load_text(r, 'speculation')}. Learnt row / step cost ratio: {fmt(sp.get('cost_ratio'), 3)}; suffix store "
+           f"{sp.get('suffix_store_tokens')} / {sp.get('suffix_store_capacity')} tokens.", "",
+           table(["Workload", "off tok/s", "suffix tok/s", "suffix / off", "ngram / off", "accepted / drafted",
+                  "llama-lookup tok/s", "lookup accept", "llama.cpp plain tok/s", "Target", "Met", "Same text"], rows),
+           "", f"### {w['streams']} concurrent streams (output tok/s, target: no slower with speculation, "
+               f"within {100 * (1 - STREAMS_TOLERANCE):.0f}% run-to-run noise)", "",
+           table(["Workload", "off", "suffix", "suffix / off", "Met"], stream_rows)]
+    return "\n".join(out)
+
+
 def gpu_section(r: dict) -> str:
     g = r.get("gpu")
     if not g:
@@ -646,7 +701,8 @@ def render_model(r: dict, json_name: str) -> str:
                  "never asserted)", "",
                  table(["Workload", "AstrAI", "llama.cpp", "Ratio", "Target", "Met", "Load avg (1 min)"], rows), ""]
     sections = [machine_section(r), roofline_section(r), decode_section(r), serving_section(r), offline_section(r),
-                memory_section(r), perplexity_section(r), prefix_section(r), gpu_section(r), profile_section(r)]
+                memory_section(r), perplexity_section(r), prefix_section(r), speculation_section(r), gpu_section(r),
+                profile_section(r)]
     return "\n".join(head) + "\n" + "\n\n".join(_demote(s) for s in sections if s)
 
 

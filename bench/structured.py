@@ -30,11 +30,12 @@ SCHEMA = {"type": "object", "properties": {
 class Row:
     def __init__(self, params: SamplingParams, constraint) -> None:
         self.params = params
-        self.generator = None
         self.prompt_token_ids: list[int] = [1, 2, 3]
         self.output_token_ids: list[int] = []
         self.constraint = constraint
+        self.grammar_bitmask = None
         self.tokens_left = 1000
+        self.random_key = (0, 0, 0)
 
     def banned_token_ids(self) -> list[int]:
         return []
@@ -58,7 +59,7 @@ def main() -> None:
     t0 = time.perf_counter()
     compiler.compile(StructuredOutputsParams(json={**SCHEMA, "title": "other"}))
     print(f"compile of a new schema: {1000 * (time.perf_counter() - t0):.1f} ms")
-    sampler = Sampler(seed=0)
+    sampler = Sampler()
     logits = torch.randn(args.rows, vocab)
     for temperature in (0.0, 1.0):
         base = None

@@ -246,3 +246,55 @@ def test_lookup_without_room_does_not_fit():
     assert mgr.reserve("big", 12)  # three of four pages in use
     look = mgr.lookup(list(range(100, 112)))
     assert (look.cached_tokens, look.pages_needed, look.pages_available, look.fits) == (0, 3, 1, False)
+
+
+def test_truncate_gives_back_rejected_speculative_pages_and_keeps_accepted_kv():
+    mgr, events = make()
+    tokens = list(range(50, 57))  # 7 tokens: pages 0-1
+    mgr.open("s", tokens)
+    assert mgr.reserve("s", 7)
+    write(mgr, "s", tokens, 0, 7)
+    before = mgr.num_free_pages()
+    # Verification of the last token + 6 proposals: positions [6, 13) reserved, 2 pages more.
+    draft = [1, 2, 3, 4, 5, 6]
+    assert mgr.pages_to_reserve("s", 13) == 2
+    assert mgr.reserve("s", 13) and len(mgr.block_table("s")) == 4
+    write(mgr, "s", tokens + draft, 6, 13)
+    # Two proposals accepted: positions [0, 9) hold verified K/V, the rest is given back.
+    freed = mgr.truncate("s", 9)
+    assert len(freed) == 1 and events[-1] == CacheEvent("freed", freed, "s")
+    assert len(mgr.block_table("s")) == 3 and mgr.num_free_pages() == before - 1
+    assert_kv(mgr, "s", tokens + draft[:2], 9)
+    mgr.check_invariants()
+    assert mgr.pages_to_reserve("s", 9) == 0 and mgr.pages_to_reserve("s", 13) == 1
+    # Truncating within the last page frees nothing; the next reservation reuses the slots.
+    assert mgr.reserve("s", 12) and mgr.truncate("s", 10) == []
+    assert mgr.reserve("s", 11)
+    final = tokens + [1, 2, 9, 9]
+    write(mgr, "s", final, 9, 11)
+    assert_kv(mgr, "s", final, 11)
+    mgr.close("s", final[:11])  # only verified tokens go to the cache
+    mgr.check_invariants()
+    assert mgr.num_cached_pages() == 2 and mgr.stats().in_use_pages == 0
+
+
+def test_truncate_never_touches_shared_pages_and_refuses_without_change():
+    mgr, _ = make()
+    prompt = list(range(10, 22))  # 3 full pages, cached by the first run
+    run_prompt(mgr, "a", prompt)
+    follow = prompt + [5]
+    assert run_prompt(mgr, "b", follow, close=False) == 12  # shares pages 0-2 with the tree
+    shared = mgr.block_table("b")[:3]
+    assert mgr.reserve("b", 20)
+    with pytest.raises(CacheError, match="prefix cache"):
+        mgr.truncate("b", 8)  # would drop a cached page
+    with pytest.raises(CacheError, match="cannot truncate"):
+        mgr.truncate("b", 21)  # beyond what is reserved
+    assert mgr.block_table("b")[:3] == shared and len(mgr.block_table("b")) == 5
+    mgr.check_invariants()
+    assert len(mgr.truncate("b", 13)) == 1  # page 4 back; the shared ones stay
+    assert mgr.block_table("b")[:3] == shared
+    mgr.check_invariants()
+    mgr.close("b")
+    mgr.check_invariants()
+    assert mgr.num_cached_pages() == 3 and mgr.stats().in_use_pages == 0

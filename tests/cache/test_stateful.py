@@ -445,6 +445,29 @@ class ManagerMachine(RuleBasedStateMachine):
         self.forward(seq, start, total)
         self.written[seq] = total
 
+    @precondition(lambda self: any(len(t) <= self.written[s] + 1 for s, t in self.seqs.items()))
+    @rule(data=st.data(), draft=st.lists(st.integers(0, 2), min_size=1, max_size=9), bonus=st.integers(0, 2))
+    def speculate(self, data, draft, bonus):
+        """Verify the last token + a draft, accept a prefix of it, give the rest back (truncate)."""
+        seq = data.draw(st.sampled_from(sorted(s for s, t in self.seqs.items() if len(t) <= self.written[s] + 1)))
+        tokens = self.seqs[seq]
+        start = self.written[seq]
+        if len(tokens) == start:  # decoding: the token sampled last joins first
+            tokens.append(bonus)
+        total = start + 1 + len(draft)
+        if not self.mgr.reserve(seq, total):
+            return
+        tokens += draft
+        self.forward(seq, start, total)
+        accepted = data.draw(st.integers(0, len(draft)))
+        keep = start + 1 + accepted
+        pages_before = len(self.mgr.block_table(seq))
+        freed = self.mgr.truncate(seq, keep)
+        assert len(self.mgr.block_table(seq)) == -(-keep // MGR_PS) == pages_before - len(freed)
+        del tokens[keep:]
+        tokens.append(bonus)  # the token sampled at the first rejected position: not written yet
+        self.written[seq] = keep
+
     @precondition(lambda self: self.seqs)
     @rule(data=st.data())
     def commit(self, data):

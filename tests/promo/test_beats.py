@@ -194,3 +194,11 @@ def test_sampling_helpers():
     assert timing.max_steps == 35 and timing.fixed == (4.0, 6.0)
     short = plan_timing((4.0, 6.0), 1.0, 8.0)
     assert short.max_steps == 3 and sum(short.fixed) + 3 * short.per_step == pytest.approx(8.0, abs=0.01)
+
+
+def test_batching_beats_draw_accepted_speculative_runs(trace_dict):
+    trace_dict["steps"][1]["speculation"] = [{"request_id": "r1", "proposed": 3, "accepted": 1}]
+    steps = [b for b in batching_beats(Trace.from_dict(trace_dict)) if isinstance(b, BatchStepBeat)]
+    assert steps[1].lanes[0] == Lane("r1", "decode", 3, 4, "decoding · +2 (1/3 drafted) · 3/4 tokens")
+    assert steps[1].caption == "step 1: one forward · 1 decode token + 3 draft tokens (1 accepted)"
+    assert steps[2].lanes[0].tokens_out == 4  # the accepted token counts toward the request's output

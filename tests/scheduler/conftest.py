@@ -1,11 +1,15 @@
-"""Shared engines for the scheduler tests: the bundled SmolLM2 model is loaded once (float32)."""
+"""Shared engines for the scheduler tests: the bundled SmolLM2 model is loaded once (float32).
+
+`exact_pair` runs the default low-bit model behind `OneRowAtATime` (every row its own forward),
+with speculation on and off: the reference for speculative decoding that needs no
+batch-invariant kernels."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import transformers
-from astrai.model import bundled_gguf_path, load_model
+from astrai.model import ForwardBatch, bundled_gguf_path, load_model
 from astrai.scheduler import Engine
 
 MODEL = "smollm2-135m-instruct"
@@ -113,3 +117,64 @@ def hf_model():
     return transformers.AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, dtype=torch.float32
     ).eval()
+
+
+class OneRowAtATime:
+    """A ForwardModel computing each row on its own: prefill chunks one sequence per call, decode
+    and verification tokens one token per call (in position order), so a row's logits never
+    depend on what else is in the step or how many draft tokens are verified with it."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.config = model.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    def forward(self, batch: ForwardBatch, kv_caches, page_size: int) -> torch.Tensor:
+        ids, pos = batch.token_ids.tolist(), batch.positions.tolist()
+        slots, qsl = batch.slot_mapping.tolist(), batch.query_start_loc.tolist()
+        ctx, tables = batch.context_lens.tolist(), batch.block_tables.tolist()
+        wanted = batch.logits_indices.tolist()
+        rows: dict[int, torch.Tensor] = {}
+
+        def run(lo: int, hi: int, context: int, b: int) -> None:
+            want = [r for r in wanted if lo <= r < hi]
+            sub = ForwardBatch.from_flat(ids[lo:hi], pos[lo:hi], slots[lo:hi], [list(tables[b])], [context],
+                                         [0, hi - lo], [r - lo for r in want], device=self.device)
+            for r, row in zip(want, self.model.forward(sub, kv_caches, page_size), strict=True):
+                rows[r] = row
+
+        for b in range(len(qsl) - 1):
+            lo, hi = qsl[b], qsl[b + 1]
+            every_row = all(r in wanted for r in range(lo, hi))
+            if hi - lo > 1 and not every_row:  # a prefill chunk: the sequence alone
+                run(lo, hi, ctx[b], b)
+            else:  # a decode token, or a verification chunk: token by token
+                for i in range(lo, hi):
+                    run(i, i + 1, ctx[b] - (hi - 1 - i), b)
+        if not wanted:
+            return torch.empty(0, self.config.vocab_size, device=self.device)
+        return torch.stack([rows[r] for r in wanted])
+
+
+@pytest.fixture(scope="session")
+def exact_pair(low_bit_engine):
+    """Speculation on and off over the one-row-at-a-time model (no prefix cache, so every prompt
+    is prefilled alone in one chunk in both engines)."""
+    model = OneRowAtATime(low_bit_engine.model)
+    # Rows here cost a whole forward each, so the learnt cost would stop drafting: pin the ratio
+    # a real step has (a draft row ~ 0.3 of a decode step's fixed cost).
+    kwargs = dict(enable_prefix_cache=False, max_num_batched_tokens=8192, num_pages=2048, max_num_seqs=16,
+                  kv_cache_dtype=low_bit_engine.kv.kv.dtype, speculation_max_tokens=8, speculation_row_cost=0.3)
+    on = Engine(model, low_bit_engine.tokenizer, speculation="suffix", **kwargs)
+    off = Engine(model, low_bit_engine.tokenizer, speculation="off", **kwargs)
+    yield on, off
+    for eng in (on, off):
+        settle(eng)
+        eng.shutdown()

@@ -1,5 +1,6 @@
 """The batched sampler on synthetic logits: each control does what it says, row by row."""
 
+import random
 from dataclasses import dataclass, field
 
 import pytest
@@ -16,13 +17,18 @@ class Row:
     prompt_token_ids: list[int] = field(default_factory=list)
     output_token_ids: list[int] = field(default_factory=list)
     banned: list[int] = field(default_factory=list)
-    generator: torch.Generator | None = None
     constraint: None = None  # structured outputs: tests/scheduler/test_structured_outputs.py
+    grammar_bitmask: None = None
     tokens_left: int = 16
+    sample_seed: int = 0
+    index: int = 0
 
     def __post_init__(self):
-        if self.params.seed is not None:
-            self.generator = torch.Generator().manual_seed(self.params.seed)
+        self.sample_seed = self.params.seed if self.params.seed is not None else random.getrandbits(63)
+
+    @property
+    def random_key(self):
+        return self.sample_seed, self.index, len(self.output_token_ids)
 
     def banned_token_ids(self):
         return self.banned
@@ -34,7 +40,7 @@ def logits_for(n, seed=0):
 
 def test_greedy_is_argmax():
     logits = logits_for(4)
-    res = Sampler(0).sample(logits, [Row(SamplingParams(temperature=0)) for _ in range(4)])
+    res = Sampler().sample(logits, [Row(SamplingParams(temperature=0)) for _ in range(4)])
     assert res.token_ids == logits.argmax(-1).tolist()
 
 
@@ -75,13 +81,30 @@ def test_seeded_row_is_independent_of_its_batch():
     row = Row(SamplingParams(temperature=1.0, seed=42))
     alone_seq, busy_seq = [], []
     solo = Row(SamplingParams(temperature=1.0, seed=42))
-    for step in range(20):
+    for _ in range(20):
         alone_seq.append(Sampler().sample(target, [solo]).token_ids[0])
+        solo.output_token_ids.append(alone_seq[-1])
         others = [Row(SamplingParams(temperature=0.7, top_p=0.9)) for _ in range(5)]
         batch = others[:2] + [row] + others[2:]
-        busy_seq.append(Sampler(seed=step).sample(logits, batch).token_ids[2])
+        busy_seq.append(Sampler().sample(logits, batch).token_ids[2])
+        row.output_token_ids.append(busy_seq[-1])
     assert alone_seq == busy_seq
     assert len(set(alone_seq)) > 1  # it really samples
+
+
+def test_the_random_number_is_keyed_by_seed_choice_and_position_only():
+    probs = torch.full((1, VOCAB), 1.0 / VOCAB)
+    logits = probs.log()
+    first = Row(SamplingParams(temperature=1.0, seed=7), output_token_ids=[1, 2, 3])
+    same = Row(SamplingParams(temperature=1.0, seed=7), output_token_ids=[9, 9, 9])  # other history, same position
+    assert Sampler().sample(logits.clone(), [first]).token_ids == Sampler().sample(logits.clone(), [same]).token_ids
+    draws = {}
+    for key in [(7, 0, p) for p in range(40)] + [(7, i, 3) for i in range(1, 40)] + [(s, 0, 3) for s in range(8, 48)]:
+        row = Row(SamplingParams(temperature=1.0, seed=key[0]), output_token_ids=[0] * key[2], index=key[1])
+        draws[key] = Sampler().sample(logits.clone(), [row]).token_ids[0]
+    # a uniform distribution over 50 tokens: each key family spreads over many tokens
+    for family in (lambda k: k[0] == 7 and k[1] == 0, lambda k: k[2] == 3 and k[0] == 7, lambda k: k[0] >= 8):
+        assert len({v for k, v in draws.items() if family(k)}) > 15
 
 
 def test_sampling_follows_the_distribution():
@@ -89,7 +112,7 @@ def test_sampling_follows_the_distribution():
     probs[:4] = torch.tensor([0.1, 0.2, 0.3, 0.4])
     logits = (probs + 1e-12).log().unsqueeze(0).expand(4000, VOCAB).contiguous()
     rows = [Row(SamplingParams(temperature=1.0)) for _ in range(4000)]
-    got = torch.tensor(Sampler(seed=0).sample(logits, rows).token_ids)
+    got = torch.tensor(Sampler().sample(logits, rows).token_ids)
     freq = torch.bincount(got, minlength=4)[:4].float() / 4000
     assert torch.allclose(freq, probs[:4], atol=0.03)
 

@@ -28,6 +28,14 @@ def test_round_trip_and_page_kinds_come_from_the_cache():
     assert TRACE_EVENT_VERSION == 2 and PHASES == ("schedule", "build_batch", "forward", "sample")
 
 
+def test_speculation_records_are_optional_and_round_trip():
+    assert TraceEvent.from_dict(event()).speculation == []
+    record = {"request_id": "b", "proposed": 5, "accepted": 3}
+    with_draft = event(speculation=[record])
+    ev = TraceEvent.from_dict(with_draft)
+    assert ev.speculation == [record] and ev.to_dict() == with_draft
+
+
 def test_optional_keys_are_filled():
     minimal = {"step": 0, "time": 0, "prefill": [{"request_id": "a", "num_tokens": 3}], "decode": [],
                "finished": [{"request_id": "a"}], "pages": {}, "num_free_pages": 4}
@@ -57,6 +65,9 @@ def test_version_1_phases_are_mapped_onto_what_they_timed():
     ({"pages": {"copied": [[1]]}}, r"\[source, destination\] page pairs"),
     ({"pages": {"moved": []}}, r"unknown event kind 'moved'"),
     ({"phases_ms": {"forward": "fast"}}, r"ev\.phases_ms\.forward must be a number"),
+    ({"speculation": [{"request_id": "b", "proposed": 2}]}, r"missing field ev\.speculation\[0\]\.accepted"),
+    ({"speculation": [{"request_id": "b", "proposed": 2, "accepted": 3}]},
+     r"ev\.speculation\[0\]: accepted \(3\) must lie in \[0, proposed \(2\)\]"),
 ])
 def test_bad_fields_are_named(changes, message):
     with pytest.raises(TraceSchemaError, match=message):

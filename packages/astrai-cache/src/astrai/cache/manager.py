@@ -179,6 +179,14 @@ class KVCacheManager:
         cow = [i for i in range(seq.num_tokens // ps, min(last + 1, len(pages))) if refcount(pages[i]) > 1]
         return cow, max(0, last + 1 - len(pages))
 
+    def pages_to_reserve(self, seq_id: object, total_tokens: int) -> int:
+        """Pages reserve(seq_id, total_tokens) would take now: new ones plus copy-on-write copies."""
+        seq = self._get(seq_id)
+        if total_tokens <= seq.num_tokens:
+            return 0
+        cow, new = self._plan(seq, total_tokens)
+        return len(cow) + new
+
     def can_reserve(self, seq_id: object, total_tokens: int) -> bool:
         """Would reserve(seq_id, total_tokens) succeed now (evicting unlocked cache if needed)?"""
         seq = self._get(seq_id)
@@ -221,6 +229,29 @@ class KVCacheManager:
             self._emit("allocated", [h.page for h in added], seq_id)
         seq.num_tokens = total_tokens
         return True
+
+    def truncate(self, seq_id: object, num_tokens: int) -> list[int]:
+        """Give back reserved positions [num_tokens, reserved): e.g. speculative tokens that were rejected.
+
+        Whole pages past the new end are freed (returned, and a "freed" event); the K/V left in
+        the last kept page past the end is never read and is overwritten by the next writes.
+        Pages shared with the prefix cache or other sequences are never touched: cutting into
+        them is a CacheError, raised before anything changes.
+        """
+        seq = self._get(seq_id)
+        if not 0 <= num_tokens <= seq.num_tokens:
+            raise CacheError(f"sequence {seq_id!r}: cannot truncate {seq.num_tokens} reserved positions to "
+                             f"{num_tokens}")
+        keep = -(-num_tokens // self.page_size)
+        if keep < seq.committed_pages:
+            raise CacheError(f"sequence {seq_id!r}: truncating to {num_tokens} tokens would drop pages it "
+                             f"shares with the prefix cache (the first {seq.committed_pages})")
+        freed = seq.table.truncate(keep) if keep < len(seq.table) else []
+        seq.num_tokens = num_tokens
+        if freed:
+            self._freed += len(freed)
+            self._emit("freed", freed, seq_id)
+        return freed
 
     def slot_mapping(self, seq_id: object, start: int, end: int) -> list[int]:
         """KV slots (page * page_size + offset) for positions [start, end)."""

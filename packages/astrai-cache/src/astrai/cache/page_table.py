@@ -79,6 +79,23 @@ class PageTable:
         self.pages[index] = handle.page
         return self.pool.decref(old)
 
+    def truncate(self, num_pages: int) -> list[int]:
+        """Keep the first `num_pages` pages, dropping the rest; return the pages that became free.
+
+        Only private pages (this table their one holder) may be dropped: checked before anything
+        changes, so a refused call leaves the table as it was.
+        """
+        if not 0 <= num_pages <= len(self.handles):
+            raise CacheError(f"cannot truncate {len(self.handles)} pages to {num_pages}")
+        shared = [h.page for h in self.handles[num_pages:] if self.pool.refcount(h.page) != 1]
+        if shared:
+            raise CacheError(f"pages {shared[:8]} are shared; truncation only gives back private pages")
+        decref = self.pool.decref
+        freed = [h.page for h in self.handles[num_pages:] if decref(h)]
+        del self.handles[num_pages:]
+        del self.pages[num_pages:]
+        return freed
+
     def release(self) -> list[int]:
         """Drop every reference; return the pages that became free."""
         decref = self.pool.decref

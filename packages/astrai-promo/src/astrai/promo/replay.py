@@ -80,8 +80,9 @@ def replay_requests(trace: Trace, at: Iterable[int] | None = None) -> dict[int, 
     """Request snapshots after the steps at indices `at` (default: all), keyed by step index,
     then by request id in the trace's request order.
 
-    Tokens generated are counted from the events: one per decode entry, one when a prefill
-    chunk reaches the end of the prompt. The finished event's own count wins when it arrives.
+    Tokens generated are counted from the events: one per decode entry plus the draft tokens a
+    speculative verification accepted in that step, one when a prefill chunk reaches the end of
+    the prompt. The finished event's own count wins when it arrives.
     """
     targets = {r["request_id"]: int(r["output_tokens"]) for r in trace.requests}
     prompt_lens = {r["request_id"]: int(r["prompt_tokens"]) for r in trace.requests}
@@ -109,10 +110,11 @@ def replay_requests(trace: Trace, at: Iterable[int] | None = None) -> dict[int, 
             state[rid] = "prefill"
             if entry["start"] + entry["num_tokens"] >= prompt_lens[rid]:
                 tokens[rid] += 1
+        accepted = {e["request_id"]: e["accepted"] for e in step.get("speculation", ())}
         for rid in step["decode"]:
             if rid in state:
                 state[rid] = "decode"
-                tokens[rid] += 1
+                tokens[rid] += 1 + accepted.get(rid, 0)
         for entry in step["finished"]:
             rid = entry["request_id"]
             if rid not in state:

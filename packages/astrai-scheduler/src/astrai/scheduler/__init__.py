@@ -17,6 +17,7 @@ from .trace import (
     FinishedRecord,
     JsonlTraceWriter,
     PrefillRecord,
+    SpeculationRecord,
     TraceEvent,
     TraceSchemaError,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "RequestMetrics",
     "RequestOutput",
     "SamplingParams",
+    "SpeculationRecord",
     "StructuredOutputsParams",
     "Tokenizer",
     "TraceEvent",

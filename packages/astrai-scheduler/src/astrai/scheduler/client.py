@@ -38,6 +38,13 @@ class EngineStats(TypedDict):
     page_size: int
     steps: int
     requests_finished_total: dict[str, int]  # finish reason -> count
+    # speculative decoding (vLLM's spec_decode_* counters), totals since start
+    spec_decode_num_drafts: int  # verification chunks
+    spec_decode_num_draft_tokens: int  # proposed tokens verified
+    spec_decode_num_accepted_tokens: int  # of which accepted
+    spec_decode_num_accepted_tokens_per_pos: dict[int, int]  # draft position -> drafts accepted there
+    spec_decode_suffix_tokens: int  # tokens the cross-request suffix store holds now
+    spec_decode_suffix_capacity_tokens: int  # its bound (the speculation_suffix_tokens setting)
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,7 @@ class EngineInfo:
     num_pages: int
     prefix_cache: bool
     scheduling: str  # "continuous" | "static"
+    speculation: str = "off"  # "off" | "ngram" | "suffix"
     modules: dict[str, str] = field(default_factory=dict)  # layer -> the module implementing it
     weights: str = ""  # how the weights are held, e.g. "Q4_1+Q8_0 (packed), float32"
     kv_cache_dtype: str = ""

@@ -22,7 +22,8 @@ from .outputs import RequestOutput
 from .request import Request
 from .runner import ModelRunner
 from .sampler import SampleResult
-from .scheduler import Scheduler, StepPlan
+from .scheduler import Chunk, Scheduler, StepPlan
+from .speculation import Speculator
 from .stats import EngineCounters
 from .timing import StepTimer
 from .tracing import StepTracer, TraceCallback
@@ -34,12 +35,13 @@ class EngineCore:
     """Owns the engine thread. Thread-safe: submit, abort, subscribe, new_request_id, wait_idle, shutdown."""
 
     def __init__(self, scheduler: Scheduler, runner: ModelRunner, kv: KVCacheManager, tokenizer: Tokenizer,
-                 *, enable_prefix_cache: bool) -> None:
+                 *, enable_prefix_cache: bool, speculator: Speculator | None = None) -> None:
         self.scheduler = scheduler
         self.runner = runner
         self.kv = kv
         self.tokenizer = tokenizer
         self.enable_prefix_cache = enable_prefix_cache
+        self.speculator = speculator
         self.counters = EngineCounters()
         self.tracer = StepTracer(kv)
 
@@ -183,6 +185,8 @@ class EngineCore:
         for req, message in plan.failed:
             self._finish(req, "error", message)
             finished.append(req)
+        if self.speculator is not None and plan.chunks:
+            self.speculator.extend(plan, sched)
         timer.lap("schedule")
 
         if plan.chunks:
@@ -208,6 +212,8 @@ class EngineCore:
                 sched.release(req)
         timer.lap("schedule")
         self.counters.steps += 1
+        if self.speculator is not None and plan.chunks and all(_decodes(c) for c in plan.chunks):
+            self.speculator.observe_step(plan.num_tokens, sum(timer.ms.values()))
         if tracing:
             self.tracer.end_step(self.counters.steps - 1, plan, sched, arrivals, finished, timer.ms)
 
@@ -228,14 +234,43 @@ class EngineCore:
                 continue
             if self.enable_prefix_cache and c.start < len(req.prompt_token_ids):
                 self.kv.commit(req.request_id, req.token_slice(0, c.end))  # share the prompt now
-            req.append_token(tokens[k], logprobs[k] if logprobs is not None else None, now)
-            k += 1
-            self.counters.generation_tokens_total += 1
+            if c.draft:
+                rows = len(c.draft) + 1
+                self.counters.generation_tokens_total += self._verify(
+                    c, tokens[k : k + rows], logprobs[k : k + rows] if logprobs is not None else None, now)
+                k += rows
+            else:
+                req.append_token(tokens[k], logprobs[k] if logprobs is not None else None, now)
+                k += 1
+                self.counters.generation_tokens_total += 1
             if req.finished:
                 self._finish(req)
                 finished.append(req)
             elif req.stream:
                 self._deliver(req, req.take_delta())
+
+    def _verify(self, c: Chunk, sampled: list[int], logprobs: list | None, now: float) -> int:
+        """Append the target's tokens of a verification chunk while they equal the draft (the
+        first that differs, or the one after the whole draft, is appended too); give back the
+        rejected positions' pages. Returns how many tokens were appended."""
+        req, draft = c.request, c.draft
+        appended = 0
+        for j, token in enumerate(sampled):
+            if req.constraint is not None:
+                req.constraint.prepare(req.tokens_left)  # as the sampler does before each decoded token
+            req.append_token(token, logprobs[j] if logprobs is not None else None, now)
+            appended += 1
+            if req.finished or j == len(draft) or token != draft[j]:
+                break
+        matched = 0
+        while matched < min(appended, len(draft)) and sampled[matched] == draft[matched]:
+            matched += 1
+        c.accepted = matched
+        req.num_computed = c.start + appended  # the last appended token's K/V is written next step
+        self.kv.truncate(req.request_id, req.num_computed)
+        assert self.speculator is not None
+        self.speculator.settle(req, len(draft), matched)
+        return appended
 
     def _finish(self, req: Request, reason: str | None = None, error: str | None = None) -> None:
         """Hand out a request's last output; with `reason`, end it first (abort, error).
@@ -244,6 +279,8 @@ class EngineCore:
         """
         if reason is not None:
             req.finish(reason, error)
+        if self.speculator is not None:
+            self.speculator.finish(req)
         if not req.uses_detokenizer:
             ids = req.output_token_ids
             if req.finish_reason == "stop" and isinstance(req.stop_reason, int):
@@ -264,3 +301,8 @@ class EngineCore:
             log.debug("dropping output of %s: its consumer is gone", req.request_id, exc_info=True)
             if not req.finished:
                 self.abort(req.request_id)
+
+
+def _decodes(c: Chunk) -> bool:
+    """A chunk that only decodes: one token, or a verification chunk (no prefill in it)."""
+    return c.sample and c.end - c.start == 1 + len(c.draft)

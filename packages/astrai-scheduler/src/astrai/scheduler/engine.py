@@ -12,6 +12,8 @@ import asyncio
 import dataclasses
 import logging
 import queue
+import random
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,9 @@ from .request import Request, Sink
 from .runner import ModelRunner
 from .sampler import Sampler
 from .scheduler import Scheduler
+from .speculation import METHODS as SPECULATION_METHODS
+from .speculation import SpeculationCounters, Speculator, make_proposer
+from .speculation.cost import StepCost
 
 log = logging.getLogger("astrai.scheduler")
 
@@ -65,8 +70,25 @@ class Engine:
         scheduling: str = "continuous",
         seed: int | None = None,
         kv_cache_dtype: str | torch.dtype | None = None,
+        speculation: str = "suffix",
+        speculation_max_tokens: int = 16,
+        speculation_suffix_tokens: int = 262_144,
+        speculation_shared_suffix: bool = False,
+        speculation_row_cost: float | None = None,
     ) -> None:
         _check_positive("max_num_seqs", max_num_seqs)
+        _check_positive("speculation_max_tokens", speculation_max_tokens)
+        if speculation not in SPECULATION_METHODS:
+            raise ValueError(f"speculation must be one of {', '.join(SPECULATION_METHODS)}, got {speculation!r}")
+        if isinstance(speculation_suffix_tokens, bool) or not isinstance(speculation_suffix_tokens, int) \
+                or speculation_suffix_tokens < 0:
+            raise ValueError(f"speculation_suffix_tokens must be a non-negative integer, got {speculation_suffix_tokens!r}")
+        if not isinstance(speculation_shared_suffix, bool):
+            raise ValueError(f"speculation_shared_suffix must be a bool, got {speculation_shared_suffix!r}")
+        if speculation_row_cost is not None and (isinstance(speculation_row_cost, bool)
+                                                 or not isinstance(speculation_row_cost, (int, float))
+                                                 or not 0.05 <= speculation_row_cost <= 4.0):
+            raise ValueError(f"speculation_row_cost must be a number in [0.05, 4] or None, got {speculation_row_cost!r}")
         _check_positive("max_num_batched_tokens", max_num_batched_tokens)
         _check_positive("page_size", page_size)
         if max_model_len is not None:
@@ -78,7 +100,9 @@ class Engine:
         self._settings: dict[str, Any] = dict(
             max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
             page_size=page_size, num_pages=num_pages, enable_prefix_cache=enable_prefix_cache,
-            scheduling=scheduling, seed=seed, kv_cache_dtype=kv_cache_dtype,
+            scheduling=scheduling, seed=seed, kv_cache_dtype=kv_cache_dtype, speculation=speculation,
+            speculation_max_tokens=speculation_max_tokens, speculation_suffix_tokens=speculation_suffix_tokens,
+            speculation_shared_suffix=speculation_shared_suffix, speculation_row_cost=speculation_row_cost,
         )
         self.model = model
         self.tokenizer = tokenizer
@@ -107,8 +131,19 @@ class Engine:
         )
         self._grammars = GrammarCompiler(tokenizer, cfg.vocab_size)
         self._groups: dict[str, tuple[str, ...]] = {}  # first id of an n > 1 request -> its siblings' ids
-        self._core = EngineCore(self.scheduler, ModelRunner(model, self.kv, Sampler(seed)), self.kv, tokenizer,
-                                enable_prefix_cache=enable_prefix_cache)
+        # Unseeded requests get a seed of their own from here (in submission order).
+        self._seeds = random.Random(seed)
+        self._seeds_lock = threading.Lock()
+        # Speculative decoding: drafts verified inside the step, text the same as without it.
+        self.speculation = speculation
+        proposer = make_proposer(speculation, suffix_tokens=speculation_suffix_tokens,
+                                 shared_suffix=speculation_shared_suffix)
+        # The cost of one more row relative to a step: learnt from the steps' times unless given.
+        cost = StepCost() if speculation_row_cost is None else StepCost(float(speculation_row_cost), fixed=True)
+        self.speculator = None if proposer is None else Speculator(proposer, max_tokens=speculation_max_tokens,
+                                                                   cost=cost)
+        self._core = EngineCore(self.scheduler, ModelRunner(model, self.kv, Sampler()), self.kv, tokenizer,
+                                enable_prefix_cache=enable_prefix_cache, speculator=self.speculator)
 
     @classmethod
     def from_pretrained(
@@ -312,6 +347,8 @@ class Engine:
         kv = self.kv
         free = kv.num_free_pages()
         c = self._core.counters
+        spec = self.speculator
+        drafts = spec.counters if spec is not None else SpeculationCounters()
         return {
             "num_running": len(self.scheduler.running),
             "num_waiting": len(self.scheduler.waiting) + self._core.num_inbox,
@@ -327,6 +364,12 @@ class Engine:
             "page_size": kv.page_size,
             "steps": c.steps,
             "requests_finished_total": dict(c.finished_by_reason),
+            "spec_decode_num_drafts": drafts.num_drafts,
+            "spec_decode_num_draft_tokens": drafts.num_draft_tokens,
+            "spec_decode_num_accepted_tokens": drafts.num_accepted_tokens,
+            "spec_decode_num_accepted_tokens_per_pos": dict(drafts.accepted_per_position),
+            "spec_decode_suffix_tokens": spec.proposer.held_tokens if spec is not None else 0,
+            "spec_decode_suffix_capacity_tokens": spec.proposer.capacity_tokens if spec is not None else 0,
         }
 
     def describe(self) -> EngineInfo:
@@ -346,6 +389,7 @@ class Engine:
             num_pages=self.kv.num_pages,
             prefix_cache=self.enable_prefix_cache,
             scheduling=self.scheduling,
+            speculation=self.speculation,
             modules={"engine": type(self).__module__, "core": type(self._core).__module__,
                      "scheduler": type(self.scheduler).__module__, "cache": type(self.kv).__module__,
                      "model": type(self.model).__module__},
@@ -373,16 +417,16 @@ class Engine:
     def _make_requests(
         self, prompt: Prompt, params: SamplingParams | None, request_id: str | None, priority: int, stream: bool
     ) -> list[Request]:
-        """One request, or `params.n` siblings: each its own seed (seed + i), all after the first
-        waiting for its prefill so they attach the prompt's pages from the prefix cache."""
+        """One request, or `params.n` siblings: the same seed, their random numbers keyed by their
+        index too; all after the first wait for its prefill so they attach the prompt's pages
+        from the prefix cache."""
         first = self._make_request(prompt, params, request_id, priority, stream)
         n = first.params.n
         if n == 1:
             return [first]
         reqs = [first]
         for i in range(1, n):
-            seed = None if first.params.seed is None else (first.params.seed + i) % (1 << 63)
-            sibling = dataclasses.replace(first.params, n=1, seed=seed)
+            sibling = dataclasses.replace(first.params, n=1)
             reqs.append(self._make_request(first.prompt_token_ids, sibling, f"{first.request_id}#{i}", priority,
                                            stream, index=i, follows=first))
         return reqs
@@ -437,10 +481,12 @@ class Engine:
             request_id = self._core.new_request_id()
         elif not isinstance(request_id, str) or not request_id:
             raise ValueError(f"request_id must be a non-empty string, got {request_id!r}")
+        with self._seeds_lock:
+            sample_seed = self._seeds.getrandbits(63)
         return Request(
             request_id, ids, params, max_tokens=max_tokens, eos_token_ids=self._eos, priority=priority,
-            stream=stream, detokenizer=detok, device=self.model.device, constraint=constraint, index=index,
-            follows=follows,
+            stream=stream, detokenizer=detok, constraint=constraint, index=index, follows=follows,
+            sample_seed=sample_seed,
         )
 
     def _tokenize(self, prompt: Prompt) -> list[int]:

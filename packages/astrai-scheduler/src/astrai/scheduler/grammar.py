@@ -217,6 +217,32 @@ class TokenConstraint:
         self._track(self._ranks.decode([token_id]))
         return ok
 
+    def draft_masks(self, draft: Sequence[int], tokens_left: int) -> torch.Tensor:
+        """The masks decoding `draft` token by token would compute: row j for the position after
+        draft[:j] (int32 words, [len(draft) + 1, words]); the constraint is left as it was.
+
+        The matcher is advanced through the draft and rolled back; once a draft token is not
+        allowed, the rows after it are all-allowed (those positions can never be accepted).
+        """
+        words = (self._ranks.outside_order.numel() + 31) // 32
+        masks = torch.full((len(draft) + 1, words), -1, dtype=torch.int32)
+        saved = (self.closing, self._in_string, self._escaped, self._next_check, self._generated)
+        consumed = 0
+        for j in range(len(draft) + 1):
+            self.prepare(tokens_left - j)
+            masks[j].zero_()
+            self.fill_bitmask(masks[j])
+            if j == len(draft) or self.matcher.is_stopped():
+                break
+            token = draft[j]
+            if not int(masks[j, token // 32]) >> (token % 32) & 1 or not self.accept(token):
+                break
+            consumed += 1
+        if consumed:
+            self.matcher.rollback(consumed)
+        self.closing, self._in_string, self._escaped, self._next_check, self._generated = saved
+        return masks
+
     @property
     def is_finished(self) -> bool:
         """The output is complete and nothing but end-of-sequence may follow."""

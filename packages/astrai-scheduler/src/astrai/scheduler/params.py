@@ -18,6 +18,12 @@ class SamplingParams:
     `temperature=0` is greedy. `top_k <= 0` (or -1, vLLM's spelling) disables top-k.
     `max_tokens=None` means "up to the context window". Invalid values raise ValueError
     naming the field, so bad user input never reaches the engine thread.
+
+    `speculation=False` opts this request out of speculative decoding (its text is the same
+    either way; only its speed differs). `tenant` names who the request belongs to (the server
+    passes a digest of its API key): cross-request state that only changes speed, the suffix
+    speculation's store of earlier outputs, is kept per tenant, so one tenant's outputs never
+    shape another's proposals or timing.
     """
 
     max_tokens: int | None = 16
@@ -39,6 +45,8 @@ class SamplingParams:
     n: int = 1
     logit_bias: dict[int, float] | None = None
     structured_outputs: StructuredOutputsParams | None = None
+    speculation: bool = True
+    tenant: str | None = None
     _stop_list: list[str] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -66,6 +74,10 @@ class SamplingParams:
             raise ValueError("structured_outputs must be a StructuredOutputsParams")
         if not isinstance(self.ignore_eos, bool):
             raise ValueError(f"ignore_eos must be a bool, got {self.ignore_eos!r}")
+        if not isinstance(self.speculation, bool):
+            raise ValueError(f"speculation must be a bool, got {self.speculation!r}")
+        if self.tenant is not None and not isinstance(self.tenant, str):
+            raise ValueError(f"tenant must be a string or None, got {self.tenant!r}")
         self._stop_list = _normalise_stop(self.stop)
         if self.stop_token_ids is not None:
             if isinstance(self.stop_token_ids, (str, bytes)) or not hasattr(self.stop_token_ids, "__iter__"):

@@ -29,8 +29,11 @@ class Request:
 
     `num_computed` counts the tokens (prompt + output) whose K/V are in the cache; the tokens
     from there to the end are what the next step must feed the model. A preempted request
-    keeps its output tokens and generator state, and resumes by recomputing the cache.
+    keeps its output tokens and resumes by recomputing the cache; its random numbers are keyed
+    by output position (`random_key`), so there is no generator state to keep.
     """
+
+    grammar_bitmask: torch.Tensor | None = None  # a live request's grammar is masked by the sampler
 
     def __init__(
         self,
@@ -45,10 +48,10 @@ class Request:
         sink: Sink | None = None,
         stream: bool = False,
         detokenizer: IncrementalDetokenizer | None = None,
-        device: torch.device | str = "cpu",
         constraint: TokenConstraint | None = None,
         index: int = 0,
         follows: Request | None = None,
+        sample_seed: int = 0,
     ) -> None:
         self.request_id = request_id
         self.index = index  # which of the n samples of one prompt this is
@@ -69,9 +72,8 @@ class Request:
         self.finish_reason: str | None = None
         self.stop_reason: str | int | None = None
         self.error: str | None = None
-        self.generator: torch.Generator | None = None
-        if params.seed is not None:
-            self.generator = torch.Generator(device=device).manual_seed(params.seed)
+        # The seed of this request's random numbers: params.seed, or one the engine drew for it.
+        self.sample_seed = params.seed if params.seed is not None else sample_seed
         self.metrics = RequestMetrics(arrival_time=time.monotonic(), num_prompt_tokens=len(prompt_token_ids))
         self._stop_ids = set(params.stop_token_ids or ())
         if not params.ignore_eos:
@@ -113,6 +115,11 @@ class Request:
         return self.prompt_token_ids[start:] + self.output_token_ids[: end - p]
 
     @property
+    def random_key(self) -> tuple[int, int, int]:
+        """What the next token's random number is drawn from: (seed, choice index, output position)."""
+        return self.sample_seed, self.index, len(self.output_token_ids)
+
+    @property
     def tokens_left(self) -> int:
         """Tokens this request may still generate (including the one being sampled now)."""
         return self.max_tokens - len(self.output_token_ids)
@@ -122,9 +129,10 @@ class Request:
         """The whole prompt's K/V are computed (siblings waiting on this one may start)."""
         return self.finished or self.num_computed >= len(self.prompt_token_ids)
 
-    def banned_token_ids(self) -> list[int]:
-        """Stop tokens are masked until min_tokens have been generated."""
-        if self._banned and len(self.output_token_ids) < self.params.min_tokens:
+    def banned_token_ids(self, ahead: int = 0) -> list[int]:
+        """Stop tokens are masked until min_tokens have been generated (`ahead`: for the position
+        that many tokens after the next one, as a verified draft position needs)."""
+        if self._banned and len(self.output_token_ids) + ahead < self.params.min_tokens:
             return self._banned
         return []
 

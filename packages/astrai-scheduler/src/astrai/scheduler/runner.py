@@ -8,8 +8,9 @@ from astrai.model import ForwardBatch, ForwardModel
 
 from .prompt_logprobs import prompt_logprob_positions, record_prompt_logprobs
 from .request import Request
-from .sampler import Sampler, SampleResult
+from .sampler import Sampler, SampleResult, SamplingRow
 from .scheduler import Chunk
+from .speculation.verify import draft_rows
 
 
 class ModelRunner:
@@ -24,7 +25,8 @@ class ModelRunner:
 
     def build_batch(self, chunks: list[Chunk]) -> ForwardBatch:
         """All chunks' new tokens, flattened here (runs every step) and made into tensors by
-        `ForwardBatch.from_flat`; logits only for chunks that sample."""
+        `ForwardBatch.from_flat`; logits only for chunks that sample: their last token, or every
+        token of a verification chunk (the request's last token and its draft)."""
         kv = self.kv
         token_ids: list[int] = []
         positions: list[int] = []
@@ -43,14 +45,18 @@ class ModelRunner:
                     row = len(token_ids) + first - c.start
                     prompt_rows += range(row, row + count)
                     self._prompt_rows.append((c.request, first, count))
-            token_ids += c.request.token_slice(c.start, c.end)
+            if c.draft:
+                token_ids += c.request.token_slice(c.start, c.start + 1)
+                token_ids += c.draft
+            else:
+                token_ids += c.request.token_slice(c.start, c.end)
             positions += range(c.start, c.end)
             slots += kv.slot_mapping(rid, c.start, c.end)
             tables.append(kv.block_table(rid))  # a fresh list: from_flat may pad it
             context_lens.append(c.end)
             starts.append(len(token_ids))
             if c.sample:
-                logits_rows.append(len(token_ids) - 1)
+                logits_rows += range(len(token_ids) - 1 - len(c.draft), len(token_ids))
         return ForwardBatch.from_flat(token_ids, positions, slots, tables, context_lens, starts,
                                       logits_rows + prompt_rows, device=self.device)
 
@@ -58,7 +64,14 @@ class ModelRunner:
         return self.model.forward(batch, self.kv.kv_caches, self.kv.page_size)
 
     def sample(self, logits: torch.Tensor, chunks: list[Chunk]) -> SampleResult:
-        rows = [c.request for c in chunks if c.sample]
+        """One token per sampling row, in chunk order: one row per chunk that samples, or
+        len(draft) + 1 rows for a verification chunk."""
+        rows: list[SamplingRow] = []
+        for c in chunks:
+            if c.draft:
+                rows += draft_rows(c.request, c.draft)
+            elif c.sample:
+                rows.append(c.request)
         if self._prompt_rows:
             record_prompt_logprobs(logits[len(rows):], self._prompt_rows)
             logits = logits[: len(rows)]

@@ -1,8 +1,9 @@
 """Batched token sampling: penalties, temperature, top-k/top-p/min-p, seeds, logprobs.
 
 Everything runs as tensor ops over the whole batch; Python only loops over rows to gather
-their token histories (and only for rows that use penalties). Seeded rows draw their noise
-from their own torch.Generator, so a seed gives the same tokens whatever else is batched.
+their token histories (and only for rows that use penalties). Each row's random number comes
+from its `random_key` (seed, choice index, output position: `random_stream`), so a seed gives
+the same tokens whatever else is batched and however many positions a step verifies.
 Sampling inverts the CDF: one uniform draw per row against the cumulative probabilities,
 one pass over the vocabulary instead of a random number per vocabulary entry.
 """
@@ -17,6 +18,7 @@ import torch
 
 from .grammar import TokenConstraint, fill_bitmasks, unpack_bitmask
 from .params import SamplingParams
+from .random_stream import position_uniform
 
 
 def greedy_tokens(logits: torch.Tensor) -> list[int]:
@@ -31,14 +33,20 @@ def greedy_tokens(logits: torch.Tensor) -> list[int]:
 
 
 class SamplingRow(Protocol):
-    """What the sampler needs to know about one row's request."""
+    """What the sampler needs to know about one row: a request's next position, or one
+    position of a speculative verification (`speculation.verify.DraftPosition`)."""
 
     params: SamplingParams
-    generator: torch.Generator | None
     prompt_token_ids: list[int]
-    output_token_ids: list[int]
-    constraint: TokenConstraint | None
+    output_token_ids: list[int]  # the output before this row's position (penalties count it)
+    constraint: TokenConstraint | None  # a live grammar: prepared and masked here
+    grammar_bitmask: torch.Tensor | None  # or a grammar mask computed beforehand (int32 words)
     tokens_left: int
+
+    @property
+    def random_key(self) -> tuple[int, int, int]:
+        """(seed, choice index, output position): what this row's random number is drawn from."""
+        ...
 
     def banned_token_ids(self) -> list[int]:
         """Tokens that must not be sampled now (EOS/stop ids before min_tokens)."""
@@ -58,21 +66,6 @@ class Sampler:
     in place (no copy of the whole batch), so pass a copy if you need them afterwards.
     """
 
-    def __init__(self, seed: int | None = None) -> None:
-        self._generators: dict[torch.device, torch.Generator] = {}
-        self._seed = seed
-
-    def _default_generator(self, device: torch.device) -> torch.Generator:
-        gen = self._generators.get(device)
-        if gen is None:
-            gen = torch.Generator(device=device)
-            if self._seed is None:
-                gen.seed()
-            else:
-                gen.manual_seed(self._seed)
-            self._generators[device] = gen
-        return gen
-
     @torch.inference_mode()
     def sample(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> SampleResult:
         n = len(rows)
@@ -81,7 +74,7 @@ class Sampler:
         params = [r.params for r in rows]
         want_logprobs = [p.logprobs is not None for p in params]
         banned = [r.banned_token_ids() for r in rows]
-        constrained = [i for i, r in enumerate(rows) if r.constraint is not None]
+        constrained = [i for i, r in enumerate(rows) if r.constraint is not None or r.grammar_bitmask is not None]
         biased = [i for i, p in enumerate(params) if p.logit_bias]
         plain = not any(banned) and not any(p.needs_penalties for p in params) and not constrained and not biased
         if plain and all(p.greedy for p in params) and not any(want_logprobs):
@@ -95,7 +88,7 @@ class Sampler:
             _apply_bias(logits, [(i, params[i].logit_bias) for i in biased])
             _apply_bans(logits, banned)
             _apply_penalties(logits, rows)
-            _apply_constraints(logits, [(i, rows[i].constraint, rows[i].tokens_left) for i in constrained])
+            _apply_constraints(logits, rows, constrained)
 
         greedy_rows = [i for i, p in enumerate(params) if p.greedy]
         random_rows = [i for i, p in enumerate(params) if not p.greedy]
@@ -130,12 +123,7 @@ class Sampler:
             min_p = torch.tensor([p.min_p for p in params], dtype=probs.dtype, device=device)
             threshold = probs.max(dim=-1, keepdim=True).values * min_p.unsqueeze(1)
             probs = probs.masked_fill(probs < threshold, 0.0)
-        uniform = torch.empty(len(rows), 1, dtype=probs.dtype, device=device)
-        seeded = [i for i, r in enumerate(rows) if r.generator is not None]
-        if len(seeded) < len(rows):
-            uniform.uniform_(generator=self._default_generator(device))
-        for i in seeded:
-            uniform[i].uniform_(generator=rows[i].generator)
+        uniform = torch.tensor([[position_uniform(*r.random_key)] for r in rows], dtype=probs.dtype, device=device)
         cdf = probs.cumsum(dim=-1)
         # The first token whose cumulative mass exceeds u * total; zero-probability tokens have
         # zero width and can never be picked.
@@ -155,17 +143,30 @@ def _apply_bias(logits: torch.Tensor, biases: list[tuple[int, dict[int, float] |
                       torch.tensor(values, dtype=logits.dtype, device=dev), accumulate=True)
 
 
-def _apply_constraints(logits: torch.Tensor, rows: list[tuple[int, TokenConstraint | None, int]]) -> None:
-    """Structured outputs: mask every token the row's grammar does not allow now."""
-    if not rows:
+def _apply_constraints(logits: torch.Tensor, rows: Sequence[SamplingRow], which: list[int]) -> None:
+    """Structured outputs: mask every token the row's grammar does not allow now.
+
+    Rows with a live constraint are prepared and masked here (in one batch); rows that bring
+    a mask computed beforehand (verified draft positions) use theirs.
+    """
+    if not which:
         return
-    constraints = [c for _, c, _ in rows if c is not None]
-    for (_, c, left) in rows:
+    live = [i for i in which if rows[i].constraint is not None]
+    constraints: list[TokenConstraint] = []
+    for i in live:
+        c = rows[i].constraint
         assert c is not None
-        c.prepare(left)
+        c.prepare(rows[i].tokens_left)
+        constraints.append(c)
     vocab = logits.shape[-1]
-    allowed = unpack_bitmask(fill_bitmasks(constraints, vocab), vocab).to(logits.device)
-    idx = torch.tensor([i for i, _, _ in rows], device=logits.device)
+    computed = iter(fill_bitmasks(constraints, vocab)) if constraints else iter(())
+    masks: list[torch.Tensor] = []
+    for i in which:
+        mask = next(computed) if rows[i].constraint is not None else rows[i].grammar_bitmask
+        assert mask is not None
+        masks.append(mask)
+    allowed = unpack_bitmask(torch.stack(masks), vocab).to(logits.device)
+    idx = torch.tensor(which, device=logits.device)
     sub = logits[idx].masked_fill(~allowed, float("-inf"))
     dead = ~allowed.any(dim=-1)
     if bool(dead.any()):  # the grammar allows nothing (it failed): let the row end on its own token

@@ -19,12 +19,18 @@ from .request import Request, RequestStatus
 
 @dataclass
 class Chunk:
-    """Tokens [start, end) of one request computed this step; `sample`: end is the last token."""
+    """Tokens [start, end) of one request computed this step; `sample`: end is the last token.
+
+    A verification chunk ends in `draft`: proposed tokens after the request's last one (so
+    `end = start + 1 + len(draft)`), each position sampled; `accepted` is set once verified.
+    """
 
     request: Request
     start: int
     end: int
     sample: bool
+    draft: list[int] = field(default_factory=list)
+    accepted: int = 0
 
     @classmethod
     def next(cls, req: Request, num_tokens: int) -> Chunk:
@@ -159,6 +165,20 @@ class Scheduler:
                 return False
             self._preempt(victim, plan)
         return True
+
+    def reserve_ahead(self, req: Request, end: int, want: int) -> int:
+        """Reserve optional positions [end, want) for a running request (speculation), as many
+        as free pages allow: never evicting cached pages, never preempting anyone, and keeping
+        the watermark free. Returns the new reserved end (`end` if nothing could be added)."""
+        kv = self.kv
+        spare = kv.num_free_pages() - self._watermark
+        if want <= end or spare < 0:
+            return end
+        have = len(kv.block_table(req.request_id)) * kv.page_size
+        target = min(want, have + spare * kv.page_size)
+        if target <= end or kv.pages_to_reserve(req.request_id, target) > spare:
+            return end
+        return target if kv.reserve(req.request_id, target) else end
 
     def _pick_victim(self, scheduled: set[str], exclude: Request) -> Request | None:
         for req in reversed(self.running):  # sorted: last = lowest priority, newest

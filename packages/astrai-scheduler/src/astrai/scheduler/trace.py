@@ -44,6 +44,12 @@ class PrefillRecord(TypedDict):
     start: int  # first position computed this step
 
 
+class SpeculationRecord(TypedDict):
+    request_id: str
+    proposed: int  # draft tokens verified this step (after the request's last token)
+    accepted: int  # of which equalled the target's own tokens (a run from the first)
+
+
 class FinishedRecord(TypedDict):
     request_id: str
     finish_reason: str | None
@@ -64,6 +70,7 @@ class TraceEvent:
     preempted: list[str] = field(default_factory=list)
     pages: dict[str, list[Any]] = field(default_factory=dict)  # PAGE_EVENT_KINDS -> pages ("copied": [src, dst])
     page_tables: dict[str, list[int]] = field(default_factory=dict)
+    speculation: list[SpeculationRecord] = field(default_factory=list)  # verification chunks (also in `decode`)
     num_waiting: int = 0
     num_running: int = 0
     num_free_pages: int = 0
@@ -71,7 +78,8 @@ class TraceEvent:
     num_pages: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """The JSON form; `speculation` appears only on steps that verified drafts."""
+        out = {
             "step": self.step,
             "time": self.time,
             "phases_ms": dict(self.phases_ms),
@@ -88,6 +96,9 @@ class TraceEvent:
             "num_cached_pages": self.num_cached_pages,
             "num_pages": self.num_pages,
         }
+        if self.speculation:
+            out["speculation"] = [dict(r) for r in self.speculation]
+        return out
 
     @classmethod
     def from_dict(
@@ -177,6 +188,15 @@ def _parse(data: Any, version: int, num_pages: int | None, where: str) -> TraceE
     unknown = sorted(set(raw_pages) - set(PAGE_EVENT_KINDS))
     if unknown:
         raise TraceSchemaError(f"{where}.pages has unknown event kind {unknown[0]!r}; kinds are {list(PAGE_EVENT_KINDS)}")
+    speculation: list[SpeculationRecord] = []
+    for j, entry in enumerate(_get(data, "speculation", list, where, [])):
+        at = f"{where}.speculation[{j}]"
+        record = SpeculationRecord(request_id=_get(entry, "request_id", str, at),
+                                   proposed=_get(entry, "proposed", int, at), accepted=_get(entry, "accepted", int, at))
+        if not 0 <= record["accepted"] <= record["proposed"]:
+            raise TraceSchemaError(f"{at}: accepted ({record['accepted']}) must lie in [0, proposed "
+                                   f"({record['proposed']})]")
+        speculation.append(record)
     tables: dict[str, list[int]] = {}
     for rid, table in _get(data, "page_tables", dict, where, {}).items():
         if not isinstance(table, list) or not all(_is_int(p) for p in table):
@@ -193,6 +213,7 @@ def _parse(data: Any, version: int, num_pages: int | None, where: str) -> TraceE
         preempted=_ids(data, "preempted", where),
         pages=pages,
         page_tables=tables,
+        speculation=speculation,
         num_waiting=_get(data, "num_waiting", int, where, 0),
         num_running=_get(data, "num_running", int, where, len(decode) + len(prefill)),
         num_free_pages=_get(data, "num_free_pages", int, where),

@@ -15,7 +15,7 @@ from astrai.cache import PAGE_EVENT_KINDS, CacheEvent, KVCacheManager
 
 from .request import Request
 from .scheduler import Scheduler, StepPlan
-from .trace import FinishedRecord, PrefillRecord, TraceEvent
+from .trace import FinishedRecord, PrefillRecord, SpeculationRecord, TraceEvent
 
 log = logging.getLogger("astrai.scheduler")
 
@@ -56,9 +56,14 @@ class StepTracer:
         admitted = {r.request_id for r in plan.admitted}
         prefill: list[PrefillRecord] = []
         decode: list[str] = []
+        speculation: list[SpeculationRecord] = []
         for c in plan.chunks:
             req = c.request
-            if c.end - c.start == 1 and c.start >= len(req.prompt_token_ids):
+            if c.draft:
+                decode.append(req.request_id)
+                speculation.append(SpeculationRecord(request_id=req.request_id, proposed=len(c.draft),
+                                                     accepted=c.accepted))
+            elif c.end - c.start == 1 and c.start >= len(req.prompt_token_ids):
                 decode.append(req.request_id)
             else:
                 prefill.append(PrefillRecord(
@@ -81,6 +86,7 @@ class StepTracer:
             preempted=[r.request_id for r in plan.preempted],
             pages=self._pages or {},
             page_tables={r.request_id: list(kv.block_table(r.request_id)) for r in scheduler.running},
+            speculation=speculation,
             num_waiting=len(scheduler.waiting),
             num_running=len(scheduler.running),
             num_free_pages=kv.num_free_pages(),

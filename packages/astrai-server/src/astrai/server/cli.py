@@ -59,6 +59,20 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-prefix-cache", action="store_true", help="disable radix prefix reuse")
     parser.add_argument("--scheduling", choices=("continuous", "static"), default=None,
                         help="continuous batching (default) or static batches, the baseline it is measured against")
+    parser.add_argument("--speculation", choices=("off", "ngram", "suffix"), default=None,
+                        help="speculative decoding without a draft model (same text, fewer steps): suffix (default; "
+                             "the request's text and earlier outputs of the same API key), ngram (prompt lookup "
+                             "in the request's own text) or off")
+    parser.add_argument("--speculation-max-tokens", type=_positive, default=None,
+                        help="most draft tokens one request verifies per step (default: the engine's, 16)")
+    parser.add_argument("--speculation-suffix-tokens", type=_non_negative, default=None,
+                        help="tokens of earlier outputs the suffix speculation keeps, all API keys together "
+                             "(default: the engine's, 262144; reported in /metrics)")
+    parser.add_argument("--speculation-row-cost", type=float, default=None,
+                        help="cost of one more row in a step relative to the step's fixed cost, in [0.05, 4] "
+                             "(default: learnt from the steps' own times)")
+    parser.add_argument("--speculation-shared-suffix", action="store_true",
+                        help="let every API key's outputs shape every request's drafts (default: each key its own)")
 
 
 def _positive(text: str) -> int:
@@ -92,12 +106,15 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """Only the options given on the command line, so the engine's own defaults apply otherwise."""
     kwargs: dict[str, Any] = {}
     for name in ("dtype", "device", "quantization", "kv_cache_dtype", "max_num_seqs", "max_num_batched_tokens",
-                 "max_model_len", "page_size", "num_pages", "scheduling"):
+                 "max_model_len", "page_size", "num_pages", "scheduling", "speculation", "speculation_max_tokens",
+                 "speculation_suffix_tokens", "speculation_row_cost"):
         value = getattr(args, name)
         if value is not None:
             kwargs[name] = value
     if args.no_prefix_cache:
         kwargs["enable_prefix_cache"] = False
+    if args.speculation_shared_suffix:
+        kwargs["speculation_shared_suffix"] = True
     return kwargs
 
 

@@ -23,7 +23,7 @@ from astrai.server.errors import APIError, bad_request
 from astrai.server.file_search import FileSearchRun, run_file_search
 from astrai.server.generation import ChoiceState, ClientDisconnected, Generation, until_disconnect
 from astrai.server.protocol import ChatCompletionRequest, CompletionRequest, named_tool
-from astrai.server.sampling import build_sampling_params
+from astrai.server.sampling import build_sampling_params, tenant_of
 from astrai.server.service import Service
 from astrai.server.tools import ToolCallParser
 from starlette.requests import Request
@@ -158,7 +158,7 @@ async def _run(request: Request, service: Service, engine: EngineClient, prefix:
     params = build_sampling_params(
         req, max_tokens, structured=plan.constraint.params if plan.constraint else None, n=plan.n,
         prompt_logprobs=plan.prompt_logprobs,
-        logprobs=(req.num_logprobs or 0) if ranked else None)
+        logprobs=(req.num_logprobs or 0) if ranked else None, tenant=tenant_of(request))
     request_id = f"{prefix}-{uuid.uuid4().hex}"
     log = service.log_info(request)
     log["id"] = request_id

@@ -4,6 +4,8 @@ Engine-wide numbers (running, waiting, KV usage, token and cache counters) are r
 `engine.stats()` at scrape time; per-request latencies are histograms fed when a request ends.
 An engine made of replicas (`ReplicatedEngine`, e.g. `astrai serve --replicas N`) exports the
 same families with one sample per replica (label `replica`), as Prometheus users sum them.
+Speculative decoding reports vLLM's `spec_decode_*` counters (drafts, draft tokens, accepted
+tokens, accepted per position), the acceptance rate, and the suffix store's size and bound.
 """
 
 from __future__ import annotations
@@ -33,6 +35,15 @@ _ENGINE_STATS = (
     ("prefix_cache_queries", "prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", "counter"),
     ("prefix_cache_hits", "prefix_cache_hits", "Prompt tokens found in the prefix cache.", "counter"),
     ("num_preemptions_total", "num_preemptions", "Requests preempted for lack of KV pages.", "counter"),
+    ("spec_decode_num_drafts", "spec_decode_num_drafts", "Speculative drafts verified.", "counter"),
+    ("spec_decode_num_draft_tokens", "spec_decode_num_draft_tokens", "Speculative draft tokens verified.",
+     "counter"),
+    ("spec_decode_num_accepted_tokens", "spec_decode_num_accepted_tokens",
+     "Speculative draft tokens accepted (equal to the model's own).", "counter"),
+    ("spec_decode_suffix_tokens", "spec_decode_suffix_tokens",
+     "Tokens of earlier outputs the suffix speculation holds (all tenants).", "gauge"),
+    ("spec_decode_suffix_capacity_tokens", "spec_decode_suffix_capacity_tokens",
+     "The bound on spec_decode_suffix_tokens (--speculation-suffix-tokens).", "gauge"),
 )
 
 
@@ -62,6 +73,7 @@ class _EngineCollector(Collector):
             for reason, count in sorted((stats or {}).get("requests_finished_total", {}).items()):
                 finished.add_metric([*values, reason], float(count))
         yield finished
+        yield from _speculation_families(rows, labels)
         if isinstance(engine, ReplicatedEngine):
             counts = engine.replica_counts()
             running = GaugeMetricFamily(PREFIX + "replicas_running", "Engine replicas serving now.",
@@ -72,6 +84,22 @@ class _EngineCollector(Collector):
                                           "because theirs died before they started.", labels=["model_name"])
             retries.add_metric([self._model_name], float(counts.retries_total))
             yield retries
+
+
+def _speculation_families(rows: list[tuple[list[str], EngineStats | None]], labels: list[str]) -> Iterator[Metric]:
+    """vLLM's accepted-tokens-per-position counter, and the acceptance rate since start."""
+    per_pos = CounterMetricFamily(PREFIX + "spec_decode_num_accepted_tokens_per_pos", "Speculative drafts "
+                                  "whose token at this position was accepted.", labels=[*labels, "position"])
+    rate = GaugeMetricFamily(PREFIX + "spec_decode_acceptance_rate", "Accepted / verified speculative draft "
+                             "tokens since start (0 before any).", labels=labels)
+    for values, stats in rows:
+        stats = stats or {}
+        for pos, count in sorted(stats.get("spec_decode_num_accepted_tokens_per_pos", {}).items()):
+            per_pos.add_metric([*values, str(pos)], float(count))
+        drafted = stats.get("spec_decode_num_draft_tokens", 0)
+        rate.add_metric(values, stats.get("spec_decode_num_accepted_tokens", 0) / drafted if drafted else 0.0)
+    yield per_pos
+    yield rate
 
 
 class ServerMetrics:

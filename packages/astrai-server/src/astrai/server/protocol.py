@@ -57,6 +57,8 @@ class _SamplingFields(_Strict):
     logit_bias: dict[str, Any] | None = None
     # vLLM's extra parameter for constraints OpenAI has no field for: choice, regex, grammar, json...
     structured_outputs: dict[str, Any] | None = None
+    # AstrAI's extra parameter (extra_body): false opts this request out of speculative decoding
+    speculation: bool | None = None
 
     @field_validator("logit_bias", mode="before")
     @classmethod

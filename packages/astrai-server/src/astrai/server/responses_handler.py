@@ -22,7 +22,7 @@ from astrai.server.responses_api import (
     new_id,
     usage,
 )
-from astrai.server.sampling import build_sampling_params
+from astrai.server.sampling import build_sampling_params, tenant_of
 from astrai.server.service import Service
 from astrai.server.tools import ToolCallParser
 from pydantic import Field, field_validator, model_validator
@@ -208,7 +208,7 @@ async def create_response(request: Request) -> Response:
     service.log_prompt(request, messages)
     max_tokens = service.fit_context(engine, [prompt_ids], req.max_output_tokens, "input")
     params = build_sampling_params(_SamplingView(req), max_tokens,
-                                   structured=constraint.params if constraint else None)
+                                   structured=constraint.params if constraint else None, tenant=tenant_of(request))
     shell = ResponseShell(
         id=new_id("resp"), created_at=int(time.time()), model=service.config.model_name,
         instructions=req.instructions, max_output_tokens=req.max_output_tokens, temperature=req.temperature,
@@ -295,6 +295,7 @@ class _SamplingView:
         self.stop_list = None
         self.num_logprobs = None
         self.token_bias = None
+        self.speculation = None
 
 
 async def stored_response(request: Request) -> Response:

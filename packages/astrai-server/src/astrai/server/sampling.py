@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Protocol
 
 from astrai.scheduler import SamplingParams, StructuredOutputsParams
 from astrai.server.errors import bad_request
 from astrai.server.protocol import ChatCompletionRequest, CompletionRequest
+from starlette.requests import Request
 
 
 class SamplingFieldsView(Protocol):
@@ -25,13 +27,17 @@ class SamplingFieldsView(Protocol):
     stop_list: list[str] | None
     num_logprobs: int | None
     token_bias: dict[int, float] | None
+    speculation: bool | None
 
 
 def build_sampling_params(req: ChatCompletionRequest | CompletionRequest | SamplingFieldsView, max_tokens: int, *,
                           structured: StructuredOutputsParams | None = None, n: int = 1,
-                          prompt_logprobs: int | None = None, logprobs: int | None = None) -> SamplingParams:
-    """Only fields the client set are passed, so the engine's defaults apply to the rest."""
-    kwargs: dict[str, Any] = {"max_tokens": max_tokens, "n": n}
+                          prompt_logprobs: int | None = None, logprobs: int | None = None,
+                          tenant: str | None = None) -> SamplingParams:
+    """Only fields the client set are passed, so the engine's defaults apply to the rest.
+
+    `tenant` (`tenant_of(request)`) scopes what the engine learns across requests."""
+    kwargs: dict[str, Any] = {"max_tokens": max_tokens, "n": n, "tenant": tenant}
     if structured is not None:
         kwargs["structured_outputs"] = structured
     if req.token_bias:
@@ -39,7 +45,7 @@ def build_sampling_params(req: ChatCompletionRequest | CompletionRequest | Sampl
     if prompt_logprobs is not None:
         kwargs["prompt_logprobs"] = prompt_logprobs
     for name in ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty",
-                 "repetition_penalty", "seed", "min_tokens", "ignore_eos"):
+                 "repetition_penalty", "seed", "min_tokens", "ignore_eos", "speculation"):
         value = getattr(req, name)
         if value is not None:
             kwargs[name] = value
@@ -60,3 +66,15 @@ def build_sampling_params(req: ChatCompletionRequest | CompletionRequest | Sampl
         return SamplingParams(**kwargs)
     except (ValueError, TypeError) as exc:
         raise bad_request(f"invalid sampling parameters: {exc}") from None
+
+
+def tenant_of(request: Request) -> str | None:
+    """Who a request belongs to: a digest of the API key it presented (None without one).
+
+    The engine keeps what it learns across requests (the suffix speculation's earlier outputs)
+    per tenant, so one key's outputs never shape another key's drafts or timing.
+    """
+    scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return hashlib.sha256(token.strip().encode()).hexdigest()[:32]

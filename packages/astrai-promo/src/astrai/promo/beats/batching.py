@@ -108,7 +108,9 @@ def _lane(snap: RequestSnapshot, step: dict) -> Lane:
         cached = f", {entry['cached_tokens']} cached" if entry["cached_tokens"] else ""
         label = f"prefill {fmt.count(entry['num_tokens'], 'token')}{cached}"
     elif snap.state == "decode":
-        label = f"decoding · {progress}"
+        draft = next((e for e in step.get("speculation", ()) if e["request_id"] == rid), None)
+        run = f" · +{1 + draft['accepted']} ({draft['accepted']}/{draft['proposed']} drafted)" if draft else ""
+        label = f"decoding{run} · {progress}"
     elif snap.state == "finished":
         label = f"finished ({snap.finish_reason}) · {fmt.count(snap.tokens_out, 'token')}"
     else:
@@ -117,11 +119,15 @@ def _lane(snap: RequestSnapshot, step: dict) -> Lane:
 
 
 def _caption(step: dict) -> tuple[str, str]:
+    drafts = step.get("speculation", ())
     decode = len(step["decode"])
     prefill_tokens = sum(e["num_tokens"] for e in step["prefill"])
     parts = []
     if decode:
         parts.append(fmt.count(decode, "decode token"))
+    if drafts:
+        proposed = sum(e["proposed"] for e in drafts)
+        parts.append(f"{fmt.count(proposed, 'draft token')} ({sum(e['accepted'] for e in drafts)} accepted)")
     if prefill_tokens:
         parts.append(fmt.count(prefill_tokens, "prefill token"))
     caption = f"step {step['step']}: one forward · " + (" + ".join(parts) if parts else "idle")

@@ -118,7 +118,9 @@ def sum_stats(per_replica: Sequence[EngineStats]) -> EngineStats:
     for stats in per_replica:
         for key, value in stats.items():
             if isinstance(value, dict):
-                merged = total.setdefault(key, {})
+                merged = total.get(key)
+                if not isinstance(merged, dict):  # a per-key count (finish reason, draft position)
+                    merged = total[key] = {}
                 for k, v in value.items():
                     merged[k] = merged.get(k, 0) + v
             elif isinstance(value, (int, float)) and key not in ("kv_cache_usage", "page_size"):
