@@ -136,6 +136,21 @@ class OneRowAtATime:
     def dtype(self) -> torch.dtype:
         return self.model.dtype
 
+    @property
+    def low_bit(self) -> bool:
+        return self.model.low_bit
+
+    @property
+    def backend(self) -> str:
+        return self.model.backend
+
+    @property
+    def kernels(self) -> str:
+        return self.model.kernels
+
+    def weight_format(self) -> str:
+        return self.model.weight_format()
+
     def forward(self, batch: ForwardBatch, kv_caches, page_size: int) -> torch.Tensor:
         ids, pos = batch.token_ids.tolist(), batch.positions.tolist()
         slots, qsl = batch.slot_mapping.tolist(), batch.query_start_loc.tolist()

@@ -100,13 +100,8 @@ def test_speculation_logic_is_exact_when_each_row_is_computed_alone(exact_pair, 
     assert off.stats()["spec_decode_num_drafts"] == 0
 
 
-# Waits for issue 20 (batch-invariant kernels): today a position verified inside a chunk of
-# draft tokens gets logits that differ in the last bits from the same position decoded alone
-# (and so does every position after it, through the K/V the chunk wrote), so a sampled token
-# near a tie can flip (measured: seeded rag variant 1, logprobs equal to ~1e-4 from the first
-# accepted draft on, a different token at position 37). The assertion is the issue's; remove
-# the mark when the kernels are batch-invariant.
-@pytest.mark.xfail(reason="needs batch-invariant kernels (issue 20)", strict=False)
+# Holds because the kernels are batch-invariant: a position verified inside a chunk of draft
+# tokens gets the same logits as decoded alone (before them, a seeded token flipped at position 37).
 @pytest.mark.parametrize("kind", ["greedy", "seeded"])
 def test_text_is_identical_with_speculation_on_and_off_alone_and_in_a_batch_of_16(default_pair, kind):
     """The issue's identity test on the default engine (the bundled model as served)."""
