@@ -25,6 +25,7 @@ class Targets:
     single_itl_ratio: float | None  # one streaming user: ITL p50 <= this x llama-server's
     streams16_ratio: float  # 16 concurrent streams: output tok/s >= this x llama-server -np 16
     offline_tok_s: float | None  # offline batch: output tok/s at least this
+    offline_ratio: float | None  # offline batch: output tok/s >= this x llama-batched-bench
     ttft_ratio: float  # TTFT of the long prompt <= this x llama.cpp's
     serve_overhead_bytes: float | None  # idle `astrai serve` RSS <= weights + KV pool + this
     load_overhead_bytes: float | None  # RSS added by loading the file <= file size + this
@@ -62,10 +63,12 @@ MODELS: dict[str, BenchModel] = {
     DEFAULT_MODEL: BenchModel(
         key=DEFAULT_MODEL, title="SmolLM2-135M-Instruct Q4_1 (bundled)", locate=_bundled_smollm2,
         token_range=(100, 10000),  # ids 0-16 are SmolLM2's special tokens
-        targets=Targets(decode_ratio=1.0, decode_stretch=1.5, decode_ceiling_share=None, single_itl_ratio=1.0, streams16_ratio=4.0,
-                        offline_tok_s=1000.0, ttft_ratio=0.5, serve_overhead_bytes=500 * MB,
-                        load_overhead_bytes=None, perplexity_tolerance=None,
-                        source="the CPU-serving issue"),
+        # the every-CPU issue's targets for AVX-512 VNNI / AMX machines; on AVX2-only machines its
+        # target is "no worse than the Zen 3 run of 2026-12-01" (1.42x, 2.41x, 2.15x, 0.44x)
+        targets=Targets(decode_ratio=1.5, decode_stretch=None, decode_ceiling_share=None, single_itl_ratio=1.0,
+                        streams16_ratio=4.0, offline_tok_s=None, offline_ratio=4.0, ttft_ratio=0.25,
+                        serve_overhead_bytes=500 * MB, load_overhead_bytes=None, perplexity_tolerance=None,
+                        source="the every-CPU issue (#20), for AVX-512 VNNI / AMX machines"),
     ),
     "gemma3-270m": BenchModel(
         key="gemma3-270m", title="Gemma 3 270M Q4_K_M", locate=_gemma3_270m,
@@ -73,7 +76,7 @@ MODELS: dict[str, BenchModel] = {
         # byte tokens, above the image and unused control tokens
         token_range=(494, 255967),
         targets=Targets(decode_ratio=1.3, decode_stretch=None, decode_ceiling_share=0.9, single_itl_ratio=None, streams16_ratio=2.0,
-                        offline_tok_s=None, ttft_ratio=0.6, serve_overhead_bytes=500 * MB,
+                        offline_tok_s=None, offline_ratio=None, ttft_ratio=0.6, serve_overhead_bytes=500 * MB,
                         load_overhead_bytes=300 * MB, perplexity_tolerance=0.01,
                         source="the model-coverage issue (#19)"),
     ),
