@@ -268,7 +268,7 @@ def machine_section(r: dict) -> str:
     rows = [["CPU", m["cpu_model"]], ["Cores", m["cores"]], ["Threads (AstrAI torch / llama.cpp -t)",
                                                               f"{m['torch_threads']} / {r.get('threads')}"],
             ["ISA", ", ".join(m["cpu_flags"])],
-            ["AstrAI kernel variant", _dig(r, "roofline", "kernel_peaks", "variant") or "not recorded (roofline not run)"],
+            ["AstrAI kernel variant", _dig(r, "roofline", "kernel_peaks", "variant") or "not recorded in this run"],
             ["Memory", fmt((m["memory_bytes"] or 0) / 2**30, 1, " GiB")],
             ["torch", m["torch"]], ["transformers", m["packages"].get("transformers")],
             ["llama.cpp", f"{llama.get('version') or '?'}, from the {llama.get('source') or '?'} sdist; "
