@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from astrai.scheduler import StructuredOutputsParams
+from astrai.scheduler import FieldError, StructuredOutputsParams
 from astrai.server.errors import bad_request
 from astrai.server.tools import call_grammar
 
@@ -35,8 +35,10 @@ def from_extra(spec: dict[str, Any], param: str = "structured_outputs") -> Const
     """vLLM's extra parameter: exactly one of json, json_object, regex, choice, grammar."""
     try:
         return Constraint(StructuredOutputsParams(**spec), param)
-    except (TypeError, ValueError) as exc:
-        raise bad_request(f"{param}: {str(exc).split(': ', 1)[-1]}", param) from None
+    except FieldError as exc:
+        raise bad_request(f"{param}: {exc.detail}", param) from None
+    except (TypeError, ValueError) as exc:  # an unknown key: the constructor's own words
+        raise bad_request(f"{param}: {exc}", param) from None
 
 
 def for_tools(functions: list[dict[str, Any]], *, named: str | None, parallel: bool) -> Constraint:

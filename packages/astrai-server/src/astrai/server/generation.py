@@ -8,7 +8,6 @@ cancels the consumer tasks and aborts unfinished engine requests, so a client th
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -16,6 +15,7 @@ from typing import TypeVar
 from astrai.scheduler import (
     EngineClient,
     EngineError,
+    FieldError,
     GrammarError,
     RequestMetrics,
     RequestOutput,
@@ -57,9 +57,10 @@ def engine_error(exc: BaseException, constraint_param: str | None = None) -> API
     if isinstance(exc, GrammarError):
         param = constraint_param or "structured_outputs"
         return bad_request(f"{param}: {exc.detail}", param, code="invalid_schema")
+    if isinstance(exc, FieldError):  # the engine's own checks name their field ("logit_bias")
+        return bad_request(str(exc), exc.field)
     if isinstance(exc, ValueError):
-        named = re.match(r"^([A-Za-z_][\w.]*): ", str(exc))  # "logit_bias: token id ... is outside ..."
-        return bad_request(str(exc), named.group(1) if named else None)
+        return bad_request(str(exc))
     if isinstance(exc, EngineError):
         return APIError(503, f"The engine is not accepting requests: {exc}", code="engine_unavailable")
     return APIError(500, f"generation failed: {type(exc).__name__}: {exc}", code="engine_error")

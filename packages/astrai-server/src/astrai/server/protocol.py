@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
+from astrai.scheduler import FieldError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_STOP_SEQUENCES = 16
@@ -109,7 +110,7 @@ class _SamplingFields(_Strict):
     @model_validator(mode="after")
     def _common_checks(self) -> _SamplingFields:
         if self.stream_options is not None and not self.stream:
-            raise ValueError("stream_options: only allowed when stream is true")
+            raise FieldError("stream_options", "only allowed when stream is true")
         return self
 
     @property
@@ -163,9 +164,9 @@ class ChatMessage(_Strict):
     @model_validator(mode="after")
     def _tool_fields(self) -> ChatMessage:
         if self.tool_calls and self.role != "assistant":
-            raise ValueError("tool_calls: only assistant messages carry tool_calls")
+            raise FieldError("tool_calls", "only assistant messages carry tool_calls")
         if self.role == "tool" and not self.tool_call_id:
-            raise ValueError("tool_call_id: a tool message needs the tool_call_id it answers")
+            raise FieldError("tool_call_id", "a tool message needs the tool_call_id it answers")
         return self
 
     @field_validator("content", mode="before")
@@ -225,9 +226,9 @@ class ToolDefinition(_Strict):
     @model_validator(mode="after")
     def _function_only(self) -> ToolDefinition:
         if self.type != "function":
-            raise ValueError(f"type: only function tools are supported, got {self.type!r}")
+            raise FieldError("type", f"only function tools are supported, got {self.type!r}")
         if self.function is None:
-            raise ValueError("function: a function tool needs its definition")
+            raise FieldError("function", "a function tool needs its definition")
         return self
 
 
@@ -245,10 +246,10 @@ class ResponseFormat(_Strict):
     @model_validator(mode="after")
     def _known(self) -> ResponseFormat:
         if self.type not in ("text", "json_object", "json_schema"):
-            raise ValueError(f"type: unsupported response_format type {self.type!r}; use text, json_object or "
+            raise FieldError("type", f"unsupported response_format type {self.type!r}; use text, json_object or "
                              "json_schema")
         if self.type == "json_schema" and self.json_schema is None:
-            raise ValueError("json_schema: required when type is json_schema")
+            raise FieldError("json_schema", "required when type is json_schema")
         return self
 
 
@@ -259,15 +260,15 @@ def check_tool_choice(tool_choice: Any, tools: list[ToolDefinition] | None) -> N
     names = {t.function.name for t in tools or () if t.function is not None}
     if tool_choice in ("auto", "required"):
         if tool_choice == "required" and not names:
-            raise ValueError("tool_choice: 'required' needs at least one entry in tools")
+            raise FieldError("tool_choice", "'required' needs at least one entry in tools")
         return
     if isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
         fn = tool_choice.get("function")
         name = fn.get("name") if isinstance(fn, dict) else tool_choice.get("name")
         if not isinstance(name, str) or name not in names:
-            raise ValueError(f"tool_choice: function {name!r} is not among the tools")
+            raise FieldError("tool_choice", f"function {name!r} is not among the tools")
         return
-    raise ValueError("tool_choice: must be 'none', 'auto', 'required' or {'type': 'function', 'function': "
+    raise FieldError("tool_choice", "must be 'none', 'auto', 'required' or {'type': 'function', 'function': "
                      "{'name': ...}}")
 
 
@@ -293,10 +294,10 @@ class ChatCompletionRequest(_SamplingFields):
     @model_validator(mode="after")
     def _chat_checks(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
-            raise ValueError("top_logprobs: requires logprobs to be true")
+            raise FieldError("top_logprobs", "requires logprobs to be true")
         check_tool_choice(self.tool_choice, self.tools)
         if self.structured_outputs and self.response_format and self.response_format.type != "text":
-            raise ValueError("structured_outputs: give either response_format or structured_outputs, not both")
+            raise FieldError("structured_outputs", "give either response_format or structured_outputs, not both")
         return self
 
     @property
@@ -342,13 +343,13 @@ class CompletionRequest(_SamplingFields):
     @model_validator(mode="after")
     def _completion_checks(self) -> CompletionRequest:
         if self.best_of is not None and self.best_of < self.num_choices:
-            raise ValueError(f"best_of: must be >= n ({self.num_choices}), got {self.best_of}")
+            raise FieldError("best_of", f"must be >= n ({self.num_choices}), got {self.best_of}")
         if self.best_of is not None and self.best_of > 1 and self.stream:
-            raise ValueError("best_of: cannot be used with stream")
+            raise FieldError("best_of", "cannot be used with stream")
         if self.suffix:
-            raise ValueError("suffix: not supported by this server")
+            raise FieldError("suffix", "not supported by this server")
         if self.max_tokens == 0 and not self.echo:
-            raise ValueError("max_tokens: 0 is only allowed together with echo (to score the prompt)")
+            raise FieldError("max_tokens", "0 is only allowed together with echo (to score the prompt)")
         return self
 
     @property

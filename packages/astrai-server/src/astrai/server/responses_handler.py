@@ -7,6 +7,7 @@ import json
 import time
 from typing import Any, Literal
 
+from astrai.scheduler import FieldError
 from astrai.server import constraints
 from astrai.server.body import read_model
 from astrai.server.errors import APIError, bad_request
@@ -42,9 +43,9 @@ class TextFormat(_Strict):
     @model_validator(mode="after")
     def _known(self) -> TextFormat:
         if self.type not in ("text", "json_object", "json_schema"):
-            raise ValueError(f"type: unsupported format {self.type!r}; use text, json_object or json_schema")
+            raise FieldError("type", f"unsupported format {self.type!r}; use text, json_object or json_schema")
         if self.type == "json_schema" and self.schema_ is None:
-            raise ValueError("schema: required when type is json_schema")
+            raise FieldError("schema", "required when type is json_schema")
         return self
 
 
@@ -96,23 +97,23 @@ class ResponsesRequest(_Strict):
     @model_validator(mode="after")
     def _stateless(self) -> ResponsesRequest:
         if self.store:
-            raise ValueError("store: this server does not store responses; omit store or send false")
+            raise FieldError("store", "this server does not store responses; omit store or send false")
         if self.previous_response_id is not None:
-            raise ValueError("previous_response_id: this server does not store responses; send the whole "
+            raise FieldError("previous_response_id", "this server does not store responses; send the whole "
                              "conversation as input")
         if self.conversation is not None:
-            raise ValueError("conversation: this server does not store conversations")
+            raise FieldError("conversation", "this server does not store conversations")
         if self.background:
-            raise ValueError("background: background responses are not supported")
+            raise FieldError("background", "background responses are not supported")
         searches = 0
         for i, tool in enumerate(self.tools or ()):
             kind = tool.get("type") if isinstance(tool, dict) else tool
             if kind == "file_search":
                 searches += 1
                 if searches > 1:
-                    raise ValueError(f"tools.{i}: at most one file_search tool per request")
+                    raise FieldError(f"tools.{i}", "at most one file_search tool per request")
             elif kind != "function":
-                raise ValueError(f"tools.{i}.type: built-in tool {kind!r} is not supported; only function tools "
+                raise FieldError(f"tools.{i}.type", f"built-in tool {kind!r} is not supported; only function tools "
                                  "and file_search")
         return self
 
