@@ -102,8 +102,10 @@ def mount(app: FastAPI, config: ServerConfig, embedder: Embedder | None,
     app.state.rag = None
     unavailable = _unavailable(problem)
     for prefix in RAG_PREFIXES:
-        app.add_api_route(prefix, unavailable, methods=["GET", "POST"])
-        app.add_api_route(prefix + "/{rest:path}", unavailable, methods=["GET", "POST", "DELETE"])
+        # Not in the OpenAPI document: nothing is served here until the server is started with them.
+        app.add_api_route(prefix, unavailable, methods=["GET", "POST"], include_in_schema=False)
+        app.add_api_route(prefix + "/{rest:path}", unavailable, methods=["GET", "POST", "DELETE"],
+                          include_in_schema=False)
     return None
 
 

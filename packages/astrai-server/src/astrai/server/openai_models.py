@@ -22,16 +22,16 @@ MAX_LOGIT_BIAS = 300  # OpenAI's limit on logit_bias entries
 _FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class StreamOptions(_Strict):
+class StreamOptions(StrictModel):
     include_usage: bool | None = None
     continuous_usage_stats: bool | None = None
 
 
-class _SamplingFields(_Strict):
+class _SamplingFields(StrictModel):
     """Fields shared by chat and completions requests."""
 
     model: str
@@ -130,23 +130,23 @@ class _SamplingFields(_Strict):
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
 
-class TextPart(_Strict):
+class TextPart(StrictModel):
     type: Literal["text"]
     text: str
 
 
-class FunctionCall(_Strict):
+class FunctionCall(StrictModel):
     name: str
     arguments: str
 
 
-class ToolCallMessage(_Strict):
+class ToolCallMessage(StrictModel):
     id: str
     type: Literal["function"] = "function"
     function: FunctionCall
 
 
-class ChatMessage(_Strict):
+class ChatMessage(StrictModel):
     role: str
     content: Any = None
     name: str | None = None
@@ -205,7 +205,7 @@ def message_dicts(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     return [m.as_dict() for m in messages]
 
 
-class FunctionDefinition(_Strict):
+class FunctionDefinition(StrictModel):
     name: str
     description: str | None = None
     parameters: dict[str, Any] | None = None
@@ -219,7 +219,7 @@ class FunctionDefinition(_Strict):
         return value
 
 
-class ToolDefinition(_Strict):
+class ToolDefinition(StrictModel):
     type: str
     function: FunctionDefinition | None = None
 
@@ -232,14 +232,14 @@ class ToolDefinition(_Strict):
         return self
 
 
-class JsonSchemaFormat(_Strict):
+class JsonSchemaFormat(StrictModel):
     name: str
     description: str | None = None
     schema_: dict[str, Any] | None = Field(None, alias="schema")
     strict: bool | None = None
 
 
-class ResponseFormat(_Strict):
+class ResponseFormat(StrictModel):
     type: str
     json_schema: JsonSchemaFormat | None = None
 
@@ -377,7 +377,7 @@ class CompletionRequest(_SamplingFields):
         return [list(x) for x in p]
 
 
-class TokenizeRequest(_Strict):
+class TokenizeRequest(StrictModel):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
@@ -391,7 +391,7 @@ class TokenizeRequest(_Strict):
         return self
 
 
-class DetokenizeRequest(_Strict):
+class DetokenizeRequest(StrictModel):
     model: str | None = None
     tokens: list[int]
 
