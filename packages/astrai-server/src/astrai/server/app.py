@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING
 
 from astrai.scheduler import EngineClient
 from astrai.server import completion_routes, responses_route, system_routes, tokenizer_routes
+from astrai.server.answer_models import ERROR_ANSWERS, ChatCompletion, ResponseObject, TextCompletion
 from astrai.server.config import ServerConfig
 from astrai.server.errors import APIError, install_error_handlers
 from astrai.server.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestLogMiddleware
 from astrai.server.openai_models import ChatCompletionRequest, CompletionRequest
-from astrai.server.openapi import install_openapi, json_body
+from astrai.server.openapi import install_openapi, json_answer, json_body
 from astrai.server.responses_request import ResponsesRequest
 from astrai.server.retrieval_gate import make_embedder, mount_embeddings
 from astrai.server.retrieval_gate import mount as mount_retrieval
@@ -53,7 +54,8 @@ def create_app(config: ServerConfig | None = None, *, engine: EngineClient | Non
     holder = EngineHolder(factory=engine_factory, engine=engine, owns_engine=shutdown_engine, on_failure=on_load_failure,
                           description=f"model {config.model!r}")
     service = Service(config, holder)
-    app = FastAPI(title="AstrAI", summary="An OpenAI-compatible LLM inference server", lifespan=_lifespan)
+    app = FastAPI(title="AstrAI", summary="An OpenAI-compatible LLM inference server", lifespan=_lifespan,
+                  responses=ERROR_ANSWERS)
     app.state.service = service
     app.state.embedder = make_embedder(config, service.metrics.registry)  # None without the rag extra
     app.state.rag = None
@@ -100,11 +102,11 @@ def _add_middleware(app: FastAPI, config: ServerConfig) -> None:
 
 def _mount_generation_routes(app: FastAPI) -> None:
     app.add_api_route("/v1/chat/completions", completion_routes.chat_completions, methods=["POST"],
-                      openapi_extra=json_body(ChatCompletionRequest))
+                      openapi_extra=json_body(ChatCompletionRequest), responses=json_answer(ChatCompletion))
     app.add_api_route("/v1/completions", completion_routes.completions, methods=["POST"],
-                      openapi_extra=json_body(CompletionRequest))
+                      openapi_extra=json_body(CompletionRequest), responses=json_answer(TextCompletion))
     app.add_api_route("/v1/responses", responses_route.create_response, methods=["POST"],
-                      openapi_extra=json_body(ResponsesRequest))
+                      openapi_extra=json_body(ResponsesRequest), responses=json_answer(ResponseObject))
     for method in ("GET", "DELETE"):  # one operation each (OpenAPI operation ids are per method)
         app.add_api_route("/v1/responses/{response_id}", responses_route.stored_response, methods=[method],
                           name=f"{method.lower()}_stored_response")

@@ -19,6 +19,14 @@ SEED_MAX = 2**63 - 1
 MAX_N = 16  # choices per prompt (OpenAI allows 128; each one is a sequence in the batch)
 MAX_TOOLS = 128  # OpenAI's limit on tools per request
 MAX_LOGIT_BIAS = 300  # OpenAI's limit on logit_bias entries
+ROLES = ("system", "developer", "user", "assistant", "tool")
+# JSON Schema of fields typed `Any` (their validators accept several shapes), for the OpenAPI document
+TEXT_PART = {"type": "object", "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+             "required": ["type", "text"]}
+TOKEN_IDS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
+PROMPT_SCHEMA = {"anyOf": [{"type": "string", "minLength": 1},
+                           {"type": "array", "items": {"type": "string"}, "minItems": 1}, TOKEN_IDS,
+                           {"type": "array", "items": TOKEN_IDS, "minItems": 1}]}
 _FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -147,8 +155,9 @@ class ToolCallMessage(StrictModel):
 
 
 class ChatMessage(StrictModel):
-    role: str
-    content: Any = None
+    role: str = Field(json_schema_extra={"enum": list(ROLES)})  # checked by `_role`, which names the choices
+    content: Any = Field(None, json_schema_extra={"anyOf": [{"type": "string"}, {"type": "array", "items": TEXT_PART},
+                                                            {"type": "null"}]})
     name: str | None = None
     tool_calls: list[ToolCallMessage] | None = None  # an assistant's earlier calls
     tool_call_id: str | None = None  # a tool result answers this call
@@ -157,7 +166,7 @@ class ChatMessage(StrictModel):
     @field_validator("role")
     @classmethod
     def _role(cls, value: str) -> str:
-        if value not in ("system", "developer", "user", "assistant", "tool"):
+        if value not in ROLES:
             raise ValueError(f"unsupported role {value!r}; use system, developer, user, assistant or tool")
         return value
 
@@ -317,7 +326,7 @@ class ChatCompletionRequest(_SamplingFields):
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: Any
+    prompt: Any = Field(json_schema_extra=PROMPT_SCHEMA)  # checked by `_prompt`
     max_tokens: int | None = Field(None, ge=0)  # 0 only with echo: score the prompt
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     echo: bool | None = False

@@ -16,6 +16,10 @@ from astrai.server.responses_events import new_id
 from pydantic import Field, field_validator, model_validator
 
 ROLES = ("system", "developer", "user", "assistant")
+# the OpenAPI document's view of `input`: a string or a list of input items
+INPUT_SCHEMA = {"anyOf": [{"type": "string", "minLength": 1}, {"type": "array", "minItems": 1, "items": {
+    "type": "object", "properties": {"type": {"enum": ["message", "function_call", "function_call_output"]},
+                                     "role": {"enum": list(ROLES)}, "content": {"type": "string"}}}}]}
 
 
 class TextFormat(StrictModel):
@@ -45,7 +49,7 @@ class FunctionTool(FunctionDefinition):
 
 class ResponsesRequest(StrictModel):
     model: str
-    input: Any
+    input: Any = Field(json_schema_extra=INPUT_SCHEMA)  # checked by `_input` and `input_messages`
     instructions: str | None = None
     max_output_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)

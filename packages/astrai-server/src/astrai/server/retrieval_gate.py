@@ -75,11 +75,14 @@ def mount_embeddings(app: FastAPI) -> None:
     """`POST /v1/embeddings`, or a 501 naming the extra."""
     problem = embeddings_problem()
     if problem is None:
-        from astrai.server.embeddings import create_embeddings
+        from astrai.server.answer_models import EmbeddingList
+        from astrai.server.embeddings import EmbeddingRequest, create_embeddings
+        from astrai.server.openapi import json_answer, json_body
 
-        app.add_api_route("/v1/embeddings", create_embeddings, methods=["POST"])
+        app.add_api_route("/v1/embeddings", create_embeddings, methods=["POST"], openapi_extra=json_body(EmbeddingRequest),
+                          responses=json_answer(EmbeddingList))
     else:
-        app.add_api_route("/v1/embeddings", _unavailable(problem), methods=["POST"])
+        app.add_api_route("/v1/embeddings", _unavailable(problem), methods=["POST"], include_in_schema=False)
 
 
 def mount(app: FastAPI, config: ServerConfig, embedder: Embedder | None,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from astrai.server.answer_models import Health, ModelCard, ModelList
 from astrai.server.errors import APIError
 from astrai.server.metrics import CONTENT_TYPE
+from astrai.server.openapi import json_answer
 from astrai.server.replicated import ReplicatedEngine
 from astrai.server.service import Service
 from fastapi import FastAPI, Request
@@ -77,7 +79,8 @@ async def metrics(request: Request) -> Response:
 
 
 def mount(app: FastAPI) -> None:
-    app.add_api_route("/health", health, methods=["GET"])
-    app.add_api_route("/v1/models", list_models, methods=["GET"])
-    app.add_api_route("/v1/models/{model_id:path}", get_model, methods=["GET"])
-    app.add_api_route("/metrics", metrics, methods=["GET"])
+    app.add_api_route("/health", health, methods=["GET"], responses=json_answer(Health))
+    app.add_api_route("/v1/models", list_models, methods=["GET"], responses=json_answer(ModelList))
+    app.add_api_route("/v1/models/{model_id:path}", get_model, methods=["GET"], responses=json_answer(ModelCard))
+    app.add_api_route("/metrics", metrics, methods=["GET"],
+                      responses={200: {"description": "Prometheus text format", "content": {CONTENT_TYPE: {}}}})

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+from astrai.server.answer_models import Detokenized, Tokens
 from astrai.server.body import read_model
 from astrai.server.errors import bad_request
 from astrai.server.openai_models import DetokenizeRequest, TokenizeRequest, message_dicts
-from astrai.server.openapi import json_body
+from astrai.server.openapi import json_answer, json_body
 from astrai.server.service import Service
 from fastapi import FastAPI, Request
 
@@ -37,5 +38,7 @@ async def detokenize(request: Request) -> dict:
 
 
 def mount(app: FastAPI) -> None:
-    app.add_api_route("/tokenize", tokenize, methods=["POST"], openapi_extra=json_body(TokenizeRequest))
-    app.add_api_route("/detokenize", detokenize, methods=["POST"], openapi_extra=json_body(DetokenizeRequest))
+    app.add_api_route("/tokenize", tokenize, methods=["POST"], openapi_extra=json_body(TokenizeRequest),
+                      responses=json_answer(Tokens))
+    app.add_api_route("/detokenize", detokenize, methods=["POST"], openapi_extra=json_body(DetokenizeRequest),
+                      responses=json_answer(Detokenized))
