@@ -38,13 +38,15 @@ THREADS_ENV = "ASTRAI_GRAMMAR_THREADS"  # overrides the mask pool's size (defaul
 class GrammarError(ValueError):
     """A constraint the grammar engine cannot compile; the message names the problem.
 
-    `detail` is the message without the leading field name, for front ends that name the
-    field their own way (e.g. `response_format`).
+    `field` is the `structured_outputs` field compiled (None: not about one field) and `detail`
+    the message without it, for front ends that name the field their own way (e.g.
+    `response_format`); `str()` is "<field>: <detail>".
     """
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.detail = message.split(": ", 1)[1] if message.startswith("structured_outputs") else message
+    def __init__(self, detail: str, field: str | None = None) -> None:
+        super().__init__(f"{field}: {detail}" if field else detail)
+        self.detail = detail
+        self.field = field
 
 
 class GrammarUnavailableError(GrammarError):
@@ -128,7 +130,7 @@ class GrammarCompiler:
                     try:
                         schema = json.loads(schema)
                     except ValueError as exc:
-                        raise GrammarError(f"{where}: the schema is not valid JSON: {exc}") from None
+                        raise GrammarError(f"the schema is not valid JSON: {exc}", where) from None
                 options: dict[str, Any] = {"whitespace_flexible": False}
                 if spec.whitespace_pattern is not None:
                     options = {"whitespace_pattern": spec.whitespace_pattern}
@@ -142,13 +144,13 @@ class GrammarCompiler:
         except GrammarError:
             raise
         except (ValueError, TypeError, RuntimeError) as exc:
-            raise GrammarError(f"{where}: {exc}") from None
+            raise GrammarError(str(exc), where) from None
         is_error, messages = matcher_cls.validate_grammar_with_warnings(grammar, lltok)
         if is_error:
-            raise GrammarError(f"{where}: cannot compile: {_first_line(messages)}")
+            raise GrammarError(f"cannot compile: {_first_line(messages)}", where)
         matcher = matcher_cls(lltok, grammar, log_level=0)
         if matcher.is_error():
-            raise GrammarError(f"{where}: cannot compile: {_first_line([matcher.get_error()])}")
+            raise GrammarError(f"cannot compile: {_first_line([matcher.get_error()])}", where)
         return matcher
 
 
