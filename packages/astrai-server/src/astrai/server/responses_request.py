@@ -7,6 +7,7 @@ Stateless: nothing is stored, so `store: true`, `previous_response_id`, `convers
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from astrai.scheduler import FieldError
@@ -167,14 +168,26 @@ def _item_text(content: Any, where: str) -> str:
     raise bad_request(f"{where}.content: must be a string or a list of text parts", f"{where}.content")
 
 
+@dataclass(frozen=True)
 class ResponsesSampling:
-    """A Responses request seen through the fields `build_sampling_params` reads (`SamplingFieldsView`)."""
+    """A Responses request seen through the fields `build_sampling_params` reads (`SamplingFieldsView`):
+    the Responses API sets temperature, top_p and seed; the rest are chat-only and stay unset."""
 
-    def __init__(self, req: ResponsesRequest) -> None:
-        self.temperature, self.top_p, self.seed = req.temperature, req.top_p, req.seed
-        self.min_p = self.presence_penalty = self.frequency_penalty = self.repetition_penalty = None
-        self.min_tokens = self.ignore_eos = self.top_k = None
-        self.stop_list = None
-        self.num_logprobs = None
-        self.token_bias = None
-        self.speculation = None
+    temperature: float | None
+    top_p: float | None
+    seed: int | None
+    top_k: int | None = None
+    min_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    min_tokens: int | None = None
+    ignore_eos: bool | None = None
+    stop_list: list[str] | None = None
+    num_logprobs: int | None = None
+    token_bias: dict[int, float] | None = None
+    speculation: bool | None = None
+
+    @classmethod
+    def of(cls, req: ResponsesRequest) -> ResponsesSampling:
+        return cls(temperature=req.temperature, top_p=req.top_p, seed=req.seed)

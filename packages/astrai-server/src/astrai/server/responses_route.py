@@ -59,7 +59,7 @@ async def create_response(request: Request) -> Response:
     service.log_prompt(request, messages)
     max_tokens = service.fit_context(engine, [prompt_ids], req.max_output_tokens, "input")
     constraint = plan.constraint
-    params = build_sampling_params(ResponsesSampling(req), max_tokens,
+    params = build_sampling_params(ResponsesSampling.of(req), max_tokens,
                                    structured=constraint.params if constraint else None, tenant=tenant_of(request))
     shell = ResponseShell(
         id=new_id("resp"), created_at=int(time.time()), model=service.config.model_name,
