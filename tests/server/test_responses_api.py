@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
+import socket
+import time
 
 import httpx
 import openai
 import pytest
 from pydantic import BaseModel
 
-from .conftest import API_KEY, MODEL
+from .conftest import API_KEY, MODEL, wait_idle
 
 
 class Answer(BaseModel):
@@ -90,3 +93,28 @@ def test_responses_sdk_errors(client, server):
         client.responses.create(model=MODEL, input="Hi", previous_response_id="resp_1", max_output_tokens=2)
     missing = httpx.get(server.v1 + "/responses/resp_1", headers={"Authorization": f"Bearer {API_KEY}"})
     assert missing.status_code == 404 and "not stored" in missing.json()["error"]["message"]
+
+
+def test_a_client_that_leaves_is_aborted_and_logged_as_disconnected(server, engine, trace_log, caplog):
+    """As in chat: a raw connection closed once the trace shows the response decoding. A schema of at
+    least 400 integers cannot be finished within max_output_tokens, so the request is still running
+    when the client leaves, on any CPU; the test waits for events, never for a speed."""
+    caplog.set_level(logging.INFO, logger="astrai.server")
+    schema = {"type": "array", "items": {"type": "integer"}, "minItems": 400}
+    body = json.dumps({"model": MODEL, "input": "Count upwards from one.", "max_output_tokens": 200,
+                       "text": {"format": {"type": "json_schema", "name": "numbers", "schema": schema}}}).encode()
+    host, port = server.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(b"POST /v1/responses HTTP/1.1\r\nHost: " + host.encode() + b"\r\n"
+                     b"Authorization: Bearer " + API_KEY.encode() + b"\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        ours = trace_log.wait_decoding("resp_")
+        assert trace_log.finish_reason(ours) is None
+    stats = wait_idle(engine)
+    assert trace_log.finish_reason(ours) == "abort"
+    assert stats["num_free_pages"] + stats["num_cached_pages"] == stats["num_pages"]
+    deadline = time.monotonic() + 60  # the log line is written once the handler has returned
+    while not (lines := [r.getMessage() for r in caplog.records if ours in r.getMessage()]):
+        assert time.monotonic() < deadline, "no request log line for the abandoned response"
+        time.sleep(0.01)
+    assert " 499 " in lines[0] and "disconnected=True" in lines[0], lines

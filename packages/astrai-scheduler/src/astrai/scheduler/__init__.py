@@ -5,8 +5,9 @@ from astrai.model import ModelConfig, Tokenizer
 
 from .client import EngineClient, EngineInfo, EngineStats
 from .engine import Engine
-from .errors import EngineError, PromptTooLongError
+from .errors import EngineError, FieldError, PromptTooLongError
 from .grammar import GrammarError
+from .memory import kv_budget_bytes, pages_in_budget
 from .outputs import RequestMetrics, RequestOutput
 from .params import SamplingParams
 from .structured import StructuredOutputsParams
@@ -31,6 +32,7 @@ __all__ = [
     "EngineError",
     "EngineInfo",
     "EngineStats",
+    "FieldError",
     "FinishedRecord",
     "GrammarError",
     "JsonlTraceWriter",
@@ -45,4 +47,6 @@ __all__ = [
     "Tokenizer",
     "TraceEvent",
     "TraceSchemaError",
+    "kv_budget_bytes",
+    "pages_in_budget",
 ]

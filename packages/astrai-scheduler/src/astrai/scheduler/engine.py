@@ -33,7 +33,7 @@ from astrai.model import (
 
 from .client import EngineInfo, EngineStats, Prompt, TraceCallback
 from .core import EngineCore
-from .errors import PromptTooLongError
+from .errors import FieldError, PromptTooLongError
 from .grammar import GrammarCompiler
 from .memory import default_num_pages, engine_dtype, resolve_device
 from .memory import kv_cache_dtype as resolve_kv_cache_dtype
@@ -468,7 +468,7 @@ class Engine:
         if params.logit_bias:
             bad = next((t for t in params.logit_bias if t >= self._vocab_size), None)
             if bad is not None:
-                raise ValueError(f"logit_bias: token id {bad} is outside the vocabulary [0, {self._vocab_size})")
+                raise FieldError("logit_bias", f"token id {bad} is outside the vocabulary [0, {self._vocab_size})")
         constraint = None
         if params.structured_outputs is not None:
             constraint = self._grammars.compile(params.structured_outputs)  # GrammarError names the problem

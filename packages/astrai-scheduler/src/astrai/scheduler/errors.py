@@ -7,6 +7,19 @@ class EngineError(RuntimeError):
     """The engine cannot serve a request (shut down, or an internal failure)."""
 
 
+class FieldError(ValueError):
+    """A request's value is invalid, and `field` names which (OpenAI's `param`: "logit_bias", "tools.0.type").
+
+    Raised where the value is checked, so a front end reports the field without reading the text;
+    `str()` is "<field>: <detail>".
+    """
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(f"{field}: {detail}")
+        self.field = field
+        self.detail = detail
+
+
 class PromptTooLongError(ValueError):
     """A prompt does not fit the context window; the message states both numbers."""
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -31,22 +32,39 @@ CACHE_SIZE = 128
 MAX_CLOSE_STEPS = 256  # a closing walk longer than this is treated as "cannot finish"
 CHECK_EVERY = 8  # tokens between closing checks while the budget is still far away
 PARALLEL_FROM = 16  # rows from which llguidance's thread pool computes the masks (its threads spin a while)
+THREADS_ENV = "ASTRAI_GRAMMAR_THREADS"  # overrides the mask pool's size (default: the CPUs this process may use)
 
 
 class GrammarError(ValueError):
     """A constraint the grammar engine cannot compile; the message names the problem.
 
-    `detail` is the message without the leading field name, for front ends that name the
-    field their own way (e.g. `response_format`).
+    `field` is the `structured_outputs` field compiled (None: not about one field) and `detail`
+    the message without it, for front ends that name the field their own way (e.g.
+    `response_format`); `str()` is "<field>: <detail>".
     """
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.detail = message.split(": ", 1)[1] if message.startswith("structured_outputs") else message
+    def __init__(self, detail: str, field: str | None = None) -> None:
+        super().__init__(f"{field}: {detail}" if field else detail)
+        self.detail = detail
+        self.field = field
 
 
 class GrammarUnavailableError(GrammarError):
     """The llguidance package is not installed."""
+
+
+def grammar_threads() -> int:
+    """Threads of llguidance's mask pool: `ASTRAI_GRAMMAR_THREADS` if set, else the CPUs this
+    process may run on (its affinity, so a replica pinned to two cores does not spin sixteen)."""
+    setting = os.environ.get(THREADS_ENV, "").strip()
+    if setting:
+        if not setting.isdigit() or int(setting) < 1:
+            raise ValueError(f"{THREADS_ENV} must be a positive integer, got {setting!r}")
+        return int(setting)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _llguidance() -> Any:
@@ -61,9 +79,10 @@ def _llguidance() -> Any:
 class GrammarCompiler:
     """Builds `TokenConstraint`s for one tokenizer; thread-safe, compiled grammars cached (LRU)."""
 
-    def __init__(self, tokenizer: Any, vocab_size: int) -> None:
+    def __init__(self, tokenizer: Any, vocab_size: int, threads: int | None = None) -> None:
         self._tokenizer = tokenizer
         self.vocab_size = int(vocab_size)
+        self.threads = grammar_threads() if threads is None else threads
         self._lock = threading.Lock()
         self._ll_tokenizer: Any = None
         self._cache: OrderedDict[str, Any] = OrderedDict()
@@ -79,7 +98,7 @@ class GrammarCompiler:
             self._ll_tokenizer = ll.LLTokenizer(backend.to_str(), n_vocab=self.vocab_size,
                                                 eos_token=list(self._tokenizer.eos_token_ids))
             self._ranks = _ClosingRanks(self._ll_tokenizer, self.vocab_size)
-            self._executor = ll.LLExecutor(num_threads=2)
+            self._executor = ll.LLExecutor(num_threads=self.threads)
         return self._ll_tokenizer
 
     def compile(self, spec: StructuredOutputsParams) -> TokenConstraint:
@@ -111,7 +130,7 @@ class GrammarCompiler:
                     try:
                         schema = json.loads(schema)
                     except ValueError as exc:
-                        raise GrammarError(f"{where}: the schema is not valid JSON: {exc}") from None
+                        raise GrammarError(f"the schema is not valid JSON: {exc}", where) from None
                 options: dict[str, Any] = {"whitespace_flexible": False}
                 if spec.whitespace_pattern is not None:
                     options = {"whitespace_pattern": spec.whitespace_pattern}
@@ -125,13 +144,13 @@ class GrammarCompiler:
         except GrammarError:
             raise
         except (ValueError, TypeError, RuntimeError) as exc:
-            raise GrammarError(f"{where}: {exc}") from None
+            raise GrammarError(str(exc), where) from None
         is_error, messages = matcher_cls.validate_grammar_with_warnings(grammar, lltok)
         if is_error:
-            raise GrammarError(f"{where}: cannot compile: {_first_line(messages)}")
+            raise GrammarError(f"cannot compile: {_first_line(messages)}", where)
         matcher = matcher_cls(lltok, grammar, log_level=0)
         if matcher.is_error():
-            raise GrammarError(f"{where}: cannot compile: {_first_line([matcher.get_error()])}")
+            raise GrammarError(f"cannot compile: {_first_line([matcher.get_error()])}", where)
         return matcher
 
 

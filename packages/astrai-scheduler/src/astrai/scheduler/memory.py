@@ -58,14 +58,26 @@ def available_memory_bytes(device: torch.device) -> int:
         return 1 << 30
 
 
-def default_num_pages(config: ModelConfig, dtype: torch.dtype, device: torch.device, page_size: int, max_num_seqs: int) -> int:
-    """Size the KV pool from free memory: a capped fraction on CPU, most of what is left on CUDA.
+def kv_budget_bytes(device: torch.device | str = "cpu", *, share: int = 1, available: int | None = None) -> int:
+    """Bytes for the KV pool when `share` engines split one machine's budget (the one place it is computed).
 
-    Never more than every sequence at full context could use.
+    CUDA: most of the free device memory; CPU: a fraction of MemAvailable, capped (the rest is
+    the OS's, the weights' and the activations'). `available` replaces the measured free memory.
     """
-    free = available_memory_bytes(device)
+    device = torch.device(device)
+    free = available_memory_bytes(device) if available is None else available
     budget = free * CUDA_KV_FRACTION if device.type == "cuda" else min(free * CPU_KV_FRACTION, CPU_KV_CAP_BYTES)
-    per_page = config.kv_bytes_per_token(dtype) * page_size
-    pages = int(budget // per_page)
+    return int(budget // max(1, share))
+
+
+def pages_in_budget(config: ModelConfig, dtype: str | torch.dtype, page_size: int, budget_bytes: int) -> int:
+    """How many KV pages of this model and dtype fit in `budget_bytes` (at least one)."""
+    return max(1, int(budget_bytes // (config.kv_bytes_per_token(dtype) * page_size)))
+
+
+def default_num_pages(config: ModelConfig, dtype: torch.dtype, device: torch.device, page_size: int, max_num_seqs: int) -> int:
+    """Size the KV pool from free memory (`kv_budget_bytes`), never more than every sequence at
+    full context could use."""
+    pages = pages_in_budget(config, dtype, page_size, kv_budget_bytes(device))
     most = -(-max_num_seqs * config.max_position_embeddings // page_size)
     return max(1, min(pages, most))

@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import FieldError
+
 KINDS = ("json", "json_object", "regex", "choice", "grammar")
 
 
@@ -34,20 +36,20 @@ class StructuredOutputsParams:
         given = [k for k in KINDS if (getattr(self, k) not in (None, False))]
         if len(given) != 1:
             named = ", ".join(given) if given else "none"
-            raise ValueError(f"structured_outputs: give exactly one of {', '.join(KINDS)} (got {named})")
+            raise FieldError("structured_outputs", f"give exactly one of {', '.join(KINDS)} (got {named})")
         if self.json is not None and not isinstance(self.json, (dict, str, bool)):
-            raise ValueError(f"structured_outputs.json: must be a JSON schema object, got {type(self.json).__name__}")
+            raise FieldError("structured_outputs.json", f"must be a JSON schema object, got {type(self.json).__name__}")
         if not isinstance(self.json_object, bool):
-            raise ValueError("structured_outputs.json_object: must be a bool")
+            raise FieldError("structured_outputs.json_object", "must be a bool")
         for name in ("regex", "grammar", "whitespace_pattern"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
-                raise ValueError(f"structured_outputs.{name}: must be a non-empty string")
+                raise FieldError(f"structured_outputs.{name}", "must be a non-empty string")
         if self.choice is not None:
             if isinstance(self.choice, str) or not isinstance(self.choice, (list, tuple)) or not self.choice:
-                raise ValueError("structured_outputs.choice: must be a non-empty list of strings")
+                raise FieldError("structured_outputs.choice", "must be a non-empty list of strings")
             if not all(isinstance(c, str) and c for c in self.choice):
-                raise ValueError("structured_outputs.choice: every choice must be a non-empty string")
+                raise FieldError("structured_outputs.choice", "every choice must be a non-empty string")
             object.__setattr__(self, "choice", tuple(self.choice))
 
     @property

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from astrai.server.body import read_model
 from astrai.server.errors import APIError, bad_request
-from astrai.server.protocol import _Strict
+from astrai.server.openai_models import StrictModel
 from pydantic import Field, field_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 MAX_INPUTS = 2048  # per request, as OpenAI
 
 
-class EmbeddingRequest(_Strict):
+class EmbeddingRequest(StrictModel):
     model: str
     input: Any
     encoding_format: Literal["float", "base64"] | None = None

@@ -7,8 +7,8 @@ Every failure a client can cause ends up here as an `APIError`, so the body is a
 from __future__ import annotations
 
 import logging
-import re
 
+from astrai.scheduler import FieldError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -60,7 +60,11 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 
 
 def validation_message(errors: list[dict]) -> tuple[str, str | None]:
-    """Turn the first pydantic error into a message that names the field."""
+    """Turn the first pydantic error into a message that names the field.
+
+    The field is pydantic's location, or, for a check that raised `FieldError`, the field it
+    names (relative to the location when a nested model raised it): never read from the text.
+    """
     if not errors:
         return "invalid request", None
     err = errors[0]
@@ -73,14 +77,14 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
         return f"Unrecognized request argument supplied: {param}", param
     if kind == "missing":
         return f"Missing required parameter: '{param}'.", param
-    if param is None:  # a model-level check names its field at the start of the message
-        named = re.match(r"^([A-Za-z_][\w.]*): ", msg)
-        return msg, (named.group(1) if named else None)
-    named = re.match(r"^([A-Za-z_][\w.]*): ", msg)
-    if named:  # a nested model's check: its field is relative to this location
-        sub = named.group(1)
-        param = sub if sub.startswith(param + ".") else f"{param}.{sub}"
-        return f"{param}: {msg[named.end():]}", param
+    raised = (err.get("ctx") or {}).get("error")
+    if isinstance(raised, FieldError):
+        field = raised.field
+        if param is not None and not field.startswith(param + "."):
+            field = f"{param}.{field}"
+        return f"{field}: {raised.detail}", field
+    if param is None:
+        return msg, None
     return f"{param}: {msg}", param
 
 

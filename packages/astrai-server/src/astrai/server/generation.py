@@ -1,50 +1,48 @@
-"""Running one HTTP request in the engine: one engine request per prompt, merged into one stream.
+"""A generation's whole lifecycle: admit, start, stream or collect, abort on disconnect, clean up.
 
-Everything that can leave work behind in the engine goes through `Generation.close()`, which
-cancels the consumer tasks and aborts unfinished engine requests, so a client that goes away
-(streaming or not) frees its pages at once.
+Chat, completions and the Responses API all run their engine work through here:
+
+    run = await service.in_flight.start(request, Generation(...), slots, log)   # admitted and primed
+    return run.stream(events)          # or: choices = await run.collect(request)
+
+Everything that can leave work behind in the engine goes through `GenerationRun.close()`, which
+cancels the consumer tasks, aborts unfinished engine requests, releases the admission slots and
+fills the request log, once; so a client that goes away (streaming or not) frees its pages at once.
+A client that left before the answer was ready ends as `ClientDisconnected`, which the app's
+error handlers answer with 499 and mark `disconnected` in the request log.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from astrai.scheduler import (
     EngineClient,
     EngineError,
+    FieldError,
     GrammarError,
     RequestMetrics,
     RequestOutput,
     SamplingParams,
 )
+from astrai.server.choice import ChoiceState
 from astrai.server.errors import APIError, bad_request
-from starlette.requests import Request
+from astrai.server.state import Admission
+from astrai.server.usage import TokenUsage
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import StreamingResponse
+
+logger = logging.getLogger("astrai.server")
 
 T = TypeVar("T")
 OnFinish = Callable[[RequestMetrics | None, str | None], None]  # (metrics, finish_reason) of each choice
 
 
-class ClientDisconnected(Exception):
-    """The HTTP client went away before the response was ready."""
-
-
-@dataclass
-class ChoiceState:
-    """What one choice (one prompt) has produced so far."""
-
-    prompt_ids: list[int]
-    text: str = ""
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[dict] = field(default_factory=list)
-    finish_reason: str | None = None
-    num_cached_tokens: int = 0
-    metrics: RequestMetrics | None = None
-    error: str | None = None
-    prompt_logprobs: list[dict | None] | None = None
+class ClientDisconnected(ClientDisconnect):
+    """The HTTP client went away before the response was ready (answered 499, logged as disconnected)."""
 
 
 def engine_error(exc: BaseException, constraint_param: str | None = None) -> APIError:
@@ -57,12 +55,21 @@ def engine_error(exc: BaseException, constraint_param: str | None = None) -> API
     if isinstance(exc, GrammarError):
         param = constraint_param or "structured_outputs"
         return bad_request(f"{param}: {exc.detail}", param, code="invalid_schema")
+    if isinstance(exc, FieldError):  # the engine's own checks name their field ("logit_bias")
+        return bad_request(str(exc), exc.field)
     if isinstance(exc, ValueError):
-        named = re.match(r"^([A-Za-z_][\w.]*): ", str(exc))  # "logit_bias: token id ... is outside ..."
-        return bad_request(str(exc), named.group(1) if named else None)
+        return bad_request(str(exc))
     if isinstance(exc, EngineError):
         return APIError(503, f"The engine is not accepting requests: {exc}", code="engine_unavailable")
     return APIError(500, f"generation failed: {type(exc).__name__}: {exc}", code="engine_error")
+
+
+def raise_if_failed(finish_reason: str | None, error: str | None) -> None:
+    """A choice that ended by abort (shutdown) or an engine error becomes that HTTP error."""
+    if finish_reason == "abort":
+        raise APIError(503, "The request was aborted (the server is shutting down)", code="aborted")
+    if finish_reason == "error":
+        raise APIError(500, f"generation failed: {error or 'unknown engine error'}", code="engine_error")
 
 
 class Generation:
@@ -73,7 +80,7 @@ class Generation:
         self.engine = engine
         self.request_id = request_id
         self.engine_ids = [request_id if len(prompts) == 1 else f"{request_id}-{i}" for i in range(len(prompts))]
-        self.n = int(getattr(params, "n", 1) or 1)  # the engine runs n samples per prompt, sharing its pages
+        self.n = params.n  # the engine runs n samples per prompt, sharing its pages
         self.choices = [ChoiceState(prompt_ids=list(p)) for p in prompts for _ in range(self.n)]
         self._params = params
         self._constraint_param = constraint_param
@@ -171,6 +178,104 @@ class Generation:
             for i in range(len(self.choices)):
                 if i not in self._finished:
                     self._on_finish(None, "abort")  # counted here: their final outputs are not awaited
+
+
+class EventStreamResponse(StreamingResponse):
+    """Server-sent events that always run `cleanup` afterwards, even if the body was never iterated."""
+
+    def __init__(self, content: AsyncIterator[str], cleanup: Callable[[], None]) -> None:
+        super().__init__(content, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._cleanup = cleanup
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._cleanup()
+
+
+class GenerationRun:
+    """An admitted, started generation; `close()` (idempotent) ends it and gives its slots back."""
+
+    def __init__(self, gen: Generation, in_flight: InFlight, slots: int, log: dict[str, Any]) -> None:
+        self.gen = gen
+        self._in_flight = in_flight
+        self._slots = slots
+        self._log = log
+        self._released = False
+
+    def close(self) -> None:
+        """Close the generation and, once, release its slots and write its tokens into the request log."""
+        self.gen.close()
+        self._in_flight.forget(self.gen)
+        if not self._released:
+            self._released = True
+            self._in_flight.admission.release(self._slots)
+            summarize(self._log, self.gen)
+
+    def stream(self, events: AsyncIterator[str]) -> EventStreamResponse:
+        """Send `events` (built from `gen.events()`) as SSE; the run is closed when the stream ends."""
+        return EventStreamResponse(events, self.close)
+
+    async def collect(self, request: Request) -> list[ChoiceState]:
+        """Every choice, finished; the run is closed either way. Raises ClientDisconnected if the
+        client leaves first, APIError if a choice was aborted or failed."""
+        try:
+            choices = await until_disconnect(request, self.gen.collect())
+        finally:
+            self.close()
+        for choice in choices:
+            raise_if_failed(choice.finish_reason, choice.error)
+        return choices
+
+
+class InFlight:
+    """The generations this app is running, bounded by its admission (429 when full)."""
+
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
+        self._active: set[Generation] = set()
+
+    async def start(self, request: Request, gen: Generation, slots: int, log: dict[str, Any]) -> GenerationRun:
+        """Take `slots` of admission, start `gen` and wait for its first output, so engine errors
+        still become an HTTP status. Raises ClientDisconnected if the client left first (closed)."""
+        self.admission.acquire(slots)
+        run = GenerationRun(gen, self, slots, log)
+        gen.start()
+        self._active.add(gen)
+        try:
+            await until_disconnect(request, gen.prime())
+        except BaseException:
+            run.close()
+            raise
+        return run
+
+    def forget(self, gen: Generation) -> None:
+        self._active.discard(gen)
+
+    def abort_all(self) -> int:
+        """Abort every generation in flight (shutdown grace period over); each ends with a clean error."""
+        count = sum(gen.abort_unfinished() for gen in list(self._active))
+        if count:
+            logger.warning("aborted %d in-flight request(s) at shutdown", count)
+        return count
+
+
+def summarize(log: dict[str, Any], gen: Generation) -> None:
+    """Tokens and timings of a finished (or abandoned) generation, for the request log line."""
+    choices = gen.choices
+    counts = TokenUsage.of(choices)
+    log["prompt_tokens"] = counts.prompt_tokens
+    log["completion_tokens"] = counts.completion_tokens
+    log["cached_tokens"] = counts.cached_tokens
+    log["finish"] = ",".join(c.finish_reason or "abort" for c in choices)
+    metrics = choices[0].metrics
+    if metrics is not None:
+        for name, value in (("queue_time", metrics.queue_time), ("ttft", metrics.ttft),
+                            ("e2e_latency", metrics.e2e_latency)):
+            if value is not None:
+                log[name] = float(value)
 
 
 async def wait_for_disconnect(request: Request) -> None:

@@ -75,11 +75,14 @@ def mount_embeddings(app: FastAPI) -> None:
     """`POST /v1/embeddings`, or a 501 naming the extra."""
     problem = embeddings_problem()
     if problem is None:
-        from astrai.server.embeddings import create_embeddings
+        from astrai.server.answer_models import EmbeddingList
+        from astrai.server.embeddings import EmbeddingRequest, create_embeddings
+        from astrai.server.openapi import json_answer, json_body
 
-        app.add_api_route("/v1/embeddings", create_embeddings, methods=["POST"])
+        app.add_api_route("/v1/embeddings", create_embeddings, methods=["POST"], openapi_extra=json_body(EmbeddingRequest),
+                          responses=json_answer(EmbeddingList))
     else:
-        app.add_api_route("/v1/embeddings", _unavailable(problem), methods=["POST"])
+        app.add_api_route("/v1/embeddings", _unavailable(problem), methods=["POST"], include_in_schema=False)
 
 
 def mount(app: FastAPI, config: ServerConfig, embedder: Embedder | None,
@@ -102,8 +105,10 @@ def mount(app: FastAPI, config: ServerConfig, embedder: Embedder | None,
     app.state.rag = None
     unavailable = _unavailable(problem)
     for prefix in RAG_PREFIXES:
-        app.add_api_route(prefix, unavailable, methods=["GET", "POST"])
-        app.add_api_route(prefix + "/{rest:path}", unavailable, methods=["GET", "POST", "DELETE"])
+        # Not in the OpenAPI document: nothing is served here until the server is started with them.
+        app.add_api_route(prefix, unavailable, methods=["GET", "POST"], include_in_schema=False)
+        app.add_api_route(prefix + "/{rest:path}", unavailable, methods=["GET", "POST", "DELETE"],
+                          include_in_schema=False)
     return None
 
 

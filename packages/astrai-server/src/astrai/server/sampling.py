@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 from astrai.scheduler import SamplingParams, StructuredOutputsParams
 from astrai.server.errors import bad_request
-from astrai.server.protocol import ChatCompletionRequest, CompletionRequest
+from astrai.server.openai_models import ChatCompletionRequest, CompletionRequest
 from starlette.requests import Request
 
 

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import logging
+import time
 from typing import Any
 
 from astrai.scheduler import EngineClient
 from astrai.server.config import ServerConfig
 from astrai.server.errors import APIError, bad_request
-from astrai.server.generation import Generation
+from astrai.server.generation import InFlight
 from astrai.server.metrics import ServerMetrics
-from astrai.server.responses import usage
 from astrai.server.state import Admission, EngineHolder
 from astrai.server.tools import prepare_messages
 from starlette.requests import Request
-
-logger = logging.getLogger("astrai.server")
 
 
 class Service:
@@ -26,16 +23,12 @@ class Service:
         self.holder = holder
         self.admission = Admission(lambda: config.max_outstanding(holder.get().max_num_seqs))
         self.metrics = ServerMetrics(holder.peek, config.model_name)
-        self.active: set[Generation] = set()
+        self.in_flight = InFlight(self.admission)
+        self.started = int(time.time())  # `created` of the model cards
 
     def abort_all(self) -> int:
         """Abort every generation in flight (shutdown grace period over); each ends with a clean error."""
-        count = 0
-        for gen in list(self.active):
-            count += gen.abort_unfinished()
-        if count:
-            logger.warning("aborted %d in-flight request(s) at shutdown", count)
-        return count
+        return self.in_flight.abort_all()
 
     def engine(self) -> EngineClient:
         return self.holder.get()
@@ -102,19 +95,3 @@ class Service:
     def log_prompt(self, request: Request, prompt: Any) -> None:
         if self.config.log_prompts:
             self.log_info(request)["prompt"] = repr(prompt)[:2000]
-
-    @staticmethod
-    def summarize(log: dict, gen: Generation) -> None:
-        """Tokens and timings of a finished (or abandoned) generation, for the request log line."""
-        choices = gen.choices
-        counts = usage(choices)
-        log["prompt_tokens"] = counts["prompt_tokens"]
-        log["completion_tokens"] = counts["completion_tokens"]
-        log["cached_tokens"] = counts["prompt_tokens_details"]["cached_tokens"]
-        log["finish"] = ",".join(c.finish_reason or "abort" for c in choices)
-        metrics = choices[0].metrics
-        if metrics is not None:
-            for name, value in (("queue_time", metrics.queue_time), ("ttft", metrics.ttft),
-                                ("e2e_latency", metrics.e2e_latency)):
-                if value is not None:
-                    log[name] = float(value)

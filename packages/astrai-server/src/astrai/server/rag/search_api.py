@@ -14,7 +14,7 @@ from typing import Any, Literal
 from astrai.retrieval import RankingOptions, RetrievalInputError, parse_filter
 from astrai.server.body import read_model
 from astrai.server.errors import bad_request
-from astrai.server.protocol import _Strict
+from astrai.server.openai_models import StrictModel
 from astrai.server.rag.common import rag
 from pydantic import Field, field_validator
 from starlette.requests import Request
@@ -23,12 +23,12 @@ from starlette.responses import JSONResponse, Response
 MAX_RESULTS = 50
 
 
-class HybridSearch(_Strict):
+class HybridSearch(StrictModel):
     embedding_weight: float
     text_weight: float
 
 
-class SearchRanking(_Strict):
+class SearchRanking(StrictModel):
     ranker: Literal["none", "auto", "default-2024-11-15"] | None = None
     score_threshold: float | None = Field(None, ge=0.0)
     hybrid_search: HybridSearch | None = None
@@ -67,7 +67,7 @@ class SearchRanking(_Strict):
             raise bad_request(f"{param}: {message}", param) from None
 
 
-class SearchRequest(_Strict):
+class SearchRequest(StrictModel):
     query: str | list[str]
     max_num_results: int = Field(10, ge=1, le=MAX_RESULTS)
     filters: dict[str, Any] | None = None

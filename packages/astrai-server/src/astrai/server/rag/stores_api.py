@@ -8,7 +8,7 @@ from typing import Any, Literal
 from astrai.retrieval import ChunkingSettings, RetrievalInputError
 from astrai.server.body import read_model
 from astrai.server.errors import APIError, bad_request
-from astrai.server.protocol import _Strict
+from astrai.server.openai_models import StrictModel
 from astrai.server.rag.common import check_metadata, page, rag
 from astrai.server.rag.service import RagService
 from astrai.server.rag.stores import FileBatch, OpenStore
@@ -17,12 +17,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 
-class StaticChunking(_Strict):
+class StaticChunking(StrictModel):
     max_chunk_size_tokens: int
     chunk_overlap_tokens: int
 
 
-class ChunkingStrategy(_Strict):
+class ChunkingStrategy(StrictModel):
     type: Literal["auto", "static"]
     static: StaticChunking | None = None
 
@@ -44,7 +44,7 @@ def _no_expiry(value: Any) -> Any:
     return value
 
 
-class CreateStoreRequest(_Strict):
+class CreateStoreRequest(StrictModel):
     name: str | None = Field(None, max_length=256)
     description: str | None = Field(None, max_length=512)
     file_ids: list[str] | None = Field(None, max_length=500)
@@ -63,7 +63,7 @@ class CreateStoreRequest(_Strict):
         return _no_expiry(value)
 
 
-class UpdateStoreRequest(_Strict):
+class UpdateStoreRequest(StrictModel):
     name: str | None = Field(None, max_length=256)
     metadata: dict[str, str] | None = None
     expires_after: dict[str, Any] | None = None
@@ -79,7 +79,7 @@ class UpdateStoreRequest(_Strict):
         return _no_expiry(value)
 
 
-class AttachRequest(_Strict):
+class AttachRequest(StrictModel):
     file_id: str
     attributes: dict[str, str | int | float | bool] | None = None
     chunking_strategy: ChunkingStrategy | None = None
@@ -182,7 +182,7 @@ async def detach_file(request: Request) -> Response:
     return JSONResponse({"id": file_id, "object": "vector_store.file.deleted", "deleted": True})
 
 
-class BatchFile(_Strict):
+class BatchFile(StrictModel):
     file_id: str
     attributes: dict[str, str | int | float | bool] | None = None
     chunking_strategy: ChunkingStrategy | None = None
@@ -193,7 +193,7 @@ class BatchFile(_Strict):
         return check_metadata(value)
 
 
-class BatchRequest(_Strict):
+class BatchRequest(StrictModel):
     file_ids: list[str] | None = Field(None, min_length=1, max_length=2000)
     files: list[BatchFile] | None = Field(None, min_length=1, max_length=2000)
     attributes: dict[str, str | int | float | bool] | None = None

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from astrai.retrieval import SearchHit
 from astrai.scheduler import EngineClient
 from astrai.server.errors import bad_request, validation_message
-from astrai.server.protocol import _Strict
+from astrai.server.openai_models import StrictModel
 from astrai.server.rag.prompt import RagPrompt, build_prompt
 from astrai.server.rag.search_api import MAX_RESULTS, SearchRanking, check_filters
 from astrai.server.rag.service import RagService
@@ -24,7 +24,7 @@ DEFAULT_RESULTS = 5
 MAX_STORES = 16
 
 
-class FileSearch(_Strict):
+class FileSearch(StrictModel):
     type: Literal["file_search"] | None = None
     vector_store_ids: list[str] = Field(min_length=1, max_length=MAX_STORES)
     max_num_results: int | None = Field(None, ge=1, le=MAX_RESULTS)

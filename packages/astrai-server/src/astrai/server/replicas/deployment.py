@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import ray
-from astrai.scheduler import Engine, EngineError, RequestOutput, SamplingParams
+from astrai.scheduler import Engine, EngineError, RequestOutput, SamplingParams, pages_in_budget
 from astrai.server.replicas.wire import EngineDescription, EngineSpec, ReplicaStatus, ReplicaTag
 from ray import serve
 from ray.serve.config import RequestRouterConfig
@@ -43,7 +43,7 @@ def build_engine(spec: EngineSpec) -> Engine:
     probe = Engine.from_pretrained(spec.model, **kwargs, num_pages=1)
     try:
         info = probe.describe()
-        pages = max(1, spec.kv_budget_bytes // (probe.config.kv_bytes_per_token(info.dtype) * info.page_size))
+        pages = pages_in_budget(probe.config, info.kv_cache_dtype or info.dtype, info.page_size, spec.kv_budget_bytes)
         return probe.with_settings(num_pages=pages, max_model_len=max_model_len)
     finally:
         probe.shutdown()

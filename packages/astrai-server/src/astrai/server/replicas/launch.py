@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from astrai.scheduler import kv_budget_bytes
 from astrai.server.config import ServerConfig
 from astrai.server.replicas.deployment import cpus_per_replica, engine_deployment
 from astrai.server.replicas.replica_set import ReplicaSetEngine
@@ -20,10 +21,6 @@ from ray.serve.deployment import Application
 
 logger = logging.getLogger("astrai.server")
 
-# N replicas on one machine together take what one `astrai serve` takes for its KV pool on a CPU
-# by default: a quarter of the available memory, at most 2 GiB. Each replica gets its share.
-KV_FRACTION = 0.25
-KV_CAP_BYTES = 2 << 30
 ROUTING_POLICIES = ("prefix", "round-robin")
 # Calls Ray Serve lets one replica hold at once: no real limit, since the front end's admission
 # answers 429 first (batch per replica x replicas + --max-queue) and a replica queues what it is sent.
@@ -53,22 +50,10 @@ class ReplicaOptions:
             raise ValueError(f"cpus_per_replica must be positive, got {self.cpus_per_replica}")
 
 
-def available_memory_bytes() -> int:
-    """MemAvailable of this machine (the front end's; replicas on other nodes are assumed alike)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 << 30
-
-
 def replica_kv_budget(num_sharing: int, available: int | None = None) -> int:
-    """Bytes of KV pool per replica when `num_sharing` replicas share one machine."""
-    free = available_memory_bytes() if available is None else available
-    return int(min(free * KV_FRACTION, KV_CAP_BYTES) // max(1, num_sharing))
+    """Bytes of KV pool per replica: N replicas on one machine together take what one `astrai serve`
+    takes on a CPU (the scheduler's `kv_budget_bytes`), each its share."""
+    return kv_budget_bytes("cpu", share=num_sharing, available=available)
 
 
 def engine_application(config: ServerConfig, options: ReplicaOptions, *, cpus: float, nodes: int) -> Application:

@@ -1,4 +1,4 @@
-"""The generation endpoints: validate, tokenize, fit the context, admit, run, format.
+"""`POST /v1/chat/completions` and `POST /v1/completions`: validate, tokenize, fit the context, run, format.
 
 Check order gives each failure its honest status: body (400/413) -> model name (404) ->
 engine ready (503) -> prompt and limits (400) -> capacity (429) -> generation.
@@ -10,104 +10,44 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from astrai.scheduler import EngineClient
-from astrai.server import constraints
-from astrai.server import responses as R
+from astrai.server import openai_bodies as R
 from astrai.server.body import read_model
-from astrai.server.constraints import Constraint
+from astrai.server.choice import ChoiceState
+from astrai.server.constraints import OutputFormat, OutputPlan, from_extra, plan_output
 from astrai.server.errors import APIError, bad_request
 from astrai.server.file_search import FileSearchRun, run_file_search
-from astrai.server.generation import ChoiceState, ClientDisconnected, Generation, until_disconnect
-from astrai.server.protocol import ChatCompletionRequest, CompletionRequest, named_tool
+from astrai.server.generation import Generation, raise_if_failed
+from astrai.server.openai_models import ChatCompletionRequest, CompletionRequest, named_tool
 from astrai.server.sampling import build_sampling_params, tenant_of
 from astrai.server.service import Service
-from astrai.server.tools import ToolCallParser
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-
-
-class _CleanupStreamingResponse(StreamingResponse):
-    """A StreamingResponse that always runs `cleanup`, even if the body was never iterated."""
-
-    def __init__(self, content: AsyncIterator[str], cleanup: Callable[[], None]) -> None:
-        super().__init__(content, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        self._cleanup = cleanup
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._cleanup()
-
-
-async def start_generation(request: Request, service: Service, gen: Generation, slots: int,
-                           log: dict[str, Any]) -> tuple[Callable[[], None], Response | None]:
-    """Take `slots` of admission, start `gen` and wait for its first output (so engine errors
-    still become an HTTP status). Returns its cleanup, which closes the generation and, once,
-    releases the slots and fills the request log; and the 499 to send if the client left first."""
-    service.admission.acquire(slots)
-    released = False
-
-    def cleanup() -> None:
-        nonlocal released
-        gen.close()
-        service.active.discard(gen)
-        if not released:
-            released = True
-            service.admission.release(slots)
-            service.summarize(log, gen)
-
-    gen.start()
-    service.active.add(gen)
-    try:
-        await until_disconnect(request, gen.prime())
-    except ClientDisconnected:
-        cleanup()
-        log["disconnected"] = True
-        return cleanup, Response(status_code=499)
-    except BaseException:
-        cleanup()
-        raise
-    return cleanup, None
+from starlette.responses import JSONResponse, Response
 
 
 @dataclass
 class Plan:
     """How one HTTP request maps onto the engine beyond plain sampling."""
 
-    constraint: Constraint | None = None
-    tool_names: set[str] = field(default_factory=set)  # non-empty: parse tool calls out of the text
-    forced_tools: bool = False  # required / named: a grammar guarantees the calls' shape
+    output: OutputPlan = field(default_factory=OutputPlan)
     n: int = 1  # samples per prompt given to the engine
     returned: int = 1  # of which the client gets back (best_of keeps the most likely)
     prompt_logprobs: int | None = None
     score_only: bool = False  # completions max_tokens=0 with echo: one token is generated, none returned
 
-    def parser(self) -> ToolCallParser | None:
-        return ToolCallParser(self.tool_names, incremental=self.forced_tools) if self.tool_names else None
-
 
 def chat_plan(req: ChatCompletionRequest) -> Plan:
-    plan = Plan(n=req.num_choices, returned=req.num_choices)
-    functions = req.functions
-    if functions and req.tool_choice != "none":
-        plan.tool_names = {f["name"] for f in functions}
-        named = named_tool(req.tool_choice)
-        if req.tool_choice == "required" or named is not None:
-            plan.forced_tools = True
-            plan.constraint = constraints.for_tools(functions, named=named, parallel=req.parallel_tool_calls is not False)
-    if plan.constraint is None and req.response_format is not None:
-        rf = req.response_format
-        plan.constraint = constraints.from_format(rf.type, rf.json_schema.schema_ if rf.json_schema else None,
-                                                  "response_format")
-    if plan.constraint is None and req.structured_outputs:
-        plan.constraint = constraints.from_extra(req.structured_outputs)
-    return plan
+    rf = req.response_format
+    output_format = OutputFormat(rf.type, rf.json_schema.schema_ if rf.json_schema else None,
+                                 "response_format") if rf is not None else None
+    output = plan_output(req.functions, tool_choice=req.tool_choice, named=named_tool(req.tool_choice),
+                         parallel=req.parallel_tool_calls is not False, output_format=output_format,
+                         extra=req.structured_outputs)
+    return Plan(output=output, n=req.num_choices, returned=req.num_choices)
 
 
 async def chat_completions(request: Request) -> Response:
@@ -117,7 +57,7 @@ async def chat_completions(request: Request) -> Response:
     engine = service.engine()
     plan = chat_plan(req)
     messages = req.message_dicts()
-    functions = req.functions if plan.tool_names else []
+    functions = req.functions if plan.output.tool_names else []
     search_run = None
     if req.file_search is not None:
         search_run = await run_file_search(request, engine, req.file_search, messages, functions, req.output_limit,
@@ -140,11 +80,9 @@ async def completions(request: Request) -> Response:
                           f"{service.admission.limit} requests at once", "prompt")
     prompts = await asyncio.to_thread(service.encode_prompts, engine, raw_prompts)
     service.log_prompt(request, req.prompt)
-    plan = Plan(n=req.num_candidates, returned=req.num_choices, score_only=req.max_tokens == 0)
-    if req.echo and req.logprobs is not None:
-        plan.prompt_logprobs = req.logprobs
-    if req.structured_outputs:
-        plan.constraint = constraints.from_extra(req.structured_outputs)
+    output = OutputPlan(constraint=from_extra(req.structured_outputs)) if req.structured_outputs else OutputPlan()
+    plan = Plan(output=output, n=req.num_candidates, returned=req.num_choices, score_only=req.max_tokens == 0,
+                prompt_logprobs=req.logprobs if req.echo and req.logprobs is not None else None)
     return await _run(request, service, engine, "cmpl", prompts, req, plan, chat=False)
 
 
@@ -155,8 +93,9 @@ async def _run(request: Request, service: Service, engine: EngineClient, prefix:
     limit = 1 if plan.score_only else req.output_limit
     max_tokens = service.fit_context(engine, prompts, limit, param)
     ranked = plan.n > plan.returned  # best_of: rank samples by their log-probability
+    constraint = plan.output.constraint
     params = build_sampling_params(
-        req, max_tokens, structured=plan.constraint.params if plan.constraint else None, n=plan.n,
+        req, max_tokens, structured=constraint.params if constraint else None, n=plan.n,
         prompt_logprobs=plan.prompt_logprobs,
         logprobs=(req.num_logprobs or 0) if ranked else None, tenant=tenant_of(request))
     request_id = f"{prefix}-{uuid.uuid4().hex}"
@@ -164,10 +103,8 @@ async def _run(request: Request, service: Service, engine: EngineClient, prefix:
     log["id"] = request_id
     on_finish = search_run.counted(service.metrics.observe) if search_run else service.metrics.observe
     gen = Generation(engine, request_id, prompts, params, on_finish=on_finish,
-                     constraint_param=plan.constraint.param if plan.constraint else None)
-    cleanup, gone = await start_generation(request, service, gen, len(prompts) * plan.n, log)
-    if gone is not None:
-        return gone
+                     constraint_param=constraint.param if constraint else None)
+    run = await service.in_flight.start(request, gen, len(prompts) * plan.n, log)
 
     created = int(time.time())
     model = service.config.model_name
@@ -178,23 +115,15 @@ async def _run(request: Request, service: Service, engine: EngineClient, prefix:
             events = _chat_events(gen, req, request_id, created, model, token_text, plan, found)
         else:
             events = _completion_events(gen, req, request_id, created, model, token_text, service, engine, plan)
-        return _CleanupStreamingResponse(events, cleanup)
+        return run.stream(events)
 
-    try:
-        choices = await until_disconnect(request, gen.collect())
-    except ClientDisconnected:
-        log["disconnected"] = True
-        return Response(status_code=499)
-    finally:
-        cleanup()
-    for choice in choices:
-        _raise_if_failed(choice.finish_reason, choice.error)
+    choices = await run.collect(request)
     if chat:
         messages = None
-        if plan.tool_names:
+        if plan.output.tool_names:
             messages = []
             for c in choices:
-                parser = plan.parser()
+                parser = plan.output.parser()
                 assert parser is not None
                 parser.feed(c.text)
                 parser.finish()
@@ -225,13 +154,6 @@ def best_of(choices: list[ChoiceState], n: int, keep: int) -> list[ChoiceState]:
     return out
 
 
-def _raise_if_failed(finish_reason: str | None, error: str | None) -> None:
-    if finish_reason == "abort":
-        raise APIError(503, "The request was aborted (the server is shutting down)", code="aborted")
-    if finish_reason == "error":
-        raise APIError(500, f"generation failed: {error or 'unknown engine error'}", code="engine_error")
-
-
 def _tool_deltas(events: list[Any]) -> list[dict]:
     """Parser events -> chat deltas: content, a call's id and name first, then argument fragments."""
     deltas = []
@@ -249,10 +171,10 @@ def _tool_deltas(events: list[Any]) -> list[dict]:
 async def _chat_events(gen: Generation, req: ChatCompletionRequest, request_id: str, created: int, model: str,
                        token_text: R.TokenText | None, plan: Plan, found: dict | None = None) -> AsyncIterator[str]:
     with_usage = req.include_usage
-    parsers = [plan.parser() for _ in gen.choices]
+    parsers = [plan.output.parser() for _ in gen.choices]
     try:
         for index in range(len(gen.choices)):
-            first: dict = {"role": "assistant", "content": None if plan.forced_tools else ""}
+            first: dict = {"role": "assistant", "content": None if plan.output.forced_tools else ""}
             chunk = R.chat_chunk(request_id, created, model, index, first, with_usage=with_usage)
             if found is not None and index == 0:  # our extension: what file_search retrieved, once
                 chunk["file_search"] = found
@@ -269,7 +191,7 @@ async def _chat_events(gen: Generation, req: ChatCompletionRequest, request_id: 
                 for delta in _tool_deltas(events):
                     yield R.sse(R.chat_chunk(request_id, created, model, index, delta, with_usage=with_usage))
             if out.finished:
-                _raise_if_failed(out.finish_reason, out.error)
+                raise_if_failed(out.finish_reason, out.error)
                 finish = out.finish_reason
                 if parser is not None and parser.calls and finish == "stop":
                     finish = "tool_calls"
@@ -307,7 +229,7 @@ async def _completion_events(gen: Generation, req: CompletionRequest, request_id
                 logprobs = R.completion_logprobs(out.logprobs, token_text, offsets[index])
             offsets[index] += len(out.text or "")
             if out.finished:
-                _raise_if_failed(out.finish_reason, out.error)
+                raise_if_failed(out.finish_reason, out.error)
             if out.text or logprobs or out.finished:
                 yield R.sse(R.completion_chunk(request_id, created, model, index, out.text or "",
                                                finish_reason=out.finish_reason if out.finished else None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
+from astrai.scheduler import FieldError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_STOP_SEQUENCES = 16
@@ -18,19 +19,27 @@ SEED_MAX = 2**63 - 1
 MAX_N = 16  # choices per prompt (OpenAI allows 128; each one is a sequence in the batch)
 MAX_TOOLS = 128  # OpenAI's limit on tools per request
 MAX_LOGIT_BIAS = 300  # OpenAI's limit on logit_bias entries
+ROLES = ("system", "developer", "user", "assistant", "tool")
+# JSON Schema of fields typed `Any` (their validators accept several shapes), for the OpenAPI document
+TEXT_PART = {"type": "object", "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+             "required": ["type", "text"]}
+TOKEN_IDS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
+PROMPT_SCHEMA = {"anyOf": [{"type": "string", "minLength": 1},
+                           {"type": "array", "items": {"type": "string"}, "minItems": 1}, TOKEN_IDS,
+                           {"type": "array", "items": TOKEN_IDS, "minItems": 1}]}
 _FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class StreamOptions(_Strict):
+class StreamOptions(StrictModel):
     include_usage: bool | None = None
     continuous_usage_stats: bool | None = None
 
 
-class _SamplingFields(_Strict):
+class _SamplingFields(StrictModel):
     """Fields shared by chat and completions requests."""
 
     model: str
@@ -109,7 +118,7 @@ class _SamplingFields(_Strict):
     @model_validator(mode="after")
     def _common_checks(self) -> _SamplingFields:
         if self.stream_options is not None and not self.stream:
-            raise ValueError("stream_options: only allowed when stream is true")
+            raise FieldError("stream_options", "only allowed when stream is true")
         return self
 
     @property
@@ -129,25 +138,26 @@ class _SamplingFields(_Strict):
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
 
-class TextPart(_Strict):
+class TextPart(StrictModel):
     type: Literal["text"]
     text: str
 
 
-class FunctionCall(_Strict):
+class FunctionCall(StrictModel):
     name: str
     arguments: str
 
 
-class ToolCallMessage(_Strict):
+class ToolCallMessage(StrictModel):
     id: str
     type: Literal["function"] = "function"
     function: FunctionCall
 
 
-class ChatMessage(_Strict):
-    role: str
-    content: Any = None
+class ChatMessage(StrictModel):
+    role: str = Field(json_schema_extra={"enum": list(ROLES)})  # checked by `_role`, which names the choices
+    content: Any = Field(None, json_schema_extra={"anyOf": [{"type": "string"}, {"type": "array", "items": TEXT_PART},
+                                                            {"type": "null"}]})
     name: str | None = None
     tool_calls: list[ToolCallMessage] | None = None  # an assistant's earlier calls
     tool_call_id: str | None = None  # a tool result answers this call
@@ -156,16 +166,16 @@ class ChatMessage(_Strict):
     @field_validator("role")
     @classmethod
     def _role(cls, value: str) -> str:
-        if value not in ("system", "developer", "user", "assistant", "tool"):
+        if value not in ROLES:
             raise ValueError(f"unsupported role {value!r}; use system, developer, user, assistant or tool")
         return value
 
     @model_validator(mode="after")
     def _tool_fields(self) -> ChatMessage:
         if self.tool_calls and self.role != "assistant":
-            raise ValueError("tool_calls: only assistant messages carry tool_calls")
+            raise FieldError("tool_calls", "only assistant messages carry tool_calls")
         if self.role == "tool" and not self.tool_call_id:
-            raise ValueError("tool_call_id: a tool message needs the tool_call_id it answers")
+            raise FieldError("tool_call_id", "a tool message needs the tool_call_id it answers")
         return self
 
     @field_validator("content", mode="before")
@@ -204,7 +214,7 @@ def message_dicts(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     return [m.as_dict() for m in messages]
 
 
-class FunctionDefinition(_Strict):
+class FunctionDefinition(StrictModel):
     name: str
     description: str | None = None
     parameters: dict[str, Any] | None = None
@@ -218,37 +228,37 @@ class FunctionDefinition(_Strict):
         return value
 
 
-class ToolDefinition(_Strict):
+class ToolDefinition(StrictModel):
     type: str
     function: FunctionDefinition | None = None
 
     @model_validator(mode="after")
     def _function_only(self) -> ToolDefinition:
         if self.type != "function":
-            raise ValueError(f"type: only function tools are supported, got {self.type!r}")
+            raise FieldError("type", f"only function tools are supported, got {self.type!r}")
         if self.function is None:
-            raise ValueError("function: a function tool needs its definition")
+            raise FieldError("function", "a function tool needs its definition")
         return self
 
 
-class JsonSchemaFormat(_Strict):
+class JsonSchemaFormat(StrictModel):
     name: str
     description: str | None = None
     schema_: dict[str, Any] | None = Field(None, alias="schema")
     strict: bool | None = None
 
 
-class ResponseFormat(_Strict):
+class ResponseFormat(StrictModel):
     type: str
     json_schema: JsonSchemaFormat | None = None
 
     @model_validator(mode="after")
     def _known(self) -> ResponseFormat:
         if self.type not in ("text", "json_object", "json_schema"):
-            raise ValueError(f"type: unsupported response_format type {self.type!r}; use text, json_object or "
+            raise FieldError("type", f"unsupported response_format type {self.type!r}; use text, json_object or "
                              "json_schema")
         if self.type == "json_schema" and self.json_schema is None:
-            raise ValueError("json_schema: required when type is json_schema")
+            raise FieldError("json_schema", "required when type is json_schema")
         return self
 
 
@@ -259,15 +269,15 @@ def check_tool_choice(tool_choice: Any, tools: list[ToolDefinition] | None) -> N
     names = {t.function.name for t in tools or () if t.function is not None}
     if tool_choice in ("auto", "required"):
         if tool_choice == "required" and not names:
-            raise ValueError("tool_choice: 'required' needs at least one entry in tools")
+            raise FieldError("tool_choice", "'required' needs at least one entry in tools")
         return
     if isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
         fn = tool_choice.get("function")
         name = fn.get("name") if isinstance(fn, dict) else tool_choice.get("name")
         if not isinstance(name, str) or name not in names:
-            raise ValueError(f"tool_choice: function {name!r} is not among the tools")
+            raise FieldError("tool_choice", f"function {name!r} is not among the tools")
         return
-    raise ValueError("tool_choice: must be 'none', 'auto', 'required' or {'type': 'function', 'function': "
+    raise FieldError("tool_choice", "must be 'none', 'auto', 'required' or {'type': 'function', 'function': "
                      "{'name': ...}}")
 
 
@@ -293,10 +303,10 @@ class ChatCompletionRequest(_SamplingFields):
     @model_validator(mode="after")
     def _chat_checks(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
-            raise ValueError("top_logprobs: requires logprobs to be true")
+            raise FieldError("top_logprobs", "requires logprobs to be true")
         check_tool_choice(self.tool_choice, self.tools)
         if self.structured_outputs and self.response_format and self.response_format.type != "text":
-            raise ValueError("structured_outputs: give either response_format or structured_outputs, not both")
+            raise FieldError("structured_outputs", "give either response_format or structured_outputs, not both")
         return self
 
     @property
@@ -316,7 +326,7 @@ class ChatCompletionRequest(_SamplingFields):
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: Any
+    prompt: Any = Field(json_schema_extra=PROMPT_SCHEMA)  # checked by `_prompt`
     max_tokens: int | None = Field(None, ge=0)  # 0 only with echo: score the prompt
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     echo: bool | None = False
@@ -342,13 +352,13 @@ class CompletionRequest(_SamplingFields):
     @model_validator(mode="after")
     def _completion_checks(self) -> CompletionRequest:
         if self.best_of is not None and self.best_of < self.num_choices:
-            raise ValueError(f"best_of: must be >= n ({self.num_choices}), got {self.best_of}")
+            raise FieldError("best_of", f"must be >= n ({self.num_choices}), got {self.best_of}")
         if self.best_of is not None and self.best_of > 1 and self.stream:
-            raise ValueError("best_of: cannot be used with stream")
+            raise FieldError("best_of", "cannot be used with stream")
         if self.suffix:
-            raise ValueError("suffix: not supported by this server")
+            raise FieldError("suffix", "not supported by this server")
         if self.max_tokens == 0 and not self.echo:
-            raise ValueError("max_tokens: 0 is only allowed together with echo (to score the prompt)")
+            raise FieldError("max_tokens", "0 is only allowed together with echo (to score the prompt)")
         return self
 
     @property
@@ -376,7 +386,7 @@ class CompletionRequest(_SamplingFields):
         return [list(x) for x in p]
 
 
-class TokenizeRequest(_Strict):
+class TokenizeRequest(StrictModel):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
@@ -390,7 +400,7 @@ class TokenizeRequest(_Strict):
         return self
 
 
-class DetokenizeRequest(_Strict):
+class DetokenizeRequest(StrictModel):
     model: str | None = None
     tokens: list[int]
 

@@ -1,8 +1,7 @@
-"""The Responses API (`POST /v1/responses`): bodies and the SSE event sequence, in OpenAI's shape.
+"""The Responses API's output: the response body and its SSE event sequence, in OpenAI's shape.
 
-Stateless: nothing is stored, so `store: true`, `previous_response_id`, `conversation` and
-`background` are refused, as are built-in tools other than `file_search` (RAG over this server's
-vector stores, `astrai.server.file_search`); function tools work as in chat. A stream is
+Built-in tools other than `file_search` (RAG over this server's vector stores,
+`astrai.server.file_search`) are refused; function tools work as in chat. A stream is
 
     response.created, response.in_progress,
     with file_search: its item added, response.file_search_call.in_progress / searching / completed, done,
@@ -29,12 +28,6 @@ def new_id(prefix: str) -> str:
 
 def sse_event(payload: dict) -> str:
     return f"event: {payload['type']}\ndata: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
-
-
-def usage(prompt_tokens: int, output_tokens: int, cached_tokens: int) -> dict:
-    return {"input_tokens": prompt_tokens, "input_tokens_details": {"cached_tokens": cached_tokens},
-            "output_tokens": output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": prompt_tokens + output_tokens}
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""OpenAI response bodies and SSE chunks, built as plain dicts in exactly OpenAI's shape."""
+"""Chat and legacy completions response bodies, SSE chunks and logprobs, as plain dicts in exactly OpenAI's shape."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import json
 from typing import Any
 
 from astrai.scheduler import EngineClient
-from astrai.server.generation import ChoiceState
+from astrai.server.choice import ChoiceState
 from astrai.server.tools import ToolCall
+from astrai.server.usage import TokenUsage
 
 DONE = "data: [DONE]\n\n"
 
@@ -15,15 +16,6 @@ DONE = "data: [DONE]\n\n"
 def sse(payload: dict) -> str:
     """One server-sent event as OpenAI writes it."""
     return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
-
-
-def usage(choices: list[ChoiceState]) -> dict:
-    """OpenAI's usage object: token counts summed over the choices (the one place they are summed)."""
-    prompt = sum(len(c.prompt_ids) for c in choices)
-    completion = sum(len(c.token_ids) for c in choices)
-    cached = sum(c.num_cached_tokens for c in choices)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 class TokenText:
@@ -84,7 +76,7 @@ def chat_completion(request_id: str, created: int, model: str, choices: list[Cho
                     "logprobs": chat_logprobs(c.logprobs, token_text) if token_text else None,
                     "finish_reason": finish})
     return {"id": request_id, "object": "chat.completion", "created": created, "model": model,
-            "system_fingerprint": None, "choices": out, "usage": usage(choices)}
+            "system_fingerprint": None, "choices": out, "usage": TokenUsage.of(choices).completions_body()}
 
 
 def tool_message(content: str, calls: list[ToolCall]) -> dict:
@@ -134,7 +126,7 @@ def text_completion(request_id: str, created: int, model: str, choices: list[Cho
             logprobs = join_logprobs(prompt_logprobs(c, token_text), logprobs)
         out.append({"index": i, "text": prefix + c.text, "logprobs": logprobs, "finish_reason": c.finish_reason})
     return {"id": request_id, "object": "text_completion", "created": created, "model": model,
-            "system_fingerprint": None, "choices": out, "usage": usage(counted or choices)}
+            "system_fingerprint": None, "choices": out, "usage": TokenUsage.of(counted or choices).completions_body()}
 
 
 def chat_chunk(request_id: str, created: int, model: str, index: int, delta: dict, *,
@@ -160,4 +152,4 @@ def completion_chunk(request_id: str, created: int, model: str, index: int, text
 def usage_chunk(request_id: str, created: int, model: str, obj: str, choices: list[ChoiceState]) -> dict:
     """The extra last chunk of stream_options.include_usage: empty choices, the usage."""
     return {"id": request_id, "object": obj, "created": created, "model": model, "system_fingerprint": None,
-            "choices": [], "usage": usage(choices)}
+            "choices": [], "usage": TokenUsage.of(choices).completions_body()}
