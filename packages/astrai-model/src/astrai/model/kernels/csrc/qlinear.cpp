@@ -221,10 +221,14 @@ void tile(const QuantizedActivations& a, int64_t m0, const TileBytes& t, int64_t
     const uint8_t* xb = L.k_scales ? t.super + (b / kBlocksPerSuper) * XB : nullptr;
     if constexpr (ASTRAI_QLINEAR_PREFETCH > 0) {
       // The weights stream from DRAM once per call: ask for them well before they are needed.
+      // Each of the tile's kGroups streams runs past its group's end into the same stream of the
+      // next tile (kGroups groups further on), so a short group (small K) is fetched ahead too.
+      int64_t ahead = b * QB + ASTRAI_QLINEAR_PREFETCH;
+      if (ahead >= t.quant_group) ahead += (V::kGroups - 1) * t.quant_group;
       for (int64_t line = 0; line < QB; line += 64) {
-        _mm_prefetch(reinterpret_cast<const char*>(qb + ASTRAI_QLINEAR_PREFETCH + line), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(t.quants + ahead + line), _MM_HINT_T0);
         if constexpr (V::kGroups == 2)
-          _mm_prefetch(reinterpret_cast<const char*>(qb + t.quant_group + ASTRAI_QLINEAR_PREFETCH + line), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(t.quants + t.quant_group + ahead + line), _MM_HINT_T0);
       }
     }
     F s0, s1;
@@ -400,12 +404,12 @@ void tile_rows(const QuantizedActivations& a, int64_t mc, int64_t mend, const Ti
   }
 }
 
-template <QType QT>
-void gemm(const QuantizedActivations& a, const uint8_t* packed, int64_t N, float* out, int64_t ldo, const float* bias) {
+template <QType QT, class V>
+void gemm_with(const QuantizedActivations& a, const uint8_t* packed, int64_t N, float* out, int64_t ldo, const float* bias) {
   const PackedRegions reg = packed_regions(QT, N, a.K);
   const int64_t M = a.M, nb = reg.blocks;
-  // A tile is WideLanes::kGroups groups; the last one may be a single (narrow) group.
-  constexpr int64_t G = WideLanes::kGroups;
+  // A tile is V::kGroups groups; the last one may be a single (narrow) group.
+  constexpr int64_t G = V::kGroups;
   const int64_t tiles = (reg.groups + G - 1) / G;
   // A task should outweigh the team's fork/join (~2 us): at least ~256 group-block-rows.
   const int64_t grain = std::max<int64_t>(1, 256 / std::max<int64_t>(1, nb * M * G));
@@ -423,13 +427,26 @@ void gemm(const QuantizedActivations& a, const uint8_t* packed, int64_t N, float
         const int valid = static_cast<int>(std::min<int64_t>(G * kRowsPerGroup, N - n0));
         const float* tbias = bias != nullptr ? bias + n0 : nullptr;
         if (G == 1 || g + 1 < reg.groups) {
-          tile_rows<QT, WideLanes>(a, mc, mend, t, nb, out + n0, ldo, valid, tbias);
+          tile_rows<QT, V>(a, mc, mend, t, nb, out + n0, ldo, valid, tbias);
         } else {
           tile_rows<QT, Lanes8>(a, mc, mend, t, nb, out + n0, ldo, valid, tbias);
         }
       }
     }
   });
+}
+
+// Up to this many activation rows a call is bound by reading the weights once: one group per
+// tile then keeps each thread's weights a single sequential stream, which the prefetchers follow
+// better than a wide tile's two. Results are bit-identical either way (lanes.h).
+constexpr int64_t kNarrowTileMaxRows = 2;
+
+template <QType QT>
+void gemm(const QuantizedActivations& a, const uint8_t* packed, int64_t N, float* out, int64_t ldo, const float* bias) {
+  if constexpr (WideLanes::kGroups > 1) {
+    if (a.M <= kNarrowTileMaxRows) return gemm_with<QT, Lanes8>(a, packed, N, out, ldo, bias);
+  }
+  gemm_with<QT, WideLanes>(a, packed, N, out, ldo, bias);
 }
 
 void check_activations_input(const at::Tensor& x, const char* what) {
