@@ -6,7 +6,7 @@
     python -m bench.kernels.forward_profile --chunk 8           # 8 new tokens per sequence over its cache
                                                                 # (speculative verification: 1 + k rows)
 
-Loads the bundled GGUF as the engine serves it (packed Q4_1/Q8_0 linears, float32 activations,
+Loads the bundled GGUF (or `--model PATH`) as the engine serves it (packed Q4_1/Q8_0 linears, float32 activations,
 float16 KV), builds decode steps of `--batch` sequences at `--context` tokens over a paged cache,
 and prints the step's wall time with the native decoder's own per-kernel profile (linears,
 attention, norms, ...). Not part of `python -m bench`; run on an idle machine.
@@ -33,9 +33,11 @@ def main() -> None:
                         "chunk of 1 + k tokens over the cached context; 1 = plain decode)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--model", default="smollm2-135m-instruct",
+                        help="a bundled model's name or a GGUF path (default: the bundled SmolLM2)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model, _ = load_model("smollm2-135m-instruct")
+    model, _ = load_model(args.model)
     fused = NativeForward.build(model)
     if fused is None:
         raise SystemExit("the native kernels are unavailable here (see the log line above)")

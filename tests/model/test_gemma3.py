@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from astrai.model import ForwardBatch, NativeForward, load_model
-from astrai.model.quantized import QuantizedEmbedding
+from astrai.model.quantized import QuantizedEmbedding, QuantizedLinear
 
 TOKENS = Path(__file__).parent.parent / "data" / "tokens"
 PAGE_SIZE = 16
@@ -95,7 +95,10 @@ def test_default_load_serves_every_block_type_packed(gemma_path, gemma, caplog):
         auto, _ = load_model(gemma_path)
     assert isinstance(auto.embed_tokens, QuantizedEmbedding) and auto.dtype == torch.float32
     assert auto.weight_format() == "Q4_K+Q5_0+Q6_K+Q8_0 (packed), float32"  # no dequantized copy of any of them
-    assert any("64 projections served in their GGUF quantization" in r.getMessage() for r in caplog.records)
+    assert any("73 projections served in their GGUF quantization" in r.getMessage() for r in caplog.records)
+    # every projection packed: the Q5_0 q/k with a Q8_0 v (half the layers) widen to Q8_0 exactly
+    assert all(isinstance(m, QuantizedLinear) for layer in auto.layers
+               for m in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj))
     assert not any("dequantizing" in r.getMessage() for r in caplog.records)
     assert any("carries no chat template" in r.getMessage() and "gemma3" in r.getMessage() for r in caplog.records)
     ids = reference("greedy-f32")["prompts"][2]["prompt_ids"]

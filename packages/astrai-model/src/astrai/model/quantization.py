@@ -3,7 +3,7 @@
 `native_type` is the one decision "packed or dequantized" (extend the packable set there and in
 `kernels.quant.QuantType`). With `quantization="auto"` every projection whose GGUF tensors are in
 a natively served type (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K; all parts of a
-fused projection the same type) is repacked once for the native kernels and installed as a
+fused projection the same type, or all of Q4_0 / Q5_0 / Q8_0, which widen to Q8_0 exactly) is repacked once for the native kernels and installed as a
 `QuantizedLinear`; the token table likewise as a `QuantizedEmbedding`, which
 also serves a tied LM head from the same bytes. Everything else (norms, other block types) is
 dequantized as before. Where packed weights cannot be served (no native kernels, a device other
@@ -23,6 +23,7 @@ from .config import ModelConfig
 from .gguf_loader import GGUFFile
 from .kernels import native, native_unavailable_reason
 from .kernels.quant import QuantType, pack_gguf
+from .kernels.widen import WIDENS_TO_Q8_0, widen_to_q8_0
 from .quantized import QuantizedEmbedding, QuantizedLinear
 from .transformer import Transformer
 
@@ -34,7 +35,11 @@ FLOAT_TYPE_NAMES = ("F32", "F16", "BF16")
 
 def native_type(type_ids: set[int], in_features: int) -> QuantType | None:
     """The one decision "served packed or dequantized": the QuantType a projection whose GGUF
-    parts have these block types is packed in, or None (dequantized). Parts must agree."""
+    parts have these block types is packed in, or None (dequantized). Parts must agree, or all
+    widen to Q8_0 exactly (a fused q/k/v of Q5_0 and Q8_0 parts is served as Q8_0)."""
+    if len(type_ids) > 1:
+        exact = {int(t) for t in WIDENS_TO_Q8_0}
+        return QuantType.Q8_0 if type_ids <= exact and in_features % QuantType.Q8_0.block_weights == 0 else None
     if len(type_ids) != 1:
         return None
     (type_id,) = type_ids
@@ -86,7 +91,10 @@ def _packed(file: GGUFFile, names: list[str], config: ModelConfig):
     qtype = native_type({file.tensors[n].type_id for n in names}, file.tensors[names[0]].shape[-1])
     if qtype is None:
         return None
-    parts = [_raw_rows(file, n, config)[0] for n in names]
+    parts = []
+    for name in names:
+        rows, type_id = _raw_rows(file, name, config)
+        parts.append(rows if type_id == qtype else widen_to_q8_0(rows, QuantType(type_id)))
     raw = torch.cat(parts) if len(parts) > 1 else parts[0]
     return pack_gguf(raw, qtype, file.tensors[names[0]].shape[-1])
 
@@ -97,10 +105,13 @@ def _bias(file: GGUFFile, names: list[str], config: ModelConfig) -> torch.Tensor
     return torch.cat([file.tensor(n, config)[0].float() for n in names])
 
 
-def install_packed_weights(model: Transformer, file: GGUFFile) -> int:
-    """Replace every projection (and the token table) the GGUF holds in a served type; returns how many."""
+def install_packed_weights(model: Transformer, file: GGUFFile) -> tuple[int, list[str]]:
+    """Replace every projection (and the token table) the GGUF holds in a served type; returns how
+    many, and the block-type mixes of fused projections left dequantized (parts of served types
+    that no one packed type holds exactly, e.g. Q4_K q/k with a Q6_K v)."""
     config = model.config
     installed = 0
+    mixed: list[str] = []
     for i, layer in enumerate(model.layers):
         p = f"model.layers.{i}."
         attn, mlp = layer.self_attn, layer.mlp
@@ -116,6 +127,9 @@ def install_packed_weights(model: Transformer, file: GGUFFile) -> int:
                 bias = _bias(file, [n.replace(".weight", ".bias") for n in names], config)
                 setattr(parent, attr, QuantizedLinear(packed, bias))
                 installed += 1
+            elif all(native_type({file.tensors[n].type_id}, file.tensors[n].shape[-1]) for n in names):
+                types = "+".join(gguf.GGMLQuantizationType(file.tensors[n].type_id).name for n in names)
+                mixed.append(f"{attr} ({types})")
     table = _packed(file, ["model.embed_tokens.weight"], config)
     if table is not None:
         model.embed_tokens = QuantizedEmbedding(table)
@@ -128,4 +142,4 @@ def install_packed_weights(model: Transformer, file: GGUFFile) -> int:
             model.head_module = QuantizedLinear(head)
             model.lm_head = None
             installed += 1
-    return installed
+    return installed, mixed
