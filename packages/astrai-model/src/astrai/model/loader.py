@@ -12,6 +12,7 @@ from .architectures import Architecture
 from .config import ModelConfig, resolve_dtype
 from .errors import ModelLoadError
 from .gguf_loader import GGUFFile
+from .heap import release_freed_heap
 from .hf_loader import SafetensorsWeights, hf_family, load_hf_tokenizer, parse_hf_config, read_json
 from .quantization import (
     check_mode,
@@ -162,6 +163,7 @@ def _load_gguf(path: Path, name: str | None, dtype, device, quantization: str) -
     if quantization == "auto":
         _install_native_weights(model, file, path.name)
     load_weights(model, lambda tensor_name: file.tensor(tensor_name, config))
+    release_freed_heap()  # the float and block copies that packing and loading went through
     return model, tokenizer
 
 
