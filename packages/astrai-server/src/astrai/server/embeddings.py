@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from astrai.server.body import read_model
 from astrai.server.errors import APIError, bad_request
-from astrai.server.openai_models import StrictModel
+from astrai.server.openai_models import StrictModel, text_or_items
 from pydantic import Field, field_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -37,13 +37,10 @@ class EmbeddingRequest(StrictModel):
     @field_validator("input", mode="before")
     @classmethod
     def _input(cls, value: Any) -> Any:
+        value = text_or_items(value, "must be a string, a list of strings, a list of token ids or a list of "
+                                     "token-id lists, and not empty")
         if isinstance(value, str):
-            if not value:
-                raise ValueError("must not be empty")
             return value
-        if not isinstance(value, list) or not value:
-            raise ValueError("must be a string, a list of strings, a list of token ids or a list of token-id lists, "
-                             "and not empty")
         if len(value) > MAX_INPUTS:
             raise ValueError(f"at most {MAX_INPUTS} inputs per request, got {len(value)}")
         if all(_is_int(v) for v in value):

@@ -34,6 +34,18 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+def text_or_items(value: Any, items_error: str) -> Any:
+    """An `input` field's first check: a non-empty string (returned as is), or a non-empty list
+    (returned for the caller to check its items); anything else raises `items_error`."""
+    if isinstance(value, str):
+        if not value:
+            raise ValueError("must not be empty")
+        return value
+    if not isinstance(value, list) or not value:
+        raise ValueError(items_error)
+    return value
+
+
 class StreamOptions(StrictModel):
     include_usage: bool | None = None
     continuous_usage_stats: bool | None = None

@@ -12,7 +12,13 @@ from typing import Any, Literal
 
 from astrai.scheduler import FieldError
 from astrai.server.errors import bad_request
-from astrai.server.openai_models import MAX_TOOLS, FunctionDefinition, StreamOptions, StrictModel
+from astrai.server.openai_models import (
+    MAX_TOOLS,
+    FunctionDefinition,
+    StreamOptions,
+    StrictModel,
+    text_or_items,
+)
 from astrai.server.responses_events import new_id
 from pydantic import Field, field_validator, model_validator
 
@@ -76,13 +82,7 @@ class ResponsesRequest(StrictModel):
     @field_validator("input", mode="before")
     @classmethod
     def _input(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            if not value:
-                raise ValueError("must not be empty")
-            return value
-        if not isinstance(value, list) or not value:
-            raise ValueError("must be a string or a non-empty list of input items")
-        return value
+        return text_or_items(value, "must be a string or a non-empty list of input items")
 
     @model_validator(mode="after")
     def _stateless(self) -> ResponsesRequest:
