@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 
 def release_freed_heap() -> None:
@@ -13,10 +12,8 @@ def release_freed_heap() -> None:
     such sizes from its heap and keeps the pages after they are freed, so without this the
     process would hold them as resident memory for its whole life.
     """
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
     try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
+        # the process's own symbols (libc among them): no library search, which would spawn ldconfig
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS) or no dlopen (Windows)
         pass
