@@ -191,7 +191,7 @@ def test_low_bit_gguf_is_served_packed(hf_tiny, qtype, tmp_path):
     layer = packed.layers[1]
     for module in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj,
                    packed.head_module):
-        assert isinstance(module, QuantizedLinear) and module.weight_packed.qtype.name == qtype
+        assert isinstance(module, QuantizedLinear) and [q.name for q in module.qtypes] == [qtype]
     assert isinstance(packed.embed_tokens, QuantizedEmbedding) and packed.lm_head is None
     assert packed.dtype == torch.float32 and packed.low_bit and not dense.low_bit
     ids = torch.randint(0, 259, (40,), generator=torch.Generator().manual_seed(4))

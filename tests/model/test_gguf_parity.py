@@ -24,8 +24,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from astrai.model import ForwardBatch, Transformer, load_model
+from astrai.model import ForwardBatch, NativeForward, Transformer, load_model
 from astrai.model.gguf_loader import GGUFFile
+from astrai.model.quantized import QuantizedLinear
 
 from bench.fixtures.tiny_models import SPECS, gguf_path, reference_model
 
@@ -46,7 +47,7 @@ def reference_logits(name: str, ids: list[int]) -> torch.Tensor:
         return reference_model(name)(torch.tensor([ids])).logits[0].float()
 
 
-def paged_logits(model: Transformer, ids: list[int], chunks: tuple[int, ...]) -> torch.Tensor:
+def paged_logits(model: Transformer | NativeForward, ids: list[int], chunks: tuple[int, ...]) -> torch.Tensor:
     """Logits of every position, computed as the engine does: prefill chunks over the cached
     prefix, then decode steps, K/V in scattered pages."""
     c = model.config
@@ -125,3 +126,13 @@ def test_quantized_conversions_stay_close(name, kind, bound, k_quants):
     assert relative_error(paged_logits(auto, ids, chunks=(20,)), got) <= 0.005
     if kind == "Q8_0":
         assert auto.low_bit and "Q8_0 (packed)" in auto.weight_format()
+    # every projection served packed, none dequantized; a fused projection whose parts mix
+    # block types (Q4_K_M's Q4_K q/k with a Q6_K v) keeps each part in its own type
+    projections = [m for layer in auto.layers for m in (layer.self_attn.qkv_proj, layer.self_attn.o_proj,
+                                                          layer.mlp.gate_up_proj, layer.mlp.down_proj)]
+    assert all(isinstance(m, QuantizedLinear) for m in projections)
+    split = {tuple(q.name for q in m.qtypes) for m in projections if len(m.qtypes) > 1}
+    assert (("Q4_K", "Q4_K", "Q6_K") in split) == (kind == "Q4_K_M")
+    fused = NativeForward.build(auto)
+    assert fused is not None
+    assert relative_error(paged_logits(fused, ids, chunks=(20,)), got) <= 0.005

@@ -57,22 +57,36 @@ def random_model(config: ModelConfig, seed: int = 0) -> Transformer:
     return model
 
 
-def quantize_linears(model: Transformer, qtype: QuantType) -> None:
-    """Replace every projection and the table by packed weights quantized with `gguf`."""
+# "mixed": each fused projection's parts in different block types that no one type holds exactly
+# (as a Q4_K_M file's Q4_K q/k with a Q6_K v), served as packed parts.
+MIXED_PARTS = (QuantType.Q4_1, QuantType.Q8_0, QuantType.Q4_0)
 
-    def packed(weight: torch.Tensor):
-        raw = gguf.quants.quantize(weight.detach().numpy().astype(np.float32), gguf.GGMLQuantizationType(int(qtype)))
-        return pack_gguf(torch.from_numpy(np.ascontiguousarray(raw)), qtype, weight.shape[1])
 
+def quantize_linears(model: Transformer, qtype: QuantType | None) -> None:
+    """Replace every projection and the table by packed weights quantized with `gguf` (qtype None:
+    the fused q/k/v and gate/up projections split into parts of MIXED_PARTS' types)."""
+
+    def packed(weight: torch.Tensor, kind: QuantType):
+        raw = gguf.quants.quantize(weight.detach().numpy().astype(np.float32), gguf.GGMLQuantizationType(int(kind)))
+        return pack_gguf(torch.from_numpy(np.ascontiguousarray(raw)), kind, weight.shape[1])
+
+    c = model.config
+    q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
     for layer in model.layers:
-        for parent, attr in ((layer.self_attn, "qkv_proj"), (layer.self_attn, "o_proj"),
-                             (layer.mlp, "gate_up_proj"), (layer.mlp, "down_proj")):
+        for parent, attr, sizes in ((layer.self_attn, "qkv_proj", [q, kv, kv]), (layer.self_attn, "o_proj", None),
+                                    (layer.mlp, "gate_up_proj", [c.intermediate_size] * 2),
+                                    (layer.mlp, "down_proj", None)):
             linear = getattr(parent, attr)
-            setattr(parent, attr, QuantizedLinear(packed(linear.weight), linear.bias))
-    table = packed(model.embed_tokens.weight)
+            if qtype is None and sizes is not None:
+                parts = [packed(w, kind) for w, kind in zip(linear.weight.split(sizes), MIXED_PARTS, strict=False)]
+                setattr(parent, attr, QuantizedLinear(parts, linear.bias))
+            else:
+                setattr(parent, attr, QuantizedLinear(packed(linear.weight, qtype or QuantType.Q4_1), linear.bias))
+    kind = qtype or QuantType.Q8_0
+    table = packed(model.embed_tokens.weight, kind)
     tied = model.lm_head is None
     model.embed_tokens = QuantizedEmbedding(table)
-    model.head_module = QuantizedLinear(table if tied else packed(model.lm_head))
+    model.head_module = QuantizedLinear(table if tied else packed(model.lm_head, kind))
     model.lm_head = None
 
 
@@ -100,7 +114,7 @@ def ragged_batch(config: ModelConfig, kv_dtype: torch.dtype):
     # Packed layers quantize their input to int8: a last-bit difference upstream (qwen3's q/k norm
     # sums in another order) can move one activation to the next int8 step, hence 2e-3 there.
     ("dense", torch.float32, 2e-4), ("Q4_0", torch.float32, 2e-3), ("Q4_1", torch.float32, 2e-3),
-    ("Q8_0", torch.float32, 2e-3),
+    ("Q8_0", torch.float32, 2e-3), ("mixed", torch.float32, 2e-3),
     # The Python path attends a fresh prefill over its unrounded K/V, the native one always reads
     # the float16 cache: the K/V rounding (~5e-4 relative) is the whole difference.
     ("dense", torch.float16, 3e-3),
@@ -110,7 +124,9 @@ def test_native_forward_equals_python_layers(kind, weights, kv_dtype, tolerance)
     config = tiny(kind)
     model = random_model(config)
     if weights != "dense":
-        quantize_linears(model, QuantType[weights])
+        quantize_linears(model, None if weights == "mixed" else QuantType[weights])
+    if weights == "mixed":
+        assert model.layers[0].self_attn.qkv_proj.qtypes == MIXED_PARTS
     prefix, step, kv_python = ragged_batch(config, kv_dtype)
     _, _, kv_native = ragged_batch(config, kv_dtype)
     model(prefix, kv_python, PAGE)

@@ -176,13 +176,9 @@ def _install_native_weights(model: Transformer, file: GGUFFile, source: str) -> 
         if blocker is not None:
             log.warning("%s: dequantizing its low-bit weights to %s: %s", source, dtype, blocker)
             return
-        count, mixed = install_packed_weights(model, file)
+        count = install_packed_weights(model, file)
         log.info("%s: %d projections served in their GGUF quantization (%s)", source, count,
                  ", ".join(sorted(file.quant_types())))
-        if mixed:
-            kinds = sorted(set(mixed))
-            log.info("%s: dequantizing %d fused projections to %s: their parts mix block types no one packed "
-                     "type holds exactly (%s)", source, len(mixed), dtype, ", ".join(kinds))
     leftover = dequantized_types(file)
     if leftover:
         log.info("%s: dequantizing its %s tensors to %s (no native kernel for these types)", source,

@@ -35,8 +35,11 @@ class NotNative(Exception):
 
 def _linear_weight(module: nn.Module, native: Any, name: str) -> Any:
     if isinstance(module, QuantizedLinear):
-        w = module.weight_packed
-        return native.LinearWeight(int(w.qtype), w.out_features, w.in_features, packed=w.data, bias=module.bias)
+        parts = [native.LinearWeight(int(w.qtype), w.out_features, w.in_features, packed=w.data, bias=bias)
+                 for w, bias in zip(module.parts, module.part_biases(), strict=True)]
+        if len(parts) == 1:
+            return parts[0]
+        return native.LinearWeight(0, module.out_features, module.in_features, parts=parts)
     if isinstance(module, nn.Linear) and module.weight.dtype == torch.float32:
         bias = None if module.bias is None else module.bias.detach().contiguous()
         weight = module.weight.detach().contiguous()

@@ -3,7 +3,8 @@
 `native_type` is the one decision "packed or dequantized" (extend the packable set there and in
 `kernels.quant.QuantType`). With `quantization="auto"` every projection whose GGUF tensors are in
 a natively served type (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K; all parts of a
-fused projection the same type, or all of Q4_0 / Q5_0 / Q8_0, which widen to Q8_0 exactly) is repacked once for the native kernels and installed as a
+fused projection the same type, or all of Q4_0 / Q5_0 / Q8_0, which widen to Q8_0 exactly; other
+mixes keep each part in its own type) is repacked once for the native kernels and installed as a
 `QuantizedLinear`; the token table likewise as a `QuantizedEmbedding`, which
 also serves a tied LM head from the same bytes. Everything else (norms, other block types) is
 dequantized as before. Where packed weights cannot be served (no native kernels, a device other
@@ -22,7 +23,7 @@ import torch
 from .config import ModelConfig
 from .gguf_loader import GGUFFile
 from .kernels import native, native_unavailable_reason
-from .kernels.quant import QuantType, pack_gguf
+from .kernels.quant import PackedWeight, QuantType, pack_gguf
 from .kernels.widen import WIDENS_TO_Q8_0, widen_to_q8_0
 from .quantized import QuantizedEmbedding, QuantizedLinear
 from .transformer import Transformer
@@ -86,17 +87,27 @@ def _raw_rows(file: GGUFFile, name: str, config: ModelConfig) -> tuple[torch.Ten
     return file.unpermute(name, raw, config), info.type_id
 
 
-def _packed(file: GGUFFile, names: list[str], config: ModelConfig):
-    """The fused weight of `names` packed, or None if `native_type` says it is dequantized."""
-    qtype = native_type({file.tensors[n].type_id for n in names}, file.tensors[names[0]].shape[-1])
-    if qtype is None:
-        return None
+def _packed(file: GGUFFile, names: list[str], config: ModelConfig) -> list[PackedWeight] | None:
+    """The fused weight of `names` as packed parts (one, or one per tensor where their block types
+    differ and no one type holds them all exactly), or None where a part is dequantized."""
+    in_features = file.tensors[names[0]].shape[-1]
+    types = {file.tensors[n].type_id for n in names}
+    fused = native_type(types, in_features)
+    if fused is None:
+        if not all(native_type({t}, in_features) for t in types):
+            return None
+        return [_packed_one(file, n, config) for n in names]  # e.g. Q4_K q/k with a Q6_K v
     parts = []
     for name in names:
         rows, type_id = _raw_rows(file, name, config)
-        parts.append(rows if type_id == qtype else widen_to_q8_0(rows, QuantType(type_id)))
+        parts.append(rows if type_id == fused else widen_to_q8_0(rows, QuantType(type_id)))
     raw = torch.cat(parts) if len(parts) > 1 else parts[0]
-    return pack_gguf(raw, qtype, file.tensors[names[0]].shape[-1])
+    return [pack_gguf(raw, fused, in_features)]
+
+
+def _packed_one(file: GGUFFile, name: str, config: ModelConfig) -> PackedWeight:
+    rows, type_id = _raw_rows(file, name, config)
+    return pack_gguf(rows, QuantType(type_id), file.tensors[name].shape[-1])
 
 
 def _bias(file: GGUFFile, names: list[str], config: ModelConfig) -> torch.Tensor | None:
@@ -105,13 +116,11 @@ def _bias(file: GGUFFile, names: list[str], config: ModelConfig) -> torch.Tensor
     return torch.cat([file.tensor(n, config)[0].float() for n in names])
 
 
-def install_packed_weights(model: Transformer, file: GGUFFile) -> tuple[int, list[str]]:
-    """Replace every projection (and the token table) the GGUF holds in a served type; returns how
-    many, and the block-type mixes of fused projections left dequantized (parts of served types
-    that no one packed type holds exactly, e.g. Q4_K q/k with a Q6_K v)."""
+def install_packed_weights(model: Transformer, file: GGUFFile) -> int:
+    """Replace every projection (and the token table) the GGUF holds in served types; returns how
+    many. A fused projection whose parts mix block types keeps each part in its own type."""
     config = model.config
     installed = 0
-    mixed: list[str] = []
     for i, layer in enumerate(model.layers):
         p = f"model.layers.{i}."
         attn, mlp = layer.self_attn, layer.mlp
@@ -127,19 +136,17 @@ def install_packed_weights(model: Transformer, file: GGUFFile) -> tuple[int, lis
                 bias = _bias(file, [n.replace(".weight", ".bias") for n in names], config)
                 setattr(parent, attr, QuantizedLinear(packed, bias))
                 installed += 1
-            elif all(native_type({file.tensors[n].type_id}, file.tensors[n].shape[-1]) for n in names):
-                types = "+".join(gguf.GGMLQuantizationType(file.tensors[n].type_id).name for n in names)
-                mixed.append(f"{attr} ({types})")
     table = _packed(file, ["model.embed_tokens.weight"], config)
     if table is not None:
-        model.embed_tokens = QuantizedEmbedding(table)
+        (table_weight,) = table
+        model.embed_tokens = QuantizedEmbedding(table_weight)
         installed += 1
         if config.tie_word_embeddings:
-            model.head_module = QuantizedLinear(table)
+            model.head_module = QuantizedLinear(table_weight)
     if not config.tie_word_embeddings:
         head = _packed(file, ["lm_head.weight"], config)
         if head is not None:
             model.head_module = QuantizedLinear(head)
             model.lm_head = None
             installed += 1
-    return installed, mixed
+    return installed

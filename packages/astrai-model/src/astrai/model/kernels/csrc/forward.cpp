@@ -24,6 +24,19 @@ at::Tensor slice2d(const at::Tensor& flat, int64_t& offset, int64_t rows, int64_
 
 void LinearWeight::validate(const char* name) const {
   TORCH_CHECK(out_features > 0 && in_features > 0, name, ": empty weight");
+  if (!parts.empty()) {
+    TORCH_CHECK(qtype == 0 && !packed.defined() && !dense.defined() && !bias.has_value(), name,
+                ": a weight split into parts holds no weight or bias of its own");
+    int64_t total = 0;
+    for (const LinearWeight& part : parts) {
+      TORCH_CHECK(part.qtype != 0 && part.parts.empty(), name, ": every part must be a packed weight");
+      TORCH_CHECK(part.in_features == in_features, name, ": part in_features ", part.in_features, " != ", in_features);
+      part.validate(name);
+      total += part.out_features;
+    }
+    TORCH_CHECK(total == out_features, name, ": parts have ", total, " outputs, the weight ", out_features);
+    return;
+  }
   if (qtype != 0) {
     TORCH_CHECK(packed.defined(), name, ": packed weight missing");
     check_packed(packed, checked_qtype(qtype), out_features, in_features, name);
@@ -39,6 +52,17 @@ void LinearWeight::validate(const char* name) const {
 
 void LinearWeight::run(const at::Tensor& x, const at::Tensor& out) const {
   at::Tensor target = out;
+  if (!parts.empty()) {
+    // Each output column is computed exactly as if its part were a weight of its own.
+    const QuantizedActivations a = quantize_activations(x);
+    int64_t column = 0;
+    for (const LinearWeight& part : parts) {
+      at::Tensor columns = out.narrow(1, column, part.out_features);
+      qlinear_out(a, part.packed, static_cast<QType>(part.qtype), part.out_features, in_features, part.bias, columns);
+      column += part.out_features;
+    }
+    return;
+  }
   if (qtype != 0) {
     qlinear_out(quantize_activations(x), packed, static_cast<QType>(qtype), out_features, in_features, bias, target);
     return;

@@ -19,17 +19,20 @@
 
 namespace astrai {
 
-// One projection: packed low-bit (qtype != 0) or dense float32 [N, K].
+// One projection: packed low-bit (qtype != 0), dense float32 [N, K], or a fused projection whose
+// parts are packed in different block types (a Q4_K_M file's Q4_K q/k with a Q6_K v): `parts`
+// stacked along the outputs, each run into its own columns of out over one quantization of x.
 struct LinearWeight {
-  int64_t qtype = 0;  // 0: dense; else a GGML type id served by qlinear (packed_layout.h)
+  int64_t qtype = 0;  // 0: dense (or split into parts); else a GGML type id served by qlinear
   int64_t out_features = 0;
   int64_t in_features = 0;
   at::Tensor packed;  // uint8, qlinear's layout (quantized)
   at::Tensor dense;   // float32 [N, K] contiguous (dense)
-  std::optional<at::Tensor> bias;  // float32 [N]
+  std::optional<at::Tensor> bias;  // float32 [N] (a split weight's parts carry their own)
+  std::vector<LinearWeight> parts;  // non-empty: packed parts, in output order
 
   void validate(const char* name) const;
-  // out [M, N] (contiguous rows) = x [M, K] W^T (+ bias).
+  // out [M, N] (rows of any stride >= N, unit column stride) = x [M, K] W^T (+ bias).
   void run(const at::Tensor& x, const at::Tensor& out) const;
 };
 

@@ -94,7 +94,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 
   py::class_<LinearWeight>(m, "LinearWeight", py::module_local())
       .def(py::init([](int64_t qtype, int64_t out_features, int64_t in_features, std::optional<at::Tensor> packed,
-                       std::optional<at::Tensor> dense, std::optional<at::Tensor> bias) {
+                       std::optional<at::Tensor> dense, std::optional<at::Tensor> bias,
+                       std::vector<LinearWeight> parts) {
              LinearWeight w;
              w.qtype = qtype;
              w.out_features = out_features;
@@ -102,11 +103,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              if (packed) w.packed = *packed;
              if (dense) w.dense = *dense;
              w.bias = bias;
+             w.parts = std::move(parts);
              w.validate("LinearWeight");
              return w;
            }),
            py::arg("qtype"), py::arg("out_features"), py::arg("in_features"), py::arg("packed") = py::none(),
-           py::arg("dense") = py::none(), py::arg("bias") = py::none());
+           py::arg("dense") = py::none(), py::arg("bias") = py::none(),
+           py::arg("parts") = std::vector<LinearWeight>());
 
   py::class_<DecoderLayerWeights>(m, "DecoderLayerWeights", py::module_local())
       .def(py::init([](at::Tensor input_norm, at::Tensor mlp_norm, LinearWeight qkv, LinearWeight o,
