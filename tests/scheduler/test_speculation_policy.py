@@ -73,6 +73,52 @@ def test_a_compute_bound_step_gets_no_drafts():
     assert all(c.draft for c in cheap.chunks)
 
 
+class CountingProposer(PromptLookupProposer):
+    """Prompt lookup that records which requests it was asked for, step by step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[list[str]] = []
+
+    def propose(self, requests, limits):
+        self.asked.append([r.request_id for r in requests])
+        return super().propose(requests, limits)
+
+
+def advance(sched, plan) -> None:
+    """Every chunk of the plan computed (drafts rejected) and one token sampled: the next step decodes."""
+    for c in plan.chunks:
+        sched.kv.truncate(c.request.request_id, c.start + 1)
+        c.request.num_computed = c.start + 1
+        c.request.append_token(REPEAT[len(c.request.output_token_ids) % len(REPEAT)], None, time.monotonic())
+
+
+def test_requests_whose_drafts_do_not_pay_are_asked_less_often():
+    proposer = CountingProposer()
+    kv, sched, spec = setup(ratio=2.0, proposer=proposer)  # compute-bound: drafts are declined
+    decoding(sched, 8)
+    asked_at = []
+    for step in range(16):
+        plan = sched.schedule()
+        spec.extend(plan, sched)
+        assert all(c.draft == [] for c in plan.chunks)
+        if proposer.asked and len(proposer.asked) > len(asked_at):
+            asked_at.append(step)
+            assert len(proposer.asked[-1]) == 8
+        advance(sched, plan)
+    assert asked_at == [0, 2, 5, 10], asked_at  # pauses of 1, 2, 4, then 8 steps
+    # the same requests on cheap rows: the draft pays, so the request is asked every step
+    proposer = CountingProposer()
+    _, sched, spec = setup(ratio=0.1, proposer=proposer)
+    decoding(sched, 8)
+    for _ in range(3):
+        plan = sched.schedule()
+        spec.extend(plan, sched)
+        assert all(c.draft for c in plan.chunks)
+        advance(sched, plan)
+    assert [len(a) for a in proposer.asked] == [8, 8, 8]
+
+
 def test_drafts_respect_max_tokens_the_step_budget_and_the_opt_out():
     _, sched, spec = setup(max_tokens=16)
     (req,) = decoding(sched, max_tokens=4)  # 1 generated, 3 left: at most 2 draft tokens + the target's own

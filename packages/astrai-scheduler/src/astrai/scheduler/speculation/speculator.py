@@ -13,8 +13,11 @@ expected tokens than it costs, with the step's cost per row learnt by `StepCost`
 the step's tokens per unit of time go up). One user on a memory-bound step gets long drafts;
 a step already full of rows (compute-bound) gets only near-certain tokens, then none; a
 request whose drafts keep failing sees its estimates fall and stops drafting, and they drift
-back slowly so it tries again later. Drafts only use free pages above the watermark: memory
-short means shorter drafts, never an eviction or a preemption.
+back slowly so it tries again later. A request whose draft did not pay is not asked again for a
+few steps (1, 2, 4, then every 8 while it keeps not paying; reset once one is taken): in a step
+full of rows the proposer's search would otherwise run for every request, every step, for
+drafts that are then declined. Drafts only use free pages above the watermark: memory short
+means shorter drafts, never an eviction or a preemption.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ FADE = 0.97  # ... and per step without a draft
 MAX_CALIBRATION = 4.0
 MAX_TOKEN_ESTIMATE = 0.98  # no draft token is ever taken for certain: long paths always decay
 BANDS = (0.6, 0.85, 1.0)  # upper bounds of the bands a proposer's estimates are calibrated in
+MAX_QUIET_STEPS = 8  # the longest pause in asking for a request whose drafts do not pay
 
 
 @dataclass
@@ -122,6 +126,8 @@ class Speculator:
         self.counters = SpeculationCounters()
         self._estimates: dict[str, _Estimates] = {}
         self._drafted: dict[str, list[float] | None] = {}  # this step's drafts' own per-token estimates
+        self._step = 0
+        self._quiet: dict[str, tuple[int, int]] = {}  # request -> (not asked before this step, pause)
 
     # --- planning ----------------------------------------------------------------------
 
@@ -135,6 +141,7 @@ class Speculator:
         """Give this step's decoding chunks the drafts that pay, reserving their pages."""
         if plan.preempted:  # pages are tight: no optional work this step
             return
+        self._step += 1
         chunks = [c for c in plan.chunks if c.sample and self.eligible(c.request, c.start, c.end)]
         if not chunks:
             return
@@ -146,7 +153,8 @@ class Speculator:
         for c in chunks:
             est = self._estimate(c.request)
             limit = min(self.max_tokens, c.request.tokens_left - 1, room)
-            if limit <= 0 or est.best <= rho * tokens / (1.0 + rho * rows):
+            quiet = self._step < self._quiet.get(c.request.request_id, (0, 0))[0]
+            if quiet or limit <= 0 or est.best <= rho * tokens / (1.0 + rho * rows):
                 est.recover()
                 continue
             asked.append(c)
@@ -169,6 +177,7 @@ class Speculator:
             if taken[i] < len(paths[i]):
                 heapq.heappush(heap, (-paths[i][taken[i]], i))
         for c, d, k in zip(asked, drafts, taken, strict=True):
+            self._note_payoff(c.request.request_id, declined=bool(d.tokens) and not k)
             if k:
                 end = scheduler.reserve_ahead(c.request, c.end, c.end + k)
                 k = end - c.end
@@ -178,6 +187,14 @@ class Speculator:
             c.draft = d.tokens[:k]
             c.end += k
             self._drafted[c.request.request_id] = d.probs[:k] if d.probs is not None else None
+
+    def _note_payoff(self, request_id: str, *, declined: bool) -> None:
+        """After asking: a declined draft doubles the request's pause in asking; anything else ends it."""
+        if not declined:
+            self._quiet.pop(request_id, None)
+            return
+        pause = min(MAX_QUIET_STEPS, 2 * self._quiet.get(request_id, (0, 0))[1] or 1)
+        self._quiet[request_id] = (self._step + 1 + pause, pause)
 
     def _estimate(self, req: Request) -> _Estimates:
         est = self._estimates.get(req.request_id)
@@ -218,4 +235,5 @@ class Speculator:
     def finish(self, req: Request) -> None:
         self._estimates.pop(req.request_id, None)
         self._drafted.pop(req.request_id, None)
+        self._quiet.pop(req.request_id, None)
         self.proposer.finish(req)
