@@ -93,21 +93,16 @@ def _packed(file: GGUFFile, names: list[str], config: ModelConfig) -> list[Packe
     in_features = file.tensors[names[0]].shape[-1]
     types = {file.tensors[n].type_id for n in names}
     fused = native_type(types, in_features)
-    if fused is None:
-        if not all(native_type({t}, in_features) for t in types):
+    if fused is None:  # parts of different served types (Q4_K q/k with a Q6_K v): each as itself
+        if len(names) == 1 or not all(native_type({t}, in_features) for t in types):
             return None
-        return [_packed_one(file, n, config) for n in names]  # e.g. Q4_K q/k with a Q6_K v
+        return [part for name in names for part in _packed(file, [name], config) or ()]
     parts = []
     for name in names:
         rows, type_id = _raw_rows(file, name, config)
         parts.append(rows if type_id == fused else widen_to_q8_0(rows, QuantType(type_id)))
     raw = torch.cat(parts) if len(parts) > 1 else parts[0]
     return [pack_gguf(raw, fused, in_features)]
-
-
-def _packed_one(file: GGUFFile, name: str, config: ModelConfig) -> PackedWeight:
-    rows, type_id = _raw_rows(file, name, config)
-    return pack_gguf(rows, QuantType(type_id), file.tensors[name].shape[-1])
 
 
 def _bias(file: GGUFFile, names: list[str], config: ModelConfig) -> torch.Tensor | None:
