@@ -61,6 +61,10 @@ class QuantizedEmbedding(nn.Module):
         self.weight_packed = weight
         self.num_embeddings, self.embedding_dim = weight.out_features, weight.in_features
 
+    @property
+    def qtypes(self) -> tuple[QuantType, ...]:
+        return (self.weight_packed.qtype,)
+
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         return embedding_rows(self.weight_packed, token_ids)
 

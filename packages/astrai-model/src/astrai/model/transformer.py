@@ -110,8 +110,8 @@ class Transformer(nn.Module):
 
     def weight_format(self) -> str:
         """What the weights are held as, e.g. "Q4_1+Q8_0 (packed), float32" or "bfloat16 (oneDNN packed)"."""
-        packed = sorted({q.name for m in self.modules() if isinstance(m, QuantizedLinear) for q in m.qtypes}
-                        | {m.weight_packed.qtype.name for m in self.modules() if isinstance(m, QuantizedEmbedding)})
+        packed = sorted({q.name for m in self.modules() if isinstance(m, (QuantizedLinear, QuantizedEmbedding))
+                         for q in m.qtypes})
         dense = str(self.dtype).removeprefix("torch.") + (" (oneDNN packed)" if self.packed else "")
         return f"{'+'.join(packed)} (packed), {dense}" if packed else dense
 
