@@ -6,7 +6,10 @@
 // sequence (few query vectors per KV head) is one item over all its KV heads; a chunk makes items
 // of (KV head, block of query rows). An item whose keys span several 128-key pieces is split into
 // one work unit per piece; the pieces' partial softmaxes are merged, in piece order, by whichever
-// thread finishes the last one. Units are handed out largest first from a shared counter.
+// thread finishes the last one. Units are handed out largest first from a shared counter; each
+// thread claims its next unit before running the current one (while enough remain for the
+// others), and K/V rows are prefetched one tile ahead from inside the score loop, a few keys per
+// step, the last tile fetching the next unit's first.
 // Per tile of 32 keys an item computes its vectors' scores, runs each vector's softmax step
 // (eight keys per instruction, lane sums by key offset mod 8: the canonical order), then P V in
 // register blocks of vectors: a vector whose tile is only partly visible (the causal diagonal, a
@@ -192,13 +195,33 @@ inline void score_block(const float* q, int64_t D, const typename L::T* const* k
   }
 }
 
+// One head's K and V rows of the next tile, pulled towards the caches a few keys at a time from
+// inside this tile's score loop: spread over the work, the requests stay within what the core
+// can keep in flight instead of stalling it in one burst.
+struct NextRows {
+  const char* k[kTile];
+  const char* v[kTile];
+  int n = 0;
+  int64_t bytes = 0;  // of one row
+
+  void fetch(int i0, int i1) const {
+    for (int i = i0; i < std::min(i1, n); ++i)
+      for (int64_t b = 0; b < bytes; b += 64) {
+        simd::prefetch_l2(k[i] + b);
+        simd::prefetch_l2(v[i] + b);
+      }
+  }
+};
+
 // Scores of M query vectors (q, stride D) against n keys: vector m's score of key i at
 // s[i * ld + m * lm]. Keys go in fours; a short tail repeats the last key into up to 3 entries
-// past n, which the caller's buffer holds and never reads.
+// past n, which the caller's buffer holds and never reads. `next` (may be null): rows to
+// prefetch alongside, as many keys of it per step as the step scores.
 template <typename L>
 void scores(const float* q, int M, int64_t D, const typename L::T* const* k, int n, float* s, int64_t ld,
-            int64_t lm) {
+            int64_t lm, const NextRows* next) {
   for (int i = 0; i < n; i += 4) {
+    if (next != nullptr) next->fetch(i, i + 4);
     const typename L::T* k4[4];
     for (int j = 0; j < 4; ++j) k4[j] = k[std::min(i + j, n - 1)];
     float* si = s + static_cast<int64_t>(i) * ld;
@@ -207,6 +230,17 @@ void scores(const float* q, int M, int64_t D, const typename L::T* const* k, int
     if (M - m == 2) score_block<2, L>(q + m * D, D, k4, si + m * lm, ld, lm);
     if (M - m == 1) score_block<1, L>(q + m * D, D, k4, si + m * lm, ld, lm);
   }
+  if (next != nullptr) next->fetch(static_cast<int>(round_up(n, 4)), kTile);
+}
+
+// Heads [head, head + heads) of keys [key, key + n) (contiguous in each slot) as NextRows.
+// Chunk items read one head, decode items every head of the slot.
+NextRows rows_ahead(const Problem& p, int32_t seq, int64_t head, int64_t heads, int key, int n) {
+  NextRows r;
+  r.n = std::max(0, n);
+  r.bytes = heads * p.head_dim * p.elem_bytes;
+  if (r.n > 0) tile_rows<char>(p, seq, head, key, r.n, r.k, r.v);
+  return r;
 }
 
 // o[r][d0 .. d0+W) = fma(P(n, r), v[n][d], o) for n in order, r < MR; P(n, r) = p[n * sn + r * sr].
@@ -316,22 +350,6 @@ void pv_tile(const TileKeys& t, const float* P, int64_t sn, int64_t sr, const ty
   }
 }
 
-// Pull the K and V cache slots (every KV head) of keys [key, key + n) towards the caches: the
-// tiles are read head by head, so without this each slot would come from DRAM in pieces.
-// `which`: 1 = K, 2 = V, 3 = both.
-template <typename T>
-void prefetch_slots(const Problem& p, int32_t seq, int key, int n, int which) {
-  const T* k[kTile];
-  const T* v[kTile];
-  tile_rows(p, seq, 0, key, n, k, v);
-  const int64_t bytes = p.kv_heads * p.head_dim * p.elem_bytes;
-  for (int i = 0; i < n; ++i)
-    for (int64_t b = 0; b < bytes; b += 64) {
-      if (which & 1) simd::prefetch_l2(reinterpret_cast<const char*>(k[i]) + b);
-      if (which & 2) simd::prefetch_l2(reinterpret_cast<const char*>(v[i]) + b);
-    }
-}
-
 constexpr int kStride = kTile + 8;  // scores per vector (a four-key tail may spill 3 past the tile)
 
 // The online-softmax step of one vector for one tile: its scores sm[j] at tile offsets j (only
@@ -374,8 +392,10 @@ inline float softmax_vector(float* sm, int b, int e, float& mx, float& l) {
 // (eight keys per instruction), then P V in register blocks of vectors. Decode-sized units read
 // K/V in place (each row once per head's few vectors); chunk units, whose many vectors reread each
 // row, convert float16 / bfloat16 tiles to float32 once.
+// `fetched`: the first tile was already requested (by the unit before); `following` (may be
+// null): the unit this thread runs next, whose first tile streams in during this one's last.
 template <typename L>
-void run_tiles(const Problem& p, const Item& it, Scratch& s, Accum acc) {
+void run_tiles(const Problem& p, const Item& it, Scratch& s, Accum acc, bool fetched, const Item* following) {
   using T = typename L::T;
   const int64_t D = p.head_dim;
   const int per_head = it.rows * static_cast<int>(p.group);
@@ -397,11 +417,19 @@ void run_tiles(const Problem& p, const Item& it, Scratch& s, Accum acc) {
     const TileKeys t{tile, std::max(tile, it.key0), std::min(tile + kTile, it.key1)};
     const int j0 = t.k0 - tile, nk = t.k1 - t.k0;
     const int next = std::min(kTile, it.key1 - tile - kTile);  // keys of the next tile (<= 0: none)
-    if (tile == first_tile) prefetch_slots<T>(p, it.seq, t.k0, nk, 3);
-    if (next > 0) prefetch_slots<T>(p, it.seq, tile + kTile, next, 1);  // its K while this one's scores run
+    if (tile == first_tile && !fetched) rows_ahead(p, it.seq, it.kv_head, it.heads, t.k0, nk).fetch(0, kTile);
     visible(p, it, t, per_head, M, Mp, s);
     for (int h = 0; h < it.heads; ++h) {
       tile_rows(p, it.seq, it.kv_head + h, t.k0, nk, krow, vrow);
+      NextRows ahead;
+      if (next > 0) {
+        ahead = rows_ahead(p, it.seq, it.kv_head + h, 1, tile + kTile, next);
+      } else if (following != nullptr) {  // head h's share of the following unit's first tile
+        const Item& f = *following;
+        const int f0 = f.key0, fn = std::min(f.key0 / kTile * kTile + kTile, f.key1) - f0;
+        const int lo = fn * h / it.heads, hi = fn * (h + 1) / it.heads;
+        ahead = rows_ahead(p, f.seq, f.kv_head, f.heads, f0 + lo, hi - lo);
+      }
       const float* qh = s.q.data() + static_cast<int64_t>(h) * per_head * D;
       float* sh = S + static_cast<int64_t>(h) * per_head * kStride + j0;
       if (convert) {
@@ -410,9 +438,9 @@ void run_tiles(const Problem& p, const Item& it, Scratch& s, Accum acc) {
           for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(kd + d, L::load(krow[i] + d));
           s.kf[i] = kd;
         }
-        scores<F32Rows>(qh, per_head, D, s.kf.data(), nk, sh, 1, kStride);
+        scores<F32Rows>(qh, per_head, D, s.kf.data(), nk, sh, 1, kStride, ahead.n > 0 ? &ahead : nullptr);
       } else {
-        scores<L>(qh, per_head, D, krow, nk, sh, 1, kStride);
+        scores<L>(qh, per_head, D, krow, nk, sh, 1, kStride, ahead.n > 0 ? &ahead : nullptr);
       }
     }
     for (int m = 0; m < M; ++m) {
@@ -420,7 +448,6 @@ void run_tiles(const Problem& p, const Item& it, Scratch& s, Accum acc) {
       s.alpha[m] = e > b ? softmax_vector(S + static_cast<int64_t>(m) * kStride, b, e, acc.mx[m], acc.l[m]) : 1.0f;
     }
     scale_rows(acc.o, s.alpha.data(), M, D);
-    if (next > 0) prefetch_slots<T>(p, it.seq, tile + kTile, next, 2);  // its V while this one's P V runs
     for (int h = 0; h < it.heads; ++h) {
       const int m0 = h * per_head;
       const float* P = S + static_cast<int64_t>(m0) * kStride;
@@ -441,7 +468,7 @@ void run_tiles(const Problem& p, const Item& it, Scratch& s, Accum acc) {
 }
 
 template <typename L>
-void run_unit(const Problem& p, const Item& it, Scratch& s, Accum acc) {
+void run_unit(const Problem& p, const Item& it, Scratch& s, Accum acc, bool fetched, const Item* following) {
   const int64_t D = p.head_dim, G = p.group;
   const int per_head = it.rows * static_cast<int>(G);
   const int M = per_head * it.heads;
@@ -459,14 +486,14 @@ void run_unit(const Problem& p, const Item& it, Scratch& s, Accum acc) {
   std::fill(acc.o, acc.o + static_cast<int64_t>(M) * D, 0.0f);
   std::fill(acc.mx, acc.mx + Mp, kNegInf);
   std::fill(acc.l, acc.l + Mp, 0.0f);
-  run_tiles<L>(p, it, s, acc);
+  run_tiles<L>(p, it, s, acc, fetched, following);
 }
 
-void run_unit_any(const Problem& p, const Item& it, Scratch& s, Accum acc) {
+void run_unit_any(const Problem& p, const Item& it, Scratch& s, Accum acc, bool fetched, const Item* following) {
   switch (p.kv_type) {
-    case KvType::F32: run_unit<F32Rows>(p, it, s, acc); break;
-    case KvType::F16: run_unit<F16Rows>(p, it, s, acc); break;
-    case KvType::BF16: run_unit<BF16Rows>(p, it, s, acc); break;
+    case KvType::F32: run_unit<F32Rows>(p, it, s, acc, fetched, following); break;
+    case KvType::F16: run_unit<F16Rows>(p, it, s, acc, fetched, following); break;
+    case KvType::BF16: run_unit<BF16Rows>(p, it, s, acc, fetched, following); break;
   }
 }
 
@@ -668,22 +695,28 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
   auto worker = [&]() {
     Scratch& s = thread_scratch();
     std::vector<float> whole;
-    for (;;) {
-      const int64_t i = next.fetch_add(1, std::memory_order_relaxed);
-      if (i >= count) break;
+    bool fetched = false;
+    // While enough units remain for the other threads, the next one is claimed before this one
+    // runs, so its first tile streams in meanwhile; near the end each thread takes one at a time.
+    for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < count;) {
+      int64_t after = -1;
+      if (next.load(std::memory_order_relaxed) + threads <= count) after = next.fetch_add(1, std::memory_order_relaxed);
+      const Item* following = after >= 0 && after < count ? &items[after] : nullptr;
       const Item& it = items[i];
       const int64_t M = item_vectors(p, it);
       if (it.group_id < 0) {
         whole.resize(piece_floats(M, D));
         const Accum acc = piece_accum(whole.data(), M, D);
-        run_unit_any(p, it, s, acc);
+        run_unit_any(p, it, s, acc, fetched, following);
         write_normalised(p, it, acc);
-        continue;
+      } else {
+        const SplitGroup& g = groups[it.group_id];
+        float* base = partials.get() + g.offset;
+        run_unit_any(p, it, s, piece_accum(base + it.piece * piece_floats(M, D), M, D), fetched, following);
+        if (remaining[it.group_id].fetch_sub(1, std::memory_order_acq_rel) == 1) merge_pieces(p, it, base, g.pieces);
       }
-      const SplitGroup& g = groups[it.group_id];
-      float* base = partials.get() + g.offset;
-      run_unit_any(p, it, s, piece_accum(base + it.piece * piece_floats(M, D), M, D));
-      if (remaining[it.group_id].fetch_sub(1, std::memory_order_acq_rel) == 1) merge_pieces(p, it, base, g.pieces);
+      fetched = following != nullptr;
+      i = after >= 0 ? after : next.fetch_add(1, std::memory_order_relaxed);
     }
   };
   if (threads <= 1 || count <= 1) {
