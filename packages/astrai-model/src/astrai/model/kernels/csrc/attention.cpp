@@ -215,13 +215,13 @@ struct NextRows {
 
 // Scores of M query vectors (q, stride D) against n keys: vector m's score of key i at
 // s[i * ld + m * lm]. Keys go in fours; a short tail repeats the last key into up to 3 entries
-// past n, which the caller's buffer holds and never reads. `next` (may be null): rows to
-// prefetch alongside, as many keys of it per step as the step scores.
+// past n, which the caller's buffer holds and never reads. `next`: rows to prefetch alongside,
+// as many keys of it per step as the step scores (none when next.n == 0).
 template <typename L>
 void scores(const float* q, int M, int64_t D, const typename L::T* const* k, int n, float* s, int64_t ld,
-            int64_t lm, const NextRows* next) {
+            int64_t lm, const NextRows& next) {
   for (int i = 0; i < n; i += 4) {
-    if (next != nullptr) next->fetch(i, i + 4);
+    next.fetch(i, i + 4);
     const typename L::T* k4[4];
     for (int j = 0; j < 4; ++j) k4[j] = k[std::min(i + j, n - 1)];
     float* si = s + static_cast<int64_t>(i) * ld;
@@ -230,7 +230,7 @@ void scores(const float* q, int M, int64_t D, const typename L::T* const* k, int
     if (M - m == 2) score_block<2, L>(q + m * D, D, k4, si + m * lm, ld, lm);
     if (M - m == 1) score_block<1, L>(q + m * D, D, k4, si + m * lm, ld, lm);
   }
-  if (next != nullptr) next->fetch(static_cast<int>(round_up(n, 4)), kTile);
+  next.fetch(static_cast<int>(round_up(n, 4)), kTile);
 }
 
 // Heads [head, head + heads) of keys [key, key + n) (contiguous in each slot) as NextRows.
@@ -438,9 +438,9 @@ void run_tiles(const Problem& p, const Item& it, Scratch& s, Accum acc, bool fet
           for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(kd + d, L::load(krow[i] + d));
           s.kf[i] = kd;
         }
-        scores<F32Rows>(qh, per_head, D, s.kf.data(), nk, sh, 1, kStride, ahead.n > 0 ? &ahead : nullptr);
+        scores<F32Rows>(qh, per_head, D, s.kf.data(), nk, sh, 1, kStride, ahead);
       } else {
-        scores<L>(qh, per_head, D, krow, nk, sh, 1, kStride, ahead.n > 0 ? &ahead : nullptr);
+        scores<L>(qh, per_head, D, krow, nk, sh, 1, kStride, ahead);
       }
     }
     for (int m = 0; m < M; ++m) {
