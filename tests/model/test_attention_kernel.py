@@ -174,6 +174,7 @@ SHAPES = {  # (heads, kv_heads, head_dim, page_size)
     "mha-d128-p8": (4, 4, 128, 8),
     "gqa4-d128-p16": (8, 2, 128, 16),
     "gemma-d256-p16": (4, 1, 256, 16),
+    "gqa2-d120-p16": (4, 2, 120, 16),  # 64 + 32 + 16 + 8: every column-chunk width of P V
 }
 KV_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 WINDOWS = [0, 37]  # 37: not a multiple of the 32-key tile

@@ -195,6 +195,107 @@ inline void score_block(const float* q, int64_t D, const typename L::T* const* k
   }
 }
 
+#if defined(ASTRAI_ISA_AVX512)
+// ---- 16-lane kernels (avx512 builds) ----
+// They run the canonical float operations of each output element unchanged, so every variant's
+// results are bit-identical: an output column's P V chain does not depend on the vector width, and
+// two query vectors share a score register, one per 256-bit half, each half then reduced by the
+// same tree as an 8-lane vector.
+
+// A cache row as 16 float32 lanes (`load`), or its 8 elements at p in both 256-bit halves (`both`).
+template <typename L>
+struct Wide;
+template <>
+struct Wide<F32Rows> {
+  static __m512 load(const float* p) { return _mm512_loadu_ps(p); }
+  static __m512 both(const float* p) { return _mm512_broadcast_f32x8(_mm256_loadu_ps(p)); }
+};
+template <>
+struct Wide<F16Rows> {
+  static __m512 load(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  static __m512 both(const uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+};
+template <>
+struct Wide<BF16Rows> {
+  static __m512 widen(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+  static __m512 load(const uint16_t* p) { return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  static __m512 both(const uint16_t* p) {
+    return widen(_mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+};
+
+// pv_kernel with C 16-wide column chunks: o[r][d0 .. d0+16C).
+template <int MR, int C, typename L>
+inline void pv_kernel16(const float* p, int64_t sn, int64_t sr, const typename L::T* const* vrow, int n_keys,
+                        int64_t d0, float* o, int64_t ldo) {
+  __m512 acc[MR][C];
+  #pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+    #pragma GCC unroll 16
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_loadu_ps(o + r * ldo + d0 + 16 * c);
+  for (int n = 0; n < n_keys; ++n) {
+    __m512 v[C];
+    #pragma GCC unroll 16
+    for (int c = 0; c < C; ++c) v[c] = Wide<L>::load(vrow[n] + d0 + 16 * c);
+    const float* pn = p + n * sn;
+    #pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const __m512 w = _mm512_set1_ps(pn[r * sr]);
+      #pragma GCC unroll 16
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(w, v[c], acc[r][c]);
+    }
+  }
+  #pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+    #pragma GCC unroll 16
+    for (int c = 0; c < C; ++c) _mm512_storeu_ps(o + r * ldo + d0 + 16 * c, acc[r][c]);
+}
+
+// score_block for 2 * MP query vectors: pair j holds vectors 2j (low half) and 2j + 1 (high half)
+// against the same key in both halves.
+template <int MP, typename L>
+inline void score_pairs(const float* q, int64_t D, const typename L::T* const* k, float* s, int64_t ld, int64_t lm) {
+  __m512 acc[MP][4];
+  #pragma GCC unroll 16
+  for (int j = 0; j < MP; ++j)
+    #pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) acc[j][i] = _mm512_setzero_ps();
+  for (int64_t d = 0; d < D; d += 8) {
+    __m512 qv[MP];
+    #pragma GCC unroll 16
+    for (int j = 0; j < MP; ++j)
+      qv[j] = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(q + 2 * j * D + d)),
+                                 _mm256_loadu_ps(q + (2 * j + 1) * D + d), 1);
+    #pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {
+      const __m512 kv = Wide<L>::both(k[i] + d);
+      #pragma GCC unroll 16
+      for (int j = 0; j < MP; ++j) acc[j][i] = _mm512_fmadd_ps(kv, qv[j], acc[j][i]);
+    }
+  }
+  #pragma GCC unroll 16
+  for (int j = 0; j < MP; ++j)
+    #pragma GCC unroll 2
+    for (int half = 0; half < 2; ++half) {
+      __m256 a[4];
+      #pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) a[i] = half == 0 ? _mm512_castps512_ps256(acc[j][i]) : _mm512_extractf32x8_ps(acc[j][i], 1);
+      const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+      const __m128 r = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+      float* sm = s + (2 * j + half) * lm;
+      if (ld == 1) {
+        _mm_storeu_ps(sm, r);
+      } else {
+        alignas(16) float v[4];
+        _mm_store_ps(v, r);
+        for (int i = 0; i < 4; ++i) sm[i * ld] = v[i];
+      }
+    }
+}
+#endif
+
 // One head's K and V rows of the next tile, pulled towards the caches a few keys at a time from
 // inside this tile's score loop: spread over the work, the requests stay within what the core
 // can keep in flight instead of stalling it in one burst.
@@ -226,6 +327,17 @@ void scores(const float* q, int M, int64_t D, const typename L::T* const* k, int
     for (int j = 0; j < 4; ++j) k4[j] = k[std::min(i + j, n - 1)];
     float* si = s + static_cast<int64_t>(i) * ld;
     int m = 0;
+#if defined(ASTRAI_ISA_AVX512)
+    if (M >= 8) {  // chunks: pairs of vectors per register (decode's few vectors keep 8 lanes)
+      for (; m + 8 <= M; m += 8) score_pairs<4, L>(q + m * D, D, k4, si + m * lm, ld, lm);
+      switch ((M - m) / 2) {
+        case 3: score_pairs<3, L>(q + m * D, D, k4, si + m * lm, ld, lm); m += 6; break;
+        case 2: score_pairs<2, L>(q + m * D, D, k4, si + m * lm, ld, lm); m += 4; break;
+        case 1: score_pairs<1, L>(q + m * D, D, k4, si + m * lm, ld, lm); m += 2; break;
+        default: break;
+      }
+    }
+#endif
     for (; m + 3 <= M; m += 3) score_block<3, L>(q + m * D, D, k4, si + m * lm, ld, lm);
     if (M - m == 2) score_block<2, L>(q + m * D, D, k4, si + m * lm, ld, lm);
     if (M - m == 1) score_block<1, L>(q + m * D, D, k4, si + m * lm, ld, lm);
@@ -271,13 +383,21 @@ inline void pv_kernel(const float* p, int64_t sn, int64_t sr, const typename L::
     for (int c = 0; c < C; ++c) _mm256_storeu_ps(o + r * ldo + d0 + 8 * c, acc[r][c]);
 }
 
+
 template <int MR, typename L>
 void pv_fixed(const float* p, int64_t sn, int64_t sr, const typename L::T* const* vrow, int n_keys, float* o,
               int64_t D) {
   int64_t d = 0;
+#if defined(ASTRAI_ISA_AVX512)
+  // up to 6 x 4 accumulators, 4 V vectors and a weight: within the 32 registers
+  for (; d + 64 <= D; d += 64) pv_kernel16<MR, 4, L>(p, sn, sr, vrow, n_keys, d, o, D);
+  if (d + 32 <= D) pv_kernel16<MR, 2, L>(p, sn, sr, vrow, n_keys, d, o, D), d += 32;
+  if (d + 16 <= D) pv_kernel16<MR, 1, L>(p, sn, sr, vrow, n_keys, d, o, D), d += 16;
+#else
   if (MR <= 2)  // 4 accumulators per row still fit the 16 registers
     for (; d + 32 <= D; d += 32) pv_kernel<MR, 32, L>(p, sn, sr, vrow, n_keys, d, o, D);
   for (; d + 16 <= D; d += 16) pv_kernel<MR, 16, L>(p, sn, sr, vrow, n_keys, d, o, D);
+#endif
   for (; d < D; d += 8) pv_kernel<MR, 8, L>(p, sn, sr, vrow, n_keys, d, o, D);
 }
 
