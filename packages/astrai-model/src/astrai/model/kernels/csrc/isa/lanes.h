@@ -144,14 +144,19 @@ struct Lanes16 {
 
   template <int kMaxCode, int J0, int J1>
   static I dot2(const I* w, const int8_t* xh, const int8_t* xl) {
-    __m512i h = _mm512_setzero_si512(), l = _mm512_setzero_si512();
+    // two chains per part, even and odd j, so consecutive dot products need not wait for each
+    // other (integer sums: exact in any order)
+    __m512i h[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
+    __m512i l[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
     #pragma GCC unroll 8
     for (int j = J0; j < J1; ++j) {
-      h = _mm512_dpbusd_epi32(h, w[j], _mm512_set1_epi32(load4(xh + 4 * j)));
-      l = _mm512_dpbusd_epi32(l, w[j], _mm512_set1_epi32(load4(xl + 4 * j)));
+      h[j & 1] = _mm512_dpbusd_epi32(h[j & 1], w[j], _mm512_set1_epi32(load4(xh + 4 * j)));
+      l[j & 1] = _mm512_dpbusd_epi32(l[j & 1], w[j], _mm512_set1_epi32(load4(xl + 4 * j)));
     }
+    const __m512i hs = _mm512_add_epi32(h[0], h[1]);
+    const __m512i ls = _mm512_add_epi32(l[0], l[1]);
     // 254 h = 256 h - 2 h: exact (|h| <= 32 * 63 * 127)
-    return _mm512_add_epi32(_mm512_sub_epi32(_mm512_slli_epi32(h, 8), _mm512_slli_epi32(h, 1)), l);
+    return _mm512_add_epi32(_mm512_sub_epi32(_mm512_slli_epi32(hs, 8), _mm512_slli_epi32(hs, 1)), ls);
   }
 
   // Q8_0 in row order: int8 weights widened to int16 (lane 2r+p of a group's vector = row r,
