@@ -42,8 +42,8 @@ COMPILE_FLAGS: dict[str, list[str]] = {
 # Variants whose tests have passed on hardware that has them (and where): the automatic choice
 # picks only these. Record a variant here once a machine with its CPU has run the suite.
 VERIFIED: dict[str, str] = {
-    "avx2": "AMD EPYC Zen 3 (2 cores, KVM), AMD EPYC Zen 4",
-    "avx512": "AMD EPYC Zen 4 (2 cores, KVM: AVX-512 F/BW/VL/DQ/VNNI/BF16)",
+    "avx2": "AMD EPYC Zen 3 (2 cores, KVM), AMD EPYC Zen 4, AMD EPYC Zen 5",
+    "avx512": "AMD EPYC Zen 4 (2 cores, KVM: AVX-512 F/BW/VL/DQ/VNNI/BF16), AMD EPYC Zen 5 (2 cores, KVM: full-width 512-bit)",
 }
 
 PROBE_SOURCE = Path(__file__).parent / "csrc" / "probe" / "isa_probe.c"
