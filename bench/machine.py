@@ -77,11 +77,21 @@ def machine_busy_seconds() -> float | None:
         return None
 
 
+_unreaped_cpu_s = 0.0
+
+
+def count_unreaped_cpu(seconds: float) -> None:
+    """Add the CPU seconds a descendant reported for itself because its parent never reaped it (a
+    worker run under py-spy): os.times() cannot see them, and they are the bench's own."""
+    global _unreaped_cpu_s
+    _unreaped_cpu_s += seconds
+
+
 def own_cpu_seconds() -> float:
     """CPU seconds of this process and of the children it has reaped (servers, llama.cpp tools,
-    guidellm and, through them, their own children)."""
+    guidellm and, through them, their own children), plus those counted by count_unreaped_cpu."""
     t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
+    return t.user + t.system + t.children_user + t.children_system + _unreaped_cpu_s
 
 
 def load_snapshot() -> dict:

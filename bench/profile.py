@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from bench.context import Context
+from bench.machine import count_unreaped_cpu
 from bench.progress import log
 
 LINE_NO = re.compile(r":\d+\)")
@@ -71,6 +72,8 @@ def _profile(ctx: Context, batch: int, tokens: int) -> dict:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if result.exists():
             out["phases"] = json.loads(result.read_text())
+            if spy:  # py-spy does not reap the worker, so its CPU time is not among our children's
+                count_unreaped_cpu(out["phases"].get("process_cpu_s", 0.0))
         else:
             out["phases"] = {"status": "error", "reason": proc.stderr[-1500:]}
         if spy:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections import Counter
 
@@ -84,7 +85,8 @@ def main() -> None:
                   "median_forward_ms": forwards[len(forwards) // 2] if forwards else None}
     with open(args.out, "w") as f:
         json.dump({"offline": result.to_dict(), "wall_s": wall, "phases_ms": dict(phases), "counts": dict(counts),
-                   "full_batch_decode_steps": full_batch, "torch_ops": ops, "engine": engine}, f, indent=1)
+                   "full_batch_decode_steps": full_batch, "torch_ops": ops, "engine": engine,
+                   "process_cpu_s": sum(os.times()[:4])}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,8 @@ def load_text(r: dict, section: str) -> str:
 # Other processes may use this share of the machine's CPU during a section before its verdicts
 # are called unreliable (spin-waiting peers collapse when the cores are shared).
 OUTSIDE_CPU_LIMIT = 0.10
+# /proc/stat counts CPU time in clock ticks (10 ms): a shorter section cannot be judged from it.
+MIN_JUDGED_SECONDS = 2.0
 
 
 def outside_cpu_share(r: dict, section: str) -> float | None:
@@ -67,7 +69,7 @@ def outside_cpu_share(r: dict, section: str) -> float | None:
         return None
     wall = end["monotonic"] - start["monotonic"]
     cores = end.get("cores") or (r.get("machine") or {}).get("cores") or 1
-    if wall <= 0:
+    if wall < MIN_JUDGED_SECONDS:
         return None
     outside = (end["machine_busy_s"] - start["machine_busy_s"]) - (end["own_cpu_s"] - start["own_cpu_s"])
     return max(0.0, outside) / (wall * cores)
@@ -82,6 +84,8 @@ def overloaded(r: dict, section: str) -> str | None:
     share = outside_cpu_share(r, section)
     if share is not None:
         return f"other processes used {share:.0%} of the CPU" if share > OUTSIDE_CPU_LIMIT else None
+    if (r.get("section_seconds") or {}).get(section, MIN_JUDGED_SECONDS) < MIN_JUDGED_SECONDS:
+        return None  # too short to judge either way
     peaks = [x[0] for x in _loads(r, section)]
     if not peaks and (r.get("machine") or {}).get("load_average"):
         peaks = [r["machine"]["load_average"][0]]
