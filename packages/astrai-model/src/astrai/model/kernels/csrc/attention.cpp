@@ -161,6 +161,20 @@ inline float tree8(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(q), _mm256_extractf128_ps(q, 1)));
 }
 
+// s[i * ld] = tree8(a[i]) for the four keys' lane sums a[i] of one vector.
+inline void store_scores(const __m256 (&a)[4], float* s, int64_t ld) {
+  // hadd(hadd(a0, a1), hadd(a2, a3)), then the two 128-bit halves: key i gets tree8(ai).
+  const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+  const __m128 r = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+  if (ld == 1) {
+    _mm_storeu_ps(s, r);
+  } else {
+    alignas(16) float v[4];
+    _mm_store_ps(v, r);
+    for (int i = 0; i < 4; ++i) s[i * ld] = v[i];
+  }
+}
+
 // s[i * ld + m] = dot(q[m], k[i]) for m < MG, i < 4, with the canonical lane sums and tree.
 template <int MG, typename L>
 inline void score_block(const float* q, int64_t D, const typename L::T* const* k, float* s, int64_t ld, int64_t lm) {
@@ -181,18 +195,7 @@ inline void score_block(const float* q, int64_t D, const typename L::T* const* k
     }
   }
   #pragma GCC unroll 16
-  for (int m = 0; m < MG; ++m) {
-    // hadd(hadd(a0, a1), hadd(a2, a3)), then the two 128-bit halves: key i gets tree8(ai).
-    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[m][0], acc[m][1]), _mm256_hadd_ps(acc[m][2], acc[m][3]));
-    const __m128 r = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-    if (ld == 1) {
-      _mm_storeu_ps(s + m * lm, r);
-    } else {
-      alignas(16) float v[4];
-      _mm_store_ps(v, r);
-      for (int i = 0; i < 4; ++i) s[i * ld + m * lm] = v[i];
-    }
-  }
+  for (int m = 0; m < MG; ++m) store_scores(acc[m], s + m * lm, ld);
 }
 
 #if defined(ASTRAI_ISA_AVX512)
@@ -226,32 +229,18 @@ struct Wide<BF16Rows> {
   }
 };
 
-// pv_kernel with C 16-wide column chunks: o[r][d0 .. d0+16C).
-template <int MR, int C, typename L>
-inline void pv_kernel16(const float* p, int64_t sn, int64_t sr, const typename L::T* const* vrow, int n_keys,
-                        int64_t d0, float* o, int64_t ldo) {
-  __m512 acc[MR][C];
-  #pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r)
-    #pragma GCC unroll 16
-    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_loadu_ps(o + r * ldo + d0 + 16 * c);
-  for (int n = 0; n < n_keys; ++n) {
-    __m512 v[C];
-    #pragma GCC unroll 16
-    for (int c = 0; c < C; ++c) v[c] = Wide<L>::load(vrow[n] + d0 + 16 * c);
-    const float* pn = p + n * sn;
-    #pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r) {
-      const __m512 w = _mm512_set1_ps(pn[r * sr]);
-      #pragma GCC unroll 16
-      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(w, v[c], acc[r][c]);
-    }
-  }
-  #pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r)
-    #pragma GCC unroll 16
-    for (int c = 0; c < C; ++c) _mm512_storeu_ps(o + r * ldo + d0 + 16 * c, acc[r][c]);
-}
+// 16-lane float vectors for pv_kernel (Vec8's twin).
+template <typename L>
+struct Vec16 {
+  using T = typename L::T;
+  using V = __m512;
+  static constexpr int kLanes = 16;
+  static V row(const T* p) { return Wide<L>::load(p); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static V splat(const float* p) { return _mm512_set1_ps(*p); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+};
 
 // score_block for 2 * MP query vectors: pair j holds vectors 2j (low half) and 2j + 1 (high half)
 // against the same key in both halves.
@@ -282,16 +271,7 @@ inline void score_pairs(const float* q, int64_t D, const typename L::T* const* k
       __m256 a[4];
       #pragma GCC unroll 4
       for (int i = 0; i < 4; ++i) a[i] = half == 0 ? _mm512_castps512_ps256(acc[j][i]) : _mm512_extractf32x8_ps(acc[j][i], 1);
-      const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
-      const __m128 r = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-      float* sm = s + (2 * j + half) * lm;
-      if (ld == 1) {
-        _mm_storeu_ps(sm, r);
-      } else {
-        alignas(16) float v[4];
-        _mm_store_ps(v, r);
-        for (int i = 0; i < 4; ++i) sm[i * ld] = v[i];
-      }
+      store_scores(a, s + (2 * j + half) * lm, ld);
     }
 }
 #endif
@@ -355,34 +335,48 @@ NextRows rows_ahead(const Problem& p, int32_t seq, int64_t head, int64_t heads, 
   return r;
 }
 
-// o[r][d0 .. d0+W) = fma(P(n, r), v[n][d], o) for n in order, r < MR; P(n, r) = p[n * sn + r * sr].
-template <int MR, int W, typename L>
-inline void pv_kernel(const float* p, int64_t sn, int64_t sr, const typename L::T* const* vrow, int n_keys,
+// Float vectors of one width for pv_kernel: a cache row's lanes (`row`), float32 loads and stores,
+// a broadcast weight and the FMA. 8 lanes on every build; Vec16 on avx512 ones.
+template <typename L>
+struct Vec8 {
+  using T = typename L::T;
+  using V = __m256;
+  static constexpr int kLanes = 8;
+  static V row(const T* p) { return L::load(p); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static V splat(const float* p) { return _mm256_broadcast_ss(p); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+};
+
+// o[r][d0 .. d0 + C * lanes) = fma(P(n, r), v[n][d], o) for n in order, r < MR;
+// P(n, r) = p[n * sn + r * sr]. Each output column's chain is the same at any vector width.
+template <int MR, int C, typename W>
+inline void pv_kernel(const float* p, int64_t sn, int64_t sr, const typename W::T* const* vrow, int n_keys,
                       int64_t d0, float* o, int64_t ldo) {
-  constexpr int C = W / 8;
-  __m256 acc[MR][C];
+  constexpr int N = W::kLanes;
+  typename W::V acc[MR][C];
   #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
     #pragma GCC unroll 16
-    for (int c = 0; c < C; ++c) acc[r][c] = _mm256_loadu_ps(o + r * ldo + d0 + 8 * c);
+    for (int c = 0; c < C; ++c) acc[r][c] = W::load(o + r * ldo + d0 + N * c);
   for (int n = 0; n < n_keys; ++n) {
-    __m256 v[C];
+    typename W::V v[C];
     #pragma GCC unroll 16
-    for (int c = 0; c < C; ++c) v[c] = L::load(vrow[n] + d0 + 8 * c);
+    for (int c = 0; c < C; ++c) v[c] = W::row(vrow[n] + d0 + N * c);
     const float* pn = p + n * sn;
     #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
-      const __m256 w = _mm256_broadcast_ss(pn + r * sr);
+      const typename W::V w = W::splat(pn + r * sr);
       #pragma GCC unroll 16
-      for (int c = 0; c < C; ++c) acc[r][c] = _mm256_fmadd_ps(w, v[c], acc[r][c]);
+      for (int c = 0; c < C; ++c) acc[r][c] = W::fma(w, v[c], acc[r][c]);
     }
   }
   #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
     #pragma GCC unroll 16
-    for (int c = 0; c < C; ++c) _mm256_storeu_ps(o + r * ldo + d0 + 8 * c, acc[r][c]);
+    for (int c = 0; c < C; ++c) W::store(o + r * ldo + d0 + N * c, acc[r][c]);
 }
-
 
 template <int MR, typename L>
 void pv_fixed(const float* p, int64_t sn, int64_t sr, const typename L::T* const* vrow, int n_keys, float* o,
@@ -390,15 +384,15 @@ void pv_fixed(const float* p, int64_t sn, int64_t sr, const typename L::T* const
   int64_t d = 0;
 #if defined(ASTRAI_ISA_AVX512)
   // up to 6 x 4 accumulators, 4 V vectors and a weight: within the 32 registers
-  for (; d + 64 <= D; d += 64) pv_kernel16<MR, 4, L>(p, sn, sr, vrow, n_keys, d, o, D);
-  if (d + 32 <= D) pv_kernel16<MR, 2, L>(p, sn, sr, vrow, n_keys, d, o, D), d += 32;
-  if (d + 16 <= D) pv_kernel16<MR, 1, L>(p, sn, sr, vrow, n_keys, d, o, D), d += 16;
+  for (; d + 64 <= D; d += 64) pv_kernel<MR, 4, Vec16<L>>(p, sn, sr, vrow, n_keys, d, o, D);
+  if (d + 32 <= D) pv_kernel<MR, 2, Vec16<L>>(p, sn, sr, vrow, n_keys, d, o, D), d += 32;
+  if (d + 16 <= D) pv_kernel<MR, 1, Vec16<L>>(p, sn, sr, vrow, n_keys, d, o, D), d += 16;
 #else
   if (MR <= 2)  // 4 accumulators per row still fit the 16 registers
-    for (; d + 32 <= D; d += 32) pv_kernel<MR, 32, L>(p, sn, sr, vrow, n_keys, d, o, D);
-  for (; d + 16 <= D; d += 16) pv_kernel<MR, 16, L>(p, sn, sr, vrow, n_keys, d, o, D);
+    for (; d + 32 <= D; d += 32) pv_kernel<MR, 4, Vec8<L>>(p, sn, sr, vrow, n_keys, d, o, D);
+  for (; d + 16 <= D; d += 16) pv_kernel<MR, 2, Vec8<L>>(p, sn, sr, vrow, n_keys, d, o, D);
 #endif
-  for (; d < D; d += 8) pv_kernel<MR, 8, L>(p, sn, sr, vrow, n_keys, d, o, D);
+  for (; d < D; d += 8) pv_kernel<MR, 1, Vec8<L>>(p, sn, sr, vrow, n_keys, d, o, D);
 }
 
 // O[m][:] = fma(P(n, m), V[n][:], O[m][:]) over n in order, for M consecutive vectors.
