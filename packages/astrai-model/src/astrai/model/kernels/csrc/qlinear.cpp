@@ -32,15 +32,89 @@ using isa::Lanes8;
 
 // ---- activations ----
 
+// Blocks whose amax is below this are zero: it keeps 1/d finite and d a normal float.
+constexpr float kTinyBlock = 0x1p-110f;
+
+struct ActivationRow {
+  int8_t* q_hi;
+  int8_t* q_lo;
+  int16_t* a;
+  float* d;
+  float* ds;
+  int32_t* sum;
+  int32_t* sum16;
+};
+
+// Blocks whose amax is below kTinyBlock (or NaN) quantize to zero.
+inline void zero_block(int64_t b, const ActivationRow& o) {
+  std::memset(o.q_hi + b * kQBlock, 0, kQBlock);
+  std::memset(o.q_lo + b * kQBlock, 0, kQBlock);
+  std::memset(o.a + b * kQBlock, 0, kQBlock * sizeof(int16_t));
+  o.d[b] = o.ds[b] = 0.0f;
+  o.sum[b] = o.sum16[2 * b] = o.sum16[2 * b + 1] = 0;
+}
+
+#if defined(ASTRAI_ISA_AVX512)
+inline __m512i clamp127(__m512i v) {
+  return _mm512_max_epi32(_mm512_min_epi32(v, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
+}
+
+// quantize_row below, a block per two 16-lane vectors: the same operations per element (and the
+// same max tree, so even a NaN meets the same comparisons), so the same bytes. The four scale
+// divisions run for 16 blocks at once (IEEE division rounds the same in any width).
+void quantize_row(const float* x, int64_t nb, const ActivationRow& o) {
+  const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+  for (int64_t b0 = 0; b0 < nb; b0 += 16) {
+    const int n = static_cast<int>(std::min<int64_t>(16, nb - b0));
+    alignas(64) float amax[16] = {}, d_hi[16], d_lo[16], inv_hi[16], inv_lo[16];
+    for (int i = 0; i < n; ++i) {
+      const float* xb = x + (b0 + i) * kQBlock;
+      const __m512 a0 = _mm512_and_ps(_mm512_loadu_ps(xb), abs_mask);
+      const __m512 a1 = _mm512_and_ps(_mm512_loadu_ps(xb + 16), abs_mask);
+      amax[i] = simd::hmax(_mm256_max_ps(_mm256_max_ps(_mm512_castps512_ps256(a0), _mm512_extractf32x8_ps(a0, 1)),
+                                         _mm256_max_ps(_mm512_castps512_ps256(a1), _mm512_extractf32x8_ps(a1, 1))));
+    }
+    const __m512 vd_hi = _mm512_div_ps(_mm512_load_ps(amax), _mm512_set1_ps(127.0f));
+    const __m512 vd_lo = _mm512_div_ps(vd_hi, _mm512_set1_ps(254.0f));
+    _mm512_store_ps(d_hi, vd_hi);
+    _mm512_store_ps(d_lo, vd_lo);
+    _mm512_store_ps(inv_hi, _mm512_div_ps(_mm512_set1_ps(1.0f), vd_hi));
+    _mm512_store_ps(inv_lo, _mm512_div_ps(_mm512_set1_ps(1.0f), vd_lo));
+    for (int i = 0; i < n; ++i) {
+      const int64_t b = b0 + i;
+      if (!(amax[i] >= kTinyBlock)) {
+        zero_block(b, o);
+        continue;
+      }
+      const float* xb = x + b * kQBlock;
+      int32_t half_sums[2];
+      for (int j = 0; j < 2; ++j) {
+        const __m512 v = _mm512_loadu_ps(xb + 16 * j);
+        const __m512i hi = clamp127(_mm512_cvtps_epi32(_mm512_mul_ps(v, _mm512_set1_ps(inv_hi[i]))));
+        const __m512 r = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_set1_ps(d_hi[i]), v);
+        const __m512i lo = clamp127(_mm512_cvtps_epi32(_mm512_mul_ps(r, _mm512_set1_ps(inv_lo[i]))));
+        // 254 hi = 256 hi - 2 hi; |a| <= 32385
+        const __m512i whole = _mm512_add_epi32(_mm512_sub_epi32(_mm512_slli_epi32(hi, 8), _mm512_slli_epi32(hi, 1)), lo);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o.a + b * kQBlock + 16 * j), _mm512_cvtepi32_epi16(whole));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(o.q_hi + b * kQBlock + 16 * j), _mm512_cvtepi32_epi8(hi));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(o.q_lo + b * kQBlock + 16 * j), _mm512_cvtepi32_epi8(lo));
+        half_sums[j] = _mm512_reduce_add_epi32(whole);  // |sum| <= 16 * 32385: exact
+      }
+      o.d[b] = d_lo[i];
+      o.sum16[2 * b] = half_sums[0];
+      o.sum16[2 * b + 1] = half_sums[1];
+      o.sum[b] = half_sums[0] + half_sums[1];
+      o.ds[b] = d_lo[i] * static_cast<float>(half_sums[0] + half_sums[1]);
+    }
+  }
+}
+#else
 inline int32_t hsum8(__m256i v) {
   __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
   s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
   s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
   return _mm_cvtsi128_si32(s);
 }
-
-// Blocks whose amax is below this are zero: it keeps 1/d finite and d a normal float.
-constexpr float kTinyBlock = 0x1p-110f;
 
 inline __m256i clamp127(__m256i v) {
   return _mm256_max_epi32(_mm256_min_epi32(v, _mm256_set1_epi32(127)), _mm256_set1_epi32(-127));
@@ -53,16 +127,6 @@ inline void store_int8(const __m256i (&i)[4], int8_t* out) {
   packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), packed);
 }
-
-struct ActivationRow {
-  int8_t* q_hi;
-  int8_t* q_lo;
-  int16_t* a;
-  float* d;
-  float* ds;
-  int32_t* sum;
-  int32_t* sum16;
-};
 
 // One row, per block of 32 (qlinear.h): q_hi at d_hi = amax/127, the residual's q_lo at
 // d = d_hi/254, both round-half-even (cvtps with the default MXCSR mode, as torch.round).
@@ -77,11 +141,7 @@ void quantize_row(const float* x, int64_t nb, const ActivationRow& o) {
                                        _mm256_max_ps(_mm256_and_ps(v[2], abs_mask), _mm256_and_ps(v[3], abs_mask)));
     const float amax = simd::hmax(amax8);
     if (!(amax >= kTinyBlock)) {
-      std::memset(o.q_hi + b * kQBlock, 0, kQBlock);
-      std::memset(o.q_lo + b * kQBlock, 0, kQBlock);
-      std::memset(o.a + b * kQBlock, 0, kQBlock * sizeof(int16_t));
-      o.d[b] = o.ds[b] = 0.0f;
-      o.sum[b] = o.sum16[2 * b] = o.sum16[2 * b + 1] = 0;
+      zero_block(b, o);
       continue;
     }
     const float d_hi = amax / 127.0f;
@@ -112,6 +172,7 @@ void quantize_row(const float* x, int64_t nb, const ActivationRow& o) {
     o.ds[b] = d_lo * static_cast<float>(first + second);
   }
 }
+#endif
 
 // ---- weights ----
 
