@@ -1,6 +1,6 @@
-// Fused small ops of a decoder layer (AVX2 + FMA): RMSNorm (plain, with the residual add, per
-// head), rotary embedding, SiLU x up. Rows are split over threads only when there are enough
-// of them to pay for the fork.
+// Fused small ops of a decoder layer (AVX2 + FMA; SiLU also on 16 lanes in the avx512 build):
+// RMSNorm (plain, with the residual add, per head), rotary embedding, SiLU x up. Rows are split
+// over threads only when there are enough of them to pay for the fork.
 #include "ops.h"
 
 
@@ -186,6 +186,14 @@ void silu_mul(const at::Tensor& gate_up, const at::Tensor& out) {
       const float* u = g + I;
       float* o = op + t * os;
       int64_t i = 0;
+#if defined(ASTRAI_ISA_AVX512)
+      for (; i + 16 <= I; i += 16) {  // per lane the same operations as the 8-lane loop
+        const __m512 gv = _mm512_loadu_ps(g + i);
+        const __m512 e = simd::exp_ps(_mm512_xor_ps(gv, _mm512_set1_ps(-0.0f)));
+        const __m512 silu = _mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+        _mm512_storeu_ps(o + i, _mm512_mul_ps(silu, _mm512_loadu_ps(u + i)));
+      }
+#endif
       for (; i + 8 <= I; i += 8) {
         const __m256 gv = _mm256_loadu_ps(g + i);
         const __m256 silu = _mm256_div_ps(gv, _mm256_add_ps(one, simd::exp_ps(_mm256_xor_ps(gv, sign))));

@@ -90,6 +90,43 @@ inline __m256 exp_ps(__m256 x) {
   return _mm256_blendv_ps(y, x, nan);
 }
 
+#if defined(ASTRAI_ISA_AVX512)
+// exp_ps on 16 lanes: the same operations per lane, so the same results.
+inline __m512 exp_ps(__m512 x) {
+  const __m512 max_x = _mm512_set1_ps(88.72283935546875f);
+  const __m512 min_x = _mm512_set1_ps(-87.33654022216797f);
+  const __mmask16 big = _mm512_cmp_ps_mask(x, max_x, _CMP_GT_OQ);
+  const __mmask16 tiny = _mm512_cmp_ps_mask(x, min_x, _CMP_LT_OQ);
+  const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+  __m512 xc = _mm512_min_ps(_mm512_max_ps(x, min_x), max_x);
+
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 r2 = _mm512_mul_ps(r, r);
+  p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+
+  const __m512i ni = _mm512_cvtps_epi32(n);
+  const __m512i half = _mm512_srai_epi32(ni, 1);
+  const __m512 s1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(half, _mm512_set1_epi32(127)), 23));
+  const __m512 s2 = _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_add_epi32(_mm512_sub_epi32(ni, half), _mm512_set1_epi32(127)), 23));
+  __m512 y = _mm512_mul_ps(_mm512_mul_ps(p, s1), s2);
+
+  y = _mm512_maskz_mov_ps(static_cast<__mmask16>(~tiny), y);
+  y = _mm512_mask_mov_ps(y, big, _mm512_set1_ps(__builtin_inff()));
+  return _mm512_mask_mov_ps(y, nan, x);
+}
+#endif
+
 // 2^x for x <= 0 (softmax weights in base 2), within ~1 ulp; -inf and anything below -126
 // give 0. Inputs above 0 are not supported (the caller subtracts a running maximum).
 inline __m256 exp2_nonpositive(__m256 x) {
