@@ -61,6 +61,18 @@ void normalise_row(const float* x, const float* w, float* out, int64_t C, float 
 
 float silu_scalar(float g) { return g / (1.0f + std::exp(-g)); }
 
+// o[i] = silu(g[i]) * u[i] over whole vectors from i; returns where they stop. The same
+// operations per lane at every width (simd::exp_lanes), so the same results.
+template <class W>
+int64_t silu_mul_lanes(const float* g, const float* u, float* o, int64_t i, int64_t n) {
+  for (; i + W::kLanes <= n; i += W::kLanes) {
+    const typename W::V gv = W::load(g + i);
+    const typename W::V silu = W::div(gv, W::add(W::set1(1.0f), simd::exp_lanes<W>(W::neg(gv))));
+    W::store(o + i, W::mul(silu, W::load(u + i)));
+  }
+  return i;
+}
+
 }  // namespace
 
 void rms_norm(const at::Tensor& x, const at::Tensor& w, double eps, const at::Tensor& out) {
@@ -179,26 +191,15 @@ void silu_mul(const at::Tensor& gate_up, const at::Tensor& out) {
   float* op = out.data_ptr<float>();
   const int64_t gs = gate_up.stride(0), os = out.stride(0);
   parallel_for(0, T, grain_for(2 * I), [&](int64_t begin, int64_t end) {
-    const __m256 one = _mm256_set1_ps(1.0f);
-    const __m256 sign = _mm256_set1_ps(-0.0f);
     for (int64_t t = begin; t < end; ++t) {
       const float* g = gp + t * gs;
       const float* u = g + I;
       float* o = op + t * os;
       int64_t i = 0;
 #if defined(ASTRAI_ISA_AVX512)
-      for (; i + 16 <= I; i += 16) {  // per lane the same operations as the 8-lane loop
-        const __m512 gv = _mm512_loadu_ps(g + i);
-        const __m512 e = simd::exp_ps(_mm512_xor_ps(gv, _mm512_set1_ps(-0.0f)));
-        const __m512 silu = _mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
-        _mm512_storeu_ps(o + i, _mm512_mul_ps(silu, _mm512_loadu_ps(u + i)));
-      }
+      i = silu_mul_lanes<simd::F16>(g, u, o, i, I);
 #endif
-      for (; i + 8 <= I; i += 8) {
-        const __m256 gv = _mm256_loadu_ps(g + i);
-        const __m256 silu = _mm256_div_ps(gv, _mm256_add_ps(one, simd::exp_ps(_mm256_xor_ps(gv, sign))));
-        _mm256_storeu_ps(o + i, _mm256_mul_ps(silu, _mm256_loadu_ps(u + i)));
-      }
+      i = silu_mul_lanes<simd::F8>(g, u, o, i, I);
       for (; i < I; ++i) o[i] = silu_scalar(g[i]) * u[i];
     }
   });

@@ -1,6 +1,7 @@
-// AVX2 + FMA + F16C building blocks shared by the attention and fused-op kernels: a vector exp,
-// horizontal reductions, and loads/stores that convert float16 / bfloat16 <-> float32 exactly as
-// torch does (round to nearest even; bfloat16 NaN -> 0x7fc0).
+// AVX2 + FMA + F16C building blocks shared by the attention and fused-op kernels: a vector exp
+// written once over a vector-width type (F8; F16 in the avx512 build), horizontal reductions,
+// and loads/stores that convert float16 / bfloat16 <-> float32 exactly as torch does (round to
+// nearest even; bfloat16 NaN -> 0x7fc0).
 #pragma once
 
 #include <immintrin.h>
@@ -52,80 +53,104 @@ inline float opaque(float v) {
 inline void prefetch_l1(const void* p) { asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p))); }
 inline void prefetch_l2(const void* p) { asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p))); }
 
+// Float lanes at one vector width, for elementwise algorithms written once (exp_ps) that must
+// run the same operations per lane at every width, so every width gives the same results.
+struct F8 {
+  using V = __m256;
+  using VI = __m256i;
+  using Mask = __m256;  // all-ones lanes
+  static constexpr int kLanes = 8;
+  static V set1(float v) { return _mm256_set1_ps(v); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V div(V a, V b) { return _mm256_div_ps(a, b); }
+  static V min(V a, V b) { return _mm256_min_ps(a, b); }
+  static V max(V a, V b) { return _mm256_max_ps(a, b); }
+  static V neg(V v) { return _mm256_xor_ps(v, _mm256_set1_ps(-0.0f)); }
+  static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }
+  static V round_nearest(V v) { return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static VI to_int(V v) { return _mm256_cvtps_epi32(v); }
+  static VI half(VI n) { return _mm256_srai_epi32(n, 1); }
+  static VI sub_int(VI a, VI b) { return _mm256_sub_epi32(a, b); }
+  // 2^e for e in [-126, 127]
+  static V pow2(VI e) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(127)), 23)); }
+  static Mask greater(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
+  static Mask less(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
+  static Mask is_nan(V v) { return _mm256_cmp_ps(v, v, _CMP_UNORD_Q); }
+  static V zero_where(Mask m, V v) { return _mm256_andnot_ps(m, v); }
+  static V select(Mask m, V if_set, V otherwise) { return _mm256_blendv_ps(otherwise, if_set, m); }
+};
+
+#if defined(ASTRAI_ISA_AVX512)
+struct F16 {
+  using V = __m512;
+  using VI = __m512i;
+  using Mask = __mmask16;
+  static constexpr int kLanes = 16;
+  static V set1(float v) { return _mm512_set1_ps(v); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static V div(V a, V b) { return _mm512_div_ps(a, b); }
+  static V min(V a, V b) { return _mm512_min_ps(a, b); }
+  static V max(V a, V b) { return _mm512_max_ps(a, b); }
+  static V neg(V v) { return _mm512_xor_ps(v, _mm512_set1_ps(-0.0f)); }
+  static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V fnmadd(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }
+  static V round_nearest(V v) { return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static VI to_int(V v) { return _mm512_cvtps_epi32(v); }
+  static VI half(VI n) { return _mm512_srai_epi32(n, 1); }
+  static VI sub_int(VI a, VI b) { return _mm512_sub_epi32(a, b); }
+  static V pow2(VI e) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(e, _mm512_set1_epi32(127)), 23)); }
+  static Mask greater(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
+  static Mask less(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+  static Mask is_nan(V v) { return _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q); }
+  static V zero_where(Mask m, V v) { return _mm512_maskz_mov_ps(static_cast<__mmask16>(~m), v); }
+  static V select(Mask m, V if_set, V otherwise) { return _mm512_mask_mov_ps(otherwise, m, if_set); }
+};
+#endif
+
 // exp(x) for float32 lanes, within ~2 ulp of the exact value: Cephes' range reduction
 // (x = n ln2 + r, |r| <= ln2/2) and degree-6 polynomial. exp(-inf) and anything below
 // -87.34 give 0, anything above 88.72 gives +inf, NaN stays NaN.
-inline __m256 exp_ps(__m256 x) {
-  const __m256 max_x = _mm256_set1_ps(88.72283935546875f);
-  const __m256 min_x = _mm256_set1_ps(-87.33654022216797f);
-  const __m256 big = _mm256_cmp_ps(x, max_x, _CMP_GT_OQ);
-  const __m256 tiny = _mm256_cmp_ps(x, min_x, _CMP_LT_OQ);
-  const __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
-  __m256 xc = _mm256_min_ps(_mm256_max_ps(x, min_x), max_x);
+template <class W>
+inline typename W::V exp_lanes(typename W::V x) {
+  using V = typename W::V;
+  const V max_x = W::set1(88.72283935546875f);
+  const V min_x = W::set1(-87.33654022216797f);
+  const auto big = W::greater(x, max_x);
+  const auto tiny = W::less(x, min_x);
+  const auto nan = W::is_nan(x);
+  const V xc = W::min(W::max(x, min_x), max_x);
 
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  const V n = W::round_nearest(W::mul(xc, W::set1(1.44269504088896341f)));
+  V r = W::fnmadd(n, W::set1(0.693359375f), xc);
+  r = W::fnmadd(n, W::set1(-2.12194440e-4f), r);
 
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  const __m256 r2 = _mm256_mul_ps(r, r);
-  p = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  V p = W::set1(1.9875691500e-4f);
+  p = W::fmadd(p, r, W::set1(1.3981999507e-3f));
+  p = W::fmadd(p, r, W::set1(8.3334519073e-3f));
+  p = W::fmadd(p, r, W::set1(4.1665795894e-2f));
+  p = W::fmadd(p, r, W::set1(1.6666665459e-1f));
+  p = W::fmadd(p, r, W::set1(5.0000001201e-1f));
+  const V r2 = W::mul(r, r);
+  p = W::fmadd(p, r2, W::add(r, W::set1(1.0f)));
 
   // 2^n in two halves so n = 128 (x near 88.72) still scales without overflowing the exponent.
-  const __m256i ni = _mm256_cvtps_epi32(n);
-  const __m256i half = _mm256_srai_epi32(ni, 1);
-  const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(half, _mm256_set1_epi32(127)), 23));
-  const __m256 s2 = _mm256_castsi256_ps(
-      _mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, half), _mm256_set1_epi32(127)), 23));
-  __m256 y = _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+  const auto ni = W::to_int(n);
+  const auto half = W::half(ni);
+  V y = W::mul(W::mul(p, W::pow2(half)), W::pow2(W::sub_int(ni, half)));
 
-  y = _mm256_andnot_ps(tiny, y);
-  y = _mm256_blendv_ps(y, _mm256_set1_ps(__builtin_inff()), big);
-  return _mm256_blendv_ps(y, x, nan);
+  y = W::zero_where(tiny, y);
+  y = W::select(big, W::set1(__builtin_inff()), y);
+  return W::select(nan, x, y);
 }
 
-#if defined(ASTRAI_ISA_AVX512)
-// exp_ps on 16 lanes: the same operations per lane, so the same results.
-inline __m512 exp_ps(__m512 x) {
-  const __m512 max_x = _mm512_set1_ps(88.72283935546875f);
-  const __m512 min_x = _mm512_set1_ps(-87.33654022216797f);
-  const __mmask16 big = _mm512_cmp_ps_mask(x, max_x, _CMP_GT_OQ);
-  const __mmask16 tiny = _mm512_cmp_ps_mask(x, min_x, _CMP_LT_OQ);
-  const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-  __m512 xc = _mm512_min_ps(_mm512_max_ps(x, min_x), max_x);
-
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  const __m512 r2 = _mm512_mul_ps(r, r);
-  p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-
-  const __m512i ni = _mm512_cvtps_epi32(n);
-  const __m512i half = _mm512_srai_epi32(ni, 1);
-  const __m512 s1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(half, _mm512_set1_epi32(127)), 23));
-  const __m512 s2 = _mm512_castsi512_ps(
-      _mm512_slli_epi32(_mm512_add_epi32(_mm512_sub_epi32(ni, half), _mm512_set1_epi32(127)), 23));
-  __m512 y = _mm512_mul_ps(_mm512_mul_ps(p, s1), s2);
-
-  y = _mm512_maskz_mov_ps(static_cast<__mmask16>(~tiny), y);
-  y = _mm512_mask_mov_ps(y, big, _mm512_set1_ps(__builtin_inff()));
-  return _mm512_mask_mov_ps(y, nan, x);
-}
-#endif
+inline __m256 exp_ps(__m256 x) { return exp_lanes<F8>(x); }
 
 // 2^x for x <= 0 (softmax weights in base 2), within ~1 ulp; -inf and anything below -126
 // give 0. Inputs above 0 are not supported (the caller subtracts a running maximum).
