@@ -11,9 +11,11 @@
 // others), and K/V rows are prefetched one tile ahead from inside the score loop, a few keys per
 // step, the last tile fetching the next unit's first.
 // Per tile of 32 keys an item computes its vectors' scores, runs each vector's softmax step
-// (eight keys per instruction, lane sums by key offset mod 8: the canonical order), then P V in
-// register blocks of vectors: a vector whose tile is only partly visible (the causal diagonal, a
-// window's edge) takes its own exact key range.
+// (lane sums by key offset mod 8: the canonical order), then P V in register blocks of vectors,
+// each vector's output scaled by its softmax step as its block loads it: a vector whose tile is
+// only partly visible (the causal diagonal, a window's edge) takes its own exact key range.
+// In avx512 builds a chunk item transposes each tile's keys into columns, so that one register
+// holds one score lane sum for 16 keys and no score needs a horizontal step.
 #include "attention.h"
 
 #include <c10/util/Half.h>
@@ -100,7 +102,7 @@ struct Accum {
 
 // Per-thread buffers, kept across calls (the worker team's threads are long-lived).
 struct Scratch {
-  std::vector<float> q, s, alpha, kconv, vconv;
+  std::vector<float> q, s, alpha, kconv, vconv, kcols;
   std::vector<int32_t> begin, end;
   std::vector<const float*> kf, vf;
 };
@@ -239,6 +241,7 @@ struct Vec16 {
   static V load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static V splat(const float* p) { return _mm512_set1_ps(*p); }
+  static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
 };
 
@@ -274,6 +277,71 @@ inline void score_pairs(const float* q, int64_t D, const typename L::T* const* k
       store_scores(a, s + (2 * j + half) * lm, ld);
     }
 }
+
+// A tile's keys as columns: kt[d * kTile + j] = element d of the key at tile offset j, for the
+// offsets [j0, j0 + nk) (the others are left as they are). 8 x 8 blocks through registers.
+template <typename L>
+void key_columns(const typename L::T* const* krow, int j0, int nk, int64_t D, float* kt) {
+  int i = 0;
+  for (; i + 8 <= nk; i += 8)
+    for (int64_t d = 0; d < D; d += 8) {
+      __m256 r[8], t[8], u[8];
+      #pragma GCC unroll 8
+      for (int k = 0; k < 8; ++k) r[k] = L::load(krow[i + k] + d);
+      #pragma GCC unroll 4
+      for (int k = 0; k < 8; k += 2) {
+        t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
+        t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
+      }
+      #pragma GCC unroll 2
+      for (int k = 0; k < 8; k += 4) {
+        u[k] = _mm256_shuffle_ps(t[k], t[k + 2], 0x44);
+        u[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], 0xEE);
+        u[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0x44);
+        u[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0xEE);
+      }
+      float* dst = kt + d * kTile + j0 + i;
+      #pragma GCC unroll 4
+      for (int k = 0; k < 4; ++k) {
+        _mm256_storeu_ps(dst + k * kTile, _mm256_permute2f128_ps(u[k], u[k + 4], 0x20));
+        _mm256_storeu_ps(dst + (k + 4) * kTile, _mm256_permute2f128_ps(u[k], u[k + 4], 0x31));
+      }
+    }
+  for (; i < nk; ++i)
+    for (int64_t d = 0; d < D; d += 8) {
+      alignas(32) float row[8];
+      _mm256_store_ps(row, L::load(krow[i] + d));
+      for (int k = 0; k < 8; ++k) kt[(d + k) * kTile + j0 + i] = row[k];
+    }
+}
+
+// s[r * lm + j] = dot(q[r], key j) for R vectors (q, stride D) and the 16 keys of columns kt
+// (row stride kTile). Accumulator i of a vector holds, per key, the canonical lane sum i (d = i
+// mod 8, FMAs in d order); the tree adds them as tree8 adds lanes, so scores are bit-identical to
+// score_block's, one key per lane and no horizontal step.
+template <int R>
+inline void score_columns(const float* q, int64_t D, const float* kt, float* s, int64_t lm) {
+  __m512 acc[R][8];
+  #pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) acc[r][i] = _mm512_setzero_ps();
+  for (int64_t d = 0; d < D; d += 8)
+    #pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+      __m512 k = _mm512_loadu_ps(kt + (d + i) * kTile);
+      asm("" : "+v"(k));  // one load for all R vectors, not one memory operand each
+      #pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) acc[r][i] = _mm512_fmadd_ps(_mm512_set1_ps(q[r * D + d + i]), k, acc[r][i]);
+    }
+  #pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+    const __m512 lo = _mm512_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]), _mm512_add_ps(acc[r][2], acc[r][3]));
+    const __m512 hi = _mm512_add_ps(_mm512_add_ps(acc[r][4], acc[r][5]), _mm512_add_ps(acc[r][6], acc[r][7]));
+    _mm512_storeu_ps(s + r * lm, _mm512_add_ps(lo, hi));
+  }
+}
+
 #endif
 
 // One head's K and V rows of the next tile, pulled towards the caches a few keys at a time from
@@ -325,6 +393,28 @@ void scores(const float* q, int M, int64_t D, const typename L::T* const* k, int
   next.fetch(static_cast<int>(round_up(n, 4)), kTile);
 }
 
+#if defined(ASTRAI_ISA_AVX512)
+// Scores of M vectors against every offset of a tile held as columns: vector m's score of offset
+// j at s[m * lm + j], j < kTile (offsets without a key score garbage the caller never reads).
+// `next` is prefetched alongside, spread over the vector blocks.
+void scores_columns(const float* q, int M, int64_t D, const float* kt, float* s, int64_t lm, const NextRows& next) {
+  const int blocks = (M + 2) / 3;
+  int m = 0;
+  for (int b = 0; m < M; ++b) {
+    next.fetch(kTile * b / blocks, kTile * (b + 1) / blocks);
+    const int r = std::min(3, M - m);
+    for (int half = 0; half < kTile; half += 16) {
+      const float* k = kt + half;
+      float* sm = s + m * lm + half;
+      if (r == 3) score_columns<3>(q + m * D, D, k, sm, lm);
+      else if (r == 2) score_columns<2>(q + m * D, D, k, sm, lm);
+      else score_columns<1>(q + m * D, D, k, sm, lm);
+    }
+    m += r;
+  }
+}
+#endif
+
 // Heads [head, head + heads) of keys [key, key + n) (contiguous in each slot) as NextRows.
 // Chunk items read one head, decode items every head of the slot.
 NextRows rows_ahead(const Problem& p, int32_t seq, int64_t head, int64_t heads, int key, int n) {
@@ -346,20 +436,21 @@ struct Vec8 {
   static V load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   static V splat(const float* p) { return _mm256_broadcast_ss(p); }
+  static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
   static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
 };
 
-// o[r][d0 .. d0 + C * lanes) = fma(P(n, r), v[n][d], o) for n in order, r < MR;
+// o[r][d0 .. d0 + C * lanes) = o * alpha[r], then fma(P(n, r), v[n][d], o) for n in order, r < MR;
 // P(n, r) = p[n * sn + r * sr]. Each output column's chain is the same at any vector width.
 template <int MR, int C, typename W>
 inline void pv_kernel(const float* p, int64_t sn, int64_t sr, const typename W::T* const* vrow, int n_keys,
-                      int64_t d0, float* o, int64_t ldo) {
+                      const float* alpha, int64_t d0, float* o, int64_t ldo) {
   constexpr int N = W::kLanes;
   typename W::V acc[MR][C];
   #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
     #pragma GCC unroll 16
-    for (int c = 0; c < C; ++c) acc[r][c] = W::load(o + r * ldo + d0 + N * c);
+    for (int c = 0; c < C; ++c) acc[r][c] = W::mul(W::splat(alpha + r), W::load(o + r * ldo + d0 + N * c));
   for (int n = 0; n < n_keys; ++n) {
     typename W::V v[C];
     #pragma GCC unroll 16
@@ -379,47 +470,40 @@ inline void pv_kernel(const float* p, int64_t sn, int64_t sr, const typename W::
 }
 
 template <int MR, typename L>
-void pv_fixed(const float* p, int64_t sn, int64_t sr, const typename L::T* const* vrow, int n_keys, float* o,
-              int64_t D) {
+void pv_fixed(const float* p, int64_t sn, int64_t sr, const typename L::T* const* vrow, int n_keys,
+              const float* alpha, float* o, int64_t D) {
   int64_t d = 0;
 #if defined(ASTRAI_ISA_AVX512)
   // up to 6 x 4 accumulators, 4 V vectors and a weight: within the 32 registers
-  for (; d + 64 <= D; d += 64) pv_kernel<MR, 4, Vec16<L>>(p, sn, sr, vrow, n_keys, d, o, D);
-  if (d + 32 <= D) pv_kernel<MR, 2, Vec16<L>>(p, sn, sr, vrow, n_keys, d, o, D), d += 32;
-  if (d + 16 <= D) pv_kernel<MR, 1, Vec16<L>>(p, sn, sr, vrow, n_keys, d, o, D), d += 16;
+  for (; d + 64 <= D; d += 64) pv_kernel<MR, 4, Vec16<L>>(p, sn, sr, vrow, n_keys, alpha, d, o, D);
+  if (d + 32 <= D) pv_kernel<MR, 2, Vec16<L>>(p, sn, sr, vrow, n_keys, alpha, d, o, D), d += 32;
+  if (d + 16 <= D) pv_kernel<MR, 1, Vec16<L>>(p, sn, sr, vrow, n_keys, alpha, d, o, D), d += 16;
 #else
   if (MR <= 2)  // 4 accumulators per row still fit the 16 registers
-    for (; d + 32 <= D; d += 32) pv_kernel<MR, 4, Vec8<L>>(p, sn, sr, vrow, n_keys, d, o, D);
-  for (; d + 16 <= D; d += 16) pv_kernel<MR, 2, Vec8<L>>(p, sn, sr, vrow, n_keys, d, o, D);
+    for (; d + 32 <= D; d += 32) pv_kernel<MR, 4, Vec8<L>>(p, sn, sr, vrow, n_keys, alpha, d, o, D);
+  for (; d + 16 <= D; d += 16) pv_kernel<MR, 2, Vec8<L>>(p, sn, sr, vrow, n_keys, alpha, d, o, D);
 #endif
-  for (; d < D; d += 8) pv_kernel<MR, 1, Vec8<L>>(p, sn, sr, vrow, n_keys, d, o, D);
+  for (; d < D; d += 8) pv_kernel<MR, 1, Vec8<L>>(p, sn, sr, vrow, n_keys, alpha, d, o, D);
 }
 
-// O[m][:] = fma(P(n, m), V[n][:], O[m][:]) over n in order, for M consecutive vectors.
+// O[m][:] = O[m][:] * alpha[m], then fma(P(n, m), V[n][:], O[m][:]) over n in order, for M
+// consecutive vectors.
 template <typename L>
-void pv(const float* p, int64_t sn, int64_t sr, const typename L::T* const* vrow, int n_keys, float* o, int M,
-        int64_t D) {
+void pv(const float* p, int64_t sn, int64_t sr, const typename L::T* const* vrow, int n_keys, const float* alpha,
+        float* o, int M, int64_t D) {
   if (n_keys <= 0) return;
   int m = 0;
-  for (; m + 6 <= M; m += 6) pv_fixed<6, L>(p + m * sr, sn, sr, vrow, n_keys, o + m * D, D);
+  for (; m + 6 <= M; m += 6) pv_fixed<6, L>(p + m * sr, sn, sr, vrow, n_keys, alpha + m, o + m * D, D);
   const float* pm = p + m * sr;
+  const float* am = alpha + m;
   float* om = o + m * D;
   switch (M - m) {
-    case 5: pv_fixed<5, L>(pm, sn, sr, vrow, n_keys, om, D); break;
-    case 4: pv_fixed<4, L>(pm, sn, sr, vrow, n_keys, om, D); break;
-    case 3: pv_fixed<3, L>(pm, sn, sr, vrow, n_keys, om, D); break;
-    case 2: pv_fixed<2, L>(pm, sn, sr, vrow, n_keys, om, D); break;
-    case 1: pv_fixed<1, L>(pm, sn, sr, vrow, n_keys, om, D); break;
+    case 5: pv_fixed<5, L>(pm, sn, sr, vrow, n_keys, am, om, D); break;
+    case 4: pv_fixed<4, L>(pm, sn, sr, vrow, n_keys, am, om, D); break;
+    case 3: pv_fixed<3, L>(pm, sn, sr, vrow, n_keys, am, om, D); break;
+    case 2: pv_fixed<2, L>(pm, sn, sr, vrow, n_keys, am, om, D); break;
+    case 1: pv_fixed<1, L>(pm, sn, sr, vrow, n_keys, am, om, D); break;
     default: break;
-  }
-}
-
-void scale_rows(float* o, const float* alpha, int M, int64_t D) {
-  for (int m = 0; m < M; ++m) {
-    if (alpha[m] == 1.0f) continue;  // o * 1 == o
-    const __m256 a = _mm256_set1_ps(alpha[m]);
-    float* om = o + m * D;
-    for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(om + d, _mm256_mul_ps(a, _mm256_loadu_ps(om + d)));
   }
 }
 
@@ -431,35 +515,40 @@ struct TileKeys {
   int tile, k0, k1;
 };
 
-// Each vector's visible offsets in the tile (vectors of every covered head repeat per head).
-void visible(const Problem& p, const Item& it, const TileKeys& t, int per_head, int M, int Mp, Scratch& s) {
-  for (int m = 0; m < Mp; ++m) {
-    if (m >= M) {
-      s.begin[m] = s.end[m] = 0;
-      continue;
+// Each vector's visible offsets in the tile (vectors of every covered head repeat per head);
+// the padding vectors [M, Mp) see none.
+void visible(const Problem& p, const Item& it, const TileKeys& t, int Mp, Scratch& s) {
+  int m = 0;
+  for (int h = 0; h < it.heads; ++h)
+    for (int r = 0; r < it.rows; ++r) {
+      const int32_t pos = it.first_pos + r;
+      const int32_t b = std::clamp(std::max(lowest_key(p, pos), t.k0) - t.tile, 0, kTile);
+      const int32_t e = std::clamp(std::min(pos + 1, t.k1) - t.tile, 0, kTile);
+      for (int64_t g = 0; g < p.group; ++g, ++m) {
+        s.begin[m] = b;
+        s.end[m] = e;
+      }
     }
-    const int32_t pos = it.first_pos + (m % per_head) / static_cast<int32_t>(p.group);
-    s.begin[m] = std::clamp(std::max(lowest_key(p, pos), t.k0) - t.tile, 0, kTile);
-    s.end[m] = std::clamp(std::min(pos + 1, t.k1) - t.tile, 0, kTile);
-  }
+  for (; m < Mp; ++m) s.begin[m] = s.end[m] = 0;
 }
 
-// Vectors [0, M) of one head (scores p[m * sr + j * sn] at tile offset j): a blocked pass for
-// runs that see the whole of [k0, k1), each other vector over its own visible keys.
+// Vectors [0, M) of one head (scores p[m * sr + j * sn] at tile offset j, output scale alpha[m]):
+// a blocked pass for runs that see the whole of [k0, k1), each other vector over its own visible
+// keys. A vector that sees none is left as it is (its alpha is 1).
 template <typename L>
 void pv_tile(const TileKeys& t, const float* P, int64_t sn, int64_t sr, const typename L::T* const* vrow,
-             const int32_t* begin, const int32_t* end, float* o, int M, int64_t D) {
+             const int32_t* begin, const int32_t* end, const float* alpha, float* o, int M, int64_t D) {
   const int j0 = t.k0 - t.tile, j1 = t.k1 - t.tile;
   for (int m = 0; m < M;) {
     if (begin[m] == j0 && end[m] == j1) {
       int run = m;
       while (run < M && begin[run] == j0 && end[run] == j1) ++run;
-      pv<L>(P + j0 * sn + m * sr, sn, sr, vrow, j1 - j0, o + m * D, run - m, D);
+      pv<L>(P + j0 * sn + m * sr, sn, sr, vrow, j1 - j0, alpha + m, o + m * D, run - m, D);
       m = run;
       continue;
     }
     if (end[m] > begin[m]) pv<L>(P + begin[m] * sn + m * sr, sn, sr, vrow + (begin[m] - j0), end[m] - begin[m],
-                                 o + m * D, 1, D);
+                                 alpha + m, o + m * D, 1, D);
     ++m;
   }
 }
@@ -487,13 +576,28 @@ inline float softmax_vector(float* sm, int b, int e, float& mx, float& l) {
     }
   }
   const float mnew = std::max(mx, simd::hmax(top));
-  const __m256 mv = _mm256_set1_ps(mnew);
   __m256 sum = _mm256_setzero_ps();
+#if defined(ASTRAI_ISA_AVX512)
+  // the same weights two 8-key groups per register
+  using simd::F16;
+  const __m512 mv = _mm512_set1_ps(mnew);
+  const __m512 w01 = simd::exp2_nonpositive_lanes<F16>(_mm512_sub_ps(_mm512_insertf32x8(_mm512_castps256_ps512(v[0]), v[1], 1), mv));
+  const __m512 w23 = simd::exp2_nonpositive_lanes<F16>(_mm512_sub_ps(_mm512_insertf32x8(_mm512_castps256_ps512(v[2]), v[3], 1), mv));
+  _mm512_storeu_ps(sm, w01);
+  _mm512_storeu_ps(sm + 16, w23);
+  v[0] = _mm512_castps512_ps256(w01);
+  v[1] = _mm512_extractf32x8_ps(w01, 1);
+  v[2] = _mm512_castps512_ps256(w23);
+  v[3] = _mm512_extractf32x8_ps(w23, 1);
+  for (int c = 0; c < 4; ++c) sum = _mm256_add_ps(sum, v[c]);  // lane i: offsets i, i+8, i+16, i+24, in order
+#else
+  const __m256 mv = _mm256_set1_ps(mnew);
   for (int c = 0; c < 4; ++c) {
     v[c] = exp2_nonpositive(_mm256_sub_ps(v[c], mv));
     _mm256_storeu_ps(sm + 8 * c, v[c]);
     sum = _mm256_add_ps(sum, v[c]);  // lane i: the keys at offsets i, i+8, i+16, i+24, in order
   }
+#endif
   // exp2(mx - mnew): exactly 1 when the maximum holds, 0 for the first visible tile
   const float alpha = mnew == mx ? 1.0f : mx == kNegInf ? 0.0f
                                         : _mm256_cvtss_f32(exp2_nonpositive(_mm256_set1_ps(mx - mnew)));
@@ -502,10 +606,10 @@ inline float softmax_vector(float* sm, int b, int e, float& mx, float& l) {
   return alpha;
 }
 
-// Every unit: scores S[m * kStride + j] (tile offset j) per head, the softmax vector by vector
-// (eight keys per instruction), then P V in register blocks of vectors. Decode-sized units read
-// K/V in place (each row once per head's few vectors); chunk units, whose many vectors reread each
-// row, convert float16 / bfloat16 tiles to float32 once.
+// Every unit: scores S[m * kStride + j] (tile offset j) per head, the softmax vector by vector,
+// then P V in register blocks of vectors. Decode-sized units read K/V in place (each row once per
+// head's few vectors); chunk units, whose many vectors reread each row, convert float16 /
+// bfloat16 tiles to float32 once (the keys as columns in avx512 builds).
 // `fetched`: the first tile was already requested (by the unit before); `following` (may be
 // null): the unit this thread runs next, whose first tile streams in during this one's last.
 template <typename L>
@@ -517,6 +621,11 @@ void run_tiles(const Problem& p, const Item& it, Scratch& s, Accum acc, bool fet
   const int Mp = static_cast<int>(round_up(M, 8));
   const bool convert = p.kv_type != KvType::F32 && per_head > kDirectMaxVectors;
   grow(s.s, static_cast<size_t>(M) * kStride);
+#if defined(ASTRAI_ISA_AVX512)
+  // many vectors per head: keys as columns, each score one lane of a 16-key register
+  const bool columns = per_head > kDirectMaxVectors;
+  if (columns) grow(s.kcols, kTile * D);
+#endif
   if (convert) {
     grow(s.kconv, kTile * D);
     grow(s.vconv, kTile * D);
@@ -532,7 +641,7 @@ void run_tiles(const Problem& p, const Item& it, Scratch& s, Accum acc, bool fet
     const int j0 = t.k0 - tile, nk = t.k1 - t.k0;
     const int next = std::min(kTile, it.key1 - tile - kTile);  // keys of the next tile (<= 0: none)
     if (tile == first_tile && !fetched) rows_ahead(p, it.seq, it.kv_head, it.heads, t.k0, nk).fetch(0, kTile);
-    visible(p, it, t, per_head, M, Mp, s);
+    visible(p, it, t, Mp, s);
     for (int h = 0; h < it.heads; ++h) {
       tile_rows(p, it.seq, it.kv_head + h, t.k0, nk, krow, vrow);
       NextRows ahead;
@@ -545,6 +654,15 @@ void run_tiles(const Problem& p, const Item& it, Scratch& s, Accum acc, bool fet
         ahead = rows_ahead(p, f.seq, f.kv_head, f.heads, f0 + lo, hi - lo);
       }
       const float* qh = s.q.data() + static_cast<int64_t>(h) * per_head * D;
+#if defined(ASTRAI_ISA_AVX512)
+      if (columns) {
+        float* kt = s.kcols.data();
+        if (nk < kTile) std::fill(kt, kt + kTile * D, 0.0f);
+        key_columns<L>(krow, j0, nk, D, kt);
+        scores_columns(qh, per_head, D, kt, S + static_cast<int64_t>(h) * per_head * kStride, kStride, ahead);
+        continue;
+      }
+#endif
       float* sh = S + static_cast<int64_t>(h) * per_head * kStride + j0;
       if (convert) {
         for (int i = 0; i < nk; ++i) {
@@ -561,7 +679,6 @@ void run_tiles(const Problem& p, const Item& it, Scratch& s, Accum acc, bool fet
       const int b = s.begin[m], e = s.end[m];
       s.alpha[m] = e > b ? softmax_vector(S + static_cast<int64_t>(m) * kStride, b, e, acc.mx[m], acc.l[m]) : 1.0f;
     }
-    scale_rows(acc.o, s.alpha.data(), M, D);
     for (int h = 0; h < it.heads; ++h) {
       const int m0 = h * per_head;
       const float* P = S + static_cast<int64_t>(m0) * kStride;
@@ -573,9 +690,10 @@ void run_tiles(const Problem& p, const Item& it, Scratch& s, Accum acc, bool fet
           for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(vd + d, L::load(vrow[i] + d));
           s.vf[i] = vd;
         }
-        pv_tile<F32Rows>(t, P, 1, kStride, s.vf.data(), s.begin.data() + m0, s.end.data() + m0, o, per_head, D);
+        pv_tile<F32Rows>(t, P, 1, kStride, s.vf.data(), s.begin.data() + m0, s.end.data() + m0, s.alpha.data() + m0, o,
+                         per_head, D);
       } else {
-        pv_tile<L>(t, P, 1, kStride, vrow, s.begin.data() + m0, s.end.data() + m0, o, per_head, D);
+        pv_tile<L>(t, P, 1, kStride, vrow, s.begin.data() + m0, s.end.data() + m0, s.alpha.data() + m0, o, per_head, D);
       }
     }
   }
@@ -592,11 +710,13 @@ void run_unit(const Problem& p, const Item& it, Scratch& s, Accum acc, bool fetc
   grow(s.begin, Mp);
   grow(s.end, Mp);
   const __m256 c = _mm256_set1_ps(p.c);
-  for (int m = 0; m < M; ++m) {
-    const int h = m / per_head, mm = m % per_head;
-    const float* src = p.q + (it.row0 + mm / G) * p.q_row + ((it.kv_head + h) * G + mm % G) * p.q_head;
-    for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(s.q.data() + m * D + d, _mm256_mul_ps(c, _mm256_loadu_ps(src + d)));
-  }
+  float* dst = s.q.data();  // vector m = (h * rows + r) * G + g
+  for (int h = 0; h < it.heads; ++h)
+    for (int r = 0; r < it.rows; ++r)
+      for (int64_t g = 0; g < G; ++g, dst += D) {
+        const float* src = p.q + (it.row0 + r) * p.q_row + ((it.kv_head + h) * G + g) * p.q_head;
+        for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(dst + d, _mm256_mul_ps(c, _mm256_loadu_ps(src + d)));
+      }
   std::fill(acc.o, acc.o + static_cast<int64_t>(M) * D, 0.0f);
   std::fill(acc.mx, acc.mx + Mp, kNegInf);
   std::fill(acc.l, acc.l + Mp, 0.0f);

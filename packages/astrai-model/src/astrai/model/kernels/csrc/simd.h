@@ -64,6 +64,7 @@ struct F8 {
   static V load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
   static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
   static V div(V a, V b) { return _mm256_div_ps(a, b); }
   static V min(V a, V b) { return _mm256_min_ps(a, b); }
@@ -94,6 +95,7 @@ struct F16 {
   static V load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
   static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
   static V div(V a, V b) { return _mm512_div_ps(a, b); }
   static V min(V a, V b) { return _mm512_min_ps(a, b); }
@@ -154,23 +156,26 @@ inline __m256 exp_ps(__m256 x) { return exp_lanes<F8>(x); }
 
 // 2^x for x <= 0 (softmax weights in base 2), within ~1 ulp; -inf and anything below -126
 // give 0. Inputs above 0 are not supported (the caller subtracts a running maximum).
-inline __m256 exp2_nonpositive(__m256 x) {
-  const __m256 min_x = _mm256_set1_ps(-126.0f);
-  const __m256 tiny = _mm256_cmp_ps(x, min_x, _CMP_LT_OQ);
-  x = _mm256_max_ps(x, min_x);
-  const __m256 n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m256 r = _mm256_sub_ps(x, n);  // exact, in [-0.5, 0.5]
+template <class W>
+inline typename W::V exp2_nonpositive_lanes(typename W::V x) {
+  using V = typename W::V;
+  const V min_x = W::set1(-126.0f);
+  const auto tiny = W::less(x, min_x);
+  x = W::max(x, min_x);
+  const V n = W::round_nearest(x);
+  const V r = W::sub(x, n);  // exact, in [-0.5, 0.5]
   // near-minimax polynomial for 2^r on [-0.5, 0.5] (relative error 2e-9 before rounding)
-  __m256 p = _mm256_set1_ps(0.000153458124f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.00133999309f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.00961848907f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.0555032864f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.240226462f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.693147182f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_andnot_ps(tiny, _mm256_mul_ps(p, _mm256_castsi256_ps(bits)));
+  V p = W::set1(0.000153458124f);
+  p = W::fmadd(p, r, W::set1(0.00133999309f));
+  p = W::fmadd(p, r, W::set1(0.00961848907f));
+  p = W::fmadd(p, r, W::set1(0.0555032864f));
+  p = W::fmadd(p, r, W::set1(0.240226462f));
+  p = W::fmadd(p, r, W::set1(0.693147182f));
+  p = W::fmadd(p, r, W::set1(1.0f));
+  return W::zero_where(tiny, W::mul(p, W::pow2(W::to_int(n))));
 }
+
+inline __m256 exp2_nonpositive(__m256 x) { return exp2_nonpositive_lanes<F8>(x); }
 
 // ---- float16 / bfloat16 <-> float32 ----
 
