@@ -102,7 +102,7 @@ struct Accum {
 
 // Per-thread buffers, kept across calls (the worker team's threads are long-lived).
 struct Scratch {
-  std::vector<float> q, s, alpha, kconv, vconv, kcols;
+  std::vector<float> q, s, alpha, kconv, vconv, kcols, zero;
   std::vector<int32_t> begin, end;
   std::vector<const float*> kf, vf;
 };
@@ -278,16 +278,19 @@ inline void score_pairs(const float* q, int64_t D, const typename L::T* const* k
     }
 }
 
-// A tile's keys as columns: kt[d * kTile + j] = element d of the key at tile offset j, for the
-// offsets [j0, j0 + nk) (the others are left as they are). 8 x 8 blocks through registers.
+// A tile's keys as columns, in two halves of 16 offsets: element d of the key at tile offset j
+// is kt[(j / 16 * D + d) * 16 + j % 16], for every offset of the 8-offset groups that [j0, j0 + nk)
+// touches (an offset without a key reads the row `zero`). 8 x 8 blocks through registers.
 template <typename L>
-void key_columns(const typename L::T* const* krow, int j0, int nk, int64_t D, float* kt) {
-  int i = 0;
-  for (; i + 8 <= nk; i += 8)
+void key_columns(const typename L::T* const* krow, int j0, int nk, int64_t D, const typename L::T* zero, float* kt) {
+  for (int g = j0 / 8 * 8; g < j0 + nk; g += 8) {
+    const typename L::T* rows[8];
+    for (int k = 0; k < 8; ++k) rows[k] = g + k >= j0 && g + k < j0 + nk ? krow[g + k - j0] : zero;
+    float* base = kt + (g / 16) * D * 16 + g % 16;
     for (int64_t d = 0; d < D; d += 8) {
       __m256 r[8], t[8], u[8];
       #pragma GCC unroll 8
-      for (int k = 0; k < 8; ++k) r[k] = L::load(krow[i + k] + d);
+      for (int k = 0; k < 8; ++k) r[k] = L::load(rows[k] + d);
       #pragma GCC unroll 4
       for (int k = 0; k < 8; k += 2) {
         t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
@@ -300,23 +303,18 @@ void key_columns(const typename L::T* const* krow, int j0, int nk, int64_t D, fl
         u[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0x44);
         u[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0xEE);
       }
-      float* dst = kt + d * kTile + j0 + i;
+      float* dst = base + d * 16;
       #pragma GCC unroll 4
       for (int k = 0; k < 4; ++k) {
-        _mm256_storeu_ps(dst + k * kTile, _mm256_permute2f128_ps(u[k], u[k + 4], 0x20));
-        _mm256_storeu_ps(dst + (k + 4) * kTile, _mm256_permute2f128_ps(u[k], u[k + 4], 0x31));
+        _mm256_storeu_ps(dst + k * 16, _mm256_permute2f128_ps(u[k], u[k + 4], 0x20));
+        _mm256_storeu_ps(dst + (k + 4) * 16, _mm256_permute2f128_ps(u[k], u[k + 4], 0x31));
       }
     }
-  for (; i < nk; ++i)
-    for (int64_t d = 0; d < D; d += 8) {
-      alignas(32) float row[8];
-      _mm256_store_ps(row, L::load(krow[i] + d));
-      for (int k = 0; k < 8; ++k) kt[(d + k) * kTile + j0 + i] = row[k];
-    }
+  }
 }
 
-// s[r * lm + j] = dot(q[r], key j) for R vectors (q, stride D) and the 16 keys of columns kt
-// (row stride kTile). Accumulator i of a vector holds, per key, the canonical lane sum i (d = i
+// s[r * lm + j] = dot(q[r], key j) for R vectors (q, stride D) and the 16 keys of one half of
+// key_columns' kt. Accumulator i of a vector holds, per key, the canonical lane sum i (d = i
 // mod 8, FMAs in d order); the tree adds them as tree8 adds lanes, so scores are bit-identical to
 // score_block's, one key per lane and no horizontal step.
 template <int R>
@@ -329,7 +327,7 @@ inline void score_columns(const float* q, int64_t D, const float* kt, float* s, 
   for (int64_t d = 0; d < D; d += 8)
     #pragma GCC unroll 8
     for (int i = 0; i < 8; ++i) {
-      __m512 k = _mm512_loadu_ps(kt + (d + i) * kTile);
+      __m512 k = _mm512_loadu_ps(kt + (d + i) * 16);
       asm("" : "+v"(k));  // one load for all R vectors, not one memory operand each
       #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) acc[r][i] = _mm512_fmadd_ps(_mm512_set1_ps(q[r * D + d + i]), k, acc[r][i]);
@@ -394,23 +392,24 @@ void scores(const float* q, int M, int64_t D, const typename L::T* const* k, int
 }
 
 #if defined(ASTRAI_ISA_AVX512)
-// Scores of M vectors against every offset of a tile held as columns: vector m's score of offset
-// j at s[m * lm + j], j < kTile (offsets without a key score garbage the caller never reads).
-// `next` is prefetched alongside, spread over the vector blocks.
-void scores_columns(const float* q, int M, int64_t D, const float* kt, float* s, int64_t lm, const NextRows& next) {
-  const int blocks = (M + 2) / 3;
-  int m = 0;
-  for (int b = 0; m < M; ++b) {
-    next.fetch(kTile * b / blocks, kTile * (b + 1) / blocks);
-    const int r = std::min(3, M - m);
-    for (int half = 0; half < kTile; half += 16) {
-      const float* k = kt + half;
-      float* sm = s + m * lm + half;
-      if (r == 3) score_columns<3>(q + m * D, D, k, sm, lm);
-      else if (r == 2) score_columns<2>(q + m * D, D, k, sm, lm);
-      else score_columns<1>(q + m * D, D, k, sm, lm);
+// Scores of M vectors against the offsets [j0, j1) of a tile held as columns (key_columns): vector
+// m's score of offset j at s[m * lm + j]; the other offsets of a half that [j0, j1) touches score
+// garbage the caller never reads. `next` is prefetched alongside, spread over the steps.
+void scores_columns(const float* q, int M, int64_t D, const float* kt, int j0, int j1, float* s, int64_t lm,
+                    const NextRows& next) {
+  const int first = j0 / 16, halves = (j1 + 15) / 16 - first, blocks = (M + 2) / 3, steps = halves * blocks;
+  int step = 0;
+  for (int half = first; half < first + halves; ++half) {
+    const float* k = kt + half * D * 16;
+    for (int m = 0; m < M; m += 3, ++step) {
+      next.fetch(kTile * step / steps, kTile * (step + 1) / steps);
+      float* sm = s + m * lm + 16 * half;
+      switch (std::min(3, M - m)) {
+        case 3: score_columns<3>(q + m * D, D, k, sm, lm); break;
+        case 2: score_columns<2>(q + m * D, D, k, sm, lm); break;
+        default: score_columns<1>(q + m * D, D, k, sm, lm); break;
+      }
     }
-    m += r;
   }
 }
 #endif
@@ -624,7 +623,10 @@ void run_tiles(const Problem& p, const Item& it, Scratch& s, Accum acc, bool fet
 #if defined(ASTRAI_ISA_AVX512)
   // many vectors per head: keys as columns, each score one lane of a 16-key register
   const bool columns = per_head > kDirectMaxVectors;
-  if (columns) grow(s.kcols, kTile * D);
+  if (columns) {
+    grow(s.kcols, kTile * D);
+    s.zero.assign(D, 0.0f);  // a key row of zeros in any KV type (all-zero bits)
+  }
 #endif
   if (convert) {
     grow(s.kconv, kTile * D);
@@ -657,9 +659,9 @@ void run_tiles(const Problem& p, const Item& it, Scratch& s, Accum acc, bool fet
 #if defined(ASTRAI_ISA_AVX512)
       if (columns) {
         float* kt = s.kcols.data();
-        if (nk < kTile) std::fill(kt, kt + kTile * D, 0.0f);
-        key_columns<L>(krow, j0, nk, D, kt);
-        scores_columns(qh, per_head, D, kt, S + static_cast<int64_t>(h) * per_head * kStride, kStride, ahead);
+        key_columns<L>(krow, j0, nk, D, reinterpret_cast<const T*>(s.zero.data()), kt);
+        scores_columns(qh, per_head, D, kt, j0, j0 + nk, S + static_cast<int64_t>(h) * per_head * kStride, kStride,
+                       ahead);
         continue;
       }
 #endif
@@ -731,13 +733,29 @@ void run_unit_any(const Problem& p, const Item& it, Scratch& s, Accum acc, bool 
   }
 }
 
+// dst[d] = w * src[d] for d < D (a multiple of 8): the same product per element at any width.
+void scaled_row(float w, const float* src, float* dst, int64_t D) {
+  int64_t d = 0;
+#if defined(ASTRAI_ISA_AVX512)
+  for (; d + 16 <= D; d += 16) _mm512_storeu_ps(dst + d, _mm512_mul_ps(_mm512_set1_ps(w), _mm512_loadu_ps(src + d)));
+#endif
+  for (; d < D; d += 8) _mm256_storeu_ps(dst + d, _mm256_mul_ps(_mm256_set1_ps(w), _mm256_loadu_ps(src + d)));
+}
+
+// dst[d] = fma(w, src[d], dst[d]) for d < D (a multiple of 8), likewise.
+void fma_row(float w, const float* src, float* dst, int64_t D) {
+  int64_t d = 0;
+#if defined(ASTRAI_ISA_AVX512)
+  for (; d + 16 <= D; d += 16)
+    _mm512_storeu_ps(dst + d, _mm512_fmadd_ps(_mm512_set1_ps(w), _mm512_loadu_ps(src + d), _mm512_loadu_ps(dst + d)));
+#endif
+  for (; d < D; d += 8)
+    _mm256_storeu_ps(dst + d, _mm256_fmadd_ps(_mm256_set1_ps(w), _mm256_loadu_ps(src + d), _mm256_loadu_ps(dst + d)));
+}
+
 void write_normalised(const Problem& p, const Item& it, const Accum& acc) {
   const int64_t D = p.head_dim, M = item_vectors(p, it);
-  for (int64_t m = 0; m < M; ++m) {
-    const __m256 inv = _mm256_set1_ps(1.0f / acc.l[m]);
-    float* dst = out_vector(p, it, m);
-    for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(dst + d, _mm256_mul_ps(inv, _mm256_loadu_ps(acc.o + m * D + d)));
-  }
+  for (int64_t m = 0; m < M; ++m) scaled_row(1.0f / acc.l[m], acc.o + m * D, out_vector(p, it, m), D);
 }
 
 // Partial results of piece k of a split item: o [M, D], then mx [Mp], then l [Mp].
@@ -762,13 +780,9 @@ void merge_pieces(const Problem& p, const Item& it, float* base, int pieces) {
       if (a.mx[m] == kNegInf) continue;  // this piece saw no visible key for the vector
       const float w = exp2_scalar(a.mx[m] - top);
       total = std::fma(w, a.l[m], total);
-      const __m256 wv = _mm256_set1_ps(w);
-      for (int64_t d = 0; d < D; d += 8)
-        _mm256_storeu_ps(sum.data() + d, _mm256_fmadd_ps(wv, _mm256_loadu_ps(a.o + m * D + d), _mm256_loadu_ps(sum.data() + d)));
+      fma_row(w, a.o + m * D, sum.data(), D);
     }
-    const __m256 inv = _mm256_set1_ps(1.0f / total);
-    float* dst = out_vector(p, it, m);
-    for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(dst + d, _mm256_mul_ps(inv, _mm256_loadu_ps(sum.data() + d)));
+    scaled_row(1.0f / total, sum.data(), out_vector(p, it, m), D);
   }
 }
 
