@@ -625,7 +625,7 @@ void run_tiles(const Problem& p, const Item& it, Scratch& s, Accum acc, bool fet
   const bool columns = per_head > kDirectMaxVectors;
   if (columns) {
     grow(s.kcols, kTile * D);
-    s.zero.assign(D, 0.0f);  // a key row of zeros in any KV type (all-zero bits)
+    grow(s.zero, D);  // a key row of zeros in any KV type (all-zero bits); never written
   }
 #endif
   if (convert) {

@@ -1,7 +1,7 @@
 // AVX2 + FMA + F16C building blocks shared by the attention and fused-op kernels: a vector exp
-// written once over a vector-width type (F8; F16 in the avx512 build), horizontal reductions,
-// and loads/stores that convert float16 / bfloat16 <-> float32 exactly as torch does (round to
-// nearest even; bfloat16 NaN -> 0x7fc0).
+// and exp2 written once over a vector-width type (F8; F16 in the avx512 build), horizontal
+// reductions, and loads/stores that convert float16 / bfloat16 <-> float32 exactly as torch does
+// (round to nearest even; bfloat16 NaN -> 0x7fc0).
 #pragma once
 
 #include <immintrin.h>
@@ -53,8 +53,9 @@ inline float opaque(float v) {
 inline void prefetch_l1(const void* p) { asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p))); }
 inline void prefetch_l2(const void* p) { asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p))); }
 
-// Float lanes at one vector width, for elementwise algorithms written once (exp_ps) that must
-// run the same operations per lane at every width, so every width gives the same results.
+// Float lanes at one vector width, for elementwise algorithms written once (exp_lanes,
+// exp2_nonpositive_lanes) that must run the same operations per lane at every width, so every
+// width gives the same results.
 struct F8 {
   using V = __m256;
   using VI = __m256i;
