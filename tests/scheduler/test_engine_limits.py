@@ -1,6 +1,8 @@
 """Limits and failures: clear errors for bad input, and a failing step hurts only its requests."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -203,3 +205,25 @@ def test_lookup_prefix_reports_the_cached_prefix_and_changes_nothing(make_engine
     assert (after["prefix_cache_queries"], after["prefix_cache_hits"]) == (before["prefix_cache_queries"],
                                                                           before["prefix_cache_hits"])
     assert make_engine(num_pages=64, enable_prefix_cache=False).lookup_prefix(prompt) == 0
+
+
+EXIT_WHILE_GENERATING = """
+import threading
+from astrai.scheduler import Engine, SamplingParams
+eng = Engine.from_pretrained("smollm2-135m-instruct")
+first = threading.Event()
+eng.add_request(list(range(100, 612)), SamplingParams(max_tokens=400, temperature=0, ignore_eos=True),
+                sink=lambda out: first.set(), stream=True)
+assert first.wait(120), "no token streamed"
+print("exiting mid-generation", flush=True)
+"""
+
+
+def test_interpreter_exit_while_generating_is_clean():
+    # The engine thread is still stepping when the script ends: exit must stop it first, not die
+    # with SIGABRT when the thread next takes the GIL inside a torch call.
+    result = subprocess.run([sys.executable, "-c", EXIT_WHILE_GENERATING], capture_output=True, text=True,
+                            timeout=300)
+    assert "exiting mid-generation" in result.stdout, result.stderr[-2000:]
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "terminate called" not in result.stderr

@@ -8,10 +8,12 @@ a condition variable when there is no work.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 from astrai.cache import KVCacheManager
@@ -29,6 +31,24 @@ from .timing import StepTimer
 from .tracing import StepTracer, TraceCallback
 
 log = logging.getLogger("astrai.scheduler")
+
+# How long interpreter exit waits for an engine's current step before giving up on it.
+_EXIT_JOIN_SECONDS = 60.0
+
+_live_cores: weakref.WeakSet[EngineCore] = weakref.WeakSet()
+
+
+@atexit.register
+def _shutdown_live_cores() -> None:
+    """Stop every engine thread before the interpreter finalizes.
+
+    The engine thread is a daemon. Left running at exit, it would be killed when it next took the
+    GIL, often inside a torch call, and that unwinding through C++ aborts the whole process
+    (SIGABRT, "terminate called without an active exception") instead of letting it exit 0.
+    """
+    for core in list(_live_cores):
+        core.shutdown(_EXIT_JOIN_SECONDS)
+
 
 
 class EngineCore:
@@ -57,6 +77,7 @@ class EngineCore:
         self._arrivals = itertools.count()
         self._thread = threading.Thread(target=self._run, name="astrai-engine", daemon=True)
         self._thread.start()
+        _live_cores.add(self)
 
     # --- caller threads -----------------------------------------------------------------
 
