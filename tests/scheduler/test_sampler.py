@@ -5,10 +5,26 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
+from astrai.model import sample_temperature
+from astrai.model.kernels import kernels
 from astrai.scheduler import SamplingParams
+from astrai.scheduler import sampler as sampler_module
+from astrai.scheduler.random_stream import position_uniform
 from astrai.scheduler.sampler import Sampler, greedy_tokens
 
 VOCAB = 50
+
+
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def sampling_path(request, monkeypatch):
+    """Every test on both paths for rows with temperature alone: the native kernel (where the
+    kernels run) and the torch ops every other row and every machine without kernels uses."""
+    if request.param == "native":
+        if kernels() is None:
+            pytest.skip("the native kernels do not run here")
+    else:
+        monkeypatch.setattr(sampler_module, "sample_temperature", lambda *args: None)
+    return request.param
 
 
 @dataclass
@@ -164,3 +180,14 @@ def test_greedy_tokens_match_torch_argmax_on_ties_nan_and_strided_rows(dtype):
     for view in (logits, logits[:, ::3], logits[::2]):
         assert greedy_tokens(view) == view.argmax(dim=-1).tolist()
     assert greedy_tokens(logits)[1:4] == [7, 100, 0]
+
+
+def test_rows_with_temperature_alone_take_the_native_kernel(sampling_path):
+    if sampling_path != "native":
+        pytest.skip("the native path only")
+    logits = logits_for(8, seed=11)
+    rows = [Row(SamplingParams(temperature=0.5 + 0.2 * i, seed=100 + i)) for i in range(8)]
+    got = Sampler().sample(logits.clone(), rows).token_ids
+    expected = sample_temperature(logits, torch.tensor([r.params.temperature for r in rows]),
+                                  torch.tensor([position_uniform(*r.random_key) for r in rows], dtype=torch.float64))
+    assert expected is not None and got == expected.tolist()

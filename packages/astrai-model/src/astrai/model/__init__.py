@@ -17,6 +17,7 @@ from .errors import ModelLoadError
 from .loader import bundled_gguf_path, is_low_bit_checkpoint, load_model, locate_model, model_id
 from .native_forward import NativeForward
 from .protocol import ForwardModel
+from .sampling import sample_temperature, sample_temperature_torch
 from .tokenizer import IncrementalDetokenizer, Tokenizer
 from .transformer import Transformer
 
@@ -45,4 +46,6 @@ __all__ = [
     "locate_model",
     "model_id",
     "resolve_dtype",
+    "sample_temperature",
+    "sample_temperature_torch",
 ]

@@ -5,7 +5,9 @@ their token histories (and only for rows that use penalties). Each row's random 
 from its `random_key` (seed, choice index, output position: `random_stream`), so a seed gives
 the same tokens whatever else is batched and however many positions a step verifies.
 Sampling inverts the CDF: one uniform draw per row against the cumulative probabilities,
-one pass over the vocabulary instead of a random number per vocabulary entry.
+one pass over the vocabulary instead of a random number per vocabulary entry. Rows that use
+temperature alone go to the native kernel where it runs (`astrai.model.sample_temperature`);
+the rest, and every row without native kernels, run the torch ops here.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+from astrai.model import sample_temperature
 
 from .grammar import TokenConstraint, fill_bitmasks, unpack_bitmask
 from .params import SamplingParams
@@ -112,6 +115,12 @@ class Sampler:
     def _sample_random(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
         params = [r.params for r in rows]
         device = logits.device
+        if all(p.top_k <= 0 and p.top_p >= 1.0 and p.min_p <= 0.0 for p in params):
+            # temperature alone: the native kernel, one row per thread (astrai.model.sample_temperature)
+            picked = sample_temperature(logits, torch.tensor([p.temperature for p in params], dtype=torch.float32),
+                                        torch.tensor([position_uniform(*r.random_key) for r in rows], dtype=torch.float64))
+            if picked is not None and bool((picked >= 0).all()):
+                return picked.to(device)
         temps = torch.tensor([p.temperature for p in params], dtype=logits.dtype, device=device)
         logits = logits / temps.unsqueeze(1)
         if any(p.top_k > 0 for p in params):

@@ -71,6 +71,14 @@ def kernels() -> Kernels | None:
         return chosen
 
 
+def loaded_kernels() -> Kernels | None:
+    """The kernels this process already uses, or None if it has not chosen any yet (or chose
+    the torch path). Never builds: for callers that must not stall a running engine on a
+    first compile."""
+    with _lock:
+        return _state.get("kernels")  # type: ignore[return-value]
+
+
 def _load_chosen() -> Kernels:
     from .build import check_machine
 
@@ -117,4 +125,4 @@ def native_unavailable_reason() -> str | None:
 
 
 __all__ = ["IsaError", "Kernels", "NativeUnavailable", "VARIANTS", "kernel_variant", "kernels", "kernels_for",
-           "native", "native_unavailable_reason", "ops", "supported_variants"]
+           "loaded_kernels", "native", "native_unavailable_reason", "ops", "supported_variants"]

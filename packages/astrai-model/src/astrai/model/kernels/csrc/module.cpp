@@ -11,6 +11,7 @@
 #include "parallel.h"
 #include "qlinear.h"
 #include "quant_pack.h"
+#include "sampling.h"
 
 #ifndef ASTRAI_OPS
 #error "ASTRAI_OPS (the operator namespace) is set by astrai.model.kernels.build"
@@ -80,6 +81,7 @@ TORCH_LIBRARY(ASTRAI_OPS, m) {
   m.def("rotary(Tensor(a!) qk, Tensor positions, Tensor cos, Tensor sin) -> ()", &astrai::rotary);
   m.def("silu_mul(Tensor gate_up, Tensor(a!) out) -> ()", &astrai::silu_mul);
   m.def("gelu_tanh_mul(Tensor gate_up, Tensor(a!) out) -> ()", &astrai::gelu_tanh_mul);
+  m.def("sample_temperature(Tensor logits, Tensor temperature, Tensor uniform) -> Tensor", &astrai::sample_temperature);
 }
 
 namespace py = pybind11;
