@@ -54,7 +54,10 @@ def sample_temperature_torch(logits: torch.Tensor, temperature: torch.Tensor, un
             continue
         threshold = float(uniform[r]) * float(running[-1])
         over = (running.double() > threshold).nonzero()
-        c = int(over[0]) if len(over) else int((sums[r] > 0).nonzero()[-1])
+        if not len(over):  # rounding: the row's last token with mass
+            out[r] = int((e[r, :vocab] > 0).nonzero()[-1])
+            continue
+        c = int(over[0])
         mass = torch.tensor(float(running[c - 1]) if c > 0 else 0.0, dtype=torch.float32)
         last = -1
         for k in range(16):

@@ -89,9 +89,9 @@ int64_t sample_row(const float* l, int64_t V, float t, double u, std::vector<flo
     }
     mass = next;
   }
-  if (chosen < 0) {  // u * total rounded up to the total: the last chunk with mass
-    for (int64_t c = chunks - 1; c >= 0 && chosen < 0; --c)
-      if (chunk_sum(e.data() + c * kChunk) > 0.0f) chosen = c;
+  if (chosen < 0) {  // u * total rounded up to the total: the row's last token with mass
+    for (int64_t k = V - 1; k >= 0; --k)
+      if (e[k] > 0.0f) return k;
   }
   const float* ec = e.data() + chosen * kChunk;
   int64_t last = -1;

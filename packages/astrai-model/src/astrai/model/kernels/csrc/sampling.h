@@ -6,8 +6,9 @@
 // (i, i+2), (i, i+1); the chunk sums added left to right in float32 into the running mass, whose
 // final value is the total. The pick is the first chunk whose running mass exceeds u * total
 // (in double), then inside it the first token with e > 0 whose running mass (continued left to
-// right from the chunk's start) exceeds it; rounding that leaves no such token picks the
-// chunk's last token with e > 0. Tokens with e = 0 (an -inf logit) are never picked.
+// right from the chunk's start) exceeds it. Where rounding leaves no such chunk, the pick is the
+// row's last token with e > 0; where it leaves no such token in the chunk, the chunk's last one
+// with e > 0. Tokens with e = 0 (an -inf logit) are never picked.
 #pragma once
 
 #include <ATen/ATen.h>
