@@ -53,6 +53,8 @@ def test_a_row_picks_the_same_token_alone_and_in_any_batch(native_kernels):
 
 
 def test_variants_pick_the_same_tokens(variant_kernels, native_kernels):
+    if variant_kernels.variant == native_kernels.variant:
+        pytest.skip("the variant this machine runs: compared with the others in their own cases")
     logits, temperature, uniform = _inputs(64, 5003, seed=3)
     assert _sample(variant_kernels, logits, temperature, uniform).tolist() == _sample(
         native_kernels, logits, temperature, uniform).tolist()

@@ -98,6 +98,11 @@ class SamplingParams:
         return self._stop_list
 
     @property
+    def truncates(self) -> bool:
+        """Whether top-k, top-p or min-p cut the distribution before sampling."""
+        return self.top_k > 0 or self.top_p < 1.0 or self.min_p > 0.0
+
+    @property
     def needs_penalties(self) -> bool:
         return (
             self.repetition_penalty != 1.0

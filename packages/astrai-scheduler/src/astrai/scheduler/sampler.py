@@ -115,7 +115,7 @@ class Sampler:
     def _sample_random(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
         params = [r.params for r in rows]
         device = logits.device
-        if all(p.top_k <= 0 and p.top_p >= 1.0 and p.min_p <= 0.0 for p in params):
+        if not any(p.truncates for p in params):
             # temperature alone: the native kernel, one row per thread (astrai.model.sample_temperature)
             picked = sample_temperature(logits, torch.tensor([p.temperature for p in params], dtype=torch.float32),
                                         torch.tensor([position_uniform(*r.random_key) for r in rows], dtype=torch.float64))

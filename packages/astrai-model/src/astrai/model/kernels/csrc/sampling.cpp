@@ -48,7 +48,12 @@ int64_t max_lanes(const float* l, float t, int64_t V, float& m) {
   return i;
 }
 
-int64_t sample_row(const float* l, int64_t V, float t, double u, std::vector<float>& e) {
+// A thread's buffers for one row: e (padded to whole chunks) and the chunk sums.
+struct RowScratch {
+  std::vector<float> e, sums;
+};
+
+int64_t sample_row(const float* l, int64_t V, float t, double u, RowScratch& s) {
   // the maximum: order-free, so any lane split gives the same value (a NaN anywhere is caught below)
   float m = -std::numeric_limits<float>::infinity();
   int64_t i = 0;
@@ -61,28 +66,30 @@ int64_t sample_row(const float* l, int64_t V, float t, double u, std::vector<flo
   if (std::isnan(m) || std::isinf(m)) return -1;
 
   const int64_t chunks = (V + kChunk - 1) / kChunk;
-  e.assign(chunks * kChunk, 0.0f);
+  s.e.resize(chunks * kChunk);
+  float* e = s.e.data();
   i = 0;
 #if defined(ASTRAI_ISA_AVX512)
-  i = exps_lanes<simd::F16>(l, t, m, e.data(), i, V);
+  i = exps_lanes<simd::F16>(l, t, m, e, i, V);
 #endif
-  i = exps_lanes<simd::F8>(l, t, m, e.data(), i, V);
+  i = exps_lanes<simd::F8>(l, t, m, e, i, V);
   if (i < V) {  // the last < 8 through one padded 8-lane vector: the same operations per lane
     alignas(32) float in[8] = {}, out[8];
-    const int64_t n = V - i;
-    for (int64_t k = 0; k < n; ++k) in[k] = l[i + k];
-    _mm256_store_ps(out, simd::exp_lanes<simd::F8>(_mm256_sub_ps(_mm256_div_ps(_mm256_load_ps(in), _mm256_set1_ps(t)), _mm256_set1_ps(m))));
-    for (int64_t k = 0; k < n; ++k) e[i + k] = out[k];
+    std::copy(l + i, l + V, in);
+    exps_lanes<simd::F8>(in, t, m, out, 0, 8);
+    std::copy(out, out + (V - i), e + i);
   }
+  std::fill(e + V, e + chunks * kChunk, 0.0f);
 
+  s.sums.resize(chunks);
   float total = 0.0f;
-  for (int64_t c = 0; c < chunks; ++c) total += chunk_sum(e.data() + c * kChunk);
+  for (int64_t c = 0; c < chunks; ++c) total += (s.sums[c] = chunk_sum(e + c * kChunk));
   if (std::isnan(total)) return -1;  // a NaN logit (the maximum may have skipped it)
   const double threshold = u * static_cast<double>(total);
   float mass = 0.0f;
   int64_t chosen = -1;
   for (int64_t c = 0; c < chunks; ++c) {
-    const float next = mass + chunk_sum(e.data() + c * kChunk);
+    const float next = mass + s.sums[c];
     if (static_cast<double>(next) > threshold) {
       chosen = c;
       break;
@@ -93,7 +100,7 @@ int64_t sample_row(const float* l, int64_t V, float t, double u, std::vector<flo
     for (int64_t k = V - 1; k >= 0; --k)
       if (e[k] > 0.0f) return k;
   }
-  const float* ec = e.data() + chosen * kChunk;
+  const float* ec = e + chosen * kChunk;
   int64_t last = -1;
   for (int64_t k = 0; k < kChunk; ++k) {
     if (ec[k] <= 0.0f) continue;
@@ -129,8 +136,8 @@ at::Tensor sample_temperature(const at::Tensor& logits, const at::Tensor& temper
   int64_t* op = out.data_ptr<int64_t>();
   const int64_t ls = logits.stride(0);
   parallel_for(0, R, 1, [&](int64_t r0, int64_t r1) {
-    static thread_local std::vector<float> e;
-    for (int64_t r = r0; r < r1; ++r) op[r] = sample_row(lp + r * ls, V, tp[r], up[r], e);
+    static thread_local RowScratch scratch;
+    for (int64_t r = r0; r < r1; ++r) op[r] = sample_row(lp + r * ls, V, tp[r], up[r], scratch);
   });
   return out;
 }
