@@ -22,7 +22,7 @@
 #define ASTRAI_QLINEAR_ROW_CHUNK 64
 #endif
 #ifndef ASTRAI_QLINEAR_PREFETCH
-#define ASTRAI_QLINEAR_PREFETCH 1024
+#define ASTRAI_QLINEAR_PREFETCH 4096  // bytes ahead along each weight stream (docs/kernels.md, note 12)
 #endif
 
 namespace astrai {
@@ -263,6 +263,15 @@ inline typename V::F block_min(const uint8_t* sc, const uint8_t* sup, const Tile
   }
 }
 
+// Byte offset, from a tile's first group, of position p along its first stream (the second is
+// one group further): a thread's tiles are consecutive, so each stream continues in the same
+// stream of the next tile, G groups on.
+template <int G>
+inline int64_t stream_offset(int64_t p, int64_t group) {
+  if constexpr (G == 1) return p;
+  else return p < group ? p : p / group * (G * group) + p % group;
+}
+
 // ---- the tile kernel ----
 
 // Activation rows m0 .. m0+MT-1 against one tile of output rows over all nb blocks.
@@ -281,15 +290,13 @@ void tile(const QuantizedActivations& a, int64_t m0, const TileBytes& t, int64_t
     const uint8_t* sb = t.scales + b * SB;
     const uint8_t* xb = L.k_scales ? t.super + (b / kBlocksPerSuper) * XB : nullptr;
     if constexpr (ASTRAI_QLINEAR_PREFETCH > 0) {
-      // The weights stream from DRAM once per call: ask for them well before they are needed.
-      // Each of the tile's kGroups streams runs past its group's end into the same stream of the
-      // next tile (kGroups groups further on), so a short group (small K) is fetched ahead too.
-      int64_t ahead = b * QB + ASTRAI_QLINEAR_PREFETCH;
-      if (ahead >= t.quant_group) ahead += (V::kGroups - 1) * t.quant_group;
+      // The weights stream from DRAM once per call: ask for them well before they are needed,
+      // along each of the tile's kGroups streams (into the next tiles when a group is short).
       for (int64_t line = 0; line < QB; line += 64) {
-        _mm_prefetch(reinterpret_cast<const char*>(t.quants + ahead + line), _MM_HINT_T0);
+        const int64_t ahead = stream_offset<V::kGroups>(b * QB + ASTRAI_QLINEAR_PREFETCH + line, t.quant_group);
+        _mm_prefetch(reinterpret_cast<const char*>(t.quants + ahead), _MM_HINT_T0);
         if constexpr (V::kGroups == 2)
-          _mm_prefetch(reinterpret_cast<const char*>(t.quants + t.quant_group + ahead + line), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(t.quants + t.quant_group + ahead), _MM_HINT_T0);
       }
     }
     F s0, s1;
