@@ -16,10 +16,9 @@ from .kernels import loaded_kernels
 
 def sample_temperature(logits: torch.Tensor, temperature: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor | None:
     """Each row's token (int64 [R]; -1 for a row with a NaN or infinite logit maximum), or None
-    where the native kernels cannot run it (none loaded in this process yet, or the torch path
-    chosen; not float32 on the CPU): then sample
-    with the torch twin or any other sampler. logits [R, V] float32, temperature [R] (> 0),
-    uniform [R] in [0, 1)."""
+    where the native kernels cannot run it (none loaded in this process yet, the torch path
+    chosen, or logits not float32 on the CPU): then sample with the torch twin or any other
+    sampler. logits [R, V] float32, temperature [R] (> 0), uniform [R] in [0, 1)."""
     if logits.device.type != "cpu" or logits.dtype != torch.float32 or logits.dim() != 2:
         return None
     chosen = loaded_kernels()  # never a first compile in the middle of serving

@@ -115,13 +115,15 @@ class Sampler:
     def _sample_random(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
         params = [r.params for r in rows]
         device = logits.device
+        temperatures = [p.temperature for p in params]
+        draws = [position_uniform(*r.random_key) for r in rows]  # one per row, whichever path samples
         if not any(p.truncates for p in params):
             # temperature alone: the native kernel, one row per thread (astrai.model.sample_temperature)
-            picked = sample_temperature(logits, torch.tensor([p.temperature for p in params], dtype=torch.float32),
-                                        torch.tensor([position_uniform(*r.random_key) for r in rows], dtype=torch.float64))
+            picked = sample_temperature(logits, torch.tensor(temperatures, dtype=torch.float32),
+                                        torch.tensor(draws, dtype=torch.float64))
             if picked is not None and bool((picked >= 0).all()):
                 return picked.to(device)
-        temps = torch.tensor([p.temperature for p in params], dtype=logits.dtype, device=device)
+        temps = torch.tensor(temperatures, dtype=logits.dtype, device=device)
         logits = logits / temps.unsqueeze(1)
         if any(p.top_k > 0 for p in params):
             _apply_top_k(logits, [p.top_k for p in params])
@@ -132,7 +134,7 @@ class Sampler:
             min_p = torch.tensor([p.min_p for p in params], dtype=probs.dtype, device=device)
             threshold = probs.max(dim=-1, keepdim=True).values * min_p.unsqueeze(1)
             probs = probs.masked_fill(probs < threshold, 0.0)
-        uniform = torch.tensor([[position_uniform(*r.random_key)] for r in rows], dtype=probs.dtype, device=device)
+        uniform = torch.tensor(draws, dtype=probs.dtype, device=device).unsqueeze(1)
         cdf = probs.cumsum(dim=-1)
         # The first token whose cumulative mass exceeds u * total; zero-probability tokens have
         # zero width and can never be picked.
