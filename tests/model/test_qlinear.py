@@ -56,8 +56,9 @@ from hypothesis import strategies as st
 from torch_threads import torch_threads
 
 QTYPES = list(QuantType)
-# M: a single row, row tiles of 4 and their 1-3 row tails, a row chunk of 64 and one past it.
-MS = (1, 3, 4, 5, 17, 64, 65)
+# M: a single row, row tiles of 4 and their 1-3 row tails, a row chunk of 64 and one past it,
+# and 100: avx512's row lanes over whole groups of 16 in two row chunks, then a 4-row tail.
+MS = (1, 3, 4, 5, 17, 64, 65, 100)
 # (N, K): N never a multiple of 8 (a partial group of rows) or 16 (a partial AVX-512 tile of two
 # groups); 37 leaves one narrow group at the end, 45 a wide tile with half its second group.
 SHAPES = ((37, 256), (45, 512), (13, 768), (3, 256))

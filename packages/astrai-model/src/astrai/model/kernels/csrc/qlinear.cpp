@@ -4,6 +4,8 @@
 // small unsigned codes (32-bit lane = one row's 4 consecutive weights) and reused for up to
 // kTileRows activation rows, whose 4-byte slices are broadcast to every lane: the int8 dot
 // products need no horizontal sums and the scales of all the tile's rows apply in one FMA.
+// avx512 builds without AMX also have a row-lane kernel for prefill-sized calls (>= 64 rows,
+// K <= 1024): the same operations with the operands' roles swapped (see its section).
 // Arithmetic: qlinear.h.
 #include "qlinear.h"
 
@@ -11,6 +13,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "isa/amx.h"
 #include "isa/lanes.h"
@@ -442,6 +445,215 @@ void amx_tile(const QuantizedActivations& a, int64_t m0, const TileBytes& t, int
 }
 #endif
 
+#if defined(ASTRAI_ISA_AVX512) && !defined(ASTRAI_ISA_AMX)
+// ---- row lanes (avx512 without AMX): 16 activation rows per vector ----
+// The same integers and float operations per output as tile() (so the same bits), with the roles
+// of the operands swapped: a vector holds one 4-byte activation slice of each of 16 rows, loaded
+// once and shared by several outputs, whose 4 codes are broadcast. One broadcast then feeds both
+// activation parts, where tile() broadcasts each part's slice per weight vector.
+#define ASTRAI_QLINEAR_ROW_LANES 1
+constexpr int64_t kLaneRows = 16;
+constexpr int kPassOutputs = 4;  // outputs per pass: 4 int accumulators and 2 float ones each
+// Below 64 rows the tile kernel is as fast; past 32 blocks (K > 1024) a pass's activations (1 KB
+// a block) no longer stay in L1 beside the tile's codes, and the tile kernel wins again.
+constexpr int64_t kLaneMinRows = 64;
+constexpr int64_t kLaneMaxBlocks = 32;
+
+// Rows [16g, 16g + 16) of the activations, block b: hi[(g * nb + b) * 8 + j] lane r = row 16g + r's
+// q_hi bytes 32b + 4j .. 32b + 4j + 3 (lo likewise); d, ds, sum [(g * nb + b) * 16 + r]; sum16
+// [((g * nb + b) * 2 + h) * 16 + r]. Whole groups only: a call's last M % 16 rows take the tile kernel.
+struct RowLaneActivations {
+  std::vector<__m512i> hi, lo;
+  std::vector<float> d, ds;
+  std::vector<int32_t> sum, sum16;
+};
+
+RowLaneActivations& thread_row_lanes() {
+  static thread_local RowLaneActivations buffers;
+  return buffers;
+}
+
+// r[i] = column i of the 16 x 16 32-bit matrix whose row k is r[k] on entry (the shuffle network
+// leaves the columns in the order kColumnOf).
+constexpr int kColumnOf[16] = {0, 2, 1, 3, 4, 6, 5, 7, 8, 10, 9, 11, 12, 14, 13, 15};
+
+inline void transpose16(__m512 (&r)[16]) {
+  __m512 t[16];
+  for (int o = 0; o < 16; o += 2) {  // 32-bit interleave of row pairs
+    t[o] = _mm512_unpacklo_ps(r[o], r[o + 1]);
+    t[o + 1] = _mm512_unpackhi_ps(r[o], r[o + 1]);
+  }
+  for (int o = 0; o < 16; o += 4)
+    for (int k = 0; k < 2; ++k) {  // 64-bit interleave
+      r[o + k] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[o + k]), _mm512_castps_pd(t[o + k + 2])));
+      r[o + k + 2] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[o + k]), _mm512_castps_pd(t[o + k + 2])));
+    }
+  for (int o = 0; o < 16; o += 8)
+    for (int k = 0; k < 4; ++k) {  // 128-bit lanes
+      t[o + k] = _mm512_shuffle_f32x4(r[o + k], r[o + k + 4], 0x88);
+      t[o + k + 4] = _mm512_shuffle_f32x4(r[o + k], r[o + k + 4], 0xDD);
+    }
+  for (int k = 0; k < 8; ++k) {  // 256-bit halves
+    r[k] = _mm512_shuffle_f32x4(t[k], t[k + 8], 0x88);
+    r[k + 8] = _mm512_shuffle_f32x4(t[k], t[k + 8], 0xDD);
+  }
+}
+
+void transpose_rows(const QuantizedActivations& a, int64_t groups, RowLaneActivations& t) {
+  const int64_t K = a.K, nb = K / kQBlock;
+  const size_t slices = static_cast<size_t>(groups * nb * 8);
+  if (t.hi.size() < slices) {
+    t.hi.resize(slices);
+    t.lo.resize(slices);
+  }
+  const size_t lanes = static_cast<size_t>(groups * nb * kLaneRows);
+  if (t.d.size() < lanes) {
+    t.d.resize(lanes);
+    t.ds.resize(lanes);
+    t.sum.resize(lanes);
+    t.sum16.resize(2 * lanes);
+  }
+  parallel_for(0, groups, 4, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g)
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t at = g * nb + b;
+        // row k: its block's q_hi bytes (8 slices) then its q_lo bytes; column c < 8 is hi slice c
+        __m512 r[16];
+        for (int k = 0; k < 16; ++k) {
+          const int64_t offset = (g * kLaneRows + k) * K + b * kQBlock;
+          r[k] = _mm512_castsi512_ps(_mm512_inserti64x4(
+              _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q_hi + offset))),
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q_lo + offset)), 1));
+        }
+        transpose16(r);
+        for (int i = 0; i < 16; ++i) {
+          const int c = kColumnOf[i];
+          __m512i* dst = c < 8 ? t.hi.data() + at * 8 + c : t.lo.data() + at * 8 + (c - 8);
+          _mm512_store_si512(dst, _mm512_castps_si512(r[i]));
+        }
+        for (int k = 0; k < 16; ++k) {
+          const int64_t row = g * kLaneRows + k;
+          t.d[at * kLaneRows + k] = a.d[row * nb + b];
+          t.ds[at * kLaneRows + k] = a.ds[row * nb + b];
+          t.sum[at * kLaneRows + k] = a.sum[row * nb + b];
+          t.sum16[(at * 2) * kLaneRows + k] = a.sum16[row * 2 * nb + 2 * b];
+          t.sum16[(at * 2 + 1) * kLaneRows + k] = a.sum16[row * 2 * nb + 2 * b + 1];
+        }
+      }
+  });
+}
+
+// A tile's codes, scales and mins for every block, as tile() unpacks them (lane = output).
+struct UnpackedTile {
+  std::vector<__m512i> codes;  // [b * 8 + j]
+  std::vector<float> s0, s1, min;  // [b * 16 + lane]
+};
+
+UnpackedTile& thread_unpacked_tile() {
+  static thread_local UnpackedTile buffers;
+  return buffers;
+}
+
+template <QType QT>
+void unpack_tile(const TileBytes& t, int64_t nb, int64_t next_tile_bytes, UnpackedTile& u) {
+  using V = isa::Lanes16;
+  constexpr Layout L = layout_of(QT);
+  const int64_t QB = L.quant_bytes(), SB = L.scales, XB = L.super;
+  if (u.codes.size() < static_cast<size_t>(nb * 8)) {
+    u.codes.resize(nb * 8);
+    u.s0.resize(nb * kLaneRows);
+    u.s1.resize(nb * kLaneRows);
+    u.min.resize(nb * kLaneRows);
+  }
+  // The next tile's weights (the following 2 groups, contiguous) stream in during this one's passes.
+  for (int64_t line = 0; line < next_tile_bytes; line += 64)
+    _mm_prefetch(reinterpret_cast<const char*>(t.quants + 2 * t.quant_group + line), _MM_HINT_T0);
+  for (int64_t b = 0; b < nb; ++b) {
+    typename V::I w[8];
+    unpack<QT, V>(t.quants + b * QB, t.quant_group, w);
+    for (int j = 0; j < 8; ++j) _mm512_store_si512(u.codes.data() + b * 8 + j, w[j]);
+    const uint8_t* xb = L.k_scales ? t.super + (b / kBlocksPerSuper) * XB : nullptr;
+    typename V::F s0, s1;
+    block_scales<QT, V>(t.scales + b * SB, xb, t, s0, s1);
+    _mm512_storeu_ps(u.s0.data() + b * kLaneRows, s0);
+    _mm512_storeu_ps(u.s1.data() + b * kLaneRows, s1);
+    if constexpr (L.has_min) _mm512_storeu_ps(u.min.data() + b * kLaneRows, block_min<QT, V>(t.scales + b * SB, xb, t));
+  }
+}
+
+// i -= offset * sums (per row), as tile() does per output with splat32.
+template <int kOffset>
+inline __m512i less_offset(__m512i i, const int32_t* sums) {
+  if constexpr (kOffset == 0) return i;
+  else return _mm512_sub_epi32(i, _mm512_mullo_epi32(_mm512_set1_epi32(kOffset), _mm512_loadu_si512(sums)));
+}
+
+// Outputs [o0, o0 + kPassOutputs) of the tile (lanes of u) for the 16 rows of group g, over every
+// block, into y[o][r] (bias added). Two chains per part and output (even and odd j), as dot2.
+template <QType QT>
+void row_lane_pass(const RowLaneActivations& x, int64_t g, int64_t nb, const UnpackedTile& u, int o0,
+                   const float* bias, float (*y)[kLaneRows]) {
+  constexpr Layout L = layout_of(QT);
+  constexpr int P = kPassOutputs;
+  constexpr int kSpans = L.halves ? 2 : 1;
+  const int32_t* codes = reinterpret_cast<const int32_t*>(u.codes.data());  // [(b * 8 + j) * 16 + lane]
+  __m512 acc[P], low[P];
+  for (int o = 0; o < P; ++o) acc[o] = low[o] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t at = g * nb + b;
+    const __m512i* hi = x.hi.data() + at * 8;
+    const __m512i* lo = x.lo.data() + at * 8;
+    const __m512 d = _mm512_loadu_ps(x.d.data() + at * kLaneRows);
+    #pragma GCC unroll 2
+    for (int span = 0; span < kSpans; ++span) {
+      __m512i h[2][P], l[2][P];
+      for (int c = 0; c < 2; ++c)
+        for (int o = 0; o < P; ++o) h[c][o] = l[c][o] = _mm512_setzero_si512();
+      #pragma GCC unroll 8
+      for (int j = span * 8 / kSpans; j < (span + 1) * 8 / kSpans; ++j) {
+        __m512i vh = _mm512_load_si512(hi + j), vl = _mm512_load_si512(lo + j);
+        asm("" : "+v"(vh), "+v"(vl));  // one load each for all P outputs
+        #pragma GCC unroll 4
+        for (int o = 0; o < P; ++o) {
+          const __m512i w = _mm512_set1_epi32(codes[(b * 8 + j) * kLaneRows + o0 + o]);
+          h[j & 1][o] = _mm512_dpbusd_epi32(h[j & 1][o], w, vh);
+          l[j & 1][o] = _mm512_dpbusd_epi32(l[j & 1][o], w, vl);
+        }
+      }
+      const float* s = (span == 0 ? u.s0.data() : u.s1.data()) + b * kLaneRows + o0;
+      const int32_t* sums = L.halves ? x.sum16.data() + (at * 2 + span) * kLaneRows : x.sum.data() + at * kLaneRows;
+      #pragma GCC unroll 4
+      for (int o = 0; o < P; ++o) {
+        const __m512i hs = _mm512_add_epi32(h[0][o], h[1][o]), ls = _mm512_add_epi32(l[0][o], l[1][o]);
+        // 254 h = 256 h - 2 h: exact, as in dot2
+        __m512i i = _mm512_add_epi32(_mm512_sub_epi32(_mm512_slli_epi32(hs, 8), _mm512_slli_epi32(hs, 1)), ls);
+        i = less_offset<L.offset>(i, sums);
+        acc[o] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(_mm512_set1_ps(s[o]), d), acc[o]);
+      }
+    }
+    if constexpr (L.has_min) {  // low = sum_b m[b] * ds[b]: its own chain, in block order as in tile()
+      const __m512 ds = _mm512_loadu_ps(x.ds.data() + at * kLaneRows);
+      for (int o = 0; o < P; ++o) low[o] = _mm512_fmadd_ps(_mm512_set1_ps(u.min[b * kLaneRows + o0 + o]), ds, low[o]);
+    }
+  }
+  for (int o = 0; o < P; ++o) {
+    __m512 v = acc[o];
+    if constexpr (L.has_min) v = _mm512_add_ps(v, low[o]);
+    if (bias != nullptr) v = _mm512_add_ps(v, _mm512_set1_ps(bias[o0 + o]));
+    _mm512_store_ps(y[o0 + o], v);
+  }
+}
+
+// out[r * ldo + o] = y[o][r] for o < valid, r < 16.
+void store_transposed(const float (*y)[kLaneRows], int valid, float* out, int64_t ldo) {
+  __m512 r[16];
+  for (int o = 0; o < 16; ++o) r[o] = _mm512_load_ps(y[o]);
+  transpose16(r);
+  const __mmask16 mask = valid >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << valid) - 1);
+  for (int i = 0; i < 16; ++i) _mm512_mask_storeu_ps(out + kColumnOf[i] * ldo, mask, r[i]);
+}
+#endif
+
 #if defined(ASTRAI_ISA_AVX512)
 using WideLanes = isa::Lanes16;
 constexpr int kTileRows = 8;
@@ -484,6 +696,19 @@ void gemm_with(const QuantizedActivations& a, const uint8_t* packed, int64_t N, 
   // Activation rows per pass over a thread's tiles: 64 rows of K int8 stay in L1/L2 while the
   // tiles' weights stream past them.
   constexpr int64_t kRowChunk = ASTRAI_QLINEAR_ROW_CHUNK;
+  // Rows [0, lane_rows) in whole groups of 16 go through row lanes where the build has them.
+#if defined(ASTRAI_QLINEAR_ROW_LANES)
+  int64_t lane_rows = 0;
+  const RowLaneActivations* lanes = nullptr;
+  if constexpr (G == 2 && QT != QType::Q8_0) {
+    if (M >= kLaneMinRows && nb <= kLaneMaxBlocks) {
+      lane_rows = M / kLaneRows * kLaneRows;
+      RowLaneActivations& x = thread_row_lanes();
+      transpose_rows(a, lane_rows / kLaneRows, x);
+      lanes = &x;
+    }
+  }
+#endif
   parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
     for (int64_t mc = 0; mc < M; mc += kRowChunk) {
       const int64_t mend = std::min(M, mc + kRowChunk);
@@ -495,7 +720,22 @@ void gemm_with(const QuantizedActivations& a, const uint8_t* packed, int64_t N, 
         const int valid = static_cast<int>(std::min<int64_t>(G * kRowsPerGroup, N - n0));
         const float* tbias = bias != nullptr ? bias + n0 : nullptr;
         if (G == 1 || g + 1 < reg.groups) {
-          tile_rows<QT, V>(a, mc, mend, t, nb, out + n0, ldo, valid, tbias);
+          int64_t m = mc;
+#if defined(ASTRAI_QLINEAR_ROW_LANES)
+          if constexpr (G == 2 && QT != QType::Q8_0) {
+            if (mc < lane_rows) {
+              UnpackedTile& u = thread_unpacked_tile();
+              const int64_t next = tt + 1 < t1 && g + 3 < reg.groups ? G * reg.quant_group : 0;
+              unpack_tile<QT>(t, nb, next, u);
+              alignas(64) float y[kLaneRows][kLaneRows];
+              for (; m + kLaneRows <= std::min(mend, lane_rows); m += kLaneRows) {
+                for (int o0 = 0; o0 < valid; o0 += kPassOutputs) row_lane_pass<QT>(*lanes, m / kLaneRows, nb, u, o0, tbias, y);
+                store_transposed(y, valid, out + n0 + m * ldo, ldo);
+              }
+            }
+          }
+#endif
+          if (m < mend) tile_rows<QT, V>(a, m, mend, t, nb, out + n0, ldo, valid, tbias);
         } else {
           tile_rows<QT, Lanes8>(a, mc, mend, t, nb, out + n0, ldo, valid, tbias);
         }
