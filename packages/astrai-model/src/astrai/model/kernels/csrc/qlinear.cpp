@@ -652,6 +652,23 @@ void store_transposed(const float (*y)[kLaneRows], int valid, float* out, int64_
   const __mmask16 mask = valid >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << valid) - 1);
   for (int i = 0; i < 16; ++i) _mm512_mask_storeu_ps(out + kColumnOf[i] * ldo, mask, r[i]);
 }
+
+// Rows [m, end) (whole groups of 16) against one tile through row lanes: its codes unpacked
+// once, then every group's passes; `next_bytes` of the following tile are prefetched meanwhile.
+// Returns end.
+template <QType QT>
+int64_t row_lane_rows(const RowLaneActivations& x, int64_t m, int64_t end, const TileBytes& t, int64_t nb,
+                      int64_t next_bytes, float* out, int64_t ldo, int valid, const float* bias) {
+  UnpackedTile& u = thread_unpacked_tile();
+  unpack_tile<QT>(t, nb, next_bytes, u);
+  alignas(64) float y[kLaneRows][kLaneRows];
+  for (; m + kLaneRows <= end; m += kLaneRows) {
+    for (int o0 = 0; o0 < valid; o0 += kPassOutputs) row_lane_pass<QT>(x, m / kLaneRows, nb, u, o0, bias, y);
+    store_transposed(y, valid, out + m * ldo, ldo);
+  }
+  return m;
+}
+
 #endif
 
 #if defined(ASTRAI_ISA_AVX512)
@@ -724,14 +741,8 @@ void gemm_with(const QuantizedActivations& a, const uint8_t* packed, int64_t N, 
 #if defined(ASTRAI_QLINEAR_ROW_LANES)
           if constexpr (G == 2 && QT != QType::Q8_0) {
             if (mc < lane_rows) {
-              UnpackedTile& u = thread_unpacked_tile();
               const int64_t next = tt + 1 < t1 && g + 3 < reg.groups ? G * reg.quant_group : 0;
-              unpack_tile<QT>(t, nb, next, u);
-              alignas(64) float y[kLaneRows][kLaneRows];
-              for (; m + kLaneRows <= std::min(mend, lane_rows); m += kLaneRows) {
-                for (int o0 = 0; o0 < valid; o0 += kPassOutputs) row_lane_pass<QT>(*lanes, m / kLaneRows, nb, u, o0, tbias, y);
-                store_transposed(y, valid, out + n0 + m * ldo, ldo);
-              }
+              m = row_lane_rows<QT>(*lanes, mc, std::min(mend, lane_rows), t, nb, next, out + n0, ldo, valid, tbias);
             }
           }
 #endif
