@@ -661,7 +661,7 @@ int64_t row_lane_rows(const RowLaneActivations& x, int64_t m, int64_t end, const
                       int64_t next_bytes, float* out, int64_t ldo, int valid, const float* bias) {
   UnpackedTile& u = thread_unpacked_tile();
   unpack_tile<QT>(t, nb, next_bytes, u);
-  alignas(64) float y[kLaneRows][kLaneRows];
+  alignas(64) float y[kLaneRows][kLaneRows] = {};  // outputs past the tile's last pass stay defined
   for (; m + kLaneRows <= end; m += kLaneRows) {
     for (int o0 = 0; o0 < valid; o0 += kPassOutputs) row_lane_pass<QT>(x, m / kLaneRows, nb, u, o0, bias, y);
     store_transposed(y, valid, out + m * ldo, ldo);
