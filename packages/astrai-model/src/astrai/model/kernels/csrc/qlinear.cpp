@@ -715,9 +715,10 @@ void gemm_with(const QuantizedActivations& a, const uint8_t* packed, int64_t N, 
   constexpr int64_t kRowChunk = ASTRAI_QLINEAR_ROW_CHUNK;
   // Rows [0, lane_rows) in whole groups of 16 go through row lanes where the build has them.
 #if defined(ASTRAI_QLINEAR_ROW_LANES)
+  constexpr bool kRowLanes = G == 2 && QT != QType::Q8_0;  // two-group tiles of the nibble/plane types
   int64_t lane_rows = 0;
   const RowLaneActivations* lanes = nullptr;
-  if constexpr (G == 2 && QT != QType::Q8_0) {
+  if constexpr (kRowLanes) {
     if (M >= kLaneMinRows && nb <= kLaneMaxBlocks) {
       lane_rows = M / kLaneRows * kLaneRows;
       RowLaneActivations& x = thread_row_lanes();
@@ -739,7 +740,7 @@ void gemm_with(const QuantizedActivations& a, const uint8_t* packed, int64_t N, 
         if (G == 1 || g + 1 < reg.groups) {
           int64_t m = mc;
 #if defined(ASTRAI_QLINEAR_ROW_LANES)
-          if constexpr (G == 2 && QT != QType::Q8_0) {
+          if constexpr (kRowLanes) {
             if (mc < lane_rows) {
               const int64_t next = tt + 1 < t1 && g + 3 < reg.groups ? G * reg.quant_group : 0;
               m = row_lane_rows<QT>(*lanes, mc, std::min(mend, lane_rows), t, nb, next, out + n0, ldo, valid, tbias);
