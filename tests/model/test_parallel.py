@@ -1,7 +1,8 @@
 """The native kernels' own worker team (csrc/parallel.cpp), driven from C++ through test ops.
 
 Every kernel's work splitting goes through it, so: chunks tile a range exactly once for any size
-and grain; a nested call runs inline; several C++ threads submitting at once all get correct
+and grain, and so do stolen pieces, whose owner's run another thread finishes while the owner is
+held up; a nested call runs inline; several C++ threads submitting at once all get correct
 results; an exception in a worker's chunk reaches the caller with its message; a forked child
 (Ray, multiprocessing) gets a working team of its own instead of waiting on its parent's threads.
 """
@@ -11,12 +12,23 @@ from __future__ import annotations
 import multiprocessing
 
 import pytest
+from torch_threads import torch_threads
 
 
 @pytest.mark.parametrize("n, grain", [(0, 1), (1, 1), (2, 1), (7, 1), (100, 3), (1000, 256), (5, 100), (4097, 1)])
 def test_chunks_cover_the_range_once(native_kernels, n, grain):
     visits = native_kernels.testing_ops().parallel_for_visits(n, grain)
     assert visits.tolist() == [1] * n
+
+
+@pytest.mark.parametrize("n, piece", [(2, 1), (7, 1), (100, 3), (4097, 16), (64, 63)])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_pieces_cover_the_range_once_and_are_stolen(native_kernels, n, piece, threads):
+    """The piece holding index 0 waits until every other index is done (the op raises after its
+    timeout otherwise), so its owner's other pieces must be taken by another thread: with a
+    static split into one run per thread this fails."""
+    with torch_threads(threads):
+        assert native_kernels.testing_ops().parallel_for_stealing_visits(n, piece, 10_000).tolist() == [1] * n
 
 
 def test_concurrent_submitters_all_get_exact_results(native_kernels):

@@ -165,5 +165,41 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, const std::function
   team_of_size(static_cast<int>(threads)).run(static_cast<int>(parts), begin, end, chunk, f);
 }
 
-}  // namespace astrai
+void parallel_for_stealing(int64_t begin, int64_t end, int64_t piece, const std::function<void(int64_t, int64_t)>& f) {
+  if (begin >= end) return;
+  piece = std::max<int64_t>(1, piece);
+  const int64_t pieces = (end - begin + piece - 1) / piece;
+  const int64_t parts = std::min<int64_t>(num_threads(), pieces);
+  if (parts <= 1 || pieces >= (int64_t{1} << 31)) {  // (a run's bounds pack into 32 bits each)
+    parallel_for(begin, end, piece, f);
+    return;
+  }
+  // Part i owns pieces [lo, hi), packed as lo | hi << 32: it takes pieces from its low end, and
+  // a part that has run out takes them from the high end of another's, one CAS per piece.
+  struct alignas(64) Owned {
+    std::atomic<uint64_t> bounds;
+  };
+  std::vector<Owned> owned(static_cast<size_t>(parts));
+  for (int64_t i = 0; i < parts; ++i)
+    owned[i].bounds.store(static_cast<uint64_t>(pieces * i / parts) | static_cast<uint64_t>(pieces * (i + 1) / parts) << 32,
+                          std::memory_order_relaxed);
+  const auto take = [&](Owned& o, bool from_low) -> int64_t {
+    uint64_t b = o.bounds.load(std::memory_order_relaxed);
+    for (;;) {
+      const uint64_t lo = b & 0xFFFFFFFFu, hi = b >> 32;
+      if (lo >= hi) return -1;
+      const uint64_t next = from_low ? (lo + 1) | hi << 32 : lo | (hi - 1) << 32;
+      if (o.bounds.compare_exchange_weak(b, next, std::memory_order_relaxed)) return static_cast<int64_t>(from_low ? lo : hi - 1);
+    }
+  };
+  const auto run_piece = [&](int64_t p) { f(begin + p * piece, std::min(end, begin + (p + 1) * piece)); };
+  parallel_for(0, parts, 1, [&](int64_t self, int64_t) {
+    for (int64_t p; (p = take(owned[self], true)) >= 0;) run_piece(p);
+    for (int64_t k = 1; k < parts; ++k) {
+      Owned& victim = owned[(self + k) % parts];
+      for (int64_t p; (p = take(victim, false)) >= 0;) run_piece(p);
+    }
+  });
+}
 
+}  // namespace astrai

@@ -701,6 +701,13 @@ void tile_rows(const QuantizedActivations& a, int64_t mc, int64_t mend, const Ti
   }
 }
 
+// Calls of at most kStealMaxRows rows (decode and verification steps) go through
+// parallel_for_stealing in kPiecesPerThread pieces per thread: a thread the OS preempts then
+// holds the call up by one piece, not by its whole share. Larger calls keep one contiguous share
+// per thread, since every piece rereads all rows' activations.
+constexpr int64_t kStealMaxRows = 256;
+constexpr int64_t kPiecesPerThread = 8;
+
 template <QType QT, class V>
 void gemm_with(const QuantizedActivations& a, const uint8_t* packed, int64_t N, float* out, int64_t ldo, const float* bias) {
   const PackedRegions reg = packed_regions(QT, N, a.K);
@@ -727,7 +734,7 @@ void gemm_with(const QuantizedActivations& a, const uint8_t* packed, int64_t N, 
     }
   }
 #endif
-  parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
+  const auto run = [&](int64_t t0, int64_t t1) {
     for (int64_t mc = 0; mc < M; mc += kRowChunk) {
       const int64_t mend = std::min(M, mc + kRowChunk);
       for (int64_t tt = t0; tt < t1; ++tt) {
@@ -753,7 +760,12 @@ void gemm_with(const QuantizedActivations& a, const uint8_t* packed, int64_t N, 
         }
       }
     }
-  });
+  };
+  if (M <= kStealMaxRows) {
+    parallel_for_stealing(0, tiles, std::max<int64_t>(grain, tiles / (num_threads() * kPiecesPerThread)), run);
+  } else {
+    parallel_for(0, tiles, grain, run);
+  }
 }
 
 // Up to this many activation rows a call is bound by reading the weights once: one group per

@@ -60,6 +60,31 @@ int64_t parallel_for_concurrent_errors(int64_t submitters, int64_t rounds, int64
   return errors.load();
 }
 
+// Visits of each index of [0, n) by one parallel_for_stealing in pieces of `piece`; the piece
+// holding index 0 first waits until every index outside it has been visited, which only another
+// thread taking the rest of its owner's run can bring about (it gives up after `timeout_ms` and raises).
+at::Tensor parallel_for_stealing_visits(int64_t n, int64_t piece, int64_t timeout_ms) {
+  TORCH_CHECK(n > piece && piece >= 1, "parallel_for_stealing_visits: need n > piece >= 1");
+  std::unique_ptr<std::atomic<int32_t>[]> visits(new std::atomic<int32_t>[n]);
+  for (int64_t i = 0; i < n; ++i) visits[i].store(0);
+  std::atomic<int64_t> others{0};
+  parallel_for_stealing(0, n, piece, [&](int64_t b, int64_t e) {
+    if (b == 0) {
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+      while (others.load() < n - e)
+        TORCH_CHECK(std::chrono::steady_clock::now() < deadline,
+                    "parallel_for_stealing_visits: the waiting piece's owner was left with ", n - e - others.load(),
+                    " indices: no other thread took them");
+    } else {
+      others.fetch_add(e - b);
+    }
+    for (int64_t i = b; i < e; ++i) visits[i].fetch_add(1);
+  });
+  at::Tensor out = at::empty({n}, at::kInt);
+  for (int64_t i = 0; i < n; ++i) out.data_ptr<int32_t>()[i] = visits[i].load();
+  return out;
+}
+
 // Throws from the chunk holding the last index: the caller must see the message.
 void parallel_for_raise(int64_t n) {
   parallel_for(0, n, 1, [&](int64_t, int64_t e) {
@@ -233,6 +258,7 @@ TORCH_LIBRARY(ASTRAI_OPS, m) {
   m.def("parallel_for_concurrent_errors(int submitters, int rounds, int n) -> int",
         &astrai::parallel_for_concurrent_errors);
   m.def("parallel_for_raise(int n) -> ()", &astrai::parallel_for_raise);
+  m.def("parallel_for_stealing_visits(int n, int piece, int timeout_ms) -> Tensor", &astrai::parallel_for_stealing_visits);
   m.def("quantize_activations(Tensor x, Tensor? storage=None) -> (Tensor q_hi, Tensor q_lo, Tensor d, Tensor ds, "
         "Tensor sum, Tensor sum16)",
         &astrai::quantize_activations_op);
