@@ -24,19 +24,30 @@ namespace {
 
 // ---- the worker team (tests/model/test_parallel.py) ----
 
+// n visit counters, all zero.
+std::unique_ptr<std::atomic<int32_t>[]> zero_visits(int64_t n) {
+  std::unique_ptr<std::atomic<int32_t>[]> visits(new std::atomic<int32_t>[std::max<int64_t>(n, 1)]);
+  for (int64_t i = 0; i < n; ++i) visits[i].store(0);
+  return visits;
+}
+
+// The counters' values as an int32 tensor.
+at::Tensor visits_tensor(const std::unique_ptr<std::atomic<int32_t>[]>& visits, int64_t n) {
+  at::Tensor out = at::empty({n}, at::kInt);
+  for (int64_t i = 0; i < n; ++i) out.data_ptr<int32_t>()[i] = visits[i].load();
+  return out;
+}
+
 // Visits of each index of [0, n) by one parallel_for with `grain`: all ones when the chunks tile
 // the range exactly once.
 at::Tensor parallel_for_visits(int64_t n, int64_t grain) {
   TORCH_CHECK(n >= 0, "parallel_for_visits: n must be >= 0");
-  std::unique_ptr<std::atomic<int32_t>[]> visits(new std::atomic<int32_t>[std::max<int64_t>(n, 1)]);
-  for (int64_t i = 0; i < n; ++i) visits[i].store(0);
+  const auto visits = zero_visits(n);
   parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) visits[i].fetch_add(1);
     parallel_for(b, e, 1, [](int64_t, int64_t) {});  // nested: runs inline, must not deadlock
   });
-  at::Tensor out = at::empty({n}, at::kInt);
-  for (int64_t i = 0; i < n; ++i) out.data_ptr<int32_t>()[i] = visits[i].load();
-  return out;
+  return visits_tensor(visits, n);
 }
 
 // `submitters` std::threads each run `rounds` parallel_fors over [0, n) at once (one holds the
@@ -65,8 +76,7 @@ int64_t parallel_for_concurrent_errors(int64_t submitters, int64_t rounds, int64
 // thread taking the rest of its owner's run can bring about (it gives up after `timeout_ms` and raises).
 at::Tensor parallel_for_stealing_visits(int64_t n, int64_t piece, int64_t timeout_ms) {
   TORCH_CHECK(n > piece && piece >= 1, "parallel_for_stealing_visits: need n > piece >= 1");
-  std::unique_ptr<std::atomic<int32_t>[]> visits(new std::atomic<int32_t>[n]);
-  for (int64_t i = 0; i < n; ++i) visits[i].store(0);
+  const auto visits = zero_visits(n);
   std::atomic<int64_t> others{0};
   parallel_for_stealing(0, n, piece, [&](int64_t b, int64_t e) {
     if (b == 0) {
@@ -80,9 +90,7 @@ at::Tensor parallel_for_stealing_visits(int64_t n, int64_t piece, int64_t timeou
     }
     for (int64_t i = b; i < e; ++i) visits[i].fetch_add(1);
   });
-  at::Tensor out = at::empty({n}, at::kInt);
-  for (int64_t i = 0; i < n; ++i) out.data_ptr<int32_t>()[i] = visits[i].load();
-  return out;
+  return visits_tensor(visits, n);
 }
 
 // Throws from the chunk holding the last index: the caller must see the message.
