@@ -4,7 +4,8 @@
 every op runs its torch twin); which path and which instruction-set variant is in use is logged
 once. `ASTRAI_KERNELS=torch` forces the pure-torch path, `ASTRAI_KERNELS=native` makes a failed
 build an error instead of a fallback; `ASTRAI_KERNELS_ISA=avx2|avx512|amx` forces a variant
-(see `isa`). Tests and benches reach any supported variant through `kernels_for(variant)`.
+(see `isa`). Tests and benches reach any supported variant through `kernels_for(variant)`, and
+the amx variant's code with software tiles through `amx_emulation()`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ from typing import Any
 import torch
 
 from .build import NativeUnavailable, load_native, load_testing, ops_namespace, testing_namespace
-from .isa import VARIANTS, IsaError, choose_variant, describe_support, probe, supported_variants
+from .isa import (
+    AMX_EMULATION,
+    VARIANTS,
+    IsaError,
+    choose_variant,
+    describe_support,
+    probe,
+    supported_variants,
+)
 
 log = logging.getLogger("astrai.model.kernels")
 
@@ -119,10 +128,19 @@ def kernels_for(variant: str) -> Kernels:
     return Kernels(variant, load_native(variant))
 
 
+def amx_emulation() -> Kernels:
+    """The amx variant's code with its tile instructions run in software (tests only), on any
+    machine that runs avx512: NativeUnavailable elsewhere."""
+    support = next(s for s in probe() if s.variant == "avx512")
+    if not support.supported:
+        raise NativeUnavailable(f"the emulated amx build needs a CPU that runs avx512: {support.reason}")
+    return Kernels(AMX_EMULATION, load_native(AMX_EMULATION))
+
+
 def native_unavailable_reason() -> str | None:
     """Why `native()` returned None (None if it has not been called or succeeded)."""
     return _state.get("reason")  # type: ignore[return-value]
 
 
-__all__ = ["IsaError", "Kernels", "NativeUnavailable", "VARIANTS", "kernel_variant", "kernels", "kernels_for",
+__all__ = ["IsaError", "Kernels", "NativeUnavailable", "VARIANTS", "amx_emulation", "kernel_variant", "kernels", "kernels_for",
            "loaded_kernels", "native", "native_unavailable_reason", "ops", "supported_variants"]

@@ -27,7 +27,7 @@ from types import ModuleType
 
 import torch
 
-from .isa import COMPILE_FLAGS, VARIANTS
+from .isa import COMPILE_FLAGS, EMULATION_FLAGS, VARIANTS
 
 log = logging.getLogger("astrai.model.kernels")
 
@@ -98,9 +98,11 @@ def check_machine() -> None:
 
 
 def _variant_flags(variant: str, namespace: str) -> list[str]:
-    if variant not in VARIANTS:
+    """A variant's flags, or a test-only emulation build's (`isa.EMULATION_FLAGS`)."""
+    flags = COMPILE_FLAGS.get(variant) or EMULATION_FLAGS.get(variant)
+    if flags is None:
         raise NativeUnavailable(f"unknown kernel variant {variant!r} (valid: {', '.join(VARIANTS)})")
-    return BASE_FLAGS + COMPILE_FLAGS[variant] + [f"-DASTRAI_OPS={namespace}"]
+    return BASE_FLAGS + flags + [f"-DASTRAI_OPS={namespace}"]
 
 
 def _build(name: str, paths: list[Path], flags: list[str], ldflags: list[str], what: str) -> tuple[ModuleType, Path]:

@@ -39,6 +39,13 @@ COMPILE_FLAGS: dict[str, list[str]] = {
     "avx512": _COMMON + _AVX512 + ["-DASTRAI_ISA_AVX512"],
     "amx": _COMMON + _AVX512 + ["-mamx-tile", "-mamx-int8", "-mamx-bf16", "-DASTRAI_ISA_AVX512", "-DASTRAI_ISA_AMX"],
 }
+# A test-only build, never chosen or forced: the amx variant's code with its tile instructions run
+# in software (csrc/isa/amx_emulation.h), so every machine that runs avx512 checks that code's
+# shapes and arithmetic against the same oracles; it proves nothing about speed or AMX hardware.
+AMX_EMULATION = "amx_emulated"
+EMULATION_FLAGS: dict[str, list[str]] = {
+    AMX_EMULATION: _COMMON + _AVX512 + ["-DASTRAI_ISA_AVX512", "-DASTRAI_ISA_AMX", "-DASTRAI_AMX_EMULATION"],
+}
 # Variants whose tests have passed on hardware that has them (and where): the automatic choice
 # picks only these. Record a variant here once a machine with its CPU has run the suite.
 VERIFIED: dict[str, str] = {
@@ -123,5 +130,5 @@ def describe_support() -> str:
     return "; ".join(f"{s.variant}: {'yes' if s.supported else 'no'} ({s.reason})" for s in probe())
 
 
-__all__ = ["COMPILE_FLAGS", "ENV_VARIABLE", "IsaError", "Support", "VARIANTS", "VERIFIED", "choose_variant",
+__all__ = ["AMX_EMULATION", "COMPILE_FLAGS", "EMULATION_FLAGS", "ENV_VARIABLE", "IsaError", "Support", "VARIANTS", "VERIFIED", "choose_variant",
            "describe_support", "probe", "supported_variants"]

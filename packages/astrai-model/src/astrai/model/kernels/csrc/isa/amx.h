@@ -1,9 +1,13 @@
 // AMX tile helpers for the amx variant: the tile configuration the quantized linear uses, and
 // the per-thread state it needs (Linux's permission to use tile data, a loaded configuration).
+// The test-only build `amx_emulated` runs the same code with the tile instructions in software.
 #pragma once
 
 #if defined(ASTRAI_ISA_AMX)
 #include <immintrin.h>
+#if defined(ASTRAI_AMX_EMULATION)
+#include "isa/amx_emulation.h"
+#endif
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -46,12 +50,15 @@ inline TileConfig qlinear_tiles(int span) {
 
 // Ask Linux once per process for the AMX tile data state (without it the first tile
 // instruction faults); the probe has already shown the request succeeds on this machine.
+// (Software tiles need none.)
 inline void request_tile_permission() {
+#if !defined(ASTRAI_AMX_EMULATION)
   static const bool granted = [] {
     constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
     return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
   }();
   if (!granted) throw std::runtime_error("AMX: Linux refused the tile data permission (arch_prctl)");
+#endif
 }
 
 // Load `config` on this thread unless it is already the loaded one.

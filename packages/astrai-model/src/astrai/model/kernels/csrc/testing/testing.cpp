@@ -8,12 +8,16 @@
 
 #include <atomic>
 #include <chrono>
+#include <exception>
 #include <thread>
 #include <vector>
 
 #include "parallel.h"
 #include "qlinear.h"
 #include "quant_pack.h"
+#if defined(ASTRAI_ISA_AMX)
+#include "isa/amx.h"
+#endif
 
 #ifndef ASTRAI_OPS
 #error "ASTRAI_OPS (the testing operator namespace) is set by astrai.model.kernels.build"
@@ -99,6 +103,51 @@ void parallel_for_raise(int64_t n) {
     TORCH_CHECK(e != n, "parallel_for_raise: raised in the chunk ending at ", e);
   });
 }
+
+#if defined(ASTRAI_ISA_AMX)
+// ---- one AMX dot-product instruction (tests/model/test_amx_code.py) ----
+
+// c + a . b through TDPBSUD (b unsigned) or TDPBSSD (b signed) in the quantized linear's tile
+// configuration for a span of a.size(1) (16 or 32) bytes: a is 16 x span int8, b is span/4 x 64
+// bytes (row j: 16 outputs x the 4 bytes k = 4j..4j+3), c is 16 x 16 int32. Runs on a thread of
+// its own: the tile configuration is per thread, and the production library's threads keep theirs.
+at::Tensor amx_dot_products(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, bool b_signed) {
+  TORCH_CHECK(a.scalar_type() == at::kChar && a.dim() == 2 && a.size(0) == 16 && (a.size(1) == 16 || a.size(1) == 32),
+              "amx_dot_products: a must be int8 [16, 16 or 32], got ", a.scalar_type(), " ", a.sizes());
+  const int64_t span = a.size(1);
+  TORCH_CHECK(b.scalar_type() == (b_signed ? at::kChar : at::kByte) && b.dim() == 2 && b.size(0) == span / 4 &&
+                  b.size(1) == 64,
+              "amx_dot_products: b must be ", b_signed ? "int8" : "uint8", " [", span / 4, ", 64], got ",
+              b.scalar_type(), " ", b.sizes());
+  TORCH_CHECK(c.scalar_type() == at::kInt && c.dim() == 2 && c.size(0) == 16 && c.size(1) == 16,
+              "amx_dot_products: c must be int32 [16, 16], got ", c.scalar_type(), " ", c.sizes());
+  const at::Tensor ta = a.contiguous(), tb = b.contiguous();
+  at::Tensor out = c.contiguous().clone();
+  std::exception_ptr error;
+  std::thread worker([&] {
+    try {
+      isa::request_tile_permission();
+      const isa::TileConfig config = isa::qlinear_tiles(static_cast<int>(span));
+      _tile_loadconfig(&config);
+      _tile_loadd(0, ta.data_ptr(), span);
+      _tile_loadd(2, tb.data_ptr(), 64);
+      _tile_loadd(3, out.data_ptr(), 64);
+      if (b_signed) {
+        _tile_dpbssd(3, 0, 2);
+      } else {
+        _tile_dpbsud(3, 0, 2);
+      }
+      _tile_stored(3, out.data_ptr(), 64);
+      _tile_release();
+    } catch (...) {
+      error = std::current_exception();
+    }
+  });
+  worker.join();
+  if (error) std::rethrow_exception(error);
+  return out;
+}
+#endif
 
 // ---- the activation quantization (tests/model/test_qlinear.py) ----
 
@@ -276,6 +325,9 @@ TORCH_LIBRARY(ASTRAI_OPS, m) {
   m.def("read_bandwidth_probe(Tensor data, int repeats) -> int", &astrai::read_bandwidth_probe);
   m.def("qlinear_chain_seconds(Tensor[] xs, Tensor[] packed, int[] qtypes, int[] out_features, int repeats) -> float[]",
         &astrai::qlinear_chain_seconds);
+#if defined(ASTRAI_ISA_AMX)
+  m.def("amx_dot_products(Tensor a, Tensor b, Tensor c, bool b_signed) -> Tensor", &astrai::amx_dot_products);
+#endif
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.doc() = "AstrAI kernels: test- and bench-only operators"; }
