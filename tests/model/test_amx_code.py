@@ -25,6 +25,7 @@ from .test_qlinear import (
     SHAPES,
     activations,
     assert_matches_reference,
+    assert_rows_invariant,
     ggml,
     pack_with,
     qlinear,
@@ -121,15 +122,10 @@ def test_linear_matches_the_emulation_and_avx512_bit_for_bit(amx_code, avx512, q
 def test_a_row_gets_the_same_bits_alone_batched_and_on_any_thread_count(amx_code, qtype):
     n, k = 200, 512
     w = pack_with(amx_code, random_rows(ggml(qtype), n, k, seed=3), qtype, k)
-    x = activations(65, k, seed=5)
-    batch = qlinear(amx_code, x[:33], w)  # two whole tiles through AMX, one row through the vector kernel
-    for row in (0, 1, 15, 16, 31, 32):
-        assert same_bits(qlinear(amx_code, x[row : row + 1], w), batch[row : row + 1]), f"row {row} alone"
-    assert same_bits(qlinear(amx_code, x, w)[:33], batch), "inside a batch of 65"
-    assert same_bits(qlinear(amx_code, x[7:23], w), batch[7:23]), "a tile of other rows"
-    for count in (1, 3):
-        with torch_threads(count):
-            assert same_bits(qlinear(amx_code, x[:33], w), batch), f"on {count} thread(s)"
+    # 33 rows: two whole tiles through AMX and one row through the vector kernel; rows 7..22 are
+    # one AMX tile of other rows
+    assert_rows_invariant(amx_code, w, activations(65, k, seed=5), rows=33, alone=(0, 1, 15, 16, 31, 32),
+                          inside=slice(7, 23))
 
 
 def test_out_variant_writes_whole_tiles_into_a_strided_slice(amx_code):

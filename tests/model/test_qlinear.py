@@ -17,6 +17,7 @@ Batch invariance: a row's output is the same bits alone, inside any batch and on
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import gguf
@@ -299,20 +300,27 @@ def test_every_variant_gives_the_same_bits(qtype):
                 f"{kernels.variant} vs {variants[0].variant}: {differ:.3%} of {qtype.name} [{n}, {k}] outputs differ"
 
 
+def assert_rows_invariant(kernels, w: PackedWeight, x: torch.Tensor, rows: int, alone: Iterable[int],
+                          inside: slice) -> None:
+    """x's first `rows` rows give the same bits as one batch, each row of `alone` on its own, inside
+    all of x, the rows of `inside` as their own batch, and on 1 and 3 threads."""
+    batch = qlinear(kernels, x[:rows], w)
+    for row in alone:
+        assert same_bits(qlinear(kernels, x[row : row + 1], w), batch[row : row + 1]), f"row {row} alone"
+    assert same_bits(qlinear(kernels, x, w)[:rows], batch), f"inside a batch of {len(x)}"
+    assert same_bits(qlinear(kernels, x[inside], w), batch[inside]), f"rows {inside.start}..{inside.stop} as a batch"
+    one = slice(inside.start, inside.start + 1)
+    for count in (1, 3):
+        with torch_threads(count):
+            assert same_bits(qlinear(kernels, x[:rows], w), batch), f"on {count} thread(s)"
+            assert same_bits(qlinear(kernels, x[one], w), batch[one]), f"one row on {count} thread(s)"
+
+
 @pytest.mark.parametrize("qtype", QTYPES, ids=lambda q: q.name)
 def test_a_row_gets_the_same_bits_alone_batched_and_on_any_thread_count(variant_kernels, qtype):
     n, k = 200, 512  # 13 tiles of 16 rows: split across threads even for one activation row
     w = pack_with(variant_kernels, random_rows(ggml(qtype), n, k, seed=1), qtype, k)
-    x = activations(65, k, seed=4)
-    batch = qlinear(variant_kernels, x[:17], w)
-    for row in range(17):
-        assert same_bits(qlinear(variant_kernels, x[row : row + 1], w), batch[row : row + 1]), f"row {row} alone"
-    assert same_bits(qlinear(variant_kernels, x, w)[:17], batch), "inside a batch of 65"
-    assert same_bits(qlinear(variant_kernels, x[3:9], w), batch[3:9]), "inside a batch of 6"
-    for count in (1, 3):
-        with torch_threads(count):
-            assert same_bits(qlinear(variant_kernels, x[:17], w), batch), f"on {count} thread(s)"
-            assert same_bits(qlinear(variant_kernels, x[5:6], w), batch[5:6]), f"one row on {count} thread(s)"
+    assert_rows_invariant(variant_kernels, w, activations(65, k, seed=4), rows=17, alone=range(17), inside=slice(3, 9))
 
 
 def test_activation_quantization_is_bit_identical(variant_kernels):
