@@ -120,8 +120,11 @@ def _build(name: str, paths: list[Path], flags: list[str], ldflags: list[str], w
     log.info("compiling %s (first use on this machine, about a minute) into %s", what, folder)
     start = time.perf_counter()
     try:
+        # Copies: the builder appends torch's own link flags to the list it is given, and a
+        # grown LDFLAGS would change every later fingerprint in this process (a cache miss and a
+        # needless compile in every process after it).
         module = cpp_extension.load(
-            name=name, sources=[str(p) for p in paths], extra_cflags=flags, extra_ldflags=ldflags,
+            name=name, sources=[str(p) for p in paths], extra_cflags=list(flags), extra_ldflags=list(ldflags),
             extra_include_paths=[str(CSRC)], build_directory=str(folder), verbose=False, is_python_module=True,
         )
     except Exception as exc:  # compiler errors surface as RuntimeError, others as OSError / ImportError
