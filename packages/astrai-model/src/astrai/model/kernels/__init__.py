@@ -142,5 +142,5 @@ def native_unavailable_reason() -> str | None:
     return _state.get("reason")  # type: ignore[return-value]
 
 
-__all__ = ["IsaError", "Kernels", "NativeUnavailable", "VARIANTS", "amx_emulation", "kernel_variant", "kernels", "kernels_for",
-           "loaded_kernels", "native", "native_unavailable_reason", "ops", "supported_variants"]
+__all__ = ["IsaError", "Kernels", "NativeUnavailable", "VARIANTS", "amx_emulation", "kernel_variant", "kernels",
+           "kernels_for", "loaded_kernels", "native", "native_unavailable_reason", "ops", "supported_variants"]

@@ -130,5 +130,5 @@ def describe_support() -> str:
     return "; ".join(f"{s.variant}: {'yes' if s.supported else 'no'} ({s.reason})" for s in probe())
 
 
-__all__ = ["AMX_EMULATION", "COMPILE_FLAGS", "EMULATION_FLAGS", "ENV_VARIABLE", "IsaError", "Support", "VARIANTS", "VERIFIED", "choose_variant",
-           "describe_support", "probe", "supported_variants"]
+__all__ = ["AMX_EMULATION", "COMPILE_FLAGS", "EMULATION_FLAGS", "ENV_VARIABLE", "IsaError", "Support", "VARIANTS",
+           "VERIFIED", "choose_variant", "describe_support", "probe", "supported_variants"]
