@@ -130,13 +130,13 @@ def variant_kernels(request):
     machine of each kind checks its own). One that the CPU runs but that fails to build fails."""
     from astrai.model.kernels import NativeUnavailable, kernels_for
     from astrai.model.kernels.build import check_machine
-    from astrai.model.kernels.isa import probe
+    from astrai.model.kernels.isa import support_of
 
     try:
         check_machine()
     except NativeUnavailable as exc:
         pytest.skip(f"this machine cannot build the native kernels: {exc}")
-    support = next(s for s in probe() if s.variant == request.param)
+    support = support_of(request.param)
     if not support.supported:
         pytest.skip(f"{request.param} kernels do not run on this CPU: {support.reason}")
     return kernels_for(request.param)

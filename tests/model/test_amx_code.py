@@ -16,7 +16,7 @@ import pytest
 import torch
 from astrai.model.kernels import NativeUnavailable, amx_emulation, kernels_for
 from astrai.model.kernels.build import check_machine
-from astrai.model.kernels.isa import probe
+from astrai.model.kernels.isa import support_of
 from astrai.model.kernels.quant import QuantType, linear_reference_exact
 from gguf_blocks import random_rows
 from torch_threads import torch_threads
@@ -39,11 +39,6 @@ QTYPES = list(QuantType)
 MS = (1, 16, 17, 32, 33, 50, 100)
 
 
-def _supported(variant: str) -> tuple[bool, str]:
-    support = next(s for s in probe() if s.variant == variant)
-    return support.supported, support.reason
-
-
 @pytest.fixture(scope="module", params=["amx", "amx_emulated"])
 def amx_code(request):
     """The amx code: the real build (on an AMX CPU) or the software-tile build (any avx512 CPU);
@@ -53,9 +48,9 @@ def amx_code(request):
     except NativeUnavailable as exc:
         pytest.skip(f"this machine cannot build the native kernels: {exc}")
     needs = "amx" if request.param == "amx" else "avx512"
-    runs, reason = _supported(needs)
-    if not runs:
-        pytest.skip(f"{request.param} needs a CPU that runs {needs}: {reason}")
+    support = support_of(needs)
+    if not support.supported:
+        pytest.skip(f"{request.param} needs a CPU that runs {needs}: {support.reason}")
     return kernels_for("amx") if request.param == "amx" else amx_emulation()
 
 

@@ -26,7 +26,7 @@ from .isa import (
     IsaError,
     choose_variant,
     describe_support,
-    probe,
+    support_of,
     supported_variants,
 )
 
@@ -122,7 +122,7 @@ def kernels_for(variant: str) -> Kernels:
     """A given variant (tests, benches): NativeUnavailable if this machine cannot run or build it."""
     if variant not in VARIANTS:
         raise NativeUnavailable(f"unknown kernel variant {variant!r} (valid: {', '.join(VARIANTS)})")
-    support = next(s for s in probe() if s.variant == variant)
+    support = support_of(variant)
     if not support.supported:
         raise NativeUnavailable(f"this machine cannot run the {variant} kernels: {support.reason}")
     return Kernels(variant, load_native(variant))
@@ -131,7 +131,7 @@ def kernels_for(variant: str) -> Kernels:
 def amx_emulation() -> Kernels:
     """The amx variant's code with its tile instructions run in software (tests only), on any
     machine that runs avx512: NativeUnavailable elsewhere."""
-    support = next(s for s in probe() if s.variant == "avx512")
+    support = support_of("avx512")
     if not support.supported:
         raise NativeUnavailable(f"the emulated amx build needs a CPU that runs avx512: {support.reason}")
     return Kernels(AMX_EMULATION, load_native(AMX_EMULATION))

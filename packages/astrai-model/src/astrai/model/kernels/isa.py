@@ -104,6 +104,11 @@ def probe(cache: Path | None = None) -> tuple[Support, ...]:
     return tuple(found.get(v, Support(v, False, "the probe did not report it")) for v in VARIANTS)
 
 
+def support_of(variant: str) -> Support:
+    """The probe's verdict on one variant of VARIANTS."""
+    return next(s for s in probe() if s.variant == variant)
+
+
 def supported_variants() -> tuple[str, ...]:
     return tuple(s.variant for s in probe() if s.supported)
 
@@ -131,4 +136,4 @@ def describe_support() -> str:
 
 
 __all__ = ["AMX_EMULATION", "COMPILE_FLAGS", "EMULATION_FLAGS", "ENV_VARIABLE", "IsaError", "Support", "VARIANTS",
-           "VERIFIED", "choose_variant", "describe_support", "probe", "supported_variants"]
+           "VERIFIED", "choose_variant", "describe_support", "probe", "support_of", "supported_variants"]

@@ -34,8 +34,9 @@ inline TileFile& tile_file() {
   throw std::logic_error("emulated AMX (the hardware would raise #UD or #GP): " + what);
 }
 
-// LDTILECFG with palette 1: the 64-byte layout is isa::TileConfig's (palette, start_row,
-// 14 reserved bytes, 16 x colsb, 16 x rows). Loading zeroes every tile.
+// LDTILECFG with palette 1. Reads the SDM's 64-byte layout on its own (palette, start_row,
+// 14 reserved bytes, 16 x colsb, 16 x rows), not through isa::TileConfig, so a struct that
+// strayed from it faults here as it would on the hardware. Loading zeroes every tile.
 inline void load_config(const void* config) {
   const auto* bytes = static_cast<const uint8_t*>(config);
   TileFile& f = tile_file();
